@@ -1,0 +1,61 @@
+"""Exceptions raised by datasette-llm, each saying what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigurationError",
+    "ConfigProblem",
+    "ModelNotFoundError",
+    "nearest",
+]
+
+
+def nearest(name: str, candidates: Iterable[str]) -> str | None:
+    """Return the candidate closest to ``name``, or ``None`` if none is close."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+class ModelNotFoundError(Exception):
+    """Raised when no model could be chosen: nothing given, nothing configured or all refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One problem found in the ``datasette-llm`` plugin configuration.
+
+    Attributes:
+        path: Where the problem is, e.g. ``plugins.datasette-llm.purposes.x.models[1]``.
+        message: What is wrong there and how to fix it.
+        severity: ``"error"`` stops startup; ``"warning"`` is logged (an error under ``strict``).
+    """
+
+    path: str
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigurationError(ValueError):
+    """Raised when the ``datasette-llm`` configuration is malformed.
+
+    Attributes:
+        problems: Every problem found, each naming its configuration path.
+    """
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems: tuple[ConfigProblem, ...] = tuple(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(
+            f"Invalid datasette-llm configuration ({count} {noun}):\n{lines}\n"
+            "Fix these under plugins: datasette-llm: in datasette.yaml "
+            "(or the metadata/config passed to Datasette)."
+        )

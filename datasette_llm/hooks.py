@@ -1,0 +1,212 @@
+"""The one typed caller of each datasette-llm hook; nothing else touches ``pm.hook``."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+from datasette.plugins import pm
+
+from . import hookspecs
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from llm import AsyncModel
+    from pluggy import HookCaller
+
+    from .purposes import Purpose
+    from .results import Group, PromptResult
+    from .types import Actor
+
+__all__ = [
+    "PromptContextFactory",
+    "call_llm_default_model",
+    "call_llm_filter_models",
+    "call_llm_group_exit",
+    "call_llm_prompt_context",
+    "call_register_llm_purposes",
+    "hookimpls_of",
+]
+
+logger = logging.getLogger("datasette_llm")
+
+PromptContextFactory = Callable[["PromptResult"], AbstractAsyncContextManager[object]]
+
+
+def _add_hookspecs_once() -> None:
+    if not hasattr(pm.hook, "register_llm_purposes") or (
+        pm.hook.register_llm_purposes.spec is None
+    ):
+        pm.add_hookspecs(hookspecs)
+
+
+_add_hookspecs_once()
+
+
+def hookimpls_of(name: str) -> tuple[object, ...]:
+    """Return the current implementations of hook ``name``: a cheap cache key."""
+    caller: HookCaller = getattr(pm.hook, name)
+    return tuple(caller._hookimpls)
+
+
+def _each(name: str, kwargs: dict[str, Any]) -> Iterator[tuple[str, object]]:
+    """Call every implementation of ``name`` separately, in pluggy's order.
+
+    Yields ``(plugin_name, result)``; ``None`` results are skipped.
+    """
+    caller: HookCaller = getattr(pm.hook, name)
+    for impl in reversed(caller.get_hookimpls()):
+        if impl.hookwrapper or getattr(impl, "wrapper", False):
+            continue
+        args = [kwargs[argname] for argname in impl.argnames]
+        result = impl.function(*args)
+        if result is not None:
+            yield impl.plugin_name, result
+
+
+def call_register_llm_purposes(datasette: Datasette) -> list[tuple[str, Purpose]]:
+    """Collect ``(plugin_name, purpose)`` from every ``register_llm_purposes`` implementation."""
+    from .purposes import Purpose
+
+    collected: list[tuple[str, Purpose]] = []
+    for plugin_name, result in _each("register_llm_purposes", {"datasette": datasette}):
+        if isinstance(result, Purpose) or not isinstance(result, Sequence | set | tuple):
+            raise TypeError(
+                f"register_llm_purposes in plugin {plugin_name!r} returned "
+                f"{type(result).__name__}; return a list of datasette_llm.Purpose."
+            )
+        for item in result:
+            if not isinstance(item, Purpose):
+                raise TypeError(
+                    f"register_llm_purposes in plugin {plugin_name!r} returned "
+                    f"{item!r} ({type(item).__name__}); every item must be a "
+                    "datasette_llm.Purpose."
+                )
+            collected.append((plugin_name, item))
+    return collected
+
+
+async def call_llm_default_model(
+    datasette: Datasette, purpose: str | None, actor: Actor | None
+) -> tuple[str, str] | None:
+    """Return ``(model_id, plugin_name)`` from the first implementation that answers."""
+    kwargs = {"datasette": datasette, "purpose": purpose, "actor": actor}
+    for plugin_name, result in _each("llm_default_model", kwargs):
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None:
+            continue
+        if not isinstance(result, str):
+            raise TypeError(
+                f"llm_default_model in plugin {plugin_name!r} returned {result!r}; "
+                "return a model id string or None."
+            )
+        return result, plugin_name
+    return None
+
+
+async def call_llm_filter_models(
+    datasette: Datasette,
+    models: list[AsyncModel],
+    actor: Actor | None,
+    purpose: str | None,
+) -> list[AsyncModel]:
+    """Narrow ``models`` through every ``llm_filter_models`` implementation in turn.
+
+    Each implementation sees what the previous ones left; whatever it returns that was not in
+    its input is dropped (and logged), so no filter can bring back a model another removed.
+    """
+    caller: HookCaller = pm.hook.llm_filter_models
+    if not caller._hookimpls:
+        return models
+    current = models
+    for impl in reversed(caller.get_hookimpls()):
+        if impl.hookwrapper or getattr(impl, "wrapper", False):
+            continue
+        kwargs: dict[str, object] = {
+            "datasette": datasette,
+            "models": list(current),
+            "actor": actor,
+            "purpose": purpose,
+        }
+        result = impl.function(*[kwargs[argname] for argname in impl.argnames])
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None:
+            continue
+        if not isinstance(result, list | tuple):
+            raise TypeError(
+                f"llm_filter_models in plugin {impl.plugin_name!r} returned "
+                f"{type(result).__name__}; return a list of models or None."
+            )
+        allowed = {model.model_id: model for model in current}
+        narrowed: list[AsyncModel] = []
+        for model in result:
+            model_id = getattr(model, "model_id", None)
+            if isinstance(model_id, str) and model_id in allowed:
+                narrowed.append(allowed.pop(model_id))
+            else:
+                logger.warning(
+                    "llm_filter_models in plugin %r returned %r, which was not in the list it "
+                    "was given (removed by configuration or an earlier filter); ignored.",
+                    impl.plugin_name,
+                    model_id if isinstance(model_id, str) else model,
+                )
+        current = narrowed
+    return current
+
+
+def call_llm_prompt_context(
+    datasette: Datasette,
+    model_id: str,
+    prompt: str,
+    purpose: str | None,
+    actor: Actor | None,
+) -> list[PromptContextFactory]:
+    """Return the context manager factories the ``llm_prompt_context`` implementations gave."""
+    caller: HookCaller = pm.hook.llm_prompt_context
+    if not caller._hookimpls:
+        return []
+    results = caller(
+        datasette=datasette, model_id=model_id, prompt=prompt, purpose=purpose, actor=actor
+    )
+    factories: list[PromptContextFactory] = []
+    for factory in results:
+        if factory is None:
+            continue
+        if not callable(factory):
+            raise TypeError(
+                f"llm_prompt_context returned {factory!r}; return a callable that takes a "
+                "PromptResult and returns an async context manager, or None."
+            )
+        factories.append(factory)
+    return factories
+
+
+async def call_llm_group_exit(datasette: Datasette, group: Group) -> None:
+    """Run every ``llm_group_exit`` implementation, awaiting what they return.
+
+    Every implementation runs even if an earlier one fails; the first failure is re-raised
+    afterwards and each one is logged.
+    """
+    caller: HookCaller = pm.hook.llm_group_exit
+    if not caller._hookimpls:
+        return
+    first_error: BaseException | None = None
+    for impl in reversed(caller.get_hookimpls()):
+        if impl.hookwrapper or getattr(impl, "wrapper", False):
+            continue
+        kwargs: dict[str, object] = {"datasette": datasette, "group": group}
+        try:
+            result = impl.function(*[kwargs[argname] for argname in impl.argnames])
+            if inspect.isawaitable(result):
+                await result
+        except Exception as error:
+            logger.exception("llm_group_exit in plugin %r raised", impl.plugin_name)
+            if first_error is None:
+                first_error = error
+    if first_error is not None:
+        raise first_error

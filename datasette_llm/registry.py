@@ -1,0 +1,140 @@
+"""A cached view of llm's model registry, rebuilt only when what it depends on changes.
+
+llm re-runs every plugin's ``register_models`` hook and re-reads ``aliases.json`` on each
+``get_async_model()``. This module does that once and reuses the result until a plugin is
+registered or unregistered on ``llm.plugins.pm``, ``aliases.json`` or
+``extra-openai-models.yaml`` change, or ``LLM_USER_PATH`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llm import AsyncModel
+
+__all__ = [
+    "ModelOverride",
+    "ModelRegistry",
+    "current_registry",
+    "lookup_model",
+    "pop_model_override",
+    "push_model_override",
+]
+
+ModelOverride = Callable[[str, "AsyncModel | None"], "AsyncModel | None"]
+"""Given a model id and the installed model (or ``None``), return a replacement or ``None``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRegistry:
+    """A snapshot of llm's async models.
+
+    Attributes:
+        models: Every async model, in llm's registry order.
+        by_name: Each model by id and by every alias.
+        sync_only: Ids and aliases that only have a synchronous model.
+    """
+
+    models: tuple[AsyncModel, ...]
+    by_name: Mapping[str, AsyncModel]
+    sync_only: frozenset[str]
+
+
+_cached: tuple[tuple[object, ...], ModelRegistry] | None = None
+_overrides: list[ModelOverride] = []
+
+
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _cache_key() -> tuple[object, ...]:
+    import llm
+    from llm.plugins import pm as llm_pm
+
+    llm.load_plugins()
+    user_path = os.environ.get("LLM_USER_PATH")
+    directory = str(llm.user_dir()) if user_path is None else user_path
+    return (
+        tuple(llm_pm.hook.register_models._hookimpls),
+        directory,
+        _file_stamp(os.path.join(directory, "aliases.json")),
+        _file_stamp(os.path.join(directory, "extra-openai-models.yaml")),
+    )
+
+
+def _build() -> ModelRegistry:
+    import llm
+
+    models: list[AsyncModel] = []
+    by_name: dict[str, AsyncModel] = {}
+    sync_only: set[str] = set()
+    for entry in llm.get_models_with_aliases():
+        names = [entry.model.model_id, *entry.aliases] if entry.model else list(entry.aliases)
+        if entry.async_model is None:
+            sync_only.update(names)
+            continue
+        models.append(entry.async_model)
+        for alias in entry.aliases:
+            by_name[alias] = entry.async_model
+        by_name[entry.async_model.model_id] = entry.async_model
+    return ModelRegistry(
+        models=tuple(models), by_name=by_name, sync_only=frozenset(sync_only - set(by_name))
+    )
+
+
+def current_registry() -> ModelRegistry:
+    """Return the registry snapshot, rebuilding it if a plugin, alias or path changed."""
+    global _cached
+    key = _cache_key()
+    cached = _cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    registry = _build()
+    _cached = (key, registry)
+    return registry
+
+
+def lookup_model(model_id: str) -> AsyncModel:
+    """Return the async model for an id or alias, raising llm's ``UnknownModelError``."""
+    model = current_registry().by_name.get(model_id)
+    for override in reversed(_overrides):
+        replacement = override(model_id, model)
+        if replacement is not None:
+            return replacement
+    if model is not None:
+        return model
+    import llm
+
+    if model_id in current_registry().sync_only:
+        raise llm.UnknownModelError(
+            f"Unknown async model (sync model exists): {model_id}. "
+            "Install a plugin version that provides an async model for it."
+        )
+    raise llm.UnknownModelError(
+        f"Unknown model: {model_id}. Run 'llm models' to list installed models, or install "
+        "the llm plugin that provides it."
+    )
+
+
+def push_model_override(override: ModelOverride) -> None:
+    """Route model lookups through ``override`` first (used by test doubles)."""
+    _overrides.append(override)
+
+
+def pop_model_override(override: ModelOverride) -> None:
+    """Remove an override added with ``push_model_override``."""
+    _overrides.remove(override)
+
+
+def has_model_override() -> bool:
+    """Return whether a model override (a test double) is active."""
+    return bool(_overrides)

@@ -1,0 +1,100 @@
+"""What hooks see of a prompt: ``PromptResult`` for one prompt or chain, ``Group`` for a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llm import AsyncResponse
+
+    from .types import Actor
+
+__all__ = ["Group", "PromptResult", "ResponseDoneCallback"]
+
+ResponseDoneCallback = Callable[["AsyncResponse"], "Awaitable[None] | None"]
+"""A callback run by ``llm`` when a response completes; it may be sync or async."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Group:
+    """A batch of related prompts made inside one ``async with LLM(ds).group(...)`` block.
+
+    The same object is handed to every prompt of the block (``PromptResult.group``) and to
+    ``llm_group_exit``, so plugins may key state by ``id(group)``. Equality is identity.
+
+    Attributes:
+        model_id: The model every prompt of the group uses.
+        purpose: The purpose name, or ``None``.
+        actor: The actor the group runs for, or ``None``.
+    """
+
+    model_id: str
+    purpose: str | None = None
+    actor: Actor | None = None
+    _responses: list[AsyncResponse] = field(default_factory=list, repr=False)
+
+    @property
+    def responses(self) -> tuple[AsyncResponse, ...]:
+        """Every response started inside the group so far."""
+        return tuple(self._responses)
+
+
+class PromptResult:
+    """What an ``llm_prompt_context`` context manager sees of the prompt it wraps.
+
+    The object is created before the prompt runs and filled in as responses arrive.
+
+    Attributes:
+        response: The first response, or ``None`` before it exists.
+        responses: Every response so far (a chain adds one per step).
+        purpose: The purpose name, or ``None``.
+        group: The ``Group`` this prompt belongs to, or ``None``.
+        is_chain: Whether this wraps a ``chain()`` rather than one ``prompt()``.
+        chain_complete: For a chain, whether iteration has finished.
+    """
+
+    __slots__ = (
+        "_callbacks",
+        "chain_complete",
+        "group",
+        "is_chain",
+        "purpose",
+        "response",
+        "responses",
+    )
+
+    def __init__(
+        self,
+        purpose: str | None = None,
+        group: Group | None = None,
+        is_chain: bool = False,
+    ) -> None:
+        self.response: AsyncResponse | None = None
+        self.responses: list[AsyncResponse] = []
+        self.purpose = purpose
+        self.group = group
+        self.is_chain = is_chain
+        self.chain_complete = False
+        self._callbacks: list[ResponseDoneCallback] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"PromptResult(purpose={self.purpose!r}, responses={len(self.responses)}, "
+            f"is_chain={self.is_chain}, chain_complete={self.chain_complete}, "
+            f"grouped={self.group is not None})"
+        )
+
+    async def on_response_done(self, callback: ResponseDoneCallback) -> None:
+        """Run ``callback(response)`` when each response completes, including later chain steps."""
+        self._callbacks.append(callback)
+        for response in self.responses:
+            await response.on_done(callback)
+
+    async def _add_response(self, response: AsyncResponse) -> None:
+        if self.response is None:
+            self.response = response
+        self.responses.append(response)
+        for callback in self._callbacks:
+            await response.on_done(callback)

@@ -1,0 +1,282 @@
+"""The wrapped model, conversation and chain: llm's objects with datasette-llm's hooks around."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+from .hooks import call_llm_prompt_context
+from .results import Group, PromptResult
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from llm import AsyncChainResponse, AsyncConversation, AsyncModel, AsyncResponse
+
+    from .resolver import Resolution
+    from .types import Actor
+
+__all__ = ["WrappedAsyncModel", "WrappedChainResponse", "WrappedConversation"]
+
+
+class _Context:
+    """What every wrapped object carries: where prompts go and who they are for."""
+
+    __slots__ = ("actor", "datasette", "group", "key", "model_id", "options", "purpose")
+
+    def __init__(
+        self,
+        datasette: Datasette,
+        model_id: str,
+        purpose: str | None,
+        actor: Actor | None,
+        key: str | None,
+        options: Mapping[str, object],
+        group: Group | None,
+    ) -> None:
+        self.datasette = datasette
+        self.model_id = model_id
+        self.purpose = purpose
+        self.actor = actor
+        self.key = key
+        self.options = options
+        self.group = group
+
+    def __repr__(self) -> str:
+        # Never show the key.
+        return f"<context model_id={self.model_id!r} purpose={self.purpose!r}>"
+
+    def prompt_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        merged = {**self.options, **kwargs} if self.options else kwargs
+        if self.key is not None and "key" not in merged:
+            merged = {**merged, "key": self.key}
+        return merged
+
+    def chain_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        merged = kwargs
+        if self.options:
+            merged = {**kwargs, "options": {**self.options, **(kwargs.get("options") or {})}}
+        if self.key is not None and merged.get("key") is None:
+            merged = {**merged, "key": self.key}
+        return merged
+
+    def factories(self, prompt: str | None) -> list[Any]:
+        return call_llm_prompt_context(
+            self.datasette, self.model_id, prompt or "", self.purpose, self.actor
+        )
+
+    async def run_prompt(
+        self, target: AsyncModel | AsyncConversation, prompt: str | None, kwargs: dict[str, Any]
+    ) -> AsyncResponse:
+        factories = self.factories(prompt)
+        merged = self.prompt_kwargs(kwargs)
+        if not factories:
+            response = target.prompt(prompt, **merged)
+            await response
+            if self.group is not None:
+                self.group._responses.append(response)
+            return response
+        result = PromptResult(purpose=self.purpose, group=self.group)
+        async with AsyncExitStack() as stack:
+            for factory in factories:
+                await stack.enter_async_context(factory(result))
+            response = target.prompt(prompt, **merged)
+            await response
+            await result._add_response(response)
+            if self.group is not None:
+                self.group._responses.append(response)
+        return response
+
+    def run_chain(
+        self, target: AsyncModel | AsyncConversation, prompt: str | None, kwargs: dict[str, Any]
+    ) -> WrappedChainResponse:
+        factories = self.factories(prompt)
+        chain = target.chain(prompt, **self.chain_kwargs(kwargs))
+        result = PromptResult(purpose=self.purpose, group=self.group, is_chain=True)
+        return WrappedChainResponse(chain, factories, result, self.group)
+
+
+class WrappedChainResponse:
+    """llm's ``AsyncChainResponse`` with the ``llm_prompt_context`` hooks around its iteration.
+
+    The hooks' context managers are entered when iteration starts and left after the last
+    response (or on error). ``responses()`` may be iterated once. ``text()``, ``async for``
+    and ``astream_events()`` go through the same hooks; any other attribute is llm's.
+    """
+
+    def __init__(
+        self,
+        chain: AsyncChainResponse,
+        factories: list[Any],
+        result: PromptResult,
+        group: Group | None,
+    ) -> None:
+        self._chain = chain
+        self._factories = factories
+        self._result = result
+        self._group = group
+        self._started = False
+        self._inner_responses = chain.responses
+        # llm's own text()/__aiter__/astream_events() call self.responses(): route them here.
+        chain.responses = self.responses  # type: ignore[method-assign]  # hooks see every step
+
+    @property
+    def result(self) -> PromptResult:
+        """The ``PromptResult`` the hooks see."""
+        return self._result
+
+    async def responses(self) -> AsyncIterator[AsyncResponse]:
+        """Yield each raw ``AsyncResponse`` of the chain, hooks entered around the iteration."""
+        if self._started:
+            raise RuntimeError(
+                "Chain responses can only be iterated once: call model.chain() again for a "
+                "new chain."
+            )
+        self._started = True
+        try:
+            async with AsyncExitStack() as stack:
+                for factory in self._factories:
+                    await stack.enter_async_context(factory(self._result))
+                async for response in self._inner_responses():
+                    await self._result._add_response(response)
+                    if self._group is not None:
+                        self._group._responses.append(response)
+                    yield response
+        finally:
+            self._result.chain_complete = True
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        """Stream the text of every response of the chain."""
+        return self._chain.__aiter__()
+
+    async def text(self) -> str:
+        """Run the whole chain and return its text."""
+        return await self._chain.text()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+    def __repr__(self) -> str:
+        return (
+            f"<WrappedChainResponse model_id={self._chain.model.model_id!r} "
+            f"purpose={self._result.purpose!r} started={self._started}>"
+        )
+
+
+class WrappedConversation:
+    """llm's ``AsyncConversation``; every ``prompt()`` and ``chain()`` runs the hooks."""
+
+    def __init__(self, conversation: AsyncConversation, context: _Context) -> None:
+        self._conversation = conversation
+        self._context = context
+
+    @property
+    def model_id(self) -> str:
+        """The id of the model this conversation talks to."""
+        return self._context.model_id
+
+    @property
+    def purpose(self) -> str | None:
+        """The purpose name, or ``None``."""
+        return self._context.purpose
+
+    async def prompt(self, prompt: str | None = None, **kwargs: Any) -> AsyncResponse:
+        """Send the next message of the conversation and return the completed response.
+
+        ``kwargs`` are passed through to llm's ``AsyncConversation.prompt`` (``system=``,
+        ``attachments=``, ``schema=``, model options...), which is why they are typed ``Any``.
+        """
+        return await self._context.run_prompt(self._conversation, prompt, kwargs)
+
+    def chain(self, prompt: str | None = None, **kwargs: Any) -> WrappedChainResponse:
+        """Start a tool-calling chain in this conversation.
+
+        ``kwargs`` are passed through to llm's ``AsyncConversation.chain`` (``tools=``,
+        ``system=``, ``options=``...), which is why they are typed ``Any``.
+        """
+        return self._context.run_chain(self._conversation, prompt, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conversation, name)
+
+    def __repr__(self) -> str:
+        return f"<WrappedConversation {self._context.model_id!r} purpose={self.purpose!r}>"
+
+
+class WrappedAsyncModel:
+    """An llm async model whose prompts run datasette-llm's hooks.
+
+    Attributes:
+        model_id: The id of the model.
+        purpose: The purpose name the model was asked for, or ``None``.
+        resolution: How routing chose the model.
+    """
+
+    def __init__(self, model: AsyncModel, context: _Context, resolution: Resolution) -> None:
+        self._model = model
+        self._context = context
+        self._resolution = resolution
+
+    @property
+    def model_id(self) -> str:
+        """The id of the model."""
+        return self._model.model_id
+
+    @property
+    def purpose(self) -> str | None:
+        """The purpose name the model was asked for, or ``None``."""
+        return self._context.purpose
+
+    @property
+    def resolution(self) -> Resolution:
+        """How routing chose this model."""
+        return self._resolution
+
+    @property
+    def group(self) -> Group | None:
+        """The group this model belongs to, inside ``LLM.group()``."""
+        return self._context.group
+
+    async def prompt(self, prompt: str | None = None, **kwargs: Any) -> AsyncResponse:
+        """Run a prompt through the hooks and return llm's response once it has completed.
+
+        ``kwargs`` are passed through to llm's ``AsyncModel.prompt`` (``system=``,
+        ``attachments=``, ``schema=``, ``tools=``, model options...), which is why they are typed
+        ``Any``. Configured ``options`` are merged in; the caller's values win.
+        """
+        return await self._context.run_prompt(self._model, prompt, kwargs)
+
+    def conversation(self) -> WrappedConversation:
+        """Start a conversation whose every prompt runs the hooks."""
+        return WrappedConversation(self._model.conversation(), self._context)
+
+    def chain(self, prompt: str | None = None, **kwargs: Any) -> WrappedChainResponse:
+        """Start a tool-calling chain; the hooks wrap its whole iteration.
+
+        ``kwargs`` are passed through to llm's ``AsyncConversation.chain`` (``tools=``,
+        ``system=``, ``options=``, ``before_call=``...), which is why they are typed ``Any``.
+        """
+        return self.conversation().chain(prompt, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"<WrappedAsyncModel {self.model_id!r} purpose={self.purpose!r} "
+            f"step={self._resolution.step!r}>"
+        )
+
+
+async def finish_responses(responses: list[AsyncResponse]) -> list[BaseException]:
+    """Drive every response to completion; return the errors raised on the way."""
+    errors: list[BaseException] = []
+    index = 0
+    while index < len(responses):
+        response = responses[index]
+        index += 1
+        try:
+            await response.text()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            errors.append(error)
+    return errors
