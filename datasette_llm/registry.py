@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from llm import AsyncModel
@@ -46,6 +46,7 @@ class ModelRegistry:
 
 _cached: tuple[tuple[object, ...], ModelRegistry] | None = None
 _overrides: list[ModelOverride] = []
+_default_dir: str | None = None
 
 
 def _file_stamp(path: str) -> tuple[int, int] | None:
@@ -56,15 +57,25 @@ def _file_stamp(path: str) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
-def _cache_key() -> tuple[object, ...]:
-    import llm
-    from llm.plugins import pm as llm_pm
+def _default_user_dir() -> str:
+    global _default_dir
+    if _default_dir is None:
+        import llm
 
-    llm.load_plugins()
+        user_dir = cast("Callable[[], object]", llm.user_dir)
+        _default_dir = str(user_dir())
+    return _default_dir
+
+
+def _cache_key() -> tuple[object, ...]:
+    from llm import plugins as llm_plugins
+
+    load_plugins = cast("Callable[[], None]", llm_plugins.load_plugins)
+    load_plugins()
     user_path = os.environ.get("LLM_USER_PATH")
-    directory = str(llm.user_dir()) if user_path is None else user_path
+    directory = _default_user_dir() if user_path is None else user_path
     return (
-        tuple(llm_pm.hook.register_models._hookimpls),
+        tuple(llm_plugins.pm.hook.register_models._hookimpls),
         directory,
         _file_stamp(os.path.join(directory, "aliases.json")),
         _file_stamp(os.path.join(directory, "extra-openai-models.yaml")),
@@ -78,14 +89,15 @@ def _build() -> ModelRegistry:
     by_name: dict[str, AsyncModel] = {}
     sync_only: set[str] = set()
     for entry in llm.get_models_with_aliases():
-        names = [entry.model.model_id, *entry.aliases] if entry.model else list(entry.aliases)
-        if entry.async_model is None:
-            sync_only.update(names)
+        # llm annotates async_model as always set; it is None for sync-only models.
+        async_model: AsyncModel | None = entry.async_model
+        if async_model is None:
+            sync_only.update([entry.model.model_id, *entry.aliases])
             continue
-        models.append(entry.async_model)
+        models.append(async_model)
         for alias in entry.aliases:
-            by_name[alias] = entry.async_model
-        by_name[entry.async_model.model_id] = entry.async_model
+            by_name[alias] = async_model
+        by_name[async_model.model_id] = async_model
     return ModelRegistry(
         models=tuple(models), by_name=by_name, sync_only=frozenset(sync_only - set(by_name))
     )

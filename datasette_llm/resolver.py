@@ -133,20 +133,20 @@ async def resolve(
         candidate = declared.default_model
         source = f"Purpose({name!r}).default_model"
         allowlist = config.allowlist(name)
-        model = _installed(candidate)
-        if model is None:
+        installed = _installed(candidate)
+        if installed is None:
             skipped.append(f"{source} is {candidate!r}, which is not installed")
         elif allowlist is not None and candidate not in allowlist:
             skipped.append(
                 f"{source} is {candidate!r}, which is not in the allowlist for this purpose"
             )
         elif not refuse(candidate, source):
-            key, status = await find_key(datasette, config, model, name, actor)
+            key, status = await find_key(datasette, config, installed, name, actor)
             if status.available:
                 resolution = Resolution(
-                    model.model_id, name, "purpose_default", status, None, tuple(skipped)
+                    installed.model_id, name, "purpose_default", status, None, tuple(skipped)
                 )
-                return resolution, model, key
+                return resolution, installed, key
             skipped.append(
                 f"{source} is {candidate!r}, which has no API key "
                 f"(set the secret {status.secret_name})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from llm import AsyncResponse
@@ -90,11 +90,17 @@ class PromptResult:
         """Run ``callback(response)`` when each response completes, including later chain steps."""
         self._callbacks.append(callback)
         for response in self.responses:
-            await response.on_done(callback)
+            await _on_done(response, callback)
 
     async def _add_response(self, response: AsyncResponse) -> None:
         if self.response is None:
             self.response = response
         self.responses.append(response)
         for callback in self._callbacks:
-            await response.on_done(callback)
+            await _on_done(response, callback)
+
+
+async def _on_done(response: AsyncResponse, callback: ResponseDoneCallback) -> None:
+    # llm's AsyncResponse.on_done is not annotated.
+    register = cast("Callable[[ResponseDoneCallback], Awaitable[None]]", response.on_done)
+    await register(callback)

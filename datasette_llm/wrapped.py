@@ -12,8 +12,10 @@ from .results import Group, PromptResult
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
-    from llm import AsyncChainResponse, AsyncConversation, AsyncModel, AsyncResponse
+    from llm import AsyncConversation, AsyncModel, AsyncResponse
+    from llm.models import AsyncChainResponse
 
+    from .hooks import PromptContextFactory
     from .resolver import Resolution
     from .types import Actor
 
@@ -61,7 +63,7 @@ class _Context:
             merged = {**merged, "key": self.key}
         return merged
 
-    def factories(self, prompt: str | None) -> list[Any]:
+    def factories(self, prompt: str | None) -> list[PromptContextFactory]:
         return call_llm_prompt_context(
             self.datasette, self.model_id, prompt or "", self.purpose, self.actor
         )
@@ -108,7 +110,7 @@ class WrappedChainResponse:
     def __init__(
         self,
         chain: AsyncChainResponse,
-        factories: list[Any],
+        factories: list[PromptContextFactory],
         result: PromptResult,
         group: Group | None,
     ) -> None:
@@ -148,11 +150,13 @@ class WrappedChainResponse:
 
     def __aiter__(self) -> AsyncIterator[str]:
         """Stream the text of every response of the chain."""
-        return self._chain.__aiter__()
+        iterator: AsyncIterator[str] = self._chain.__aiter__()
+        return iterator
 
     async def text(self) -> str:
         """Run the whole chain and return its text."""
-        return await self._chain.text()
+        text: str = await self._chain.text()
+        return text
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._chain, name)

@@ -1,0 +1,15 @@
+from dataclasses import dataclass
+
+from datasette.app import Datasette
+
+@dataclass
+class Secret:
+    name: str
+    description: str | None = None
+    obtain_url: str | None = None
+    obtain_label: str | None = None
+
+async def get_secret(
+    datasette: Datasette, secret_name: str, actor_id: str | None = None
+) -> str | None: ...
+async def get_secrets(datasette: Datasette) -> list[Secret]: ...
