@@ -42,7 +42,8 @@ class SyncStub(llm.Model):
 class FreeModel(llm.AsyncModel):
     """A keyless model that answers ``<model_id>:<prompt>`` in two chunks."""
 
-    Options = _Options
+    class Options(_Options):
+        pass
     can_stream = True
 
     def __init__(self, model_id: str) -> None:
@@ -61,7 +62,9 @@ class FreeModel(llm.AsyncModel):
 class KeyedModel(llm.AsyncKeyModel):
     """A model that needs a key for provider ``testprov``."""
 
-    Options = _Options
+    class Options(_Options):
+        pass
+
     can_stream = True
     needs_key = "testprov"
     key_env_var = "TESTPROV_KEY"

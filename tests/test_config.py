@@ -1,0 +1,117 @@
+"""Parsing the ``plugins: datasette-llm:`` configuration: every problem named by its path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from datasette_llm import LLM, ConfigurationError, ModelRef
+from datasette_llm.config import parse_config
+from tests.conftest import MakeDatasette
+
+
+def problems(raw: object) -> list[str]:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_config(raw)
+    return [str(problem) for problem in caught.value.problems]
+
+
+def test_empty_configuration_means_defaults() -> None:
+    config = parse_config(None)
+    assert config.default_model is None
+    assert config.models is None
+    assert config.require_keys is True
+    assert config.strict is False
+    assert dict(config.purposes) == {}
+
+
+def test_model_references_are_strings_or_mappings_with_key_and_options() -> None:
+    config = parse_config(
+        {
+            "default_model": {"model": "echo", "key": "MY_KEY", "options": {"thinking": True}},
+            "purposes": {"x": {"model": "test-a", "models": ["test-b", {"model": "test-c"}]}},
+        }
+    )
+    assert config.default_model == ModelRef("echo", "MY_KEY")
+    assert dict(config.default_model.options) == {"thinking": True}
+    purpose = config.purposes["x"]
+    assert purpose.model == ModelRef("test-a")
+    assert purpose.models == (ModelRef("test-b"), ModelRef("test-c"))
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    assert problems(
+        {
+            "default_model": 3,
+            "models": "echo",
+            "purpose": {},
+            "require_keys": "yes",
+            "purposes": {
+                "enrichments": {
+                    "model": {"key": "K"},
+                    "models": ["echo", {"model": "x", "options": []}],
+                    "blocked": ["y"],
+                }
+            },
+        }
+    ) == [
+        "plugins.datasette-llm.purpose: unknown key 'purpose'. Did you mean 'purposes'? "
+        "Valid keys here: default_model, models, blocked_models, require_keys, purposes, strict.",
+        "plugins.datasette-llm.purposes.enrichments.blocked: unknown key 'blocked'. "
+        "Did you mean 'blocked_models'? Valid keys here: model, models, blocked_models.",
+        "plugins.datasette-llm.purposes.enrichments.model: model reference has no 'model': "
+        "add model: <model id> (key and options are optional).",
+        "plugins.datasette-llm.purposes.enrichments.models[1].options: expected a mapping of "
+        "model options, got list: [].",
+        "plugins.datasette-llm.default_model: expected a model id string or a mapping "
+        "{model: ID, key: SECRET_NAME, options: {...}}, got int: 3.",
+        "plugins.datasette-llm.models: expected a list of model ids, got str: 'echo'.",
+        "plugins.datasette-llm.require_keys: expected true or false, got str: 'yes'.",
+    ]
+
+
+def test_global_models_list_takes_ids_not_references() -> None:
+    assert problems({"models": [{"model": "echo", "key": "K"}]}) == [
+        "plugins.datasette-llm.models[0]: expected a model id string here; put key and "
+        "options on default_model or on a purpose's model/models entries."
+    ]
+
+
+def test_configuration_error_message_lists_problems_and_says_where_to_fix() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_config({"blocked_models": [1]})
+    message = str(caught.value)
+    assert "Invalid datasette-llm configuration (1 problem)" in message
+    assert "plugins.datasette-llm.blocked_models[0]: expected a model id string" in message
+    assert "datasette.yaml" in message
+
+
+async def test_malformed_configuration_raises_configuration_error_from_model(
+    make_datasette: MakeDatasette,
+) -> None:
+    datasette = make_datasette({"purposes": {"x": {"model": {"key": "K"}}}})
+    with pytest.raises(ConfigurationError, match=r"purposes\.x\.model"):
+        await LLM(datasette).model(purpose="x")
+
+
+async def test_configuration_may_come_from_metadata_or_config(
+    make_datasette: MakeDatasette,
+) -> None:
+    from datasette.app import Datasette
+
+    llm_config: dict[str, Any] = {"default_model": "echo"}
+    by_metadata = Datasette(memory=True, metadata={"plugins": {"datasette-llm": llm_config}})
+    by_config = make_datasette(llm_config)
+    assert (await LLM(by_metadata).model()).model_id == "echo"
+    assert (await LLM(by_config).model()).model_id == "echo"
+
+
+async def test_configuration_changes_are_seen_on_the_next_call(
+    make_datasette: MakeDatasette,
+) -> None:
+    datasette = make_datasette({"default_model": "echo"})
+    assert (await LLM(datasette).resolve()).model_id == "echo"
+    assert datasette.config is not None
+    datasette.config["plugins"]["datasette-llm"]["default_model"] = "echo-needs-key"
+    assert (await LLM(datasette).resolve()).model_id == "echo-needs-key"
