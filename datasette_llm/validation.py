@@ -1,0 +1,273 @@
+"""Check configuration against what is installed, for startup, ``check`` and the routing page.
+
+``parse_config`` finds structural problems (wrong types, unknown keys). This module adds what can
+only be known with the installed plugins and models at hand: options a model rejects (errors),
+and purposes no plugin registered, models that are not installed and allowlists that leave a
+purpose with no model (warnings; errors under ``strict: true``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+from weakref import WeakSet
+
+from .config import CONFIG_ROOT, PLUGIN_NAME, LLMConfig, parse_config
+from .errors import ConfigProblem, ConfigurationError, nearest
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
+    from .purposes import Purpose
+    from .registry import ModelRegistry
+
+__all__ = [
+    "MissingModel",
+    "UnregisteredPurpose",
+    "Validation",
+    "find_missing_models",
+    "find_unregistered_purposes",
+    "validate",
+    "validate_datasette",
+]
+
+logger = logging.getLogger("datasette_llm")
+
+ERROR: Final = "error"
+WARNING: Final = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class MissingModel:
+    """A model id named in configuration that no installed llm plugin provides.
+
+    Attributes:
+        model_id: The id as written in configuration.
+        path: Where it is written, e.g. ``plugins.datasette-llm.purposes.x.models[1]``.
+        nearest: The closest installed model id or alias, if any is close.
+    """
+
+    model_id: str
+    path: str
+    nearest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnregisteredPurpose:
+    """A purpose configured under ``purposes:`` that no installed plugin registers.
+
+    Attributes:
+        name: The purpose name as written in configuration.
+        nearest: The closest registered purpose name, if any is close.
+    """
+
+    name: str
+    nearest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """Every problem found in the configuration, and whether warnings count as errors.
+
+    Attributes:
+        problems: Errors and warnings, errors first, each naming its configuration path.
+        strict: Whether ``strict: true`` is set, turning warnings into errors.
+        config: The parsed configuration, or ``None`` when it is structurally malformed.
+    """
+
+    problems: tuple[ConfigProblem, ...]
+    strict: bool
+    config: LLMConfig | None
+
+    @property
+    def errors(self) -> tuple[ConfigProblem, ...]:
+        """The problems that stop startup: errors, and warnings too under ``strict``."""
+        if self.strict:
+            return self.problems
+        return tuple(problem for problem in self.problems if problem.severity == ERROR)
+
+    @property
+    def warnings(self) -> tuple[ConfigProblem, ...]:
+        """The problems that are only logged (none under ``strict``)."""
+        if self.strict:
+            return ()
+        return tuple(problem for problem in self.problems if problem.severity != ERROR)
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing stops startup."""
+        return not self.errors
+
+
+def _model_ids(config: LLMConfig) -> Iterator[tuple[str, str]]:
+    """Yield ``(path, model_id)`` for every model id written in the configuration."""
+    for path, ref in config.all_refs():
+        yield path, ref.model_id
+    for index, model_id in enumerate(config.models or ()):
+        yield f"{CONFIG_ROOT}.models[{index}]", model_id
+    for model_id in sorted(config.blocked_models):
+        yield f"{CONFIG_ROOT}.blocked_models", model_id
+    for name, purpose_config in config.purposes.items():
+        for model_id in sorted(purpose_config.blocked_models):
+            yield f"{CONFIG_ROOT}.purposes.{name}.blocked_models", model_id
+
+
+def find_missing_models(config: LLMConfig, registry: ModelRegistry) -> list[MissingModel]:
+    """Return every model id in ``config`` that is not installed, with the nearest installed id."""
+    installed = registry.by_name
+    return [
+        MissingModel(model_id, path, nearest(model_id, installed))
+        for path, model_id in _model_ids(config)
+        if model_id not in installed
+    ]
+
+
+def find_unregistered_purposes(
+    config: LLMConfig, purposes: list[Purpose]
+) -> list[UnregisteredPurpose]:
+    """Return every configured purpose no plugin registers, with the nearest registered name."""
+    names = [purpose.name for purpose in purposes]
+    return [
+        UnregisteredPurpose(name, nearest(name, names))
+        for name in config.purposes
+        if name not in names
+    ]
+
+
+def _option_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[ConfigProblem]:
+    from pydantic import BaseModel, ValidationError
+
+    for path, ref in config.all_refs():
+        model = registry.by_name.get(ref.model_id)
+        if not ref.options or model is None:
+            continue
+        options_class: type[BaseModel] = model.Options
+        valid = list(options_class.model_fields)
+        try:
+            options_class(**dict(ref.options))
+        except ValidationError as error:
+            for detail in error.errors():
+                location = ".".join(str(part) for part in detail["loc"])
+                if detail["type"] == "extra_forbidden":
+                    suggestion = nearest(location, valid)
+                    hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+                    accepted = ", ".join(valid) if valid else "none"
+                    message = (
+                        f"{ref.model_id!r} does not accept the option {location!r}.{hint} "
+                        f"Options it accepts: {accepted}."
+                    )
+                else:
+                    message = (
+                        f"{ref.model_id!r} rejects the value "
+                        f"{ref.options.get(location)!r} for option {location!r}: {detail['msg']}."
+                    )
+                yield ConfigProblem(f"{path}.options.{location}", message)
+
+
+def _allowlist_problems(
+    config: LLMConfig, registry: ModelRegistry, purpose_names: list[str]
+) -> Iterator[ConfigProblem]:
+    installed = registry.by_name
+    checks: list[tuple[str | None, str]] = []
+    if config.models is not None:
+        checks.append((None, f"{CONFIG_ROOT}.models"))
+    for purpose_name in purpose_names:
+        purpose_config = config.purpose(purpose_name)
+        if purpose_config is not None and purpose_config.models is not None:
+            checks.append((purpose_name, f"{CONFIG_ROOT}.purposes.{purpose_name}.models"))
+        elif config.models is not None and purpose_name in config.purposes:
+            checks.append((purpose_name, f"{CONFIG_ROOT}.purposes.{purpose_name}"))
+    for name, path in checks:
+        allowlist = config.allowlist(name) or frozenset()
+        usable = sorted(
+            model_id for model_id in allowlist - config.blocklist(name) if model_id in installed
+        )
+        if usable:
+            continue
+        subject = f"purpose {name!r}" if name is not None else "calls without a purpose"
+        suggestion = _a_usable_model(config, registry, name)
+        fix = f" Add an installed model such as {suggestion!r}." if suggestion else ""
+        yield ConfigProblem(
+            path,
+            f"the allowlist leaves {subject} with no installed, unblocked model.{fix}",
+            WARNING,
+        )
+
+
+def _a_usable_model(config: LLMConfig, registry: ModelRegistry, name: str | None) -> str | None:
+    blocked = config.blocklist(name)
+    for model in registry.models:
+        if model.model_id not in blocked:
+            return model.model_id
+    return None
+
+
+def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> Validation:
+    """Check raw plugin configuration against the registered purposes and installed models."""
+    try:
+        config = parse_config(raw)
+    except ConfigurationError as error:
+        strict = isinstance(raw, Mapping) and raw.get("strict") is True
+        return Validation(error.problems, strict, None)
+    problems: list[ConfigProblem] = list(_option_problems(config, registry))
+    for missing in find_missing_models(config, registry):
+        hint = f" Did you mean {missing.nearest!r}?" if missing.nearest else ""
+        problems.append(
+            ConfigProblem(
+                missing.path,
+                f"model {missing.model_id!r} is not installed.{hint} Run 'llm models' to list "
+                "installed models, or install the llm plugin that provides it.",
+                WARNING,
+            )
+        )
+    for unregistered in find_unregistered_purposes(config, purposes):
+        hint = f" Did you mean {unregistered.nearest!r}?" if unregistered.nearest else ""
+        registered = ", ".join(sorted(purpose.name for purpose in purposes)) or "none"
+        problems.append(
+            ConfigProblem(
+                f"{CONFIG_ROOT}.purposes.{unregistered.name}",
+                f"no installed plugin registers the purpose {unregistered.name!r}.{hint} "
+                f"Registered purposes: {registered}.",
+                WARNING,
+            )
+        )
+    names = list(dict.fromkeys([*(purpose.name for purpose in purposes), *config.purposes]))
+    problems.extend(_allowlist_problems(config, registry, names))
+    problems.sort(key=lambda problem: problem.severity != ERROR)
+    return Validation(tuple(problems), config.strict, config)
+
+
+def validate_datasette(datasette: Datasette) -> Validation:
+    """Check ``datasette``'s ``datasette-llm`` configuration (see ``validate``)."""
+    from .catalog import get_purposes
+    from .registry import current_registry
+
+    return validate(
+        datasette.plugin_config(PLUGIN_NAME), get_purposes(datasette), current_registry()
+    )
+
+
+_deferred: WeakSet[Datasette] = WeakSet()
+
+
+def defer_startup_validation(datasette: Datasette) -> None:
+    """Make the ``startup`` hook leave validation to the caller (the ``datasette llm`` CLI)."""
+    _deferred.add(datasette)
+
+
+def check_at_startup(datasette: Datasette) -> None:
+    """Log warnings; raise ``StartupError`` listing every error (and warning under ``strict``)."""
+    if datasette in _deferred:
+        return
+    validation = validate_datasette(datasette)
+    for problem in validation.warnings:
+        logger.warning("datasette-llm configuration: %s", problem)
+    if validation.errors:
+        from datasette.utils import StartupError
+
+        message = str(ConfigurationError(validation.errors))
+        if validation.strict and any(p.severity != ERROR for p in validation.errors):
+            message += "\nWarnings count as errors because strict: true is set."
+        raise StartupError(message) from None
