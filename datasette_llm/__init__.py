@@ -8,7 +8,12 @@ from .errors import ConfigProblem, ConfigurationError, ModelNotFoundError
 from .keys import KeyStatus
 
 # Datasette finds our hook implementations as attributes of this module (the entry point).
+from .plugin import menu_links as menu_links
+from .plugin import register_actions as register_actions
+from .plugin import register_commands as register_commands
+from .plugin import register_routes as register_routes
 from .plugin import register_secrets as register_secrets
+from .plugin import startup as startup
 from .purposes import Purpose, PurposeCollision
 from .resolver import Resolution
 from .results import Group, PromptResult

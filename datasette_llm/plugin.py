@@ -12,10 +12,19 @@ from .keys import provider_secret_name
 from .registry import current_registry
 
 if TYPE_CHECKING:
+    import click
     from datasette.app import Datasette
+    from datasette.permissions import Action
     from datasette_secrets import Secret
 
-__all__ = ["register_secrets"]
+__all__ = [
+    "menu_links",
+    "register_actions",
+    "register_commands",
+    "register_routes",
+    "register_secrets",
+    "startup",
+]
 
 KEY_HELP_URLS = {
     "openai": ("https://platform.openai.com/api-keys", "Get an OpenAI API key"),
@@ -60,3 +69,55 @@ def register_secrets(datasette: Datasette) -> list[Secret]:
             seen.add(ref.key)
             secrets.append(Secret(name=ref.key, description=f"API key configured at {path}"))
     return secrets
+
+
+@hookimpl
+def register_actions(datasette: Datasette) -> list[Action]:
+    """Register ``llm-view-routing``, the action guarding the ``/-/llm`` routing page."""
+    from datasette.permissions import Action
+
+    from .views import VIEW_ROUTING
+
+    return [
+        Action(
+            name=VIEW_ROUTING,
+            description="View datasette-llm's purpose routing page (/-/llm)",
+        )
+    ]
+
+
+@hookimpl
+def register_routes(datasette: Datasette) -> list[tuple[str, object]]:
+    """Serve the routing page at ``/-/llm`` and ``/-/llm.json``."""
+    from .views import ROUTE_PATTERN, routing_view
+
+    return [(ROUTE_PATTERN, routing_view)]
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    """Add ``datasette llm purposes`` and ``datasette llm check``."""
+    from .cli import add_commands
+
+    add_commands(cli)
+
+
+@hookimpl
+def startup(datasette: Datasette) -> None:
+    """Stop startup on configuration errors; log warnings (errors too under ``strict``)."""
+    from .validation import check_at_startup
+
+    check_at_startup(datasette)
+
+
+@hookimpl
+def menu_links(datasette: Datasette, actor: dict[str, object] | None) -> object:
+    """Link to the routing page for actors allowed to view it."""
+    from .views import can_view_routing
+
+    async def inner() -> list[dict[str, str]]:
+        if not await can_view_routing(datasette, actor):
+            return []
+        return [{"href": datasette.urls.path("/-/llm"), "label": "LLM routing"}]
+
+    return inner

@@ -1,0 +1,213 @@
+"""``datasette llm purposes`` and ``datasette llm check``: the routing report in a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
+    from .errors import ConfigProblem
+    from .report import Route, RoutingReport
+
+__all__ = ["add_commands", "format_problems", "format_table"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _datasette_options(function: F) -> F:
+    """Add the options ``datasette serve`` uses to find configuration and plugins."""
+    options = [
+        click.option(
+            "-c",
+            "--config",
+            type=click.File("r"),
+            help="Path to a datasette.yaml (or JSON) configuration file",
+        ),
+        click.option(
+            "-m",
+            "--metadata",
+            type=click.File("r"),
+            help="Path to a metadata.yaml (or JSON) file; its plugins: section counts too",
+        ),
+        click.option(
+            "--plugins-dir",
+            type=click.Path(exists=True, file_okay=False, dir_okay=True),
+            help="Path to a directory containing custom plugins",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _load(file: Any, label: str) -> dict[str, Any] | None:
+    if file is None:
+        return None
+    from datasette.utils import parse_metadata
+
+    try:
+        parsed = parse_metadata(file.read())
+    except Exception as error:
+        raise click.ClickException(f"Could not parse {label} {file.name}: {error}") from None
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        raise click.ClickException(f"{label} {file.name} must be a mapping at the top level.")
+    return parsed
+
+
+def _datasette(config: Any, metadata: Any, plugins_dir: str | None) -> Datasette:
+    from datasette.app import Datasette
+
+    from .validation import defer_startup_validation
+
+    datasette = Datasette(
+        memory=True,
+        config=_load(config, "configuration"),
+        metadata=_load(metadata, "metadata"),
+        plugins_dir=plugins_dir,
+    )
+    defer_startup_validation(datasette)
+    return datasette
+
+
+def _key_text(route: Route) -> str:
+    key = route.key
+    if key is None:
+        return "-"
+    if key.state == "set":
+        return f"set ({key.secret_name})" if key.secret_name else "set (llm keys)"
+    if key.state == "missing":
+        return f"MISSING ({key.secret_name})" if key.secret_name else "MISSING"
+    return "not needed"
+
+
+def _rows_to_text(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def format_table(report: RoutingReport) -> str:
+    """Render the report as the plain-text table ``datasette llm purposes`` prints."""
+    header = ("PURPOSE", "OWNER", "CONFIGURED", "RESOLVES TO", "STEP", "KEY")
+    rows: list[tuple[str, ...]] = [header]
+    for purpose in report.purposes:
+        route = purpose.route
+        name = purpose.name if purpose.registered else f"{purpose.name} (unregistered)"
+        rows.append(
+            (
+                name,
+                purpose.owner or "-",
+                purpose.configured_model or "-",
+                route.model_id or "(none)",
+                route.step or "-",
+                _key_text(route),
+            )
+        )
+    default = report.default_route
+    rows.append(
+        (
+            "(no purpose)",
+            "-",
+            report.default_model or "-",
+            default.model_id or "(none)",
+            default.step or "-",
+            _key_text(default),
+        )
+    )
+    lines = [_rows_to_text(rows), ""]
+    allowed = "any installed model" if report.models is None else ", ".join(report.models)
+    lines.append(f"Allowed models: {allowed or 'none'}")
+    lines.append(f"Blocked models: {', '.join(report.blocked_models) or 'none'}")
+    for collision in report.collisions:
+        lines.append(
+            f"Collision: {collision.name!r} registered by {collision.kept.owner!r} (kept) "
+            f"and {collision.ignored.owner!r} (ignored)"
+        )
+    if report.problems:
+        lines.append("")
+        lines.append(format_problems(report.problems, report.strict))
+    return "\n".join(lines)
+
+
+def format_problems(problems: Sequence[ConfigProblem], strict: bool) -> str:
+    """Render problems one per line, errors first, then a count."""
+    lines = []
+    errors = 0
+    for problem in problems:
+        severity = "error" if strict else problem.severity
+        if severity == "error":
+            errors += 1
+        lines.append(f"{severity}: {problem.path}: {problem.message}")
+    warnings = len(problems) - errors
+    lines.append(
+        f"{errors} error{'s' if errors != 1 else ''}, "
+        f"{warnings} warning{'s' if warnings != 1 else ''}"
+        + (" (strict: warnings count as errors)" if strict and problems else "")
+    )
+    return "\n".join(lines)
+
+
+async def _report(datasette: Datasette) -> RoutingReport:
+    from .report import build_report
+
+    await datasette.invoke_startup()
+    return await build_report(datasette)
+
+
+def add_commands(cli: click.Group) -> None:
+    """Add the ``llm`` command group to Datasette's CLI."""
+
+    @cli.group(name="llm")
+    def llm_group() -> None:
+        """Inspect datasette-llm's purpose routing."""
+
+    @llm_group.command(name="purposes")
+    @_datasette_options
+    @click.option("--json", "as_json", is_flag=True, help="Output the report as JSON")
+    def purposes(config: Any, metadata: Any, plugins_dir: str | None, as_json: bool) -> None:
+        """Show every purpose, the model it resolves to, and why."""
+        from .errors import ConfigurationError
+
+        datasette = _datasette(config, metadata, plugins_dir)
+        try:
+            report = asyncio.run(_report(datasette))
+        except ConfigurationError as error:
+            click.echo(format_problems(error.problems, False), err=True)
+            raise SystemExit(1) from None
+        if as_json:
+            click.echo(json.dumps(report.to_json(), indent=2))
+        else:
+            click.echo(format_table(report))
+
+    @llm_group.command(name="check")
+    @_datasette_options
+    @click.option("--strict", is_flag=True, help="Treat warnings as errors (like strict: true)")
+    def check(config: Any, metadata: Any, plugins_dir: str | None, strict: bool) -> None:
+        """Validate the configuration; exit 1 on errors (for deploys)."""
+        from .validation import validate_datasette
+
+        datasette = _datasette(config, metadata, plugins_dir)
+        asyncio.run(datasette.invoke_startup())
+        validation = validate_datasette(datasette)
+        strict = strict or validation.strict
+        if not validation.problems:
+            click.echo("datasette-llm configuration OK: no problems found.")
+            return
+        click.echo(format_problems(validation.problems, strict))
+        failing = validation.problems if strict else validation.errors
+        if failing:
+            raise SystemExit(1)

@@ -1,0 +1,81 @@
+"""The routing page ``/-/llm`` and ``/-/llm.json``, for actors allowed ``llm-view-routing``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from datasette.utils.asgi import Request, Response
+
+__all__ = ["ROUTE_PATTERN", "VIEW_ROUTING", "can_view_routing", "routing_view"]
+
+VIEW_ROUTING: Final = "llm-view-routing"
+"""The action that guards the routing page; denied by default, granted to root."""
+
+ROUTE_PATTERN: Final = r"^/-/llm(?P<format>\.json)?$"
+"""Matches ``/-/llm`` and ``/-/llm.json``."""
+
+STEP_LABELS: Final = {
+    "explicit": "explicit model_id",
+    "hook": "llm_default_model hook",
+    "purpose_config": "purposes.<name>.model",
+    "purpose_default": "the purpose's recommended model",
+    "default_model": "default_model",
+}
+
+
+async def can_view_routing(datasette: Datasette, actor: Mapping[str, object] | None) -> bool:
+    """Return whether ``actor`` may see the routing page.
+
+    The root actor (``datasette --root``) always may, even when a ``permissions:`` block in
+    datasette.yaml grants ``llm-view-routing`` only to others; otherwise Datasette decides.
+    """
+    if datasette.root_enabled and actor is not None and actor.get("id") == "root":
+        return True
+    return await datasette.allowed(action=VIEW_ROUTING, actor=actor)
+
+
+async def routing_view(datasette: Datasette, request: Request) -> Response:
+    """Show every purpose's routing; 403 unless the actor may ``llm-view-routing``."""
+    from datasette.utils.asgi import Response
+
+    from .report import build_report
+
+    as_json = bool(request.url_vars.get("format"))
+    if not await can_view_routing(datasette, request.actor):
+        message = (
+            f"Permission denied: viewing the LLM routing needs the {VIEW_ROUTING!r} action. "
+            "Sign in as root, or grant it under permissions: in datasette.yaml."
+        )
+        if as_json:
+            return Response.json({"ok": False, "error": message, "status": 403}, status=403)
+        from datasette import Forbidden
+
+        raise Forbidden(message)
+    try:
+        report = await build_report(datasette)
+    except ConfigurationError as error:
+        problems = [
+            {"path": problem.path, "message": problem.message, "severity": problem.severity}
+            for problem in error.problems
+        ]
+        if as_json:
+            return Response.json({"ok": False, "error": str(error), "problems": problems})
+        html = await datasette.render_template(
+            "llm_routing.html",
+            {"report": None, "problems": error.problems, "step_labels": STEP_LABELS},
+            request=request,
+        )
+        return Response.html(html)
+    if as_json:
+        return Response.json({"ok": True, **report.to_json()})
+    html = await datasette.render_template(
+        "llm_routing.html",
+        {"report": report, "problems": report.problems, "step_labels": STEP_LABELS},
+        request=request,
+    )
+    return Response.html(html)
