@@ -1,0 +1,433 @@
+"""``FakeModelRouter``: routing runs for real, the chosen model answers from a script."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from ._defaults import default_text
+from ._errors import RealModelRequestError, UnmatchedPromptError
+from ._fake_model import Answer, FakeAsyncModel
+from ._matching import Matcher, PromptMatch, build_matcher
+from ._records import ModelCall, build_call
+from ._replies import FakeReply, ReplyCallback, ScriptedReply
+
+if TYPE_CHECKING:
+    import llm
+
+    from datasette_llm import Group, Purpose
+
+__all__ = ["FakeModelRouter"]
+
+_CONTEXT_OPT_OUT = "pass assert_all_replies_used=False to FakeModelRouter()"
+
+
+class FakeModelRouter:
+    """Answer every routed model call from scripted replies, and record each call.
+
+    Use the ``fake_model_router`` pytest fixture, or ``with FakeModelRouter() as router:``.
+    While active, datasette-llm routes as usual (configuration, hooks, allow and block lists)
+    and whichever model it chooses — installed or not — answers from this router;
+    ``llm_prompt_context`` and ``llm_group_exit`` hooks still run. A request that would reach a
+    real model raises ``RealModelRequestError``.
+
+    With nothing scripted every call gets a deterministic default reply (valid JSON for a
+    ``schema=`` prompt). Once anything is scripted, a call no reply matches raises
+    ``UnmatchedPromptError``, and replies never used fail the test when the router stops.
+
+    Args:
+        assert_all_replies_used: Fail on exit if a scripted reply (not ``is_optional``) was
+            never used.
+        assert_all_prompts_matched: Fail on exit if a prompt matched no scripted reply, even
+            though the code under test caught the ``UnmatchedPromptError``.
+    """
+
+    _active: ClassVar[FakeModelRouter | None] = None
+
+    def __init__(
+        self, *, assert_all_replies_used: bool = True, assert_all_prompts_matched: bool = True
+    ) -> None:
+        self.assert_all_replies_used = assert_all_replies_used
+        self.assert_all_prompts_matched = assert_all_prompts_matched
+        self._replies: list[ScriptedReply] = []
+        self._uses: dict[int, int] = {}
+        self._calls: list[ModelCall] = []
+        self._unmatched: list[str] = []
+        self._blocked: list[str] = []
+        self._fakes: dict[str, FakeAsyncModel] = {}
+        self._groups: list[Group] = []
+        self._tool_call_count = 0
+        self._restore_guard: Callable[[], None] | None = None
+
+    # -- scripting -------------------------------------------------------------------------
+
+    def add_response(
+        self,
+        *,
+        text: str | None = None,
+        chunks: Sequence[str] | None = None,
+        json: object | None = None,
+        purpose: str | Purpose | None = None,
+        model_id: str | None = None,
+        prompt: PromptMatch | None = None,
+        usage: tuple[int, int] | None = None,
+        tool_calls: Sequence[llm.ToolCall] = (),
+        is_reusable: bool = False,
+        is_optional: bool = False,
+    ) -> None:
+        """Answer the first matching call with ``text``, ``chunks`` or ``json``.
+
+        Args:
+            text: The reply text.
+            chunks: The reply, streamed as these chunks.
+            json: A JSON-serializable value to answer with (for ``schema=`` prompts).
+            purpose: Only answer calls for this purpose.
+            model_id: Only answer calls routed to this model.
+            prompt: Only answer prompts equal to this string, searched by this pattern, or
+                for which this callable returns true.
+            usage: ``(input_tokens, output_tokens)``; by default the words are counted.
+            tool_calls: Tool calls to make; in a chain llm runs the tools and prompts again.
+            is_reusable: Answer every matching call, not only the first.
+            is_optional: Do not fail the test if it is never used.
+        """
+        reply = FakeReply(text=text, chunks=chunks, json=json, usage=usage, tool_calls=tool_calls)
+        self._add("response", purpose, model_id, prompt, is_reusable, is_optional, reply=reply)
+
+    def add_callback(
+        self,
+        callback: ReplyCallback,
+        *,
+        purpose: str | Purpose | None = None,
+        model_id: str | None = None,
+        prompt: PromptMatch | None = None,
+        is_reusable: bool = False,
+        is_optional: bool = False,
+    ) -> None:
+        """Answer the first matching call with what ``callback(call)`` returns.
+
+        ``callback`` receives the ``ModelCall`` and returns the reply text or a ``FakeReply``;
+        it may be a coroutine function. Matchers and flags are as for ``add_response``.
+        """
+        if not callable(callback):
+            raise TypeError(
+                f"add_callback() takes a function of the ModelCall returning text or a "
+                f"FakeReply, got {type(callback).__name__}: {callback!r}"
+            )
+        self._add(
+            "callback", purpose, model_id, prompt, is_reusable, is_optional, callback=callback
+        )
+
+    def add_exception(
+        self,
+        exception: BaseException,
+        *,
+        purpose: str | Purpose | None = None,
+        model_id: str | None = None,
+        prompt: PromptMatch | None = None,
+        is_reusable: bool = False,
+        is_optional: bool = False,
+    ) -> None:
+        """Raise ``exception`` from the first matching call, as a failing provider would.
+
+        Matchers and flags are as for ``add_response``.
+        """
+        if not isinstance(exception, BaseException):
+            raise TypeError(
+                f"add_exception() takes an exception instance such as "
+                f"RuntimeError('rate limited'), got {type(exception).__name__}: {exception!r}"
+            )
+        self._add(
+            "exception", purpose, model_id, prompt, is_reusable, is_optional, exception=exception
+        )
+
+    def _add(
+        self,
+        kind: Literal["response", "callback", "exception"],
+        purpose: str | Purpose | None,
+        model_id: str | None,
+        prompt: PromptMatch | None,
+        is_reusable: bool,
+        is_optional: bool,
+        *,
+        reply: FakeReply | None = None,
+        callback: ReplyCallback | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        matcher = build_matcher(purpose, model_id, prompt)
+        number = len(self._replies) + 1
+        scripted = ScriptedReply(
+            number=number,
+            kind=kind,
+            matcher=matcher,
+            reply=reply,
+            callback=callback,
+            exception=exception,
+            is_reusable=is_reusable,
+            is_optional=is_optional,
+        )
+        self._replies.append(scripted)
+        self._uses[number] = 0
+
+    # -- recorded calls ----------------------------------------------------------------------
+
+    @property
+    def calls(self) -> tuple[ModelCall, ...]:
+        """Every call the fake models answered (or refused), in order."""
+        return tuple(self._calls)
+
+    def get_calls(
+        self,
+        *,
+        purpose: str | Purpose | None = None,
+        model_id: str | None = None,
+        prompt: PromptMatch | None = None,
+    ) -> list[ModelCall]:
+        """Return the calls matching every condition given (all calls if none is given)."""
+        matcher = build_matcher(purpose, model_id, prompt)
+        return [call for call in self._calls if not matcher.mismatches(call)]
+
+    def get_call(
+        self,
+        *,
+        purpose: str | Purpose | None = None,
+        model_id: str | None = None,
+        prompt: PromptMatch | None = None,
+    ) -> ModelCall:
+        """Return the one call matching the conditions; fail if there are none or several."""
+        matcher = build_matcher(purpose, model_id, prompt)
+        found = [call for call in self._calls if not matcher.mismatches(call)]
+        if len(found) == 1:
+            return found[0]
+        conditions = ", ".join(matcher.describe()) or "no conditions"
+        listing = "".join(f"\n  - {_describe_call(call)}" for call in self._calls) or " none"
+        raise AssertionError(
+            f"Expected exactly one call matching {conditions}, found {len(found)}. "
+            f"Calls recorded:{listing}"
+        )
+
+    def __repr__(self) -> str:
+        calls = _plural(len(self._calls), "call", "calls")
+        if not self._replies:
+            return f"<FakeModelRouter: {calls}, no scripted replies>"
+        unused = sum(1 for reply in self._replies if not self._uses[reply.number])
+        replies = _plural(len(self._replies), "scripted reply", "scripted replies")
+        return f"<FakeModelRouter: {calls}, {replies} ({unused} unused)>"
+
+    # -- activation --------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeModelRouter:
+        self._start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop()
+        if exc_type is None:
+            problems = self._problems(_CONTEXT_OPT_OUT)
+            if problems:
+                raise AssertionError(problems)
+
+    def _start(self) -> None:
+        if FakeModelRouter._active is not None:
+            raise RuntimeError(
+                "A FakeModelRouter is already active: use the one you have (the "
+                "fake_model_router fixture) instead of starting another."
+            )
+        from datasette.plugins import pm
+
+        from datasette_llm.registry import push_model_override
+
+        from ._guard import block_real_requests
+        from ._scope import PLUGIN_NAME, ScopePlugin
+
+        FakeModelRouter._active = self
+        push_model_override(self._override)
+        pm.register(ScopePlugin(), name=PLUGIN_NAME)
+        self._restore_guard = block_real_requests(self._refuse)
+
+    def _stop(self) -> None:
+        if FakeModelRouter._active is not self:
+            return
+        from datasette.plugins import pm
+
+        from datasette_llm.registry import pop_model_override
+
+        from ._scope import PLUGIN_NAME
+
+        if self._restore_guard is not None:
+            self._restore_guard()
+            self._restore_guard = None
+        if pm.has_plugin(PLUGIN_NAME):
+            pm.unregister(name=PLUGIN_NAME)
+        pop_model_override(self._override)
+        FakeModelRouter._active = None
+
+    def _problems(self, opt_out: str) -> str | None:
+        """Return what went wrong that the code under test may have hidden, or ``None``."""
+        sections: list[str] = []
+        if self._unmatched and self.assert_all_prompts_matched:
+            count = _plural(len(self._unmatched), "prompt", "prompts")
+            listing = "".join(f"\n  - {line}" for line in self._unmatched)
+            sections.append(
+                f"{count} matched no scripted reply (the UnmatchedPromptError was raised inside "
+                f"the code under test):{listing}"
+            )
+        if self._blocked:
+            count = _plural(len(self._blocked), "request", "requests")
+            listing = "".join(f"\n  - {line}" for line in self._blocked)
+            sections.append(f"{count} to a real model were blocked:{listing}")
+        unused = [
+            reply
+            for reply in self._replies
+            if not self._uses[reply.number] and not reply.is_optional
+        ]
+        if unused and self.assert_all_replies_used:
+            verb = "was" if len(unused) == 1 else "were"
+            count = _plural(len(unused), "scripted reply", "scripted replies")
+            listing = "".join(f"\n  {reply.number}. {reply.describe()}" for reply in unused)
+            sections.append(
+                f"{count} {verb} never used:{listing}\n"
+                f"Remove it, mark it is_optional=True, or {opt_out}."
+            )
+        if not sections:
+            return None
+        return "FakeModelRouter: " + "\n".join(sections)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _override(self, model_id: str, installed: llm.AsyncModel | None) -> FakeAsyncModel:
+        real_id = installed.model_id if installed is not None else model_id
+        fake = self._fakes.get(real_id)
+        if fake is None:
+            fake = FakeAsyncModel(real_id, installed, self._answer)
+            self._fakes[real_id] = fake
+        return fake
+
+    def _refuse(self, model: object) -> BaseException:
+        model_id = getattr(model, "model_id", None)
+        description = f"{model_id!r} ({type(model).__name__})"
+        self._blocked.append(description)
+        return RealModelRequestError(
+            f"FakeModelRouter blocked a request to the real model {description}: no prompt may "
+            "reach a real model while the router is active. The code under test prompted an llm "
+            "model it got without datasette-llm (llm.get_async_model(), LLM.models()); get it "
+            "with LLM(datasette).model(...) or .group(...) so the router answers it."
+        )
+
+    def _group_number(self, group: Group | None) -> int | None:
+        if group is None:
+            return None
+        for index, seen in enumerate(self._groups, start=1):
+            if seen is group:
+                return index
+        self._groups.append(group)
+        return len(self._groups)
+
+    async def _answer(self, model: FakeAsyncModel, prompt: llm.Prompt, stream: bool) -> Answer:
+        from ._scope import current_scope
+
+        scope = current_scope()
+        actor = scope.actor if scope is not None else None
+        call = build_call(
+            prompt,
+            model_id=model.model_id,
+            stream=stream,
+            purpose=scope.purpose if scope is not None else None,
+            step=scope.step if scope is not None else None,
+            actor=dict(actor) if actor is not None else None,
+            group=self._group_number(scope.group if scope is not None else None),
+        )
+        self._calls.append(call)
+        scripted = self._choose(call)
+        if scripted is None:
+            reply = FakeReply(text=default_text(call))
+        elif scripted.exception is not None:
+            raise scripted.exception
+        elif scripted.callback is not None:
+            reply = await _run_callback(scripted, call)
+        else:
+            assert scripted.reply is not None
+            reply = scripted.reply
+        chunks = tuple(reply.output_chunks())
+        usage = reply.usage or (_words(call), len("".join(chunks).split()))
+        return Answer(chunks, usage, tuple(self._with_id(c) for c in reply.tool_calls))
+
+    def _with_id(self, tool_call: llm.ToolCall) -> llm.ToolCall:
+        if tool_call.tool_call_id is not None:
+            return tool_call
+        self._tool_call_count += 1
+        return dataclasses.replace(tool_call, tool_call_id=f"call-{self._tool_call_count}")
+
+    def _choose(self, call: ModelCall) -> ScriptedReply | None:
+        if not self._replies:
+            return None
+        for scripted in self._replies:
+            if self._uses[scripted.number] and not scripted.is_reusable:
+                continue
+            if not scripted.matcher.mismatches(call):
+                self._uses[scripted.number] += 1
+                return scripted
+        self._unmatched.append(_describe_call(call))
+        raise UnmatchedPromptError(self._unmatched_message(call))
+
+    def _unmatched_message(self, call: ModelCall) -> str:
+        lines = [
+            f"No scripted reply matches this call: {_describe_call(call)}",
+            "Scripted replies:",
+        ]
+        used_match = False
+        for scripted in self._replies:
+            reasons = scripted.matcher.mismatches(call)
+            if not reasons:
+                used_match = True
+                reasons = ["matches, but was already used"]
+            lines.append(f"  {scripted.number}. {scripted.describe()} - {'; '.join(reasons)}")
+        if used_match:
+            lines.append(
+                "Add another reply for this call, or pass is_reusable=True to let a reply "
+                "answer every matching call."
+            )
+        else:
+            example = Matcher(purpose=call.purpose, model_id=call.model_id).describe()
+            lines.append(
+                "Add a reply for this call, e.g. router.add_response(text='...'"
+                + "".join(f", {part}" for part in example)
+                + ")."
+            )
+        return "\n".join(lines)
+
+
+async def _run_callback(scripted: ScriptedReply, call: ModelCall) -> FakeReply:
+    assert scripted.callback is not None
+    result = scripted.callback(call)
+    if inspect.isawaitable(result):
+        result = await result
+    if isinstance(result, str):
+        return FakeReply(text=result)
+    if isinstance(result, FakeReply):
+        return result
+    raise TypeError(
+        f"The callback of scripted reply {scripted.number} ({scripted.describe()}) returned "
+        f"{type(result).__name__}: {result!r}; return the reply text or a FakeReply."
+    )
+
+
+def _words(call: ModelCall) -> int:
+    parts = [call.prompt, call.system or "", *(result.output for result in call.tool_results)]
+    return sum(len(part.split()) for part in parts)
+
+
+def _describe_call(call: ModelCall) -> str:
+    prompt = call.prompt if len(call.prompt) <= 60 else call.prompt[:57] + "..."
+    return f"purpose={call.purpose!r}, model_id={call.model_id!r}, prompt={prompt!r}"
+
+
+def _plural(count: int, singular: str, plural: str) -> str:
+    return f"{count} {singular if count == 1 else plural}"

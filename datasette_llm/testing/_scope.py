@@ -1,0 +1,109 @@
+"""What the fake model knows of the prompt it answers: purpose, actor, group, resolution step.
+
+The router registers ``ScopePlugin`` with Datasette's plugin manager; its
+``llm_prompt_context`` hook sets a context variable around each prompt that the fake model
+reads when llm asks it to answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from datasette import hookimpl
+
+from datasette_llm import LLM, Group, ModelNotFoundError, PromptResult, Resolution
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
+    from datasette_llm import Actor, ResolutionStep
+
+__all__ = ["PLUGIN_NAME", "PromptScope", "ScopePlugin", "current_scope"]
+
+PLUGIN_NAME: Final = "datasette-llm-fake-model-router"
+
+
+@dataclass(frozen=True, slots=True)
+class PromptScope:
+    """The datasette-llm side of the prompt being answered.
+
+    Attributes:
+        purpose: The purpose name, or ``None``.
+        actor: The actor, or ``None``.
+        group: The ``Group`` of a ``group()`` block, or ``None``.
+        step: The resolution step that chose the model.
+    """
+
+    purpose: str | None
+    actor: Actor | None
+    group: Group | None
+    step: ResolutionStep | None
+
+
+_current: ContextVar[PromptScope | None] = ContextVar("datasette_llm_fake_scope", default=None)
+
+
+def current_scope() -> PromptScope | None:
+    """Return the scope of the prompt being answered, or ``None`` outside datasette-llm."""
+    return _current.get()
+
+
+async def _step(
+    datasette: Datasette,
+    model_id: str,
+    purpose: str | None,
+    actor: Actor | None,
+    result: PromptResult,
+) -> ResolutionStep:
+    resolution = getattr(result, "resolution", None)
+    if isinstance(resolution, Resolution):
+        return resolution.step
+    # PromptResult does not carry the Resolution yet: route again without a model id. If that
+    # picks another model (or none), the caller must have named the model explicitly.
+    try:
+        routed = await LLM(datasette).resolve(None, purpose, actor)
+    except (ModelNotFoundError, KeyError):
+        return "explicit"
+    return routed.step if routed.model_id == model_id else "explicit"
+
+
+@asynccontextmanager
+async def _scope(
+    datasette: Datasette,
+    model_id: str,
+    purpose: str | None,
+    actor: Actor | None,
+    result: PromptResult,
+) -> AsyncIterator[None]:
+    step = await _step(datasette, model_id, purpose, actor, result)
+    token = _current.set(PromptScope(purpose, actor, result.group, step))
+    try:
+        yield None
+    finally:
+        try:
+            _current.reset(token)
+        except ValueError:  # a chain closed from another context
+            _current.set(None)
+
+
+class ScopePlugin:
+    """A Datasette plugin that tells the fake model which prompt it is answering."""
+
+    @hookimpl
+    def llm_prompt_context(
+        self,
+        datasette: Datasette,
+        model_id: str,
+        purpose: str | None,
+        actor: Actor | None,
+    ) -> Callable[[PromptResult], AbstractAsyncContextManager[None]]:
+        """Return a factory of the context that sets the prompt's scope."""
+
+        def factory(result: PromptResult) -> AbstractAsyncContextManager[None]:
+            return _scope(datasette, model_id, purpose, actor, result)
+
+        return factory
