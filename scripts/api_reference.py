@@ -1,0 +1,111 @@
+"""Print the public API of datasette-llm as Markdown: every public name with its signature.
+
+``tests/test_docs.py`` checks that the README contains each of these signature lines: run
+``python scripts/api_reference.py --write-readme`` whenever the public API changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+MODULES = ("datasette_llm", "datasette_llm.typing", "datasette_llm.testing")
+
+
+def clean(signature: inspect.Signature) -> str:
+    parameters = [
+        parameter
+        for parameter in signature.parameters.values()
+        if parameter.name != "self" and not parameter.name.startswith("_")
+    ]
+    return str(signature.replace(parameters=parameters)).replace("'", "")
+
+
+def function_line(name: str, function: object) -> str:
+    wrapped = getattr(function, "__wrapped__", None)
+    signature = clean(inspect.signature(function))  # type: ignore[arg-type]
+    if wrapped is not None and inspect.isasyncgenfunction(wrapped):
+        # An @asynccontextmanager: show what `async with` gets.
+        signature = signature.replace("-> AsyncIterator[", "-> AbstractAsyncContextManager[")
+        return f"`{name}{signature}`"
+    prefix = "async " if inspect.iscoroutinefunction(function) else ""
+    return f"`{prefix}{name}{signature}`"
+
+
+def members(cls: type) -> Iterator[tuple[str, object]]:
+    for name, value in vars(cls).items():
+        if name.startswith("_") and name not in ("__init__", "__enter__", "__aenter__"):
+            continue
+        if name == "__init__":
+            continue
+        yield name, value
+
+
+def describe(module_name: str, name: str, value: object) -> Iterator[str]:
+    qualified = f"{module_name}.{name}"
+    if inspect.isclass(value) and not value.__module__.startswith("datasette_llm"):
+        yield f"- `{qualified}`: re-export of `{value.__module__}.{value.__qualname__}`"
+    elif inspect.isclass(value):
+        try:
+            signature = clean(inspect.signature(value))
+        except (TypeError, ValueError):
+            signature = "(...)"
+        yield f"- `{qualified}{signature}`"
+        for member_name, member in members(value):
+            if isinstance(member, property):
+                yield f"  - `.{member_name}` (property)"
+            elif isinstance(member, (staticmethod, classmethod)):
+                yield f"  - {function_line('.' + member_name, member.__func__)}"
+            elif inspect.isfunction(member):
+                yield f"  - {function_line('.' + member_name, member)}"
+    elif inspect.isfunction(value):
+        yield f"- {function_line(qualified, value)}"
+    elif " at 0x" in repr(value):
+        yield f"- `{qualified}`: a `{type(value).__module__}.{type(value).__qualname__}`"
+    else:
+        yield f"- `{qualified}` = `{value!r}`".replace("typing.", "")
+
+
+def hooks() -> list[str]:
+    from datasette_llm import hookspecs
+
+    lines = ["\n### Hooks (implement with `@hookimpl`; every argument may be omitted)\n"]
+    for name, function in vars(hookspecs).items():
+        if inspect.isfunction(function) and hasattr(function, "datasette_spec"):
+            lines.append(f"- {function_line(name, function)}")
+    return lines
+
+
+def reference() -> list[str]:
+    lines: list[str] = hooks()
+    for module_name in MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        lines.append(f"\n### `{module_name}`\n")
+        for name in sorted(getattr(module, "__all__", ()), key=str.lower):
+            lines.extend(describe(module_name, name, getattr(module, name)))
+    return lines
+
+
+MARKER = "<!-- REFERENCE -->"
+
+
+def write_readme(path: Path) -> None:
+    """Replace everything after the reference marker in the README with the reference."""
+    text = path.read_text()
+    head, marker, _ = text.partition(MARKER)
+    if not marker:
+        raise SystemExit(f"{path} has no {MARKER} line")
+    path.write_text(head + MARKER + "\n" + "\n".join(reference()) + "\n")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write-readme"]:
+        write_readme(Path(__file__).resolve().parent.parent / "README.md")
+    else:
+        sys.stdout.write("\n".join(reference()).lstrip("\n") + "\n")
