@@ -129,6 +129,13 @@ def format_table(report: RoutingReport) -> str:
         )
     )
     lines = [_rows_to_text(rows), ""]
+    notes = [
+        f"{purpose.name}: {line}"
+        for purpose in report.purposes
+        for line in (*purpose.route.skipped, *filter(None, [purpose.route.error]))
+    ]
+    if notes:
+        lines.extend([*notes, ""])
     allowed = "any installed model" if report.models is None else ", ".join(report.models)
     lines.append(f"Allowed models: {allowed or 'none'}")
     lines.append(f"Blocked models: {', '.join(report.blocked_models) or 'none'}")

@@ -196,6 +196,25 @@ def _allowlist_problems(
         )
 
 
+def _blocked_choice_problems(config: LLMConfig) -> Iterator[ConfigProblem]:
+    if config.default_model is not None and config.default_model.model_id in config.blocked_models:
+        yield ConfigProblem(
+            f"{CONFIG_ROOT}.default_model",
+            f"{config.default_model.model_id!r} is also in blocked_models, so it is never used. "
+            "Remove it from one of them.",
+            WARNING,
+        )
+    for name, purpose_config in config.purposes.items():
+        model = purpose_config.model
+        if model is not None and model.model_id in config.blocklist(name):
+            yield ConfigProblem(
+                f"{CONFIG_ROOT}.purposes.{name}.model",
+                f"{model.model_id!r} is blocked for purpose {name!r}, so it is never used. "
+                "Remove it from the blocklist or choose another model.",
+                WARNING,
+            )
+
+
 def _a_usable_model(config: LLMConfig, registry: ModelRegistry, name: str | None) -> str | None:
     blocked = config.blocklist(name)
     for model in registry.models:
@@ -234,6 +253,7 @@ def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> V
             )
         )
     names = list(dict.fromkeys([*(purpose.name for purpose in purposes), *config.purposes]))
+    problems.extend(_blocked_choice_problems(config))
     problems.extend(_allowlist_problems(config, registry, names))
     problems.sort(key=lambda problem: problem.severity != ERROR)
     return Validation(tuple(problems), config.strict, config)

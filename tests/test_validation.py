@@ -145,6 +145,29 @@ def test_an_allowlist_that_leaves_a_purpose_no_installed_model_is_a_warning(
     )
 
 
+def test_a_configured_model_that_is_also_blocked_is_a_warning(
+    test_models: TestModelsPlugin,
+) -> None:
+    validation = check(
+        {
+            "default_model": "test-a",
+            "blocked_models": ["test-a"],
+            "purposes": {"extract": {"model": "test-b", "blocked_models": ["test-b"]}},
+        }
+    )
+    assert [(p.path, p.message) for p in validation.warnings] == [
+        (
+            f"{ROOT}.default_model",
+            "'test-a' is also in blocked_models, so it is never used. Remove it from one of them.",
+        ),
+        (
+            f"{ROOT}.purposes.extract.model",
+            "'test-b' is blocked for purpose 'extract', so it is never used. "
+            "Remove it from the blocklist or choose another model.",
+        ),
+    ]
+
+
 def test_strict_turns_every_warning_into_an_error(test_models: TestModelsPlugin) -> None:
     validation = check({"strict": True, "purposes": {"enrichment": {"model": "test-a"}}})
     assert validation.warnings == ()

@@ -1,0 +1,3 @@
+import click
+
+cli: click.Group

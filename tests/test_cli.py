@@ -1,0 +1,169 @@
+"""``datasette llm purposes`` and ``datasette llm check``, run through Click's runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from click.testing import CliRunner, Result
+from datasette.cli import cli
+from syrupy.assertion import SnapshotAssertion
+
+from datasette_llm import Purpose
+from datasette_llm.typing import Datasette, hookimpl
+from tests.conftest import RegisterPlugin
+from tests.llm_models import TestModelsPlugin
+
+PURPOSES: Final = [
+    Purpose(
+        "enrichments",
+        owner="datasette-enrichments-llm",
+        description="Run a prompt against every row of a table",
+        default_model="test-b",
+    ),
+    Purpose("extract", owner="datasette-extract", default_model="test-keyed-2"),
+    Purpose("agent", owner="datasette-agent"),
+]
+
+CONFIG: Final = """
+plugins:
+  datasette-llm:
+    default_model: test-a
+    blocked_models: [test-fails]
+    purposes:
+      enrichments:
+        model: {model: test-keyed, key: ENRICHMENTS_KEY}
+        models: [test-keyed, test-b]
+      agent:
+        model: test-fails
+      enrichment:
+        model: test-c
+"""
+
+
+class CliPurposes:
+    @hookimpl
+    def register_llm_purposes(self, datasette: Datasette) -> list[Purpose]:
+        return PURPOSES
+
+
+@pytest.fixture(autouse=True)
+def purposes(
+    test_models: TestModelsPlugin,
+    register_plugin: RegisterPlugin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATASETTE_SECRETS_ENRICHMENTS_KEY", "sk-never-printed")
+    register_plugin(CliPurposes())
+
+
+def run(tmp_path: Path, *args: str, config: str | None = CONFIG) -> Result:
+    arguments = list(args)
+    if config is not None:
+        path = tmp_path / "datasette.yaml"
+        path.write_text(config)
+        arguments += ["-c", str(path)]
+    return CliRunner().invoke(cli, arguments, catch_exceptions=False)
+
+
+def test_purposes_prints_a_table_of_every_purpose_and_its_route(
+    tmp_path: Path, snapshot: SnapshotAssertion
+) -> None:
+    result = run(tmp_path, "llm", "purposes")
+    assert result.exit_code == 0, result.output
+    assert "sk-never-printed" not in result.output
+    assert result.output == snapshot
+
+
+def test_purposes_json_is_the_routing_report(tmp_path: Path, snapshot: SnapshotAssertion) -> None:
+    result = run(tmp_path, "llm", "purposes", "--json")
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.output)
+    assert data.pop("installed_model_count") >= 6  # depends on the llm plugins installed
+    assert data == snapshot
+
+
+def test_purposes_reads_plugin_configuration_from_metadata_too(tmp_path: Path) -> None:
+    metadata = tmp_path / "metadata.yaml"
+    metadata.write_text(CONFIG)
+    result = run(tmp_path, "llm", "purposes", "--json", "-m", str(metadata), config=None)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["default_model"] == "test-a"
+
+
+def test_purposes_with_a_malformed_configuration_lists_the_problems_and_exits_1(
+    tmp_path: Path,
+) -> None:
+    config = "plugins:\n  datasette-llm:\n    default_model: 5\n    purpose: {}\n"
+    result = run(tmp_path, "llm", "purposes", config=config)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "error: plugins.datasette-llm.purpose: unknown key 'purpose'. Did you mean 'purposes'? "
+        "Valid keys here: default_model, models, blocked_models, require_keys, purposes, strict.",
+        "error: plugins.datasette-llm.default_model: expected a model id string or a mapping "
+        "{model: ID, key: SECRET_NAME, options: {...}}, got int: 5.",
+        "2 errors, 0 warnings",
+    ]
+
+
+def test_check_with_a_clean_configuration_says_so_and_exits_0(tmp_path: Path) -> None:
+    config = "plugins:\n  datasette-llm:\n    default_model: test-a\n"
+    result = run(tmp_path, "llm", "check", config=config)
+    assert (result.exit_code, result.output) == (
+        0,
+        "datasette-llm configuration OK: no problems found.\n",
+    )
+
+
+def test_check_with_only_warnings_lists_them_and_exits_0(tmp_path: Path) -> None:
+    result = run(tmp_path, "llm", "check")
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
+        "warning: plugins.datasette-llm.purposes.enrichment: no installed plugin registers the "
+        "purpose 'enrichment'. Did you mean 'enrichments'? Registered purposes: agent, "
+        "enrichments, extract.",
+        "warning: plugins.datasette-llm.purposes.agent.model: 'test-fails' is blocked for "
+        "purpose 'agent', so it is never used. Remove it from the blocklist or choose another "
+        "model.",
+        "0 errors, 2 warnings",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flag", "config"),
+    [
+        ("--strict", CONFIG),
+        (None, CONFIG.replace("default_model:", "strict: true\n    default_model:")),
+    ],
+)
+def test_check_under_strict_fails_on_warnings(
+    tmp_path: Path, flag: str | None, config: str
+) -> None:
+    result = run(tmp_path, "llm", "check", *([flag] if flag else []), config=config)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        "2 errors, 0 warnings (strict: warnings count as errors)"
+    )
+
+
+def test_check_fails_on_options_the_model_rejects_naming_the_path(tmp_path: Path) -> None:
+    config = (
+        "plugins:\n  datasette-llm:\n    purposes:\n      enrichments:\n        models:\n"
+        "          - test-a\n          - {model: test-b, options: {temprature: 2}}\n"
+    )
+    result = run(tmp_path, "llm", "check", config=config)
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "error: plugins.datasette-llm.purposes.enrichments.models[1].options.temprature: "
+        "'test-b' does not accept the option 'temprature'. Did you mean 'temperature'? "
+        "Options it accepts: temperature, style.",
+        "1 error, 0 warnings",
+    ]
+
+
+def test_check_reports_an_unreadable_configuration_file(tmp_path: Path) -> None:
+    result = run(tmp_path, "llm", "check", config="plugins: [unclosed")
+    assert result.exit_code == 1
+    assert "Could not parse configuration" in result.output
