@@ -10,8 +10,16 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from ._defaults import default_text
 from ._errors import RealModelRequestError, UnmatchedPromptError
+from ._failures import (
+    blocked_message,
+    describe_call,
+    get_call_message,
+    repr_router,
+    stop_message,
+    unmatched_message,
+)
 from ._fake_model import Answer, FakeAsyncModel
-from ._matching import Matcher, PromptMatch, build_matcher
+from ._matching import PromptMatch, build_matcher
 from ._records import ModelCall, build_call
 from ._replies import FakeReply, ReplyCallback, ScriptedReply
 
@@ -201,20 +209,11 @@ class FakeModelRouter:
         found = [call for call in self._calls if not matcher.mismatches(call)]
         if len(found) == 1:
             return found[0]
-        conditions = ", ".join(matcher.describe()) or "no conditions"
-        listing = "".join(f"\n  - {_describe_call(call)}" for call in self._calls) or " none"
-        raise AssertionError(
-            f"Expected exactly one call matching {conditions}, found {len(found)}. "
-            f"Calls recorded:{listing}"
-        )
+        raise AssertionError(get_call_message(matcher, len(found), self._calls))
 
     def __repr__(self) -> str:
-        calls = _plural(len(self._calls), "call", "calls")
-        if not self._replies:
-            return f"<FakeModelRouter: {calls}, no scripted replies>"
         unused = sum(1 for reply in self._replies if not self._uses[reply.number])
-        replies = _plural(len(self._replies), "scripted reply", "scripted replies")
-        return f"<FakeModelRouter: {calls}, {replies} ({unused} unused)>"
+        return repr_router(len(self._calls), len(self._replies), unused)
 
     # -- activation --------------------------------------------------------------------------
 
@@ -271,34 +270,17 @@ class FakeModelRouter:
 
     def _problems(self, opt_out: str) -> str | None:
         """Return what went wrong that the code under test may have hidden, or ``None``."""
-        sections: list[str] = []
-        if self._unmatched and self.assert_all_prompts_matched:
-            count = _plural(len(self._unmatched), "prompt", "prompts")
-            listing = "".join(f"\n  - {line}" for line in self._unmatched)
-            sections.append(
-                f"{count} matched no scripted reply (the UnmatchedPromptError was raised inside "
-                f"the code under test):{listing}"
-            )
-        if self._blocked:
-            count = _plural(len(self._blocked), "request", "requests")
-            listing = "".join(f"\n  - {line}" for line in self._blocked)
-            sections.append(f"{count} to a real model were blocked:{listing}")
         unused = [
             reply
             for reply in self._replies
             if not self._uses[reply.number] and not reply.is_optional
         ]
-        if unused and self.assert_all_replies_used:
-            verb = "was" if len(unused) == 1 else "were"
-            count = _plural(len(unused), "scripted reply", "scripted replies")
-            listing = "".join(f"\n  {reply.number}. {reply.describe()}" for reply in unused)
-            sections.append(
-                f"{count} {verb} never used:{listing}\n"
-                f"Remove it, mark it is_optional=True, or {opt_out}."
-            )
-        if not sections:
-            return None
-        return "FakeModelRouter: " + "\n".join(sections)
+        return stop_message(
+            self._unmatched if self.assert_all_prompts_matched else (),
+            self._blocked,
+            unused if self.assert_all_replies_used else (),
+            opt_out,
+        )
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -314,12 +296,7 @@ class FakeModelRouter:
         model_id = getattr(model, "model_id", None)
         description = f"{model_id!r} ({type(model).__name__})"
         self._blocked.append(description)
-        return RealModelRequestError(
-            f"FakeModelRouter blocked a request to the real model {description}: no prompt may "
-            "reach a real model while the router is active. The code under test prompted an llm "
-            "model it got without datasette-llm (llm.get_async_model(), LLM.models()); get it "
-            "with LLM(datasette).model(...) or .group(...) so the router answers it."
-        )
+        return RealModelRequestError(blocked_message(description))
 
     def _group_number(self, group: Group | None) -> int | None:
         if group is None:
@@ -374,34 +351,8 @@ class FakeModelRouter:
             if not scripted.matcher.mismatches(call):
                 self._uses[scripted.number] += 1
                 return scripted
-        self._unmatched.append(_describe_call(call))
-        raise UnmatchedPromptError(self._unmatched_message(call))
-
-    def _unmatched_message(self, call: ModelCall) -> str:
-        lines = [
-            f"No scripted reply matches this call: {_describe_call(call)}",
-            "Scripted replies:",
-        ]
-        used_match = False
-        for scripted in self._replies:
-            reasons = scripted.matcher.mismatches(call)
-            if not reasons:
-                used_match = True
-                reasons = ["matches, but was already used"]
-            lines.append(f"  {scripted.number}. {scripted.describe()} - {'; '.join(reasons)}")
-        if used_match:
-            lines.append(
-                "Add another reply for this call, or pass is_reusable=True to let a reply "
-                "answer every matching call."
-            )
-        else:
-            example = Matcher(purpose=call.purpose, model_id=call.model_id).describe()
-            lines.append(
-                "Add a reply for this call, e.g. router.add_response(text='...'"
-                + "".join(f", {part}" for part in example)
-                + ")."
-            )
-        return "\n".join(lines)
+        self._unmatched.append(describe_call(call))
+        raise UnmatchedPromptError(unmatched_message(call, self._replies, self._uses))
 
 
 async def _run_callback(scripted: ScriptedReply, call: ModelCall) -> FakeReply:
@@ -422,12 +373,3 @@ async def _run_callback(scripted: ScriptedReply, call: ModelCall) -> FakeReply:
 def _words(call: ModelCall) -> int:
     parts = [call.prompt, call.system or "", *(result.output for result in call.tool_results)]
     return sum(len(part.split()) for part in parts)
-
-
-def _describe_call(call: ModelCall) -> str:
-    prompt = call.prompt if len(call.prompt) <= 60 else call.prompt[:57] + "..."
-    return f"purpose={call.purpose!r}, model_id={call.model_id!r}, prompt={prompt!r}"
-
-
-def _plural(count: int, singular: str, plural: str) -> str:
-    return f"{count} {singular if count == 1 else plural}"
