@@ -83,6 +83,7 @@ class FakeAsyncModel(llm.AsyncModel):
         conversation: AsyncConversation | None,
     ) -> AsyncGenerator[str, None]:
         """Ask the router for the answer, then stream it as llm expects."""
+        __tracebackhide__ = True
         answer = await self._answer(self, prompt, stream)
         for tool_call in answer.tool_calls:
             response.add_tool_call(tool_call)

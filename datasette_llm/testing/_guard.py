@@ -27,11 +27,13 @@ def block_real_requests(refuse: Callable[[object], BaseException]) -> Callable[[
     original_sync: Callable[[Any], Iterator[Any]] = getattr(sync_class, sync_name)
 
     def guarded_async(response: Any) -> None:
+        __tracebackhide__ = True
         if not hasattr(response, "_generator") and not isinstance(response.model, FakeAsyncModel):
             raise refuse(response.model)
         original_async(response)
 
     def guarded_sync(response: Any) -> Iterator[Any]:
+        __tracebackhide__ = True
         raise refuse(response.model)
 
     setattr(async_class, async_name, guarded_async)

@@ -308,6 +308,7 @@ class FakeModelRouter:
         return len(self._groups)
 
     async def _answer(self, model: FakeAsyncModel, prompt: llm.Prompt, stream: bool) -> Answer:
+        __tracebackhide__ = True  # pytest: show the failure where the code under test prompted
         from ._scope import current_scope
 
         scope = current_scope()
@@ -343,6 +344,7 @@ class FakeModelRouter:
         return dataclasses.replace(tool_call, tool_call_id=f"call-{self._tool_call_count}")
 
     def _choose(self, call: ModelCall) -> ScriptedReply | None:
+        __tracebackhide__ = True
         if not self._replies:
             return None
         for scripted in self._replies:
