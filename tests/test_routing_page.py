@@ -193,6 +193,24 @@ async def test_hook_menu_links_links_to_the_page_for_allowed_actors_only(
     assert link not in (await routed.client.get("/", **as_actor(routed, "bob"))).text
 
 
+@pytest.mark.asyncio
+async def test_a_configuration_broken_after_startup_is_shown_as_problems(
+    test_models: TestModelsPlugin, make_datasette: MakeDatasette
+) -> None:
+    datasette = make_datasette({"default_model": "test-a"})
+    datasette.root_enabled = True
+    await datasette.invoke_startup()
+    assert datasette.config is not None
+    datasette.config["plugins"]["datasette-llm"] = {"default_model": ["test-a"]}
+    data = (await datasette.client.get("/-/llm.json", **as_actor(datasette, "root"))).json()
+    assert data["ok"] is False
+    assert [problem["path"] for problem in data["problems"]] == [
+        "plugins.datasette-llm.default_model"
+    ]
+    html = (await datasette.client.get("/-/llm", **as_actor(datasette, "root"))).text
+    assert "<code>plugins.datasette-llm.default_model</code>: expected a model id string" in html
+
+
 # --- Rendered in a real browser -------------------------------------------------------------
 
 PLUGIN_SOURCE: Final = """
