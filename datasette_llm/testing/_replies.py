@@ -7,11 +7,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
+from ._records import ModelCall
+
 if TYPE_CHECKING:
     import llm
 
     from ._matching import Matcher
-    from ._records import ModelCall
 
 __all__ = ["FakeReply", "ReplyCallback", "ScriptedReply"]
 
@@ -96,7 +97,7 @@ class FakeReply:
             )
         object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
 
-    def output_chunks(self) -> list[str]:
+    def _output_chunks(self) -> list[str]:
         """Return the chunks the fake model streams."""
         if self.chunks is not None:
             return list(self.chunks)
@@ -104,7 +105,7 @@ class FakeReply:
             return [json_module.dumps(self.json)]
         return [self.text] if self.text else []
 
-    def describe(self) -> list[str]:
+    def _describe(self) -> list[str]:
         """Return the set fields as ``name=value`` strings."""
         parts: list[str] = []
         if self.text is not None:
@@ -158,7 +159,7 @@ class ScriptedReply:
         """Return how it was added, e.g. ``add_response(text='Hi', purpose='summarize')``."""
         parts: list[str] = []
         if self.reply is not None:
-            parts.extend(self.reply.describe())
+            parts.extend(self.reply._describe())
         if self.callback is not None:
             name = getattr(self.callback, "__qualname__", None) or type(self.callback).__name__
             parts.append(name)

@@ -333,7 +333,7 @@ class FakeModelRouter:
         else:
             assert scripted.reply is not None
             reply = scripted.reply
-        chunks = tuple(reply.output_chunks())
+        chunks = tuple(reply._output_chunks())
         usage = reply.usage or (_words(call), len("".join(chunks).split()))
         return Answer(chunks, usage, tuple(self._with_id(c) for c in reply.tool_calls))
 
