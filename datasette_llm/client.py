@@ -96,20 +96,44 @@ class LLM:
         then ``llm_group_exit`` runs once with the same ``Group`` the prompts saw.
         """
         wrapped = await self._wrapped(model_id, purpose, actor, group=True)
+        try:
+            yield wrapped
+        except BaseException:
+            await self._end_group(wrapped, block_failed=True)
+            raise
+        await self._end_group(wrapped, block_failed=False)
+
+    async def _end_group(self, wrapped: WrappedAsyncModel, block_failed: bool) -> None:
+        """Finish the group's responses, then run ``llm_group_exit`` exactly once.
+
+        ``llm_group_exit`` runs even if finishing is cancelled. When the block failed, its
+        exception wins over a failing ``llm_group_exit`` (which ``call_llm_group_exit`` logs).
+        """
         group = wrapped.group
         assert group is not None
         try:
-            yield wrapped
-        finally:
+            # Prompts started in other tasks (asyncio.gather) may still be running.
+            await wrapped._context.wait_in_flight()
             errors = await finish_responses(group._responses)
-            for error in errors:
-                logger.warning(
-                    "A response in group (model %r, purpose %r) failed while being finished: %r",
-                    group.model_id,
-                    group.purpose,
-                    error,
-                )
+        except BaseException:
+            await self._group_exit(group, quiet=True)
+            raise
+        for error in errors:
+            logger.warning(
+                "A response in group (model %r, purpose %r) failed while being finished: %r",
+                group.model_id,
+                group.purpose,
+                error,
+            )
+        await self._group_exit(group, quiet=block_failed)
+
+    async def _group_exit(self, group: Group, quiet: bool) -> None:
+        try:
             await call_llm_group_exit(self._datasette, group)
+        except Exception:
+            if not quiet:
+                raise
+            # Logged by call_llm_group_exit; the exception already on its way out wins.
 
     async def models(
         self, actor: Actor | None = None, purpose: str | Purpose | None = None

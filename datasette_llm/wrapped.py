@@ -25,7 +25,16 @@ __all__ = ["WrappedAsyncModel", "WrappedChainResponse", "WrappedConversation"]
 class _Context:
     """What every wrapped object carries: where prompts go and who they are for."""
 
-    __slots__ = ("actor", "datasette", "group", "key", "model_id", "options", "purpose")
+    __slots__ = (
+        "actor",
+        "datasette",
+        "group",
+        "in_flight",
+        "key",
+        "model_id",
+        "options",
+        "purpose",
+    )
 
     def __init__(
         self,
@@ -44,6 +53,8 @@ class _Context:
         self.key = key
         self.options = options
         self.group = group
+        # Prompts of a group still running (maybe in other tasks): the group waits for them.
+        self.in_flight: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         # Never show the key.
@@ -69,6 +80,24 @@ class _Context:
         )
 
     async def run_prompt(
+        self, target: AsyncModel | AsyncConversation, prompt: str | None, kwargs: dict[str, Any]
+    ) -> AsyncResponse:
+        if self.group is None:
+            return await self._run_prompt(target, prompt, kwargs)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.in_flight.add(done)
+        try:
+            return await self._run_prompt(target, prompt, kwargs)
+        finally:
+            self.in_flight.discard(done)
+            done.set_result(None)
+
+    async def wait_in_flight(self) -> None:
+        """Wait until every prompt of the group started so far has ended, in whatever task."""
+        while self.in_flight:
+            await asyncio.wait(list(self.in_flight))
+
+    async def _run_prompt(
         self, target: AsyncModel | AsyncConversation, prompt: str | None, kwargs: dict[str, Any]
     ) -> AsyncResponse:
         factories = self.factories(prompt)
