@@ -1,3 +1,5 @@
+from typing import Any
+
 from pluggy import HookimplMarker, HookspecMarker
 
 from .utils.asgi import Forbidden as Forbidden
@@ -8,3 +10,7 @@ from .utils.asgi import Response as Response
 hookimpl: HookimplMarker
 hookspec: HookspecMarker
 __version__: str
+
+
+# Partial stub: names not declared here are typed ``Any`` rather than reported as missing.
+def __getattr__(name: str) -> Any: ...

@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from typing import Any
 
 class Resource: ...
 
@@ -9,3 +10,7 @@ class Action:
     abbr: str | None = None
     resource_class: type[Resource] | None = None
     also_requires: str | None = None
+
+
+# Partial stub: names not declared here are typed ``Any`` rather than reported as missing.
+def __getattr__(name: str) -> Any: ...

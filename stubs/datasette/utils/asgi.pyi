@@ -18,6 +18,8 @@ class Request:
     cookies: Mapping[str, str]
     async def post_vars(self) -> dict[str, str]: ...
     async def post_body(self) -> bytes: ...
+    # Partial: members not declared here are typed ``Any``.
+    def __getattr__(self, name: str) -> Any: ...
 
 class Response:
     body: str | bytes
@@ -51,3 +53,7 @@ class Response:
     def redirect(
         cls, path: str, status: int = 302, headers: Mapping[str, str] | None = None
     ) -> Response: ...
+
+
+# Partial stub: names not declared here are typed ``Any`` rather than reported as missing.
+def __getattr__(name: str) -> Any: ...
