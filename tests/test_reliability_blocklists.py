@@ -1,0 +1,264 @@
+"""Blocked stays blocked: no plugin, allowlist, default or hook routes to a blocked model.
+
+Hypothesis combines global and per-purpose blocklists with allowlists, ``default_model``,
+``purposes.<name>.model``, ``Purpose.default_model``, ``llm_default_model`` hooks and
+``llm_filter_models`` hooks (some of which try to add every model back). Whatever the
+combination, ``model()`` and ``group()`` without an explicit id, ``models()`` and ``resolve()``
+never yield a blocked model. An explicit ``model_id`` is used as given, by design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import llm
+import pytest
+from datasette.app import Datasette
+from datasette.plugins import pm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from datasette_llm import LLM, ModelNotFoundError, Purpose
+from datasette_llm.registry import lookup_model
+from datasette_llm.typing import hookimpl
+from tests.conftest import MakeDatasette
+from tests.llm_models import TestModelsPlugin
+
+pytestmark = pytest.mark.usefixtures("test_models")
+
+IDS: Final = ("test-a", "test-b", "test-c", "echo")
+PURPOSE: Final = "guarded"
+EXAMPLES: Final = 300
+
+
+@dataclass(frozen=True, eq=False)  # each hook object registers separately
+class DefaultHook:
+    """An ``llm_default_model`` implementation answering ``answer`` (maybe asynchronously)."""
+
+    answer: str | None
+    is_async: bool
+
+    @hookimpl
+    def llm_default_model(self) -> Any:
+        if not self.is_async:
+            return self.answer
+
+        async def later() -> str | None:
+            return self.answer
+
+        return later()
+
+
+@dataclass(frozen=True, eq=False)  # each hook object registers separately
+class FilterHook:
+    """An ``llm_filter_models`` implementation: keep, narrow, or try to bring models back."""
+
+    behaviour: str
+    is_async: bool
+
+    def answer(self, models: list[Any]) -> list[Any] | None:
+        if self.behaviour == "keep":
+            return None
+        if self.behaviour == "drop-first":
+            return models[1:]
+        if self.behaviour == "add-back":
+            return [*models, *(lookup_model(model_id) for model_id in IDS)]
+        if self.behaviour == "replace-all":
+            return list(llm.get_async_models())
+        return list(reversed(models))
+
+    @hookimpl
+    def llm_filter_models(self, models: list[Any]) -> Any:
+        if not self.is_async:
+            return self.answer(models)
+
+        async def later() -> list[Any] | None:
+            return self.answer(models)
+
+        return later()
+
+
+@dataclass(frozen=True, eq=False)  # each hook object registers separately
+class PurposeHook:
+    default_model: str | None
+
+    @hookimpl
+    def register_llm_purposes(self) -> list[Purpose]:
+        return [Purpose(PURPOSE, default_model=self.default_model)]
+
+
+ids = st.sampled_from(IDS)
+id_lists = st.lists(ids, max_size=4, unique=True)
+scenarios = st.fixed_dictionaries(
+    {
+        "config": st.fixed_dictionaries(
+            {},
+            optional={
+                "default_model": ids,
+                "models": id_lists,
+                "blocked_models": id_lists,
+                "require_keys": st.booleans(),
+                "purposes": st.fixed_dictionaries(
+                    {
+                        PURPOSE: st.fixed_dictionaries(
+                            {},
+                            optional={
+                                "model": ids,
+                                "models": id_lists,
+                                "blocked_models": id_lists,
+                            },
+                        )
+                    }
+                ),
+            },
+        ),
+        "purpose_default": st.none() | ids,
+        "default_hooks": st.lists(
+            st.builds(DefaultHook, st.none() | ids, st.booleans()), max_size=3
+        ),
+        "filters": st.lists(
+            st.builds(
+                FilterHook,
+                st.sampled_from(["keep", "drop-first", "add-back", "replace-all", "reverse"]),
+                st.booleans(),
+            ),
+            max_size=3,
+        ),
+        "purpose": st.sampled_from([PURPOSE, "unregistered", None]),
+    }
+)
+
+
+def blocked_for(config: dict[str, Any], purpose: str | None) -> set[str]:
+    blocked = set(config.get("blocked_models", ()))
+    if purpose is not None:
+        blocked |= set(config.get("purposes", {}).get(purpose, {}).get("blocked_models", ()))
+    return blocked
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    event_loop = asyncio.new_event_loop()
+    try:
+        yield event_loop
+    finally:
+        event_loop.close()
+
+
+def test_no_combination_of_hooks_and_configuration_routes_to_a_blocked_model(
+    test_models: TestModelsPlugin, loop: asyncio.AbstractEventLoop
+) -> None:
+    datasette = Datasette(memory=True, config={"plugins": {"datasette-llm": {}}})
+    assert datasette.config is not None
+    plugins: dict[str, object] = datasette.config["plugins"]
+    seen = {"blocked": 0, "routed": 0, "listed": 0}
+
+    async def exercise(scenario: dict[str, Any]) -> None:
+        config: dict[str, Any] = scenario["config"]
+        purpose: str | None = scenario["purpose"]
+        blocked = blocked_for(config, purpose)
+        seen["blocked"] += bool(blocked)
+        client = LLM(datasette)
+        try:
+            resolution = await client.resolve(purpose=purpose)
+        except ModelNotFoundError:
+            pass
+        else:
+            assert resolution.model_id not in blocked, resolution
+            seen["routed"] += 1
+        try:
+            model = await client.model(purpose=purpose)
+        except ModelNotFoundError:
+            pass
+        else:
+            assert model.model_id not in blocked
+        try:
+            async with client.group(purpose=purpose) as grouped:
+                assert grouped.model_id not in blocked
+        except ModelNotFoundError:
+            pass
+        listed = [model.model_id for model in await client.models(purpose=purpose)]
+        assert not blocked & set(listed), (listed, blocked)
+        assert len(listed) == len(set(listed)), "no model is listed twice"
+        seen["listed"] += bool(listed)
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(scenario=scenarios)
+    def check(scenario: dict[str, Any]) -> None:
+        plugins["datasette-llm"] = scenario["config"]
+        hooks: list[object] = [
+            PurposeHook(scenario["purpose_default"]),
+            *scenario["default_hooks"],
+            *scenario["filters"],
+        ]
+        names: list[str] = []
+        try:
+            for index, hook in enumerate(hooks):
+                pm.register(hook, name=f"blocklist-fuzz-{index}")
+                names.append(f"blocklist-fuzz-{index}")
+            loop.run_until_complete(exercise(scenario))
+        finally:
+            for name in names:
+                pm.unregister(name=name)
+
+    check()
+    assert seen["blocked"] >= EXAMPLES // 4, seen
+    assert seen["routed"] >= EXAMPLES // 4, seen
+    assert seen["listed"] >= EXAMPLES // 4, seen
+
+
+async def test_an_explicit_model_id_bypasses_allow_and_block_lists_by_design(
+    make_datasette: MakeDatasette,
+) -> None:
+    datasette = make_datasette(
+        {
+            "models": ["test-b"],
+            "blocked_models": ["test-a"],
+            "purposes": {PURPOSE: {"blocked_models": ["test-c"]}},
+        }
+    )
+    client = LLM(datasette)
+    assert (await client.model("test-a")).model_id == "test-a"
+    assert (await client.model("test-c", purpose=PURPOSE)).model_id == "test-c"
+    assert (await client.resolve("test-a")).step == "explicit"
+
+
+ALIAS_BUG: Final = (
+    "Blocklists compare ids as written: an alias of a blocked model (or a blocked alias) "
+    "slips through. Fix: canonicalise through the registry in resolver._blocked_reason and "
+    "in LLM.models()."
+)
+
+
+def write_aliases(directory: Path, aliases: dict[str, str]) -> None:
+    (directory / "aliases.json").write_text(json.dumps(aliases))
+
+
+@pytest.mark.xfail(strict=True, reason=ALIAS_BUG)
+async def test_routing_through_an_alias_of_a_blocked_model_is_refused(
+    make_datasette: MakeDatasette, llm_user_dir: Path
+) -> None:
+    write_aliases(llm_user_dir, {"a-alias": "test-a"})
+    datasette = make_datasette({"default_model": "a-alias", "blocked_models": ["test-a"]})
+    with pytest.raises(ModelNotFoundError):
+        await LLM(datasette).model()
+
+
+@pytest.mark.xfail(strict=True, reason=ALIAS_BUG)
+async def test_blocking_an_alias_blocks_the_model_it_names(
+    make_datasette: MakeDatasette, llm_user_dir: Path
+) -> None:
+    write_aliases(llm_user_dir, {"a-alias": "test-a"})
+    datasette = make_datasette({"blocked_models": ["a-alias"]})
+    listed = [model.model_id for model in await LLM(datasette).models()]
+    assert "test-a" not in listed
