@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Matcher", "PromptMatch", "build_matcher"]
 
-PromptMatch: TypeAlias = str | re.Pattern[str] | Callable[[str], bool]
+PromptMatch: TypeAlias = "str | re.Pattern[str] | Callable[[str], bool]"
 """Match the prompt text exactly (``str``), by ``re.search`` (pattern), or by a predicate."""
 
 
