@@ -242,3 +242,11 @@ def test_the_router_works_as_a_context_manager_without_pytest(inner: pytest.Pyte
         ],
         consecutive=True,
     )
+
+
+def test_loading_the_pytest_plugin_does_not_import_llm(pytester: pytest.Pytester) -> None:
+    result = pytester.runpython_c(
+        "import sys, datasette_llm.testing._pytest_plugin; "
+        "print('llm imported:', 'llm' in sys.modules)"
+    )
+    result.stdout.fnmatch_lines(["llm imported: False"])
