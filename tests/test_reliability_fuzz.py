@@ -7,13 +7,15 @@ naming a path under ``plugins.datasette-llm``), ``ModelNotFoundError`` and llm's
 else (no bare ``KeyError``, ``TypeError``, ``AttributeError``...) may escape.
 
 Budget: 2,000 configurations through ``parse_config`` and ``validate`` (pure and fast), and 400
-more through a real Datasette: ``LLM(ds).resolve()``, ``.model()``, ``.models()``, ``.group()``
-and the startup check, several purposes each. Lower bounds on the real work done are asserted.
+more through a real Datasette: ``LLM(ds).resolve()``, ``.model()``, ``.models()``, ``.group()``,
+the startup check and the routing report (as ``/-/llm.json`` serialises it), several
+purposes each. Lower bounds on the real work done are asserted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -27,6 +29,7 @@ from hypothesis import strategies as st
 from datasette_llm import LLM, ConfigProblem, ConfigurationError, ModelNotFoundError, Purpose
 from datasette_llm.config import LLMConfig, parse_config
 from datasette_llm.registry import current_registry
+from datasette_llm.report import build_report
 from datasette_llm.validation import Validation, check_at_startup, validate
 from tests.llm_models import TestModelsPlugin
 
@@ -272,6 +275,11 @@ def test_routing_on_a_real_datasette_gives_a_result_or_a_documented_error(
         try:
             check_at_startup(datasette)
         except StartupError as error:
+            assert_documented(error)
+        try:
+            report = await build_report(datasette)
+            json.dumps(report.to_json())
+        except ConfigurationError as error:
             assert_documented(error)
         for purpose in queried_purposes(raw):
             client = LLM(datasette)
