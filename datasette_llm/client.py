@@ -207,6 +207,7 @@ class LLM:
             key=key,
             options=config.options_for(resolution.model_id, name),
             group=Group(model.model_id, name, actor) if group else None,
+            resolution=resolution,
         )
         return WrappedAsyncModel(model, context, resolution)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "ConfigurationError",
@@ -36,7 +37,7 @@ class ConfigProblem:
 
     path: str
     message: str
-    severity: str = "error"
+    severity: Literal["error", "warning"] = "error"
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, cast
 if TYPE_CHECKING:
     from llm import AsyncResponse
 
+    from .resolver import Resolution
     from .types import Actor
 
 __all__ = ["Group", "PromptResult", "ResponseDoneCallback"]
@@ -53,6 +54,7 @@ class PromptResult:
         group: The ``Group`` this prompt belongs to, or ``None``.
         is_chain: Whether this wraps a ``chain()`` rather than one ``prompt()``.
         chain_complete: For a chain, whether iteration has finished.
+        resolution: How routing chose the model (never holds a key), when known.
     """
 
     __slots__ = (
@@ -61,6 +63,7 @@ class PromptResult:
         "group",
         "is_chain",
         "purpose",
+        "resolution",
         "response",
         "responses",
     )
@@ -70,6 +73,7 @@ class PromptResult:
         purpose: str | None = None,
         group: Group | None = None,
         is_chain: bool = False,
+        resolution: Resolution | None = None,
     ) -> None:
         self.response: AsyncResponse | None = None
         self.responses: list[AsyncResponse] = []
@@ -77,6 +81,7 @@ class PromptResult:
         self.group = group
         self.is_chain = is_chain
         self.chain_complete = False
+        self.resolution = resolution
         self._callbacks: list[ResponseDoneCallback] = []
 
     def __repr__(self) -> str:

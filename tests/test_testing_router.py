@@ -101,11 +101,6 @@ async def test_a_purpose_default_model_answers_even_when_not_installed(
     assert fake_model_router.get_call().step == "purpose_default"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resolver._installed() returns the installed model, whose missing key makes routing "
-    "skip Purpose.default_model; it should return lookup_model() while an override is active.",
-)
 @pytest.mark.asyncio
 async def test_an_installed_purpose_default_model_answers_without_its_key(
     fake_model_router: FakeModelRouter,

@@ -84,11 +84,6 @@ async def test_rows_get_schema_valid_replies_with_nothing_scripted(
     assert len(fake_model_router.get_calls(purpose="summarize-rows")) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="datasette_llm.resolver._installed() checks the key of the installed gpt-5.4-nano, "
-    "not of the fake model that answers for it (core change requested).",
-)
 @pytest.mark.asyncio
 async def test_with_no_configuration_the_purpose_default_model_answers(
     fake_model_router: FakeModelRouter, make_datasette: MakeDatasette
