@@ -1,7 +1,7 @@
 """Purpose-based LLM model routing for Datasette plugins."""
 
 from ._registration import register_fully
-from .catalog import get_purpose, get_purpose_collisions, get_purposes
+from .catalog import get_purpose, get_purpose_collisions, get_purpose_owner, get_purposes
 from .client import LLM
 from .config import LLMConfig, ModelRef, PurposeConfig
 from .errors import ConfigProblem, ConfigurationError, ModelNotFoundError
@@ -42,6 +42,7 @@ __all__ = [
     "WrappedConversation",
     "get_purpose",
     "get_purpose_collisions",
+    "get_purpose_owner",
     "get_purposes",
 ]
 

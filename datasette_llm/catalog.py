@@ -13,7 +13,7 @@ from .purposes import Purpose, PurposeCollision
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
-__all__ = ["get_purpose", "get_purpose_collisions", "get_purposes"]
+__all__ = ["get_purpose", "get_purpose_collisions", "get_purpose_owner", "get_purposes"]
 
 logger = logging.getLogger("datasette_llm")
 
@@ -22,6 +22,7 @@ logger = logging.getLogger("datasette_llm")
 class _Catalog:
     purposes: tuple[Purpose, ...]
     by_name: dict[str, Purpose]
+    owners: dict[str, str]
     collisions: tuple[PurposeCollision, ...]
 
 
@@ -47,7 +48,15 @@ def _build(datasette: Datasette) -> _Catalog:
             continue
         if kept == purpose and owners[purpose.name] == _owner(purpose, plugin_name):
             continue
-        collisions.append(PurposeCollision(name=purpose.name, kept=kept, ignored=purpose))
+        collisions.append(
+            PurposeCollision(
+                name=purpose.name,
+                kept=kept,
+                ignored=purpose,
+                kept_owner=owners[purpose.name],
+                ignored_owner=_owner(purpose, plugin_name),
+            )
+        )
         warning_key = (purpose.name, owners[purpose.name], _owner(purpose, plugin_name))
         if warning_key not in _warned:
             _warned.add(warning_key)
@@ -60,7 +69,7 @@ def _build(datasette: Datasette) -> _Catalog:
                 owners[purpose.name],
                 f"{_owner(purpose, plugin_name)}-{purpose.name}",
             )
-    return _Catalog(tuple(purposes), by_name, tuple(collisions))
+    return _Catalog(tuple(purposes), by_name, owners, tuple(collisions))
 
 
 def _catalog(datasette: Datasette) -> _Catalog:
@@ -81,6 +90,11 @@ def get_purposes(datasette: Datasette) -> list[Purpose]:
 def get_purpose(datasette: Datasette, name: str) -> Purpose | None:
     """Return the registered purpose called ``name``, or ``None``."""
     return _catalog(datasette).by_name.get(name)
+
+
+def get_purpose_owner(datasette: Datasette, name: str) -> str | None:
+    """Return who registered purpose ``name``: its ``owner``, else the plugin's name."""
+    return _catalog(datasette).owners.get(name)
 
 
 def get_purpose_collisions(datasette: Datasette) -> list[PurposeCollision]:

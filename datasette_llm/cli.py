@@ -141,8 +141,8 @@ def format_table(report: RoutingReport) -> str:
     lines.append(f"Blocked models: {', '.join(report.blocked_models) or 'none'}")
     for collision in report.collisions:
         lines.append(
-            f"Collision: {collision.name!r} registered by {collision.kept.owner!r} (kept) "
-            f"and {collision.ignored.owner!r} (ignored)"
+            f"Collision: {collision.name!r} registered by {collision.kept_owner!r} (kept) "
+            f"and {collision.ignored_owner!r} (ignored)"
         )
     if report.problems:
         lines.append("")

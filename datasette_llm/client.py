@@ -12,7 +12,7 @@ from .errors import ModelNotFoundError
 from .hooks import call_llm_filter_models, call_llm_group_exit
 from .keys import find_key
 from .purposes import Purpose, purpose_name
-from .registry import current_registry
+from .registry import canonical_ids, current_registry
 from .resolver import Resolution, resolve
 from .results import Group
 from .wrapped import WrappedAsyncModel, _Context, finish_responses
@@ -150,7 +150,9 @@ class LLM:
         if config.require_keys:
             candidates = await self._with_keys(candidates, config, name, actor)
         allowlist = config.allowlist(name)
-        blocklist = config.blocklist(name)
+        if allowlist is not None:
+            allowlist = canonical_ids(allowlist)
+        blocklist = canonical_ids(config.blocklist(name))
         candidates = [
             model
             for model in candidates

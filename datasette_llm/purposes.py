@@ -103,8 +103,12 @@ class PurposeCollision:
         name: The purpose name both registered.
         kept: The purpose that is in use (registered first).
         ignored: The later registration that was ignored.
+        kept_owner: Who registered ``kept``: its ``owner``, else the plugin's name.
+        ignored_owner: Who registered ``ignored``: its ``owner``, else the plugin's name.
     """
 
     name: str
     kept: Purpose
     ignored: Purpose
+    kept_owner: str
+    ignored_owner: str

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ModelOverride",
     "ModelRegistry",
+    "canonical_ids",
     "current_registry",
     "lookup_model",
     "pop_model_override",
@@ -113,6 +114,13 @@ def current_registry() -> ModelRegistry:
     registry = _build()
     _cached = (key, registry)
     return registry
+
+
+def canonical_ids(names: frozenset[str]) -> frozenset[str]:
+    """Return ``names`` plus the model id each installed alias among them stands for."""
+    by_name = current_registry().by_name
+    extra = {by_name[name].model_id for name in names if name in by_name}
+    return names | extra if extra else names
 
 
 def lookup_model(model_id: str) -> AsyncModel:

@@ -216,8 +216,8 @@ class RoutingReport:
             "collisions": [
                 {
                     "name": collision.name,
-                    "kept_owner": collision.kept.owner,
-                    "ignored_owner": collision.ignored.owner,
+                    "kept_owner": collision.kept_owner,
+                    "ignored_owner": collision.ignored_owner,
                     "kept_description": collision.kept.description,
                     "ignored_description": collision.ignored.description,
                 }
@@ -296,12 +296,14 @@ async def _purpose_route(
     name: str,
     declared: Purpose | None,
 ) -> PurposeRoute:
+    from .catalog import get_purpose_owner
+
     purpose_config = config.purpose(name)
     configured = purpose_config.model if purpose_config is not None else None
     return PurposeRoute(
         name=name,
         registered=declared is not None,
-        owner=None if declared is None else declared.owner,
+        owner=None if declared is None else get_purpose_owner(datasette, name),
         description=None if declared is None else declared.description,
         recommended_model=None if declared is None else declared.default_model,
         configured_model=None if configured is None else configured.model_id,

@@ -11,7 +11,7 @@ from .errors import ModelNotFoundError
 from .hooks import call_llm_default_model
 from .keys import KeyStatus, find_key
 from .purposes import Purpose
-from .registry import current_registry, has_model_override, lookup_model
+from .registry import canonical_ids, current_registry, has_model_override, lookup_model
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -50,10 +50,13 @@ class Resolution:
 
 
 def _blocked_reason(config: LLMConfig, model_id: str, purpose: str | None) -> str | None:
-    if model_id in config.blocked_models:
+    # Compare through llm's aliases both ways: an alias of a blocked model is blocked, and so
+    # is a model whose alias is in a blocklist.
+    ids = canonical_ids(frozenset((model_id,)))
+    if ids & canonical_ids(config.blocked_models):
         return "it is in blocked_models"
     purpose_config = config.purpose(purpose)
-    if purpose_config is not None and model_id in purpose_config.blocked_models:
+    if purpose_config is not None and ids & canonical_ids(purpose_config.blocked_models):
         return f"it is in purposes.{purpose}.blocked_models"
     return None
 
@@ -136,7 +139,7 @@ async def resolve(
         installed = _installed(candidate)
         if installed is None:
             skipped.append(f"{source} is {candidate!r}, which is not installed")
-        elif allowlist is not None and candidate not in allowlist:
+        elif allowlist is not None and installed.model_id not in canonical_ids(allowlist):
             skipped.append(
                 f"{source} is {candidate!r}, which is not in the allowlist for this purpose"
             )

@@ -13,6 +13,7 @@ from datasette_llm import (
     PurposeCollision,
     get_purpose,
     get_purpose_collisions,
+    get_purpose_owner,
     get_purposes,
 )
 from datasette_llm.typing import hookimpl
@@ -110,12 +111,27 @@ def test_collision_between_owners_is_listed_and_logged_once(
             name="summaries",
             kept=Purpose("summaries", owner="plugin-b"),
             ignored=Purpose("summaries", owner="plugin-a"),
+            kept_owner="plugin-b",
+            ignored_owner="plugin-a",
         )
     ]
     warnings = [r for r in caplog.records if "registered by both" in r.getMessage()]
     assert len(warnings) == 1
     assert "'plugin-b'" in warnings[0].getMessage()
     assert "'plugin-a'" in warnings[0].getMessage()
+
+
+def test_owner_defaults_to_the_registering_plugins_name(register_plugin: RegisterPlugin) -> None:
+    class Anonymous:
+        @hookimpl
+        def register_llm_purposes(self) -> list[Purpose]:
+            return [Purpose("anonymous-purpose"), ENRICHMENTS]
+
+    register_plugin(Anonymous(), name="datasette-anonymous")
+    datasette = Datasette(memory=True)
+    assert get_purpose_owner(datasette, "anonymous-purpose") == "datasette-anonymous"
+    assert get_purpose_owner(datasette, "enrichments") == "datasette-enrichments-llm"
+    assert get_purpose_owner(datasette, "missing") is None
 
 
 def test_same_owner_repeating_an_identical_purpose_is_not_a_collision(

@@ -233,18 +233,10 @@ async def test_an_explicit_model_id_bypasses_allow_and_block_lists_by_design(
     assert (await client.resolve("test-a")).step == "explicit"
 
 
-ALIAS_BUG: Final = (
-    "Blocklists compare ids as written: an alias of a blocked model (or a blocked alias) "
-    "slips through. Fix: canonicalise through the registry in resolver._blocked_reason and "
-    "in LLM.models()."
-)
-
-
 def write_aliases(directory: Path, aliases: dict[str, str]) -> None:
     (directory / "aliases.json").write_text(json.dumps(aliases))
 
 
-@pytest.mark.xfail(strict=True, reason=ALIAS_BUG)
 async def test_routing_through_an_alias_of_a_blocked_model_is_refused(
     make_datasette: MakeDatasette, llm_user_dir: Path
 ) -> None:
@@ -254,7 +246,6 @@ async def test_routing_through_an_alias_of_a_blocked_model_is_refused(
         await LLM(datasette).model()
 
 
-@pytest.mark.xfail(strict=True, reason=ALIAS_BUG)
 async def test_blocking_an_alias_blocks_the_model_it_names(
     make_datasette: MakeDatasette, llm_user_dir: Path
 ) -> None:
