@@ -48,6 +48,9 @@ def describe(module_name: str, name: str, value: object) -> Iterator[str]:
     qualified = f"{module_name}.{name}"
     if inspect.isclass(value) and not value.__module__.startswith("datasette_llm"):
         yield f"- `{qualified}`: re-export of `{value.__module__}.{value.__qualname__}`"
+    elif inspect.isclass(value) and getattr(value, "_is_protocol", False):
+        call = vars(value)["__call__"]
+        yield f"- `{qualified}`: a protocol, {function_line('__call__', call)}"
     elif inspect.isclass(value):
         try:
             signature = clean(inspect.signature(value))
@@ -66,7 +69,7 @@ def describe(module_name: str, name: str, value: object) -> Iterator[str]:
     elif " at 0x" in repr(value):
         yield f"- `{qualified}`: a `{type(value).__module__}.{type(value).__qualname__}`"
     else:
-        yield f"- `{qualified}` = `{value!r}`".replace("typing.", "")
+        yield f"- `{qualified}` = `{repr(value).replace('typing.', '')}`"
 
 
 def hooks() -> list[str]:
