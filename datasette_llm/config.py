@@ -181,6 +181,18 @@ class _Parser:
     def fail(self, path: str, message: str) -> None:
         self.problems.append(ConfigProblem(path=path, message=message))
 
+    def mapping(
+        self, value: object, path: str, expected: str, valid_keys: tuple[str, ...]
+    ) -> Mapping[object, object] | None:
+        """Return ``value`` if it is a mapping, reporting any key not in ``valid_keys``."""
+        if not isinstance(value, Mapping):
+            self.fail(path, f"expected {expected}, got {_type_name(value)}: {value!r}.")
+            return None
+        for key in value:
+            if key not in valid_keys:
+                self.problems.append(_unknown_key(path, key, valid_keys))
+        return value
+
     def model_id(self, value: object, path: str) -> str | None:
         if not isinstance(value, str):
             self.fail(path, f"expected a model id string, got {_type_name(value)}: {value!r}.")
@@ -194,16 +206,14 @@ class _Parser:
         if isinstance(value, str):
             model_id = self.model_id(value, path)
             return None if model_id is None else ModelRef(model_id)
-        if not isinstance(value, Mapping):
-            self.fail(
-                path,
-                "expected a model id string or a mapping {model: ID, key: SECRET_NAME, "
-                f"options: {{...}}}}, got {_type_name(value)}: {value!r}.",
-            )
+        value = self.mapping(
+            value,
+            path,
+            "a model id string or a mapping {model: ID, key: SECRET_NAME, options: {...}}",
+            _REF_KEYS,
+        )
+        if value is None:
             return None
-        for key in value:
-            if key not in _REF_KEYS:
-                self.problems.append(_unknown_key(path, key, _REF_KEYS))
         if "model" not in value:
             self.fail(
                 path,
@@ -278,16 +288,11 @@ class _Parser:
     def purpose(self, value: object, path: str) -> PurposeConfig | None:
         if value is None:
             return PurposeConfig()
-        if not isinstance(value, Mapping):
-            self.fail(
-                path,
-                "expected a mapping with model, models and/or blocked_models, "
-                f"got {_type_name(value)}: {value!r}.",
-            )
+        value = self.mapping(
+            value, path, "a mapping with model, models and/or blocked_models", _PURPOSE_KEYS
+        )
+        if value is None:
             return None
-        for key in value:
-            if key not in _PURPOSE_KEYS:
-                self.problems.append(_unknown_key(path, key, _PURPOSE_KEYS))
         model = value.get("model")
         models = value.get("models")
         blocked = value.get("blocked_models")
@@ -302,12 +307,9 @@ class _Parser:
     def config(self, raw: object) -> LLMConfig:
         if raw is None:
             return LLMConfig()
-        if not isinstance(raw, Mapping):
-            self.fail(CONFIG_ROOT, f"expected a mapping, got {_type_name(raw)}: {raw!r}.")
+        raw = self.mapping(raw, CONFIG_ROOT, "a mapping", _TOP_KEYS)
+        if raw is None:
             return LLMConfig()
-        for key in raw:
-            if key not in _TOP_KEYS:
-                self.problems.append(_unknown_key(CONFIG_ROOT, key, _TOP_KEYS))
         default = raw.get("default_model")
         models = raw.get("models")
         blocked = raw.get("blocked_models")
