@@ -8,8 +8,9 @@ PYTHON=${PYTHON:-python3}
 port=${1:-8001}
 venv=.venv/demo
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -U pip
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e . "llm-echo>=0.4"
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }; return "${PIPESTATUS[0]}"; }
+quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -U pip
+quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check -e . "llm-echo>=0.4"
 export LLM_USER_PATH=${LLM_USER_PATH:-$PWD/.venv/demo-llm-user}
 echo "== datasette-llm demo on http://127.0.0.1:$port/-/demo"
 echo "   routing page: http://127.0.0.1:$port/-/llm (log in with the root URL printed below)"

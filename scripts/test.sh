@@ -17,13 +17,20 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# pip, minus the machine's notices about local index mirrors that do not exist.
+pip_install() {
+  "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
+  return "${PIPESTATUS[0]}"
+}
+
 run_suite() {
   local label=$1 spec=$2
+  shift 2
   local venv=".venv/$label"
   echo "== [$label] setting up $venv with $spec"
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -U pip
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -U -e ".[test]" "$spec"
+  pip_install "$venv/bin/python" -m pip install -q --disable-pip-version-check -U pip
+  pip_install "$venv/bin/python" -m pip install -q --disable-pip-version-check -U -e ".[test]" "$spec"
   "$venv/bin/python" -c "import datasette, llm; print('datasette', datasette.__version__)"
   echo "== [$label] pytest"
   "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
