@@ -146,19 +146,23 @@ class LLM:
         """
         name = purpose_name(purpose)
         config = self.config
-        candidates = list(current_registry().models)
+        registry = current_registry()
+        candidates = list(registry.models)
         if config.require_keys:
-            candidates = await self._with_keys(candidates, config, name, actor)
+            missing = await self._without_keys(registry.keyed, config, name, actor)
+            if missing:
+                candidates = [model for model in candidates if model.model_id not in missing]
         allowlist = config.allowlist(name)
         if allowlist is not None:
             allowlist = canonical_ids(allowlist)
         blocklist = canonical_ids(config.blocklist(name))
-        candidates = [
-            model
-            for model in candidates
-            if model.model_id not in blocklist
-            and (allowlist is None or model.model_id in allowlist)
-        ]
+        if allowlist is not None or blocklist:
+            candidates = [
+                model
+                for model in candidates
+                if model.model_id not in blocklist
+                and (allowlist is None or model.model_id in allowlist)
+            ]
         candidates = await call_llm_filter_models(self._datasette, candidates, actor, name)
         try:
             default: str | None = (await self.resolve(None, purpose, actor)).model_id
@@ -166,28 +170,26 @@ class LLM:
             default = None
         return _ordered(candidates, config, name, default)
 
-    async def _with_keys(
+    async def _without_keys(
         self,
-        models: list[AsyncModel],
+        keyed: tuple[AsyncModel, ...],
         config: LLMConfig,
         purpose: str | None,
         actor: Actor | None,
-    ) -> list[AsyncModel]:
+    ) -> set[str]:
+        """Return the ids of the models in ``keyed`` that have no API key available."""
         has_key: dict[str, bool] = {}
-        kept: list[AsyncModel] = []
-        for model in models:
+        missing: set[str] = set()
+        for model in keyed:
             needs_key = getattr(model, "needs_key", None)
-            if not needs_key:
-                kept.append(model)
-                continue
             custom = config.key_secret_for(model.model_id, purpose) is not None
             cache_key = f"model:{model.model_id}" if custom else f"key:{needs_key}"
             if cache_key not in has_key:
                 _, status = await find_key(self._datasette, config, model, purpose, actor)
                 has_key[cache_key] = status.available
-            if has_key[cache_key]:
-                kept.append(model)
-        return kept
+            if not has_key[cache_key]:
+                missing.add(model.model_id)
+        return missing
 
     async def _wrapped(
         self,

@@ -43,7 +43,7 @@ def register_secrets(datasette: Datasette) -> list[Secret]:
 
     secrets: list[Secret] = []
     seen: set[str] = set()
-    for model in current_registry().models:
+    for model in current_registry().keyed:
         needs_key = getattr(model, "needs_key", None)
         if not needs_key:
             continue

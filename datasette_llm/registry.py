@@ -4,14 +4,19 @@ llm re-runs every plugin's ``register_models`` hook and re-reads ``aliases.json`
 ``get_async_model()``. This module does that once and reuses the result until a plugin is
 registered or unregistered on ``llm.plugins.pm``, ``aliases.json`` or
 ``extra-openai-models.yaml`` change, or ``LLM_USER_PATH`` points elsewhere.
+
+Checking costs two ``stat`` calls and a comparison of llm's list of ``register_models``
+implementations. A plugin whose ``register_models`` lists different models from one call to the
+next (one that asks a server, say) is only asked again when one of those things changes.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 if TYPE_CHECKING:
     from llm import AsyncModel
@@ -38,11 +43,13 @@ class ModelRegistry:
         models: Every async model, in llm's registry order.
         by_name: Each model by id and by every alias.
         sync_only: Ids and aliases that only have a synchronous model.
+        keyed: The models that need an API key (``needs_key`` set), in registry order.
     """
 
     models: tuple[AsyncModel, ...]
     by_name: Mapping[str, AsyncModel]
     sync_only: frozenset[str]
+    keyed: tuple[AsyncModel, ...] = ()
 
 
 _cached: tuple[tuple[object, ...], ModelRegistry] | None = None
@@ -50,12 +57,24 @@ _overrides: list[ModelOverride] = []
 _default_dir: str | None = None
 
 
-def _file_stamp(path: str) -> tuple[int, int] | None:
+# File systems keep coarse modification times: a file rewritten twice within one tick keeps its
+# mtime. For a file modified this recently, the stamp includes its content (as git does).
+_RACY_NS: Final = 3_000_000_000
+
+
+def _file_stamp(path: str) -> tuple[object, ...] | None:
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return stat.st_mtime_ns, stat.st_size
+    stamp: tuple[object, ...] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if time.time_ns() - stat.st_mtime_ns < _RACY_NS:
+        try:
+            with open(path, "rb") as file:
+                stamp += (file.read(),)
+        except OSError:
+            return None
+    return stamp
 
 
 def _default_user_dir() -> str:
@@ -100,7 +119,10 @@ def _build() -> ModelRegistry:
             by_name[alias] = async_model
         by_name[async_model.model_id] = async_model
     return ModelRegistry(
-        models=tuple(models), by_name=by_name, sync_only=frozenset(sync_only - set(by_name))
+        models=tuple(models),
+        by_name=by_name,
+        sync_only=frozenset(sync_only - set(by_name)),
+        keyed=tuple(model for model in models if getattr(model, "needs_key", None)),
     )
 
 
