@@ -1,0 +1,288 @@
+"""Benchmark datasette-llm against the original 0.1a8 and write benchmarks/RESULTS.md.
+
+Builds two venvs under ``benchmarks/.venvs/`` (``anchor``: ``datasette-llm==0.1a8``; ``ours``:
+this checkout, not editable), runs the shared routing harness side by side
+(``../shared/bench/bench_routing.py --compare``, ABBA rounds) and ``benchmarks/scaling.py`` for
+2, 50, 500 and 5,000 installed models, then writes the tables. Standard library only::
+
+    python3 benchmarks/run.py               # full mode, 2 rounds (about 10 minutes on 2 cores)
+    python3 benchmarks/run.py --quick       # a smoke run; do not commit its numbers
+    python3 benchmarks/run.py --skip-build  # reuse the venvs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "benchmarks"
+VENVS = HERE / ".venvs"
+HARNESS = ROOT.parent / "shared" / "bench" / "bench_routing.py"
+PINS = ["datasette==1.0a41", "llm==0.36", "llm-echo==0.5"]
+IMPLEMENTATIONS = {"anchor": ["datasette-llm==0.1a8", *PINS], "ours": [str(ROOT), *PINS]}
+SCALING_COUNTS = (2, 50, 500, 5000)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def python_of(label: str) -> Path:
+    return VENVS / label / "bin" / "python"
+
+
+def build(label: str, requirements: list[str]) -> None:
+    """Create ``benchmarks/.venvs/<label>`` and install ``requirements`` into it."""
+    log(f"[build] {label}: {' '.join(requirements)}")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENVS / label)], check=True)
+    pip = [str(python_of(label)), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, *requirements], check=True)
+
+
+def run_compare(rounds: int, quick: bool) -> dict[str, Any]:
+    out = HERE / "compare.json"
+    command = [
+        sys.executable,
+        str(HARNESS),
+        "--compare",
+        str(python_of("anchor")),
+        str(python_of("ours")),
+        "--labels",
+        "anchor,ours",
+        "--rounds",
+        str(rounds),
+        "--out",
+        str(out),
+    ]
+    if quick:
+        command.append("--quick")
+    log(f"[compare] {' '.join(command)}")
+    subprocess.run(command, check=True)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def run_scaling(rounds: int, quick: bool) -> dict[str, dict[str, dict[int, float]]]:
+    """Return ``{label: {"model"|"models": {N: median µs over rounds}}}``, rounds in ABBA order."""
+    samples: dict[str, dict[str, dict[int, list[float]]]] = {}
+    labels = list(IMPLEMENTATIONS)
+    for round_index in range(rounds):
+        order = labels if round_index % 2 == 0 else labels[::-1]
+        for label in order:
+            log(f"[scaling] round {round_index + 1}/{rounds}: {label}")
+            command = [
+                str(python_of(label)),
+                str(HERE / "scaling.py"),
+                "--harness",
+                str(HARNESS),
+                "--counts",
+                ",".join(map(str, SCALING_COUNTS)),
+            ]
+            if quick:
+                command.append("--quick")
+            output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+            data = json.loads(output)
+            for case in ("model", "models"):
+                for count, value in data[case].items():
+                    by_count = samples.setdefault(label, {}).setdefault(case, {})
+                    by_count.setdefault(int(count), []).append(value)
+    return {
+        label: {
+            case: {count: statistics.median(values) for count, values in by_count.items()}
+            for case, by_count in cases.items()
+        }
+        for label, cases in samples.items()
+    }
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "unknown"
+    memory = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": memory,
+        "platform": platform.platform(),
+        "load": load,
+    }
+
+
+def targets(compare: dict[str, Any]) -> list[tuple[str, str, float, str, bool]]:
+    """Return ``(target, measured as, value, limit, passed)`` for each target of issue 6."""
+    anchor = compare["runs"]["anchor"]["summary"]
+    ours = compare["runs"]["ours"]["summary"]
+    rows: list[tuple[str, str, float, str, bool]] = []
+
+    def add(name: str, how: str, value: float, limit: float, text: str) -> None:
+        rows.append((name, how, value, text, value <= limit))
+
+    add(
+        "model(purpose), 500 models",
+        "ours / 0.1a8",
+        ours["a.model(purpose)/N=500"] / anchor["a.model(purpose)/N=500"],
+        1 / 20,
+        "≤ 0.05",
+    )
+    add(
+        "model(purpose), 500 vs 2 models",
+        "ours N=500 / ours N=2",
+        ours["a.model(purpose)/N=500"] / ours["a.model(purpose)/N=1"],
+        1.5,
+        "≤ 1.5",
+    )
+    add(
+        "models(purpose), 500 models",
+        "ours / 0.1a8",
+        ours["b.models(purpose)/N=500"] / anchor["b.models(purpose)/N=500"],
+        1 / 5,
+        "≤ 0.2",
+    )
+    add(
+        "wrapped prompt(), no hooks",
+        "ours wrapped / raw llm",
+        ours["c.prompt.wrapped"] / ours["c.prompt.raw"],
+        1.10,
+        "≤ 1.10",
+    )
+    add(
+        "wrapped prompt(), one llm_prompt_context hook",
+        "ours wrapped+hook / raw llm",
+        ours["c.prompt.wrapped+1ctxhook"] / ours["c.prompt.raw"],
+        1.25,
+        "≤ 1.25",
+    )
+    add(
+        "get_purposes(), 200 plugins",
+        "ours / 0.1a8",
+        ours["d.get_purposes/plugins=200"] / anchor["d.get_purposes/plugins=200"],
+        1 / 20,
+        "≤ 0.05",
+    )
+    add(
+        "import datasette_llm over import datasette",
+        "ours, ms (paired median)",
+        ours["e.import.datasette_llm-minus-datasette_ms"],
+        40,
+        "≤ 40 ms",
+    )
+    return rows
+
+
+def versions(compare: dict[str, Any], label: str) -> str:
+    meta = compare["runs"][label]["meta"]
+    return (
+        f"datasette-llm {meta.get('datasette_llm_version')}, datasette "
+        f"{meta.get('datasette_version')}, llm {meta.get('llm_version')}, llm-echo "
+        f"{meta.get('llm_echo_version')}, datasette-secrets "
+        f"{meta.get('datasette_secrets_version')}, "
+        f"pluggy {meta.get('pluggy_version')}, Python {meta.get('python')}"
+    )
+
+
+def report(
+    compare: dict[str, Any],
+    scaling: dict[str, dict[str, dict[int, float]]],
+    info: dict[str, str],
+    rounds: int,
+    quick: bool,
+) -> str:
+    checks_ok = {
+        label: all(all(checks.values()) for checks in compare["runs"][label]["checks"])
+        for label in ("anchor", "ours")
+    }
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `python3 benchmarks/run.py`"
+        + (" (QUICK MODE: smoke numbers only)" if quick else "")
+        + f". Harness: `../shared/bench/bench_routing.py --compare`, {rounds} ABBA rounds, "
+        + ("quick" if quick else "full")
+        + " mode. Times are medians; compare ratios, not absolute times, on a shared machine.",
+        "",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} memory, "
+        f"{info['platform']}; load average at the end: {info['load']}",
+        f"- anchor: {versions(compare, 'anchor')}",
+        f"- ours: {versions(compare, 'ours')}",
+        f"- Harness sanity checks passed: anchor {checks_ok['anchor']}, ours {checks_ok['ours']}",
+        "",
+        "## Targets (issue 6)",
+        "",
+        "| target | measured as | value | limit | result |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for name, how, value, limit, passed in targets(compare):
+        shown = f"{value:.1f}" if how.endswith("ms (paired median)") else f"{value:.3f}"
+        lines.append(f"| {name} | {how} | {shown} | {limit} | {'pass' if passed else 'FAIL'} |")
+    lines += [
+        "",
+        "## Scaling with the number of installed models",
+        "",
+        "µs per call (median of rounds), from `benchmarks/scaling.py`; 2 is llm-echo alone.",
+        "",
+        "| installed models | model(): 0.1a8 | model(): ours | ratio | models(): 0.1a8 "
+        "| models(): ours | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for count in SCALING_COUNTS:
+        cells = [f"{count:,}"]
+        for case in ("model", "models"):
+            anchor = scaling["anchor"][case][count]
+            ours = scaling["ours"][case][count]
+            cells += [f"{anchor:,.1f}", f"{ours:,.1f}", f"{ours / anchor:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Every harness case",
+        "",
+        "```",
+        compare["table"],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smoke run, not for RESULTS.md")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--skip-build", action="store_true", help="reuse benchmarks/.venvs")
+    args = parser.parse_args()
+    if not HARNESS.exists():
+        log(f"The harness is missing: {HARNESS}")
+        return 2
+    for label, requirements in IMPLEMENTATIONS.items():
+        if not (args.skip_build and python_of(label).exists()):
+            build(label, requirements)
+    compare = run_compare(args.rounds, args.quick)
+    scaling = run_scaling(args.rounds, args.quick)
+    text = report(compare, scaling, machine(), args.rounds, args.quick)
+    (HERE / "RESULTS.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
