@@ -12,6 +12,7 @@ next (one that asks a server, say) is only asked again when one of those things 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -94,11 +95,21 @@ def _cache_key() -> tuple[object, ...]:
     load_plugins()
     user_path = os.environ.get("LLM_USER_PATH")
     directory = _default_user_dir() if user_path is None else user_path
+    aliases, extra_models = _watched_files(directory)
     return (
         tuple(llm_plugins.pm.hook.register_models._hookimpls),
         directory,
-        _file_stamp(os.path.join(directory, "aliases.json")),
-        _file_stamp(os.path.join(directory, "extra-openai-models.yaml")),
+        _file_stamp(aliases),
+        _file_stamp(extra_models),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _watched_files(directory: str) -> tuple[str, str]:
+    """Return the paths of the files in llm's user directory that change the registry."""
+    return (
+        os.path.join(directory, "aliases.json"),
+        os.path.join(directory, "extra-openai-models.yaml"),
     )
 
 
@@ -140,6 +151,8 @@ def current_registry() -> ModelRegistry:
 
 def canonical_ids(names: frozenset[str]) -> frozenset[str]:
     """Return ``names`` plus the model id each installed alias among them stands for."""
+    if not names:
+        return names
     by_name = current_registry().by_name
     extra = {by_name[name].model_id for name in names if name in by_name}
     return names | extra if extra else names

@@ -50,13 +50,16 @@ class Resolution:
 
 
 def _blocked_reason(config: LLMConfig, model_id: str, purpose: str | None) -> str | None:
+    purpose_config = config.purpose(purpose)
+    purpose_blocked = purpose_config.blocked_models if purpose_config is not None else frozenset()
+    if not config.blocked_models and not purpose_blocked:
+        return None
     # Compare through llm's aliases both ways: an alias of a blocked model is blocked, and so
     # is a model whose alias is in a blocklist.
     ids = canonical_ids(frozenset((model_id,)))
     if ids & canonical_ids(config.blocked_models):
         return "it is in blocked_models"
-    purpose_config = config.purpose(purpose)
-    if purpose_config is not None and ids & canonical_ids(purpose_config.blocked_models):
+    if ids & canonical_ids(purpose_blocked):
         return f"it is in purposes.{purpose}.blocked_models"
     return None
 
