@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -76,3 +77,13 @@ def make_datasette() -> MakeDatasette:
         return Datasette(memory=True, config=config, **extra)
 
     return make
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A fresh event loop, for hypothesis tests that run many async examples in one test."""
+    event_loop = asyncio.new_event_loop()
+    try:
+        yield event_loop
+    finally:
+        event_loop.close()

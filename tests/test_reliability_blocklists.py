@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -139,15 +138,6 @@ def blocked_for(config: dict[str, Any], purpose: str | None) -> set[str]:
     if purpose is not None:
         blocked |= set(config.get("purposes", {}).get(purpose, {}).get("blocked_models", ()))
     return blocked
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    event_loop = asyncio.new_event_loop()
-    try:
-        yield event_loop
-    finally:
-        event_loop.close()
 
 
 def test_no_combination_of_hooks_and_configuration_routes_to_a_blocked_model(

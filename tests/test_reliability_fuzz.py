@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any, Final
 
 import llm
@@ -208,15 +207,6 @@ class Tally:
         self.rejected = 0
         self.models_returned = 0
         self.resolved = 0
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    event_loop = asyncio.new_event_loop()
-    try:
-        yield event_loop
-    finally:
-        event_loop.close()
 
 
 def queried_purposes(raw: object) -> list[str | Purpose | None]:
