@@ -117,11 +117,15 @@ def _model_ids(config: LLMConfig) -> Iterator[tuple[str, str]]:
 def find_missing_models(config: LLMConfig, registry: ModelRegistry) -> list[MissingModel]:
     """Return every model id in ``config`` that is not installed, with the nearest installed id."""
     installed = registry.by_name
-    return [
-        MissingModel(model_id, path, nearest(model_id, installed))
-        for path, model_id in _model_ids(config)
-        if model_id not in installed
-    ]
+    suggestions: dict[str, str | None] = {}  # a long list repeats ids: look each up once
+    missing: list[MissingModel] = []
+    for path, model_id in _model_ids(config):
+        if model_id in installed:
+            continue
+        if model_id not in suggestions:
+            suggestions[model_id] = nearest(model_id, installed)
+        missing.append(MissingModel(model_id, path, suggestions[model_id]))
+    return missing
 
 
 def find_unregistered_purposes(
