@@ -101,14 +101,18 @@ def hookimpls_of(name: str) -> tuple[object, ...]:
     return tuple(_caller(name)._hookimpls)
 
 
+def _call(impl: HookImpl, kwargs: dict[str, Any]) -> object:
+    """Call one implementation with the arguments it declares (it may omit any of them)."""
+    return impl.function(*[kwargs[argname] for argname in impl.argnames])
+
+
 def _each(name: str, kwargs: dict[str, Any]) -> Iterator[tuple[str, object]]:
     """Call every implementation of ``name`` separately, in pluggy's order.
 
     Yields ``(plugin_name, result)``; ``None`` results are skipped.
     """
     for impl in _impls(name):
-        args = [kwargs[argname] for argname in impl.argnames]
-        result = impl.function(*args)
+        result = _call(impl, kwargs)
         if result is not None:
             yield impl.plugin_name, result
 
@@ -176,7 +180,7 @@ async def call_llm_filter_models(
             "actor": actor,
             "purpose": purpose,
         }
-        result = impl.function(*[kwargs[argname] for argname in impl.argnames])
+        result = _call(impl, kwargs)
         if inspect.isawaitable(result):
             result = await result
         if result is None:
@@ -250,7 +254,7 @@ async def call_llm_group_exit(datasette: Datasette, group: Group) -> None:
     for impl in impls:
         kwargs: dict[str, object] = {"datasette": datasette, "group": group}
         try:
-            result = impl.function(*[kwargs[argname] for argname in impl.argnames])
+            result = _call(impl, kwargs)
             if inspect.isawaitable(result):
                 await result
         except Exception as error:
