@@ -70,8 +70,15 @@ def _add_hookspecs() -> None:
 when_imported("datasette.plugins", "pm", _add_hookspecs)
 
 
+# Pluggy keeps one HookCaller per hook name for the plugin manager's lifetime.
+_callers: dict[str, HookCaller] = {}
+
+
 def _caller(name: str) -> HookCaller:
-    caller: HookCaller = getattr(plugin_manager().hook, name)
+    caller = _callers.get(name)
+    if caller is None:
+        caller = getattr(plugin_manager().hook, name)
+        _callers[name] = caller
     return caller
 
 
@@ -207,6 +214,44 @@ async def call_llm_filter_models(
     return current
 
 
+_PROMPT_CONTEXT_ARGS = ("datasette", "model_id", "prompt", "purpose", "actor")
+
+
+class _PromptContextCalls:
+    """How to call each ``llm_prompt_context`` implementation, re-read when plugins change.
+
+    ``calls`` holds, in calling order, each implementation's function, the positions in
+    ``_PROMPT_CONTEXT_ARGS`` of the arguments it declares (``None``: all of them, in order) and
+    its plugin's name. This hook runs for every prompt, so the check that nothing changed is a
+    single list comparison, with no function call.
+    """
+
+    __slots__ = ("caller", "calls", "seen")
+
+    def __init__(self) -> None:
+        self.caller: HookCaller | None = None
+        self.seen: list[HookImpl] = []
+        self.calls: tuple[tuple[Callable[..., object], tuple[int, ...] | None, str], ...] = ()
+
+    def refresh(self) -> None:
+        self.caller = _caller("llm_prompt_context")
+        self.seen = list(self.caller._hookimpls)
+        self.calls = tuple(self._call_of(impl) for impl in _impls("llm_prompt_context"))
+
+    @staticmethod
+    def _call_of(impl: HookImpl) -> tuple[Callable[..., object], tuple[int, ...] | None, str]:
+        argnames = tuple(impl.argnames)
+        positions = (
+            None
+            if argnames == _PROMPT_CONTEXT_ARGS
+            else tuple(_PROMPT_CONTEXT_ARGS.index(argname) for argname in argnames)
+        )
+        return impl.function, positions, impl.plugin_name
+
+
+_prompt_context = _PromptContextCalls()
+
+
 def call_llm_prompt_context(
     datasette: Datasette,
     model_id: str,
@@ -215,25 +260,23 @@ def call_llm_prompt_context(
     actor: Actor | None,
 ) -> list[PromptContextFactory]:
     """Return the context manager factories the ``llm_prompt_context`` implementations gave."""
-    impls = _impls("llm_prompt_context")
-    if not impls:
+    hook = _prompt_context
+    if hook.caller is None or hook.caller._hookimpls != hook.seen:
+        hook.refresh()
+    if not hook.calls:
         return []
-    # Called for every prompt, so the loop is spelled out rather than going through _each.
-    kwargs = {
-        "datasette": datasette,
-        "model_id": model_id,
-        "prompt": prompt,
-        "purpose": purpose,
-        "actor": actor,
-    }
+    args = (datasette, model_id, prompt, purpose, actor)
     factories: list[PromptContextFactory] = []
-    for impl in impls:
-        factory = impl.function(*[kwargs[argname] for argname in impl.argnames])
+    for function, positions, plugin_name in hook.calls:
+        if positions is None:
+            factory = function(*args)
+        else:
+            factory = function(*[args[position] for position in positions])
         if factory is None:
             continue
         if not callable(factory):
             raise TypeError(
-                f"llm_prompt_context in plugin {impl.plugin_name!r} returned {factory!r}; return "
+                f"llm_prompt_context in plugin {plugin_name!r} returned {factory!r}; return "
                 "a callable that takes a PromptResult and returns an async context manager, "
                 "or None."
             )

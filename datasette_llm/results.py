@@ -98,9 +98,12 @@ class PromptResult:
             await _on_done(response, callback)
 
     async def _add_response(self, response: AsyncResponse) -> None:
+        """Record a response of this prompt (and of its group), then run the callbacks."""
         if self.response is None:
             self.response = response
         self.responses.append(response)
+        if self.group is not None:
+            self.group._responses.append(response)
         for callback in self._callbacks:
             await _on_done(response, callback)
 

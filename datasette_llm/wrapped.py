@@ -77,20 +77,35 @@ class _Context:
             merged = {**merged, "key": self.key}
         return merged
 
-    def factories(self, prompt: str | None) -> list[PromptContextFactory]:
-        return call_llm_prompt_context(
-            self.datasette, self.model_id, prompt or "", self.purpose, self.actor
-        )
-
     async def run_prompt(
         self, target: AsyncModel | AsyncConversation, prompt: str | None, kwargs: dict[str, Any]
     ) -> AsyncResponse:
-        if self.group is None:
-            return await self._run_prompt(target, prompt, kwargs)
+        factories = call_llm_prompt_context(
+            self.datasette, self.model_id, prompt or "", self.purpose, self.actor
+        )
+        merged = self.prompt_kwargs(kwargs)
+        if self.group is not None:
+            return await self._run_in_group(factories, target, prompt, merged)
+        if not factories:
+            # The common case, with nothing to enter and no group to tell.
+            response = target.prompt(prompt, **merged)
+            await response
+            return response
+        result = PromptResult(self.purpose, None, False, self.resolution)
+        return await _send_within(factories, 0, result, target, prompt, merged)
+
+    async def _run_in_group(
+        self,
+        factories: list[PromptContextFactory],
+        target: AsyncModel | AsyncConversation,
+        prompt: str | None,
+        merged: dict[str, Any],
+    ) -> AsyncResponse:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.in_flight.add(done)
         try:
-            return await self._run_prompt(target, prompt, kwargs)
+            result = PromptResult(self.purpose, self.group, False, self.resolution)
+            return await _send_within(factories, 0, result, target, prompt, merged)
         finally:
             self.in_flight.discard(done)
             done.set_result(None)
@@ -100,57 +115,38 @@ class _Context:
         while self.in_flight:
             await asyncio.wait(list(self.in_flight))
 
-    async def _run_prompt(
-        self, target: AsyncModel | AsyncConversation, prompt: str | None, kwargs: dict[str, Any]
-    ) -> AsyncResponse:
-        factories = self.factories(prompt)
-        merged = self.prompt_kwargs(kwargs)
-        if not factories:
-            return await self._send(target, prompt, merged, None)
-        result = PromptResult(purpose=self.purpose, group=self.group, resolution=self.resolution)
-        return await self._send_within(factories, result, target, prompt, merged)
-
-    async def _send_within(
-        self,
-        factories: list[PromptContextFactory],
-        result: PromptResult,
-        target: AsyncModel | AsyncConversation,
-        prompt: str | None,
-        merged: dict[str, Any],
-    ) -> AsyncResponse:
-        """Enter each factory's context manager in order, as nested ``async with``, then send.
-
-        Nested blocks behave like an ``AsyncExitStack`` and cost about 6 µs less per prompt.
-        """
-        if not factories:
-            return await self._send(target, prompt, merged, result)
-        async with factories[0](result):
-            return await self._send_within(factories[1:], result, target, prompt, merged)
-
-    async def _send(
-        self,
-        target: AsyncModel | AsyncConversation,
-        prompt: str | None,
-        merged: dict[str, Any],
-        result: PromptResult | None,
-    ) -> AsyncResponse:
-        response = target.prompt(prompt, **merged)
-        await response
-        if result is not None:
-            await result._add_response(response)
-        if self.group is not None:
-            self.group._responses.append(response)
-        return response
-
     def run_chain(
         self, target: AsyncModel | AsyncConversation, prompt: str | None, kwargs: dict[str, Any]
     ) -> WrappedChainResponse:
-        factories = self.factories(prompt)
+        factories = call_llm_prompt_context(
+            self.datasette, self.model_id, prompt or "", self.purpose, self.actor
+        )
         chain = target.chain(prompt, **self.chain_kwargs(kwargs))
         result = PromptResult(
             purpose=self.purpose, group=self.group, is_chain=True, resolution=self.resolution
         )
-        return WrappedChainResponse(chain, factories, result, self.group)
+        return WrappedChainResponse(chain, factories, result)
+
+
+async def _send_within(
+    factories: list[PromptContextFactory],
+    index: int,
+    result: PromptResult,
+    target: AsyncModel | AsyncConversation,
+    prompt: str | None,
+    merged: dict[str, Any],
+) -> AsyncResponse:
+    """Enter ``factories[index:]``'s context managers as nested ``async with``, then send.
+
+    Nested blocks behave like an ``AsyncExitStack`` and cost about 6 µs less per prompt.
+    """
+    if index < len(factories):
+        async with factories[index](result):
+            return await _send_within(factories, index + 1, result, target, prompt, merged)
+    response = target.prompt(prompt, **merged)
+    await response
+    await result._add_response(response)
+    return response
 
 
 class WrappedChainResponse:
@@ -166,12 +162,10 @@ class WrappedChainResponse:
         chain: AsyncChainResponse,
         factories: list[PromptContextFactory],
         result: PromptResult,
-        group: Group | None,
     ) -> None:
         self._chain = chain
         self._factories = factories
         self._result = result
-        self._group = group
         self._started = False
         self._inner_responses = chain.responses
         # llm's own text()/__aiter__/astream_events() call self.responses(): route them here.
@@ -196,8 +190,6 @@ class WrappedChainResponse:
                     await stack.enter_async_context(factory(self._result))
                 async for response in self._inner_responses():
                     await self._result._add_response(response)
-                    if self._group is not None:
-                        self._group._responses.append(response)
                     yield response
         finally:
             self._result.chain_complete = True

@@ -359,3 +359,37 @@ async def test_hook_llm_prompt_context_implementations_nest_in_pluggy_order(
     response = await model.prompt("hello")
     assert await response.text() == "test-a:hello"
     assert log == ["registered-second", "registered-first"]
+
+
+class RecordsPromptAndActor:
+    """Declares other arguments than ``Records``, in another order than the hookspec's."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    @hookimpl
+    def llm_prompt_context(self, actor: Actor | None, prompt: str) -> Any:
+        @asynccontextmanager
+        async def around(result: PromptResult) -> Any:
+            self.log.append(f"{prompt} for {actor['id'] if actor else None}")
+            yield
+
+        return around
+
+
+async def test_hook_llm_prompt_context_replaced_by_one_declaring_other_arguments_gets_them(
+    make_datasette: MakeDatasette,
+) -> None:
+    from datasette.plugins import pm
+
+    log: list[str] = []
+    model = await LLM(make_datasette()).model("test-a", actor={"id": "alice"})
+    pm.register(Records("model only", log), name="swapped-context")
+    try:
+        await model.prompt("one")
+        pm.unregister(name="swapped-context")
+        pm.register(RecordsPromptAndActor(log), name="swapped-context")
+        await model.prompt("two")
+    finally:
+        pm.unregister(name="swapped-context")
+    assert log == ["model only", "two for alice"]
