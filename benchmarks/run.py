@@ -2,8 +2,9 @@
 
 Builds two venvs under ``benchmarks/.venvs/`` (``anchor``: ``datasette-llm==0.1a8``; ``ours``:
 this checkout, not editable), runs the shared routing harness side by side
-(``../shared/bench/bench_routing.py --compare``, ABBA rounds) and ``benchmarks/scaling.py`` for
-2, 50, 500 and 5,000 installed models, then writes the tables. Standard library only::
+(``../shared/bench/bench_routing.py --compare``, ABBA rounds), ``benchmarks/scaling.py`` for
+2, 50, 500 and 5,000 installed models and ``benchmarks/hook_cost.py`` (what the one-hook case's
+hook costs by itself), then writes the tables. Standard library only::
 
     python3 benchmarks/run.py               # full mode, 2 rounds (about 10 minutes on 2 cores)
     python3 benchmarks/run.py --quick       # a smoke run; do not commit its numbers
@@ -102,6 +103,26 @@ def run_scaling(rounds: int, quick: bool) -> dict[str, dict[str, dict[int, float
         }
         for label, cases in samples.items()
     }
+
+
+def run_hook_cost(rounds: int, quick: bool) -> dict[str, dict[str, Any]]:
+    """Return ``benchmarks/hook_cost.py``'s JSON for each implementation."""
+    results: dict[str, dict[str, Any]] = {}
+    for label in IMPLEMENTATIONS:
+        log(f"[hook cost] {label}")
+        command = [
+            str(python_of(label)),
+            str(HERE / "hook_cost.py"),
+            "--harness",
+            str(HARNESS),
+            "--rounds",
+            str(max(rounds, 3)),
+        ]
+        if quick:
+            command.append("--quick")
+        output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+        results[label] = json.loads(output)
+    return results
 
 
 def machine() -> dict[str, str]:
@@ -203,6 +224,7 @@ def versions(compare: dict[str, Any], label: str) -> str:
 def report(
     compare: dict[str, Any],
     scaling: dict[str, dict[str, dict[int, float]]],
+    hook_cost: dict[str, dict[str, Any]],
     info: dict[str, str],
     rounds: int,
     quick: bool,
@@ -254,6 +276,28 @@ def report(
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
+        "## The one-hook case and what its hook costs by itself",
+        "",
+        "From `benchmarks/hook_cost.py`: µs per prompt, median of interleaved rounds in one "
+        "process per implementation. `raw+hook` runs the harness's kind of hook (a new "
+        "`@asynccontextmanager` function per call) by hand around llm's raw prompt, with no "
+        "datasette-llm involved: no implementation can go below it. The last column is what "
+        "the implementation adds on top.",
+        "",
+        "| implementation | raw | raw+hook by hand | ratio | wrapped+hook | ratio "
+        "| wrapper's share, µs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, result in hook_cost.items():
+        median = result["median_us"]
+        ratio = result["ratio_vs_raw"]
+        lines.append(
+            f"| {label} | {median['raw']:.1f} | {median['raw+hook']:.1f} | "
+            f"{ratio['raw+hook']:.3f} | {median['wrapped+hook']:.1f} | "
+            f"{ratio['wrapped+hook']:.3f} | {median['wrapped+hook'] - median['raw+hook']:.1f} |"
+        )
+    lines += [
+        "",
         "## Every harness case",
         "",
         "```",
@@ -278,7 +322,8 @@ def main() -> int:
             build(label, requirements)
     compare = run_compare(args.rounds, args.quick)
     scaling = run_scaling(args.rounds, args.quick)
-    text = report(compare, scaling, machine(), args.rounds, args.quick)
+    hook_cost = run_hook_cost(args.rounds, args.quick)
+    text = report(compare, scaling, hook_cost, machine(), args.rounds, args.quick)
     (HERE / "RESULTS.md").write_text(text)
     print(text)
     return 0
