@@ -44,6 +44,7 @@ class FreeModel(llm.AsyncModel):
 
     class Options(_Options):
         pass
+
     can_stream = True
 
     def __init__(self, model_id: str) -> None:
