@@ -72,6 +72,16 @@ def run_compare(rounds: int, quick: bool) -> dict[str, Any]:
     return result
 
 
+def run_script(label: str, script: str, arguments: list[str], quick: bool) -> dict[str, Any]:
+    """Run ``benchmarks/<script>`` with ``label``'s interpreter and return the JSON it prints."""
+    command = [str(python_of(label)), str(HERE / script), "--harness", str(HARNESS), *arguments]
+    if quick:
+        command.append("--quick")
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    result: dict[str, Any] = json.loads(output)
+    return result
+
+
 def run_scaling(rounds: int, quick: bool) -> dict[str, dict[str, dict[int, float]]]:
     """Return ``{label: {"model"|"models": {N: median µs over rounds}}}``, rounds in ABBA order."""
     samples: dict[str, dict[str, dict[int, list[float]]]] = {}
@@ -80,18 +90,9 @@ def run_scaling(rounds: int, quick: bool) -> dict[str, dict[str, dict[int, float
         order = labels if round_index % 2 == 0 else labels[::-1]
         for label in order:
             log(f"[scaling] round {round_index + 1}/{rounds}: {label}")
-            command = [
-                str(python_of(label)),
-                str(HERE / "scaling.py"),
-                "--harness",
-                str(HARNESS),
-                "--counts",
-                ",".join(map(str, SCALING_COUNTS)),
-            ]
-            if quick:
-                command.append("--quick")
-            output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
-            data = json.loads(output)
+            data = run_script(
+                label, "scaling.py", ["--counts", ",".join(map(str, SCALING_COUNTS))], quick
+            )
             for case in ("model", "models"):
                 for count, value in data[case].items():
                     by_count = samples.setdefault(label, {}).setdefault(case, {})
@@ -110,18 +111,7 @@ def run_hook_cost(rounds: int, quick: bool) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for label in IMPLEMENTATIONS:
         log(f"[hook cost] {label}")
-        command = [
-            str(python_of(label)),
-            str(HERE / "hook_cost.py"),
-            "--harness",
-            str(HARNESS),
-            "--rounds",
-            str(max(rounds, 3)),
-        ]
-        if quick:
-            command.append("--quick")
-        output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
-        results[label] = json.loads(output)
+        results[label] = run_script(label, "hook_cost.py", ["--rounds", str(max(rounds, 3))], quick)
     return results
 
 
