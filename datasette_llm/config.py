@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 from weakref import WeakKeyDictionary
 
-from .errors import ConfigProblem, ConfigurationError, nearest
+from .errors import ConfigProblem, ConfigurationError, is_text, nearest, shown
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -165,8 +165,15 @@ def _unknown_key(path: str, key: object, valid: tuple[str, ...]) -> ConfigProble
     suggestion = nearest(str(key), valid) if isinstance(key, str) else None
     hint = f" Did you mean {suggestion!r}?" if suggestion else ""
     return ConfigProblem(
-        path=f"{path}.{key}",
+        path=f"{path}.{shown(key)}",
         message=f"unknown key {key!r}.{hint} Valid keys here: {', '.join(valid)}.",
+    )
+
+
+def _not_text(what: str, value: str) -> str:
+    return (
+        f"{what} {value!r} holds a lone surrogate (an unpaired \\ud800-\\udfff escape, often from "
+        "JSON), which is not text: correct the string."
     )
 
 
@@ -200,6 +207,9 @@ class _Parser:
         if not value.strip():
             self.fail(path, "model id is empty: give a model id such as 'gpt-5.4-mini'.")
             return None
+        if not is_text(value):
+            self.fail(path, _not_text("model id", value))
+            return None
         return value
 
     def model_ref(self, value: object, path: str) -> ModelRef | None:
@@ -230,6 +240,9 @@ class _Parser:
                 f"got {_type_name(key)}.",
             )
             key = None
+        if key is not None and not is_text(key):
+            self.fail(f"{path}.key", _not_text("secret name", key))
+            key = None
         options = value.get("options")
         if options is not None and not isinstance(options, Mapping):
             self.fail(
@@ -238,12 +251,16 @@ class _Parser:
             )
             options = None
         if options is not None:
-            for option_name in options:
+            for option_name, option_value in options.items():
                 if not isinstance(option_name, str):
                     self.fail(
                         f"{path}.options",
                         f"option names must be strings, got {option_name!r}.",
                     )
+                elif not is_text(option_name):
+                    self.fail(f"{path}.options", _not_text("option name", option_name))
+                elif isinstance(option_value, str) and not is_text(option_value):
+                    self.fail(f"{path}.options.{option_name}", _not_text("value", option_value))
         if model_id is None:
             return None
         return ModelRef(
@@ -324,9 +341,12 @@ class _Parser:
                 )
             else:
                 for name, value in purposes_raw.items():
-                    path = f"{CONFIG_ROOT}.purposes.{name}"
+                    path = f"{CONFIG_ROOT}.purposes.{shown(name)}"
                     if not isinstance(name, str) or not name:
                         self.fail(path, f"purpose names must be non-empty strings, got {name!r}.")
+                        continue
+                    if not is_text(name):
+                        self.fail(path, _not_text("purpose name", name))
                         continue
                     parsed = self.purpose(value, path)
                     if parsed is not None:

@@ -11,8 +11,29 @@ __all__ = [
     "ConfigurationError",
     "ConfigProblem",
     "ModelNotFoundError",
+    "is_text",
     "nearest",
+    "shown",
 ]
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` can be written out as UTF-8.
+
+    It cannot when it holds a lone surrogate, which a JSON escape such as ``"\\ud800"`` produces;
+    such a string would break every page, log line or terminal it reached.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(value: object) -> str:
+    """``str(value)``, with any lone surrogate written as a ``\\udXXX`` escape."""
+    text = str(value)
+    return text if is_text(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def nearest(name: str, candidates: Iterable[str]) -> str | None:

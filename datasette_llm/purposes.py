@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from .errors import is_text
+
 __all__ = ["Purpose", "PurposeCollision", "purpose_name"]
 
 _NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -45,6 +47,11 @@ class Purpose:
                 raise TypeError(
                     f"Purpose({self.name!r}).{field_name} must be a string or None, "
                     f"got {type(value).__name__}: {value!r}"
+                )
+            if value is not None and not is_text(value):
+                raise ValueError(
+                    f"Purpose({self.name!r}).{field_name} {value!r} holds a lone surrogate "
+                    "(an unpaired \\ud800-\\udfff escape), which is not text: correct the string."
                 )
         if self.default_model is not None and not self.default_model.strip():
             raise ValueError(

@@ -71,6 +71,54 @@ def test_every_problem_is_reported_with_its_path() -> None:
     ]
 
 
+def test_lone_surrogates_are_problems_shown_escaped_wherever_they_are() -> None:
+    # A JSON escape such as "\ud800" gives a string no page, log line or terminal can write.
+    found = problems(
+        {
+            "default_model": {"model": "echo", "key": "MY\ud800KEY"},
+            "blocked_models": ["test-a\udfff"],
+            "purposes": {
+                "summaries\udc80": {"model": "echo"},
+                "extract": {
+                    "model": {
+                        "model": "ec\ud83dho",
+                        "options": {"style\ud800": 1, "tone": "\udfff"},
+                    }
+                },
+            },
+        }
+    )
+    assert found == [
+        "plugins.datasette-llm.purposes.summaries\\udc80: purpose name 'summaries\\udc80' holds a "
+        "lone surrogate (an unpaired \\ud800-\\udfff escape, often from JSON), which is not "
+        "text: correct the string.",
+        "plugins.datasette-llm.purposes.extract.model.model: model id 'ec\\ud83dho' holds a lone "
+        "surrogate (an unpaired \\ud800-\\udfff escape, often from JSON), which is not text: "
+        "correct the string.",
+        "plugins.datasette-llm.purposes.extract.model.options: option name 'style\\ud800' holds a "
+        "lone surrogate (an unpaired \\ud800-\\udfff escape, often from JSON), which is not "
+        "text: correct the string.",
+        "plugins.datasette-llm.purposes.extract.model.options.tone: value '\\udfff' holds a lone "
+        "surrogate (an unpaired \\ud800-\\udfff escape, often from JSON), which is not text: "
+        "correct the string.",
+        "plugins.datasette-llm.default_model.key: secret name 'MY\\ud800KEY' holds a lone "
+        "surrogate (an unpaired \\ud800-\\udfff escape, often from JSON), which is not text: "
+        "correct the string.",
+        "plugins.datasette-llm.blocked_models[0]: model id 'test-a\\udfff' holds a lone surrogate "
+        "(an unpaired \\ud800-\\udfff escape, often from JSON), which is not text: correct the "
+        "string.",
+    ]
+    for line in found:
+        line.encode("utf-8")
+
+
+def test_an_unknown_key_with_a_lone_surrogate_is_named_escaped() -> None:
+    assert problems({"purposes": {"x": {"model": "echo", "mode\udc80l": 1}}}) == [
+        "plugins.datasette-llm.purposes.x.mode\\udc80l: unknown key 'mode\\udc80l'. "
+        "Did you mean 'model'? Valid keys here: model, models, blocked_models."
+    ]
+
+
 def test_global_models_list_takes_ids_not_references() -> None:
     assert problems({"models": [{"model": "echo", "key": "K"}]}) == [
         "plugins.datasette-llm.models[0]: expected a model id string here; put key and "

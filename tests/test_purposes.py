@@ -63,6 +63,15 @@ def test_purpose_rejects_wrong_field_types_naming_the_field() -> None:
         Purpose("x", default_model="  ")
 
 
+@pytest.mark.parametrize("field", ["description", "owner", "default_model"])
+def test_purpose_rejects_a_lone_surrogate_naming_the_field_escaped(field: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        Purpose("x", **{field: "bad \ud800 text"})
+    message = str(caught.value)
+    assert message.startswith(f"Purpose('x').{field} 'bad \\ud800 text' holds a lone surrogate")
+    message.encode("utf-8")
+
+
 def test_get_purposes_returns_registered_purposes_first_registration_wins(
     register_plugin: RegisterPlugin,
 ) -> None:

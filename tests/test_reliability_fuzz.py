@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from datasette_llm import LLM, ConfigProblem, ConfigurationError, ModelNotFoundError, Purpose
 from datasette_llm.config import LLMConfig, parse_config
+from datasette_llm.errors import is_text
 from datasette_llm.registry import current_registry
 from datasette_llm.report import build_report
 from datasette_llm.validation import Validation, check_at_startup, validate
@@ -69,6 +70,9 @@ scalars = (
     | st.integers()
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=20)
+    # Lone surrogates too (hypothesis leaves them out of text by default): a JSON escape such
+    # as "\ud800" in a configuration file produces them.
+    | st.text(st.characters(exclude_categories=()), max_size=6)
 )
 junk = st.recursive(
     scalars,
@@ -80,7 +84,19 @@ junk = st.recursive(
     max_leaves=12,
 )
 odd_ids = st.sampled_from(
-    ["", "   ", "\t", "\x00", "ünïcødé-模型-🤖", "a" * 5000, "test-a ", "TEST-A", "gpt-4o-mini\n"]
+    [
+        "",
+        "   ",
+        "\t",
+        "\x00",
+        "ünïcødé-模型-🤖",
+        "\ud800",
+        "test-a\udfff",
+        "a" * 5000,
+        "test-a ",
+        "TEST-A",
+        "gpt-4o-mini\n",
+    ]
 )
 model_ids = st.sampled_from(INSTALLED) | st.text(max_size=30) | odd_ids
 secret_names = st.sampled_from(["MY_KEY", "TESTPROV_API_KEY", "", " "]) | st.text(max_size=20)
@@ -120,7 +136,7 @@ purpose_configs = (
     | junk
 )
 purpose_names = st.sampled_from(
-    ["enrichments", "extract", "agent", "ünï", "a.b", "with space", ""]
+    ["enrichments", "extract", "agent", "ünï", "a.b", "with space", "", "\udc80"]
 ) | st.text(max_size=12)
 purposes_sections = (
     st.dictionaries(purpose_names | st.integers() | st.none(), purpose_configs, max_size=4) | junk
@@ -185,10 +201,13 @@ def assert_names_paths(problems: tuple[ConfigProblem, ...]) -> None:
         assert problem.path == ROOT or problem.path.startswith(f"{ROOT}."), problem
         assert problem.message, problem
         assert problem.severity in ("error", "warning"), problem
+        # Every problem can be shown on a page, in a log line or on a terminal.
+        assert is_text(problem.path) and is_text(problem.message), problem
 
 
 def assert_documented(error: BaseException) -> None:
     """Fail unless ``error`` is one of the errors datasette-llm documents for configuration."""
+    assert is_text(str(error)), repr(error)
     if isinstance(error, ConfigurationError):
         assert_names_paths(error.problems)
         assert ROOT in str(error)
@@ -268,7 +287,8 @@ def test_routing_on_a_real_datasette_gives_a_result_or_a_documented_error(
             assert_documented(error)
         try:
             report = await build_report(datasette)
-            json.dumps(report.to_json())
+            # What /-/llm renders, as UTF-8.
+            json.dumps(report.to_json(), ensure_ascii=False).encode("utf-8")
         except ConfigurationError as error:
             assert_documented(error)
         for purpose in queried_purposes(raw):
