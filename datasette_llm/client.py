@@ -166,7 +166,7 @@ class LLM:
         candidates = await call_llm_filter_models(self._datasette, candidates, actor, name)
         try:
             default: str | None = (await self.resolve(None, purpose, actor)).model_id
-        except (ModelNotFoundError, KeyError):
+        except (ModelNotFoundError, KeyError):  # KeyError: llm.UnknownModelError
             default = None
         return _ordered(candidates, config, name, default)
 

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 from weakref import WeakKeyDictionary
 
-from .errors import ConfigProblem, ConfigurationError, is_text, nearest, shown
+from .errors import ConfigProblem, ConfigurationError, is_text, lone_surrogate, nearest, shown
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -170,13 +170,6 @@ def _unknown_key(path: str, key: object, valid: tuple[str, ...]) -> ConfigProble
     )
 
 
-def _not_text(what: str, value: str) -> str:
-    return (
-        f"{what} {value!r} holds a lone surrogate (an unpaired \\ud800-\\udfff escape, often from "
-        "JSON), which is not text: correct the string."
-    )
-
-
 def _type_name(value: object) -> str:
     return type(value).__name__
 
@@ -208,7 +201,7 @@ class _Parser:
             self.fail(path, "model id is empty: give a model id such as 'gpt-5.4-mini'.")
             return None
         if not is_text(value):
-            self.fail(path, _not_text("model id", value))
+            self.fail(path, lone_surrogate("model id", value))
             return None
         return value
 
@@ -241,7 +234,7 @@ class _Parser:
             )
             key = None
         if key is not None and not is_text(key):
-            self.fail(f"{path}.key", _not_text("secret name", key))
+            self.fail(f"{path}.key", lone_surrogate("secret name", key))
             key = None
         options = value.get("options")
         if options is not None and not isinstance(options, Mapping):
@@ -258,9 +251,11 @@ class _Parser:
                         f"option names must be strings, got {option_name!r}.",
                     )
                 elif not is_text(option_name):
-                    self.fail(f"{path}.options", _not_text("option name", option_name))
+                    self.fail(f"{path}.options", lone_surrogate("option name", option_name))
                 elif isinstance(option_value, str) and not is_text(option_value):
-                    self.fail(f"{path}.options.{option_name}", _not_text("value", option_value))
+                    self.fail(
+                        f"{path}.options.{option_name}", lone_surrogate("value", option_value)
+                    )
         if model_id is None:
             return None
         return ModelRef(
@@ -346,7 +341,7 @@ class _Parser:
                         self.fail(path, f"purpose names must be non-empty strings, got {name!r}.")
                         continue
                     if not is_text(name):
-                        self.fail(path, _not_text("purpose name", name))
+                        self.fail(path, lone_surrogate("purpose name", name))
                         continue
                     parsed = self.purpose(value, path)
                     if parsed is not None:

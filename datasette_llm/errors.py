@@ -12,6 +12,7 @@ __all__ = [
     "ConfigProblem",
     "ModelNotFoundError",
     "is_text",
+    "lone_surrogate",
     "nearest",
     "shown",
 ]
@@ -28,6 +29,14 @@ def is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def lone_surrogate(what: str, value: str) -> str:
+    """The message for ``value``, named ``what``, failing ``is_text``."""
+    return (
+        f"{what} {value!r} holds a lone surrogate (an unpaired \\ud800-\\udfff escape, often from "
+        "JSON), which is not text: correct the string."
+    )
 
 
 def shown(value: object) -> str:

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import is_text
+from .errors import is_text, lone_surrogate
 
 __all__ = ["Purpose", "PurposeCollision", "purpose_name"]
 
@@ -49,10 +49,7 @@ class Purpose:
                     f"got {type(value).__name__}: {value!r}"
                 )
             if value is not None and not is_text(value):
-                raise ValueError(
-                    f"Purpose({self.name!r}).{field_name} {value!r} holds a lone surrogate "
-                    "(an unpaired \\ud800-\\udfff escape), which is not text: correct the string."
-                )
+                raise ValueError(lone_surrogate(f"Purpose({self.name!r}).{field_name}", value))
         if self.default_model is not None and not self.default_model.strip():
             raise ValueError(
                 f"Purpose({self.name!r}).default_model is empty: "
