@@ -216,14 +216,16 @@ async def call_llm_filter_models(
 
 _PROMPT_CONTEXT_ARGS = ("datasette", "model_id", "prompt", "purpose", "actor")
 
+_PromptContextCall = Callable[["Datasette", str, str, "str | None", "Actor | None"], object]
+
 
 class _PromptContextCalls:
     """How to call each ``llm_prompt_context`` implementation, re-read when plugins change.
 
-    ``calls`` holds, in calling order, each implementation's function, the positions in
-    ``_PROMPT_CONTEXT_ARGS`` of the arguments it declares (``None``: all of them, in order) and
-    its plugin's name. This hook runs for every prompt, so the check that nothing changed is a
-    single list comparison, with no function call.
+    ``calls`` holds, in calling order, a callable taking all five hook arguments positionally
+    (the implementation's own function when it declares all five in order, otherwise an adapter
+    passing the ones it declares) and the plugin's name. This hook runs for every prompt, so the
+    check that nothing changed is a single list comparison, with no function call.
     """
 
     __slots__ = ("caller", "calls", "seen")
@@ -231,22 +233,26 @@ class _PromptContextCalls:
     def __init__(self) -> None:
         self.caller: HookCaller | None = None
         self.seen: list[HookImpl] = []
-        self.calls: tuple[tuple[Callable[..., object], tuple[int, ...] | None, str], ...] = ()
+        self.calls: tuple[tuple[_PromptContextCall, str], ...] = ()
 
     def refresh(self) -> None:
         self.caller = _caller("llm_prompt_context")
         self.seen = list(self.caller._hookimpls)
-        self.calls = tuple(self._call_of(impl) for impl in _impls("llm_prompt_context"))
+        self.calls = tuple(
+            (self._call_of(impl), impl.plugin_name) for impl in _impls("llm_prompt_context")
+        )
 
     @staticmethod
-    def _call_of(impl: HookImpl) -> tuple[Callable[..., object], tuple[int, ...] | None, str]:
-        argnames = tuple(impl.argnames)
-        positions = (
-            None
-            if argnames == _PROMPT_CONTEXT_ARGS
-            else tuple(_PROMPT_CONTEXT_ARGS.index(argname) for argname in argnames)
-        )
-        return impl.function, positions, impl.plugin_name
+    def _call_of(impl: HookImpl) -> _PromptContextCall:
+        function: Callable[..., object] = impl.function
+        if tuple(impl.argnames) == _PROMPT_CONTEXT_ARGS:
+            return function
+        positions = tuple(_PROMPT_CONTEXT_ARGS.index(argname) for argname in impl.argnames)
+
+        def declared_only(*args: object) -> object:
+            return function(*[args[position] for position in positions])
+
+        return declared_only
 
 
 _prompt_context = _PromptContextCalls()
@@ -263,15 +269,9 @@ def call_llm_prompt_context(
     hook = _prompt_context
     if hook.caller is None or hook.caller._hookimpls != hook.seen:
         hook.refresh()
-    if not hook.calls:
-        return []
-    args = (datasette, model_id, prompt, purpose, actor)
     factories: list[PromptContextFactory] = []
-    for function, positions, plugin_name in hook.calls:
-        if positions is None:
-            factory = function(*args)
-        else:
-            factory = function(*[args[position] for position in positions])
+    for call, plugin_name in hook.calls:
+        factory = call(datasette, model_id, prompt, purpose, actor)
         if factory is None:
             continue
         if not callable(factory):
