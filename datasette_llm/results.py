@@ -97,14 +97,22 @@ class PromptResult:
         for response in self.responses:
             await _on_done(response, callback)
 
-    async def _add_response(self, response: AsyncResponse) -> None:
-        """Record a response of this prompt (and of its group), then run the callbacks."""
+    def _record(self, response: AsyncResponse) -> list[ResponseDoneCallback]:
+        """Record a response of this prompt (and of its group); return the callbacks for it.
+
+        The caller registers each returned callback with ``_on_done``; ``_add_response`` does
+        both. (Split so the prompt path pays for no coroutine when there are no callbacks.)
+        """
         if self.response is None:
             self.response = response
         self.responses.append(response)
         if self.group is not None:
             self.group._responses.append(response)
-        for callback in self._callbacks:
+        return self._callbacks
+
+    async def _add_response(self, response: AsyncResponse) -> None:
+        """Record a response of this prompt (and of its group), then register the callbacks."""
+        for callback in self._record(response):
             await _on_done(response, callback)
 
 
