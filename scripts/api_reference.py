@@ -36,7 +36,13 @@ def function_line(name: str, function: object) -> str:
 
 
 def members(cls: type) -> Iterator[tuple[str, object]]:
-    for name, value in vars(cls).items():
+    """``cls``'s public members, with those it inherits from datasette_llm's private bases."""
+    namespace: dict[str, object] = {}
+    for base in reversed(cls.__mro__):
+        private_base = base.__module__.startswith("datasette_llm") and base.__name__[0] == "_"
+        if base is cls or private_base:
+            namespace.update(vars(base))
+    for name, value in namespace.items():
         if name.startswith("_") and name not in ("__init__", "__enter__", "__aenter__"):
             continue
         if name == "__init__":
