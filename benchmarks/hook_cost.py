@@ -50,12 +50,14 @@ class ContextHook:
         return around
 
 
-async def measure(bench: ModuleType, rounds: int, quick: bool) -> dict[str, Any]:
+Operation = Callable[[], Awaitable[None]]
+
+
+async def make_cases(bench: ModuleType) -> tuple[dict[str, Operation], ContextHook, ContextHook]:
+    """The three operations, the hook called by hand and the hook to register (not yet done)."""
     import llm
     from datasette import hookimpl
-    from datasette.plugins import pm
 
-    config = dict(bench.QUICK if quick else bench.FULL)
     datasette = await bench.make_datasette()
     from datasette_llm import LLM
 
@@ -65,8 +67,6 @@ async def measure(bench: ModuleType, rounds: int, quick: bool) -> dict[str, Any]
 
     class Registered(ContextHook):
         llm_prompt_context = hookimpl(ContextHook.llm_prompt_context)
-
-    registered = Registered()
 
     async def op_raw() -> None:
         await (await raw.prompt("hi")).text()
@@ -81,11 +81,19 @@ async def measure(bench: ModuleType, rounds: int, quick: bool) -> dict[str, Any]
     async def op_wrapped_hook() -> None:
         await (await wrapped.prompt("hi")).text()
 
-    cases: dict[str, Callable[[], Awaitable[None]]] = {
+    cases: dict[str, Operation] = {
         "raw": op_raw,
         "raw+hook": op_raw_hook,
         "wrapped+hook": op_wrapped_hook,
     }
+    return cases, by_hand, Registered()
+
+
+async def measure(bench: ModuleType, rounds: int, quick: bool) -> dict[str, Any]:
+    from datasette.plugins import pm
+
+    config = dict(bench.QUICK if quick else bench.FULL)
+    cases, by_hand, registered = await make_cases(bench)
     samples: dict[str, list[float]] = {name: [] for name in cases}
     pm.register(registered, name="hook-cost-context")
     try:
