@@ -39,7 +39,10 @@ async def _probe(result: object) -> AsyncIterator[None]:
     yield
 
 
-_WRAPPER_CODE: Final = contextlib.asynccontextmanager(_probe).__code__
+_PROBE_WRAPPER: Final = contextlib.asynccontextmanager(_probe)
+_WRAPPER_CODE: Final = _PROBE_WRAPPER.__code__
+# contextlib's context manager class, whose ``__aexit__`` ``leave_raising`` runs.
+_MANAGER_CLASS: Final[Any] = getattr(contextlib, "_AsyncGeneratorContextManager", None)
 
 
 def _func_cell() -> int | None:
@@ -49,13 +52,9 @@ def _func_cell() -> int | None:
     ``_AsyncGeneratorContextManager``, or the wrapper keeps the function elsewhere): then
     ``generator_function_of`` finds nothing and every factory is entered with ``async with``.
     """
-    wrapper = contextlib.asynccontextmanager(_probe)
+    wrapper = _PROBE_WRAPPER
     freevars = wrapper.__code__.co_freevars
-    if (
-        getattr(contextlib, "_AsyncGeneratorContextManager", None) is None
-        or "func" not in freevars
-        or wrapper.__closure__ is None
-    ):
+    if _MANAGER_CLASS is None or "func" not in freevars or wrapper.__closure__ is None:
         return None
     index = freevars.index("func")
     return index if wrapper.__closure__[index].cell_contents is _probe else None
@@ -81,8 +80,7 @@ def generator_function_of(factory: object) -> GeneratorFunction | None:
 
 async def leave_raising(generator: AsyncGenerator[object, None], error: BaseException) -> bool:
     """Leave with ``error`` in flight, through ``contextlib``'s own code; ``True``: suppressed."""
-    manager_class: Any = getattr(contextlib, "_AsyncGeneratorContextManager")  # noqa: B009
-    manager = manager_class.__new__(manager_class)
+    manager = _MANAGER_CLASS.__new__(_MANAGER_CLASS)
     manager.gen = generator
     suppressed: bool = await manager.__aexit__(type(error), error, error.__traceback__)
     return suppressed
