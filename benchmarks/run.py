@@ -6,7 +6,7 @@ this checkout, not editable), runs the shared routing harness side by side
 2, 50, 500 and 5,000 installed models and ``benchmarks/hook_cost.py`` (what the one-hook case's
 hook costs by itself), then writes the tables. Standard library only::
 
-    python3 benchmarks/run.py               # full mode, 2 rounds (about 10 minutes on 2 cores)
+    python3 benchmarks/run.py               # full mode, 6 rounds (about 25 minutes on 2 cores)
     python3 benchmarks/run.py --quick       # a smoke run; do not commit its numbers
     python3 benchmarks/run.py --skip-build  # reuse the venvs
 """
@@ -200,6 +200,30 @@ def targets(compare: dict[str, Any]) -> list[tuple[str, str, float, str, bool]]:
     return rows
 
 
+NOISE_LIMIT = 0.05
+"""How far a same-code ratio may stray from 1 before a run is called noisy."""
+
+
+def noise_checks(
+    compare: dict[str, Any], hook_cost: dict[str, dict[str, Any]]
+) -> list[tuple[str, float]]:
+    """Return ``(case, ours / anchor)`` for cases that run the same code in both venvs.
+
+    Raw llm prompts and ``import datasette`` do not involve datasette-llm, so each ratio should
+    be 1; how far it strays shows how much the shared machine disturbed this run.
+    """
+    anchor = compare["runs"]["anchor"]["summary"]
+    ours = compare["runs"]["ours"]["summary"]
+    checks = [
+        (f"harness {case}", ours[case] / anchor[case])
+        for case in ("c.prompt.raw", "e.import.datasette_ms", "e.import.llm_ms")
+    ]
+    for case in ("raw", "raw+hook"):
+        anchor_us = hook_cost["anchor"]["median_us"][case]
+        checks.append((f"hook_cost.py {case}", hook_cost["ours"]["median_us"][case] / anchor_us))
+    return checks
+
+
 def versions(compare: dict[str, Any], label: str) -> str:
     meta = compare["runs"][label]["meta"]
     return (
@@ -223,6 +247,15 @@ def report(
         label: all(all(checks.values()) for checks in compare["runs"][label]["checks"])
         for label in ("anchor", "ours")
     }
+    noise = noise_checks(compare, hook_cost)
+    strays = [f"{case} {ratio:.3f}" for case, ratio in noise if abs(ratio - 1) > NOISE_LIMIT]
+    steadiness = (
+        f"NOISY, do not use these numbers (same-code ratios off by more than {NOISE_LIMIT:.0%}: "
+        + "; ".join(strays)
+        + ")"
+        if strays
+        else f"steady (every same-code ratio within {NOISE_LIMIT:.0%} of 1)"
+    )
     lines = [
         "# Benchmark results",
         "",
@@ -238,6 +271,7 @@ def report(
         f"- anchor: {versions(compare, 'anchor')}",
         f"- ours: {versions(compare, 'ours')}",
         f"- Harness sanity checks passed: anchor {checks_ok['anchor']}, ours {checks_ok['ours']}",
+        f"- Noise check: {steadiness}",
         "",
         "## Targets (issue 6)",
         "",
@@ -288,6 +322,18 @@ def report(
         )
     lines += [
         "",
+        "## Noise check",
+        "",
+        "These cases run the same code in both venvs (raw llm, `import datasette`), so ours / "
+        f"0.1a8 should be 1. A run where any strays by more than {NOISE_LIMIT:.0%} was disturbed "
+        "by the shared machine: run it again rather than read its other ratios.",
+        "",
+        "| same-code case | ours / 0.1a8 |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {case} | {ratio:.3f} |" for case, ratio in noise]
+    lines += [
+        "",
         "## Every harness case",
         "",
         "```",
@@ -301,7 +347,7 @@ def report(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smoke run, not for RESULTS.md")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--skip-build", action="store_true", help="reuse benchmarks/.venvs")
     args = parser.parse_args()
     if not HARNESS.exists():
