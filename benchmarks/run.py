@@ -82,27 +82,35 @@ def run_script(label: str, script: str, arguments: list[str], quick: bool) -> di
     return result
 
 
-def run_scaling(rounds: int, quick: bool) -> dict[str, dict[str, dict[int, float]]]:
-    """Return ``{label: {"model"|"models": {N: median µs over rounds}}}``, rounds in ABBA order."""
-    samples: dict[str, dict[str, dict[int, list[float]]]] = {}
+def run_abba(
+    stage: str, rounds: int, script: str, arguments: list[str], quick: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Run ``script`` once per implementation per round, alternating the order (ABBA).
+
+    Returns each implementation's JSON outputs, one per round, in the order they ran.
+    """
+    outputs: dict[str, list[dict[str, Any]]] = {label: [] for label in IMPLEMENTATIONS}
     labels = list(IMPLEMENTATIONS)
     for round_index in range(rounds):
-        order = labels if round_index % 2 == 0 else labels[::-1]
-        for label in order:
-            log(f"[scaling] round {round_index + 1}/{rounds}: {label}")
-            data = run_script(
-                label, "scaling.py", ["--counts", ",".join(map(str, SCALING_COUNTS))], quick
-            )
-            for case in ("model", "models"):
-                for count, value in data[case].items():
-                    by_count = samples.setdefault(label, {}).setdefault(case, {})
-                    by_count.setdefault(int(count), []).append(value)
+        for label in labels if round_index % 2 == 0 else labels[::-1]:
+            log(f"[{stage}] round {round_index + 1}/{rounds}: {label}")
+            outputs[label].append(run_script(label, script, arguments, quick))
+    return outputs
+
+
+def run_scaling(rounds: int, quick: bool) -> dict[str, dict[str, dict[int, float]]]:
+    """Return ``{label: {"model"|"models": {N: median µs over rounds}}}``, rounds in ABBA order."""
+    counts = ",".join(map(str, SCALING_COUNTS))
+    outputs = run_abba("scaling", rounds, "scaling.py", ["--counts", counts], quick)
     return {
         label: {
-            case: {count: statistics.median(values) for count, values in by_count.items()}
-            for case, by_count in cases.items()
+            case: {
+                int(count): statistics.median(data[case][count] for data in runs)
+                for count in runs[0][case]
+            }
+            for case in ("model", "models")
         }
-        for label, cases in samples.items()
+        for label, runs in outputs.items()
     }
 
 
@@ -110,7 +118,7 @@ HOOK_COST_ROUNDS_PER_PROCESS = 2
 
 
 def run_hook_cost(rounds: int, quick: bool) -> dict[str, dict[str, Any]]:
-    """Run ``benchmarks/hook_cost.py`` in ``rounds`` processes per implementation, ABBA order.
+    """Run ``benchmarks/hook_cost.py`` in ``max(rounds, 3)`` processes per implementation (ABBA).
 
     One process's timings carry that process's luck (memory layout, hash seed): on this machine
     the same code's ratio over raw moved from 1.02 to 1.31 between processes. So each
@@ -118,22 +126,9 @@ def run_hook_cost(rounds: int, quick: bool) -> dict[str, dict[str, Any]]:
     case, and ``ratio_vs_raw`` the median over processes of each process's own ratio (a case and
     its raw prompt timed in the same process), with ``ratio_range`` its lowest and highest.
     """
-    per_process: dict[str, list[dict[str, Any]]] = {label: [] for label in IMPLEMENTATIONS}
-    labels = list(IMPLEMENTATIONS)
-    processes = max(rounds, 3)
-    for process_index in range(processes):
-        order = labels if process_index % 2 == 0 else labels[::-1]
-        for label in order:
-            log(f"[hook cost] process {process_index + 1}/{processes}: {label}")
-            per_process[label].append(
-                run_script(
-                    label,
-                    "hook_cost.py",
-                    ["--rounds", str(HOOK_COST_ROUNDS_PER_PROCESS)],
-                    quick,
-                )
-            )
-    return {label: combine_hook_cost(results) for label, results in per_process.items()}
+    arguments = ["--rounds", str(HOOK_COST_ROUNDS_PER_PROCESS)]
+    outputs = run_abba("hook cost", max(rounds, 3), "hook_cost.py", arguments, quick)
+    return {label: combine_hook_cost(results) for label, results in outputs.items()}
 
 
 def combine_hook_cost(results: list[dict[str, Any]]) -> dict[str, Any]:
