@@ -33,12 +33,6 @@ PINS = ["datasette==1.0a41", "llm==0.36", "llm-echo==0.5"]
 IMPLEMENTATIONS = {"anchor": ["datasette-llm==0.1a8", *PINS], "ours": [str(ROOT), *PINS]}
 SCALING_COUNTS = (2, 50, 500, 5000)
 
-# Every measuring subprocess runs in this empty directory. The harness times
-# ``python -c "import datasette_llm"``, and ``-c`` puts the working directory first on sys.path:
-# run from the checkout, both venvs would import the checkout's ``datasette_llm/`` (0.1a8's
-# numbers would be ours, and ours would be source files without bytecode caches).
-WORKDIR = Path(tempfile.mkdtemp(prefix="datasette-llm-bench-"))
-
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -57,7 +51,7 @@ def build(label: str, requirements: list[str]) -> None:
 
 
 def check_imports() -> None:
-    """Fail unless ``python -c "import datasette_llm"`` in ``WORKDIR`` finds each venv's own."""
+    """Fail unless ``python -c "import datasette_llm"`` here finds each venv's installed one."""
     for label in IMPLEMENTATIONS:
         venv = (VENVS / label).resolve()
         found = subprocess.run(
@@ -65,7 +59,6 @@ def check_imports() -> None:
             check=True,
             stdout=subprocess.PIPE,
             text=True,
-            cwd=WORKDIR,
         ).stdout.strip()
         if not Path(found).resolve().is_relative_to(venv):
             raise SystemExit(
@@ -93,7 +86,7 @@ def run_compare(rounds: int, quick: bool) -> dict[str, Any]:
     if quick:
         command.append("--quick")
     log(f"[compare] {' '.join(command)}")
-    subprocess.run(command, check=True, cwd=WORKDIR)
+    subprocess.run(command, check=True)
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -103,9 +96,7 @@ def run_script(label: str, script: str, arguments: list[str], quick: bool) -> di
     command = [str(python_of(label)), str(HERE / script), "--harness", str(HARNESS), *arguments]
     if quick:
         command.append("--quick")
-    output = subprocess.run(
-        command, check=True, stdout=subprocess.PIPE, text=True, cwd=WORKDIR
-    ).stdout
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
     result: dict[str, Any] = json.loads(output)
     return result
 
@@ -422,10 +413,16 @@ def main() -> int:
     for label, requirements in IMPLEMENTATIONS.items():
         if not (args.skip_build and python_of(label).exists()):
             build(label, requirements)
-    check_imports()
-    compare = run_compare(args.rounds, args.quick)
-    scaling = run_scaling(args.rounds, args.quick)
-    hook_cost = run_hook_cost(args.rounds, args.quick)
+    # Measure from an empty directory. The harness times ``python -c "import datasette_llm"``,
+    # and ``-c`` puts the working directory first on sys.path: from the checkout, both venvs
+    # would import the checkout's ``datasette_llm/`` (source files, maybe without bytecode).
+    with tempfile.TemporaryDirectory(prefix="datasette-llm-bench-") as empty:
+        os.chdir(empty)
+        check_imports()
+        compare = run_compare(args.rounds, args.quick)
+        scaling = run_scaling(args.rounds, args.quick)
+        hook_cost = run_hook_cost(args.rounds, args.quick)
+        os.chdir(ROOT)
     text = report(compare, scaling, hook_cost, machine(), args.rounds, args.quick)
     (HERE / "RESULTS.md").write_text(text)
     print(text)
