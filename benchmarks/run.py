@@ -416,13 +416,16 @@ def main() -> int:
     # Measure from an empty directory. The harness times ``python -c "import datasette_llm"``,
     # and ``-c`` puts the working directory first on sys.path: from the checkout, both venvs
     # would import the checkout's ``datasette_llm/`` (source files, maybe without bytecode).
+    started_in = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="datasette-llm-bench-") as empty:
         os.chdir(empty)
-        check_imports()
-        compare = run_compare(args.rounds, args.quick)
-        scaling = run_scaling(args.rounds, args.quick)
-        hook_cost = run_hook_cost(args.rounds, args.quick)
-        os.chdir(ROOT)
+        try:
+            check_imports()
+            compare = run_compare(args.rounds, args.quick)
+            scaling = run_scaling(args.rounds, args.quick)
+            hook_cost = run_hook_cost(args.rounds, args.quick)
+        finally:
+            os.chdir(started_in)
     text = report(compare, scaling, hook_cost, machine(), args.rounds, args.quick)
     (HERE / "RESULTS.md").write_text(text)
     print(text)
