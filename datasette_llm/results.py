@@ -82,7 +82,9 @@ class PromptResult:
         self.is_chain = is_chain
         self.chain_complete = False
         self.resolution = resolution
-        self._callbacks: list[ResponseDoneCallback] = []
+        # A tuple, replaced when a callback is added: most prompts never get one, and an empty
+        # tuple costs nothing to make.
+        self._callbacks: tuple[ResponseDoneCallback, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -93,11 +95,11 @@ class PromptResult:
 
     async def on_response_done(self, callback: ResponseDoneCallback) -> None:
         """Run ``callback(response)`` when each response completes, including later chain steps."""
-        self._callbacks.append(callback)
+        self._callbacks = (*self._callbacks, callback)
         for response in self.responses:
             await _on_done(response, callback)
 
-    def _record(self, response: AsyncResponse) -> list[ResponseDoneCallback]:
+    def _record(self, response: AsyncResponse) -> tuple[ResponseDoneCallback, ...]:
         """Record a response of this prompt (and of its group); return the callbacks for it.
 
         The caller registers each returned callback with ``_on_done``; ``_add_response`` does

@@ -28,6 +28,7 @@ class _Context:
 
     __slots__ = (
         "actor",
+        "adds_kwargs",
         "datasette",
         "group",
         "in_flight",
@@ -57,6 +58,8 @@ class _Context:
         self.options = options
         self.group = group
         self.resolution = resolution
+        # Whether prompt_kwargs() has anything to add; if not, prompt() skips calling it.
+        self.adds_kwargs = bool(options) or key is not None
         # Prompts of a group still running (maybe in other tasks): the group waits for them.
         self.in_flight: set[asyncio.Future[None]] = set()
 
@@ -209,12 +212,13 @@ class _Prompting:
         factories = call_llm_prompt_context(
             context.datasette, context.model_id, prompt or "", context.purpose, context.actor
         )
-        merged = context.prompt_kwargs(kwargs)
+        merged = context.prompt_kwargs(kwargs) if context.adds_kwargs else kwargs
         target = self._target
         if context.group is not None:
             return await context.run_in_group(factories, target, prompt, merged)
         if not factories:
-            response = target.prompt(prompt, **merged)
+            # Without keyword arguments, a plain call: cheaper than unpacking an empty dict.
+            response = target.prompt(prompt, **merged) if merged else target.prompt(prompt)
             await response
             return response
         result = PromptResult(context.purpose, None, False, context.resolution)
@@ -228,7 +232,7 @@ class _Prompting:
         except StopAsyncIteration:
             raise RuntimeError(DIDNT_YIELD) from None
         try:
-            response = target.prompt(prompt, **merged)
+            response = target.prompt(prompt, **merged) if merged else target.prompt(prompt)
             await response
             for callback in result._record(response):
                 await _on_done(response, callback)
