@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from run import HARNESS, python_of
+
 HERE = Path(__file__).resolve().parent
 LABELS = ("anchor", "ours")
 CASES = ("raw", "raw+hook", "wrapped+hook")
@@ -82,10 +84,6 @@ def instructions(python: Path, case: str, operations: int, harness: Path) -> int
     return int(found.group(1))
 
 
-def python_of(label: str) -> Path:
-    return HERE / ".venvs" / label / "bin" / "python"
-
-
 def per_operation(label: str, case: str, small: int, large: int, harness: Path) -> float:
     python = python_of(label)
     if not python.exists():
@@ -134,11 +132,7 @@ def main() -> int:
     parser.add_argument("--child", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--large", type=int, default=1200)
-    parser.add_argument(
-        "--harness",
-        type=Path,
-        default=HERE.parents[1] / "shared" / "bench" / "bench_routing.py",
-    )
+    parser.add_argument("--harness", type=Path, default=HARNESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], int(args.child[1]), args.harness)
