@@ -1,9 +1,17 @@
-"""Purpose-based LLM model routing for Datasette plugins."""
+"""Purpose-based LLM model routing for Datasette plugins.
 
-from ._registration import register_fully
-from .catalog import get_purpose, get_purpose_collisions, get_purpose_owner, get_purposes
+No module of this package imports ``datasette.plugins`` (nor ``datasette.app`` or
+``datasette_secrets``, which import it) when it is imported: importing it loads every installed
+Datasette plugin, this one included. It is imported last, below, to add our hook specifications;
+by then every name here is bound, whichever of ``datasette_llm`` and ``datasette.app`` was
+imported first, so Datasette registers this module with all of its hooks, and plugins loaded
+alongside it can import anything from it.
+"""
+
+from ._hooks import add_hookspecs
+from .actors import Actor
 from .client import LLM
-from .config import LLMConfig, ModelRef, PurposeConfig
+from .config import KeySetting, LLMConfig, ModelRef, PurposeConfig
 from .errors import ConfigProblem, ConfigurationError, ModelNotFoundError
 from .keys import KeyStatus
 
@@ -14,10 +22,10 @@ from .plugin import register_commands as register_commands
 from .plugin import register_routes as register_routes
 from .plugin import register_secrets as register_secrets
 from .plugin import startup as startup
+from .purpose_catalog import get_purpose, get_purpose_collisions, get_purpose_owner, get_purposes
 from .purposes import Purpose, PurposeCollision
-from .resolver import Resolution
+from .resolution import Resolution, ResolutionStep
 from .results import Group, PromptResult
-from .types import Actor, ResolutionStep
 from .wrapped import WrappedAsyncModel, WrappedChainResponse, WrappedConversation
 
 __all__ = [
@@ -26,6 +34,7 @@ __all__ = [
     "ConfigProblem",
     "ConfigurationError",
     "Group",
+    "KeySetting",
     "KeyStatus",
     "LLMConfig",
     "ModelNotFoundError",
@@ -36,8 +45,8 @@ __all__ = [
     "PurposeConfig",
     "Resolution",
     "ResolutionStep",
-    "WrappedAsyncModel",
     "WrappedAsyncChainResponse",
+    "WrappedAsyncModel",
     "WrappedChainResponse",
     "WrappedConversation",
     "get_purpose",
@@ -47,5 +56,6 @@ __all__ = [
 ]
 
 WrappedAsyncChainResponse = WrappedChainResponse
+"""The name 0.1a8 gave the wrapped chain response."""
 
-register_fully(__name__)
+add_hookspecs()

@@ -12,9 +12,9 @@ if TYPE_CHECKING:
     from datasette.app import Datasette
     from llm import AsyncModel
 
+    from .actors import Actor
     from .purposes import Purpose
     from .results import Group, PromptResult
-    from .types import Actor
 
 hookspec = HookspecMarker("datasette")
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+from weakref import WeakKeyDictionary
 
-from datasette import hookimpl
-
-from .config import config_for
+from .config import LLMConfig
+from .config_parser import config_for
 from .errors import ConfigurationError
 from .keys import provider_secret_name
-from .registry import current_registry
+from .models import ModelRegistry, current_registry
+from .typing import hookimpl
 
 if TYPE_CHECKING:
     import click
@@ -26,7 +27,7 @@ __all__ = [
     "startup",
 ]
 
-KEY_HELP_URLS = {
+KEY_HELP_URLS: Final = {
     "openai": ("https://platform.openai.com/api-keys", "Get an OpenAI API key"),
     "anthropic": ("https://console.anthropic.com/settings/keys", "Get an Anthropic API key"),
     "gemini": ("https://aistudio.google.com/app/apikey", "Get a Google AI API key"),
@@ -35,40 +36,51 @@ KEY_HELP_URLS = {
     "mistral": ("https://console.mistral.ai/api-keys/", "Get a Mistral API key"),
 }
 
+# datasette-secrets asks for every secret each time it reads one: build the list once per
+# configuration and set of installed models.
+_secrets: WeakKeyDictionary[Datasette, tuple[LLMConfig, ModelRegistry, list[Secret]]] = (
+    WeakKeyDictionary()
+)
 
-@hookimpl
-def register_secrets(datasette: Datasette) -> list[Secret]:
-    """Register a secret for every provider key and every ``key`` named in configuration."""
+
+def _secrets_of(config: LLMConfig, registry: ModelRegistry) -> list[Secret]:
     from datasette_secrets import Secret
 
-    secrets: list[Secret] = []
-    seen: set[str] = set()
-    for model in current_registry().keyed:
-        needs_key = getattr(model, "needs_key", None)
-        if not needs_key:
-            continue
+    secrets: dict[str, Secret] = {}
+    for model in registry.keyed:
+        needs_key = str(model.needs_key)
         name = provider_secret_name(needs_key)
-        if name in seen:
-            continue
-        seen.add(name)
         url, label = KEY_HELP_URLS.get(needs_key, (None, None))
-        secrets.append(
+        secrets.setdefault(
+            name,
             Secret(
                 name=name,
                 description=f"API key for {needs_key} models",
                 obtain_url=url,
                 obtain_label=label,
-            )
+            ),
         )
+    for path, ref in config.all_refs():
+        if ref.key is not None and ref.key.source == "secret":
+            secrets.setdefault(
+                ref.key.name, Secret(name=ref.key.name, description=f"API key configured at {path}")
+            )
+    return list(secrets.values())
+
+
+@hookimpl
+def register_secrets(datasette: Datasette) -> list[Secret]:
+    """Register a secret for every provider key and every ``key`` secret named in configuration."""
+    registry = current_registry()
     try:
         config = config_for(datasette)
     except ConfigurationError:
-        return secrets
-    for path, ref in config.all_refs():
-        if ref.key and ref.key not in seen:
-            seen.add(ref.key)
-            secrets.append(Secret(name=ref.key, description=f"API key configured at {path}"))
-    return secrets
+        config = LLMConfig()
+    cached = _secrets.get(datasette)
+    if cached is None or cached[0] is not config or cached[1] is not registry:
+        cached = (config, registry, _secrets_of(config, registry))
+        _secrets[datasette] = cached
+    return cached[2]
 
 
 @hookimpl
@@ -76,7 +88,7 @@ def register_actions(datasette: Datasette) -> list[Action]:
     """Register ``llm-view-routing``, the action guarding the ``/-/llm`` routing page."""
     from datasette.permissions import Action
 
-    from .views import VIEW_ROUTING
+    from ._operator.views import VIEW_ROUTING
 
     return [
         Action(
@@ -89,7 +101,7 @@ def register_actions(datasette: Datasette) -> list[Action]:
 @hookimpl
 def register_routes(datasette: Datasette) -> list[tuple[str, object]]:
     """Serve the routing page at ``/-/llm`` and ``/-/llm.json``."""
-    from .views import ROUTE_PATTERN, routing_view
+    from ._operator.views import ROUTE_PATTERN, routing_view
 
     return [(ROUTE_PATTERN, routing_view)]
 
@@ -97,7 +109,7 @@ def register_routes(datasette: Datasette) -> list[tuple[str, object]]:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     """Add ``datasette llm purposes`` and ``datasette llm check``."""
-    from .cli import add_commands
+    from ._operator.cli import add_commands
 
     add_commands(cli)
 
@@ -105,7 +117,7 @@ def register_commands(cli: click.Group) -> None:
 @hookimpl
 def startup(datasette: Datasette) -> None:
     """Stop startup on configuration errors; log warnings (errors too under ``strict``)."""
-    from .validation import check_at_startup
+    from ._operator.validation import check_at_startup
 
     check_at_startup(datasette)
 
@@ -113,7 +125,7 @@ def startup(datasette: Datasette) -> None:
 @hookimpl
 def menu_links(datasette: Datasette, actor: dict[str, object] | None) -> object:
     """Link to the routing page for actors allowed to view it."""
-    from .views import can_view_routing
+    from ._operator.views import can_view_routing
 
     async def inner() -> list[dict[str, str]]:
         if not await can_view_routing(datasette, actor):

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeAlias, cast
+
+from .actors import Actor
 
 if TYPE_CHECKING:
     from llm import AsyncResponse
 
-    from .resolver import Resolution
-    from .types import Actor
+    from .resolution import Resolution
 
-__all__ = ["Group", "PromptResult", "ResponseDoneCallback"]
+__all__ = ["Group", "PromptContextFactory", "PromptResult", "ResponseDoneCallback"]
 
-ResponseDoneCallback = Callable[["AsyncResponse"], "Awaitable[None] | None"]
-"""A callback run by ``llm`` when a response completes; it may be sync or async."""
+ResponseDoneCallback: TypeAlias = Callable[["AsyncResponse"], "Awaitable[None] | None"]
+"""A callback run by llm when a response completes; it may be sync or async."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -53,7 +55,8 @@ class PromptResult:
         purpose: The purpose name, or ``None``.
         group: The ``Group`` this prompt belongs to, or ``None``.
         is_chain: Whether this wraps a ``chain()`` rather than one ``prompt()``.
-        chain_complete: For a chain, whether iteration has finished.
+        chain_complete: For a chain, whether its iteration has ended (after its last response,
+            or on an error); the hooks' contexts see it set when they exit.
         resolution: How routing chose the model (never holds a key), when known.
     """
 
@@ -82,9 +85,7 @@ class PromptResult:
         self.is_chain = is_chain
         self.chain_complete = False
         self.resolution = resolution
-        # A tuple, replaced when a callback is added: most prompts never get one, and an empty
-        # tuple costs nothing to make.
-        self._callbacks: tuple[ResponseDoneCallback, ...] = ()
+        self._callbacks: list[ResponseDoneCallback] = []
 
     def __repr__(self) -> str:
         return (
@@ -95,30 +96,27 @@ class PromptResult:
 
     async def on_response_done(self, callback: ResponseDoneCallback) -> None:
         """Run ``callback(response)`` when each response completes, including later chain steps."""
-        self._callbacks = (*self._callbacks, callback)
+        self._callbacks.append(callback)
         for response in self.responses:
             await _on_done(response, callback)
 
-    def _record(self, response: AsyncResponse) -> tuple[ResponseDoneCallback, ...]:
-        """Record a response of this prompt (and of its group); return the callbacks for it.
-
-        The caller registers each returned callback with ``_on_done``; ``_add_response`` does
-        both. (Split so the prompt path pays for no coroutine when there are no callbacks.)
-        """
+    async def add_response(self, response: AsyncResponse) -> None:
+        """Record a response of this prompt (and of its group); datasette-llm calls this."""
         if self.response is None:
             self.response = response
         self.responses.append(response)
         if self.group is not None:
             self.group._responses.append(response)
-        return self._callbacks
-
-    async def _add_response(self, response: AsyncResponse) -> None:
-        """Record a response of this prompt (and of its group), then register the callbacks."""
-        for callback in self._record(response):
+        for callback in self._callbacks:
             await _on_done(response, callback)
 
 
 async def _on_done(response: AsyncResponse, callback: ResponseDoneCallback) -> None:
-    # llm's AsyncResponse.on_done is not annotated.
+    # llm does not annotate AsyncResponse.on_done.
     register = cast("Callable[[ResponseDoneCallback], Awaitable[None]]", response.on_done)
     await register(callback)
+
+
+PromptContextFactory: TypeAlias = Callable[[PromptResult], AbstractAsyncContextManager[object]]
+"""What an ``llm_prompt_context`` implementation returns: called with the ``PromptResult``, it
+gives the async context manager entered around the prompt."""

@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 from pluggy import HookimplMarker
 
-from .hooks import PromptContextFactory
+from .actors import Actor
 from .purposes import Purpose
-from .results import Group, ResponseDoneCallback
-from .types import Actor
+from .results import Group, PromptContextFactory, ResponseDoneCallback
 
 if TYPE_CHECKING:
     from datasette.app import Datasette as Datasette
@@ -114,7 +113,8 @@ class LlmGroupExitHook(Protocol):
 
 
 def __getattr__(name: str) -> object:
-    # Importing datasette.app is not free: only do it when Datasette is asked for at run time.
+    # Not imported with this module: a plugin imports it while Datasette is still loading plugins,
+    # and importing datasette.app then fails (datasette.plugins is half-imported).
     if name == "Datasette":
         from datasette.app import Datasette
 

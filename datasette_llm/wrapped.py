@@ -1,128 +1,145 @@
-"""The wrapped model, conversation and chain: llm's objects with datasette-llm's hooks around."""
+"""The wrapped model, conversation, chain and group: llm's objects with the hooks around them.
+
+Every prompt takes one path, ``_send``: the ``llm_prompt_context`` hooks' context managers are
+entered in an ``AsyncExitStack``, the prompt is sent and completed inside them, and the response
+is recorded on the ``PromptResult`` they see. A chain enters the same stack around its whole
+iteration. The path is the same under the ``FakeModelRouter``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, Final
 
-from .contexts import DIDNT_YIELD, generator_function_of, leave_raising, not_stopped, send_within
-from .hooks import call_llm_prompt_context
-from .results import Group, PromptResult, _on_done
+from ._hooks import call_llm_group_exit, call_llm_prompt_context
+from .results import Group, PromptResult
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
     from llm import AsyncConversation, AsyncModel, AsyncResponse
     from llm.models import AsyncChainResponse
 
-    from .hooks import PromptContextFactory
-    from .resolver import Resolution
-    from .types import Actor
+    from .actors import Actor
+    from .resolution import Resolution
+    from .results import PromptContextFactory
+    from .routing import Routed
 
-__all__ = ["WrappedAsyncModel", "WrappedChainResponse", "WrappedConversation"]
+__all__ = [
+    "WrappedAsyncModel",
+    "WrappedChainResponse",
+    "WrappedConversation",
+    "open_group",
+    "wrap",
+]
+
+logger = logging.getLogger("datasette_llm")
+
+SUPPRESSED: Final = (
+    "An llm_prompt_context context manager suppressed the error the prompt raised, so there is "
+    "no response to return. Let the error propagate out of the context manager (re-raise it "
+    "after handling it)."
+)
+GROUP_ENDED: Final = (
+    "This model belongs to a group() block that has ended, so its prompts can no longer be "
+    "part of the group. Ask LLM(datasette).model() or .group() for the model again."
+)
 
 
-class _Context:
-    """What every wrapped object carries: where prompts go and who they are for."""
+class _Target:
+    """Where the prompts of one routed model go, who they are for, and their group."""
 
-    __slots__ = (
-        "actor",
-        "adds_kwargs",
-        "datasette",
-        "group",
-        "in_flight",
-        "key",
-        "model_id",
-        "options",
-        "purpose",
-        "resolution",
-    )
+    __slots__ = ("actor", "datasette", "ended", "group", "in_flight", "routed")
 
     def __init__(
-        self,
-        datasette: Datasette,
-        model_id: str,
-        purpose: str | None,
-        actor: Actor | None,
-        key: str | None,
-        options: Mapping[str, object],
-        group: Group | None,
-        resolution: Resolution | None = None,
+        self, datasette: Datasette, routed: Routed, actor: Actor | None, group: Group | None
     ) -> None:
         self.datasette = datasette
-        self.model_id = model_id
-        self.purpose = purpose
+        self.routed = routed
         self.actor = actor
-        self.key = key
-        self.options = options
         self.group = group
-        self.resolution = resolution
-        # Whether prompt_kwargs() has anything to add; if not, prompt() skips calling it.
-        self.adds_kwargs = bool(options) or key is not None
-        # Prompts of a group still running (maybe in other tasks): the group waits for them.
+        self.ended = False
+        # Prompts of the group still running, maybe in other tasks: the group waits for them.
         self.in_flight: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         # Never show the key.
-        return f"<context model_id={self.model_id!r} purpose={self.purpose!r}>"
+        return f"<target model_id={self.model_id!r} purpose={self.purpose!r}>"
+
+    @property
+    def model_id(self) -> str:
+        return self.routed.resolution.model_id
+
+    @property
+    def purpose(self) -> str | None:
+        return self.routed.resolution.purpose
+
+    @property
+    def resolution(self) -> Resolution:
+        return self.routed.resolution
 
     def prompt_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        merged = {**self.options, **kwargs} if self.options else kwargs
-        if self.key is not None and "key" not in merged:
-            merged = {**merged, "key": self.key}
+        """Configured options under the caller's keyword arguments, plus the routed key."""
+        merged = {**self.routed.reference.options, **kwargs}
+        if self.routed.key is not None and merged.get("key") is None:
+            merged["key"] = self.routed.key
         return merged
 
     def chain_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        merged = kwargs
-        if self.options:
-            merged = {**kwargs, "options": {**self.options, **(kwargs.get("options") or {})}}
-        if self.key is not None and merged.get("key") is None:
-            merged = {**merged, "key": self.key}
+        """The same for ``chain()``, whose model options go in one ``options=`` mapping."""
+        merged = dict(kwargs)
+        options = self.routed.reference.options
+        if options:
+            merged["options"] = {**options, **(kwargs.get("options") or {})}
+        if self.routed.key is not None and merged.get("key") is None:
+            merged["key"] = self.routed.key
         return merged
 
-    async def run_in_group(
-        self,
-        factories: list[PromptContextFactory],
-        target: AsyncModel | AsyncConversation,
-        prompt: str | None,
-        merged: dict[str, Any],
-    ) -> AsyncResponse:
+    def factories(self, prompt: str | None) -> list[PromptContextFactory]:
+        if self.ended:
+            raise RuntimeError(GROUP_ENDED)
+        return call_llm_prompt_context(
+            self.datasette, self.model_id, prompt or "", self.purpose, self.actor
+        )
+
+    def result(self, is_chain: bool) -> PromptResult:
+        return PromptResult(self.purpose, self.group, is_chain, self.resolution)
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Count a prompt of the group as running until it ends, in whatever task."""
+        if self.group is None:
+            yield
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.in_flight.add(done)
         try:
-            result = PromptResult(self.purpose, self.group, False, self.resolution)
-            return _response_of(await send_within(factories, result, target, prompt, merged))
+            yield
         finally:
             self.in_flight.discard(done)
             done.set_result(None)
 
-    async def wait_in_flight(self) -> None:
-        """Wait until every prompt of the group started so far has ended, in whatever task."""
-        while self.in_flight:
-            await asyncio.wait(list(self.in_flight))
 
-    def run_chain(
-        self, target: AsyncModel | AsyncConversation, prompt: str | None, kwargs: dict[str, Any]
-    ) -> WrappedChainResponse:
-        factories = call_llm_prompt_context(
-            self.datasette, self.model_id, prompt or "", self.purpose, self.actor
-        )
-        chain = target.chain(prompt, **self.chain_kwargs(kwargs))
-        result = PromptResult(
-            purpose=self.purpose, group=self.group, is_chain=True, resolution=self.resolution
-        )
-        return WrappedChainResponse(chain, factories, result)
-
-
-def _response_of(response: AsyncResponse | None) -> AsyncResponse:
-    if response is None:
-        raise RuntimeError(
-            "An llm_prompt_context context manager suppressed the error the prompt raised, so "
-            "there is no response to return. Let the error propagate out of the context manager "
-            "(re-raise it after handling it)."
-        )
-    return response
+async def _send(
+    target: _Target,
+    sender: AsyncModel | AsyncConversation,
+    prompt: str | None,
+    kwargs: dict[str, Any],
+) -> AsyncResponse:
+    """Send one prompt inside the hooks' context managers and return its completed response."""
+    factories = target.factories(prompt)
+    result = target.result(is_chain=False)
+    with target.running():
+        async with AsyncExitStack() as stack:
+            for factory in factories:
+                await stack.enter_async_context(factory(result))
+            response = sender.prompt(prompt, **target.prompt_kwargs(kwargs))
+            await response
+            await result.add_response(response)
+            return response
+    raise RuntimeError(SUPPRESSED)
 
 
 class WrappedChainResponse:
@@ -133,15 +150,11 @@ class WrappedChainResponse:
     and ``astream_events()`` go through the same hooks; any other attribute is llm's.
     """
 
-    def __init__(
-        self,
-        chain: AsyncChainResponse,
-        factories: list[PromptContextFactory],
-        result: PromptResult,
-    ) -> None:
+    def __init__(self, target: _Target, chain: AsyncChainResponse, prompt: str | None) -> None:
+        self._target = target
         self._chain = chain
-        self._factories = factories
-        self._result = result
+        self._factories = target.factories(prompt)
+        self._result = target.result(is_chain=True)
         self._started = False
         self._inner_responses = chain.responses
         # llm's own text()/__aiter__/astream_events() call self.responses(): route them here.
@@ -160,15 +173,17 @@ class WrappedChainResponse:
                 "new chain."
             )
         self._started = True
-        try:
+        with self._target.running():
             async with AsyncExitStack() as stack:
                 for factory in self._factories:
                     await stack.enter_async_context(factory(self._result))
-                async for response in self._inner_responses():
-                    await self._result._add_response(response)
-                    yield response
-        finally:
-            self._result.chain_complete = True
+                try:
+                    async for response in self._inner_responses():
+                        await self._result.add_response(response)
+                        yield response
+                finally:
+                    # Before the hooks' contexts exit, so they see it.
+                    self._result.chain_complete = True
 
     def __aiter__(self) -> AsyncIterator[str]:
         """Stream the text of every response of the chain."""
@@ -185,21 +200,36 @@ class WrappedChainResponse:
 
     def __repr__(self) -> str:
         return (
-            f"<WrappedChainResponse model_id={self._chain.model.model_id!r} "
-            f"purpose={self._result.purpose!r} started={self._started}>"
+            f"<WrappedChainResponse model_id={self._target.model_id!r} "
+            f"purpose={self._target.purpose!r} started={self._started}>"
         )
 
 
 class _Prompting:
-    """``prompt()`` through the hooks: what the wrapped model and conversation share.
+    """What the wrapped model and the wrapped conversation share: where prompts go."""
 
-    It runs on every prompt, so it is one coroutine with no other in between for the usual
-    cases: no hooks, or one hook made with ``@asynccontextmanager``, whose generator it drives
-    itself (see ``datasette_llm.contexts``).
-    """
+    _target: _Target
+    _sender: AsyncModel | AsyncConversation
 
-    _context: _Context
-    _target: AsyncModel | AsyncConversation
+    @property
+    def model_id(self) -> str:
+        """The id of the model."""
+        return self._target.model_id
+
+    @property
+    def purpose(self) -> str | None:
+        """The purpose name the model was asked for, or ``None``."""
+        return self._target.purpose
+
+    @property
+    def resolution(self) -> Resolution:
+        """How routing chose the model."""
+        return self._target.resolution
+
+    @property
+    def group(self) -> Group | None:
+        """The ``Group`` the prompts belong to, inside ``LLM.group()``; else ``None``."""
+        return self._target.group
 
     async def prompt(self, prompt: str | None = None, **kwargs: Any) -> AsyncResponse:
         """Run a prompt through the hooks and return llm's response once it has completed.
@@ -208,76 +238,37 @@ class _Prompting:
         (``system=``, ``attachments=``, ``schema=``, ``tools=``, model options...), which is why
         they are typed ``Any``. Configured ``options`` are merged in; the caller's values win.
         """
-        context = self._context
-        factories = call_llm_prompt_context(
-            context.datasette, context.model_id, prompt or "", context.purpose, context.actor
-        )
-        merged = context.prompt_kwargs(kwargs) if context.adds_kwargs else kwargs
-        target = self._target
-        if context.group is not None:
-            return await context.run_in_group(factories, target, prompt, merged)
-        if not factories:
-            # Without keyword arguments, a plain call: cheaper than unpacking an empty dict.
-            response = target.prompt(prompt, **merged) if merged else target.prompt(prompt)
-            await response
-            return response
-        result = PromptResult(context.purpose, None, False, context.resolution)
-        generator_function = generator_function_of(factories[0]) if len(factories) == 1 else None
-        if generator_function is None:
-            return _response_of(await send_within(factories, result, target, prompt, merged))
-        # What ``async with factories[0](result):`` around the prompt does, step by step.
-        generator = generator_function(result)
-        try:
-            await generator.__anext__()
-        except StopAsyncIteration:
-            raise RuntimeError(DIDNT_YIELD) from None
-        try:
-            response = target.prompt(prompt, **merged) if merged else target.prompt(prompt)
-            await response
-            for callback in result._record(response):
-                await _on_done(response, callback)
-        except BaseException as error:
-            if await leave_raising(generator, error):
-                return _response_of(None)
-            raise
-        try:
-            await generator.__anext__()
-        except StopAsyncIteration:
-            return response
-        await not_stopped(generator)
+        return await _send(self._target, self._sender, prompt, kwargs)
 
 
 class WrappedConversation(_Prompting):
-    """llm's ``AsyncConversation``; every ``prompt()`` and ``chain()`` runs the hooks."""
+    """llm's ``AsyncConversation``; every ``prompt()`` and ``chain()`` runs the hooks.
 
-    def __init__(self, conversation: AsyncConversation, context: _Context) -> None:
-        self._conversation = conversation
-        self._target = conversation
-        self._context = context
+    Attributes:
+        model_id: The id of the model this conversation talks to.
+        purpose: The purpose name, or ``None``.
+        resolution: How routing chose the model.
+        group: The ``Group`` its prompts belong to, inside ``LLM.group()``.
+    """
 
-    @property
-    def model_id(self) -> str:
-        """The id of the model this conversation talks to."""
-        return self._context.model_id
-
-    @property
-    def purpose(self) -> str | None:
-        """The purpose name, or ``None``."""
-        return self._context.purpose
+    def __init__(self, target: _Target, conversation: AsyncConversation) -> None:
+        self._target = target
+        self._sender = self._conversation = conversation
 
     def chain(self, prompt: str | None = None, **kwargs: Any) -> WrappedChainResponse:
-        """Start a tool-calling chain in this conversation.
+        """Start a tool-calling chain in this conversation; the hooks wrap its iteration.
 
         ``kwargs`` are passed through to llm's ``AsyncConversation.chain`` (``tools=``,
-        ``system=``, ``options=``...), which is why they are typed ``Any``.
+        ``system=``, ``options=``, ``before_call=``...), which is why they are typed ``Any``.
         """
-        return self._context.run_chain(self._conversation, prompt, kwargs)
+        chain = self._conversation.chain(prompt, **self._target.chain_kwargs(kwargs))
+        return WrappedChainResponse(self._target, chain, prompt)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conversation, name)
 
     def __repr__(self) -> str:
-        return f"<WrappedConversation {self._context.model_id!r} purpose={self.purpose!r}>"
+        return f"<WrappedConversation {self.model_id!r} purpose={self.purpose!r}>"
 
 
 class WrappedAsyncModel(_Prompting):
@@ -287,37 +278,17 @@ class WrappedAsyncModel(_Prompting):
         model_id: The id of the model.
         purpose: The purpose name the model was asked for, or ``None``.
         resolution: How routing chose the model.
+        group: The ``Group`` its prompts belong to, inside ``LLM.group()``.
     """
 
-    def __init__(self, model: AsyncModel, context: _Context, resolution: Resolution) -> None:
-        self._model = model
-        self._target = model
-        self._context = context
-        self._resolution = resolution
-
-    @property
-    def model_id(self) -> str:
-        """The id of the model."""
-        return self._model.model_id
-
-    @property
-    def purpose(self) -> str | None:
-        """The purpose name the model was asked for, or ``None``."""
-        return self._context.purpose
-
-    @property
-    def resolution(self) -> Resolution:
-        """How routing chose this model."""
-        return self._resolution
-
-    @property
-    def group(self) -> Group | None:
-        """The group this model belongs to, inside ``LLM.group()``."""
-        return self._context.group
+    def __init__(self, target: _Target) -> None:
+        self._target = target
+        # Third-party code reads getattr(model, "_model", model) to reach llm's model.
+        self._sender = self._model = target.routed.model
 
     def conversation(self) -> WrappedConversation:
         """Start a conversation whose every prompt runs the hooks."""
-        return WrappedConversation(self._model.conversation(), self._context)
+        return WrappedConversation(self._target, self._model.conversation())
 
     def chain(self, prompt: str | None = None, **kwargs: Any) -> WrappedChainResponse:
         """Start a tool-calling chain; the hooks wrap its whole iteration.
@@ -330,21 +301,87 @@ class WrappedAsyncModel(_Prompting):
     def __repr__(self) -> str:
         return (
             f"<WrappedAsyncModel {self.model_id!r} purpose={self.purpose!r} "
-            f"step={self._resolution.step!r}>"
+            f"step={self.resolution.step!r}>"
         )
 
 
-async def finish_responses(responses: list[AsyncResponse]) -> list[BaseException]:
-    """Drive every response to completion; return the errors raised on the way."""
-    errors: list[BaseException] = []
+def wrap(datasette: Datasette, routed: Routed, actor: Actor | None) -> WrappedAsyncModel:
+    """Wrap the model routing chose, so its prompts run the hooks."""
+    return WrappedAsyncModel(_Target(datasette, routed, actor, None))
+
+
+@asynccontextmanager
+async def open_group(
+    datasette: Datasette, routed: Routed, actor: Actor | None
+) -> AsyncIterator[WrappedAsyncModel]:
+    """Yield a model whose prompts form one ``Group``; finish them all, then ``llm_group_exit``.
+
+    On exit, also after an exception in the block: prompts still running in other tasks are
+    awaited, every response is driven to completion, then ``llm_group_exit`` runs once. The
+    block's own exception wins over a failing ``llm_group_exit`` (which is logged).
+    """
+    resolution = routed.resolution
+    target = _Target(
+        datasette, routed, actor, Group(resolution.model_id, resolution.purpose, actor)
+    )
+    try:
+        yield WrappedAsyncModel(target)
+    except BaseException:
+        await _end_group(target, block_failed=True)
+        raise
+    await _end_group(target, block_failed=False)
+
+
+async def _end_group(target: _Target, block_failed: bool) -> None:
+    group = target.group
+    assert group is not None
+    try:
+        await _wait_in_flight(target)
+        errors = await _finish(group)
+    except BaseException:
+        await _group_exit(target, group, quiet=True)
+        raise
+    for error in errors:
+        logger.warning(
+            "A response in group (model %r, purpose %r) failed while being finished: %r",
+            group.model_id,
+            group.purpose,
+            error,
+        )
+    await _group_exit(target, group, quiet=block_failed)
+
+
+async def _wait_in_flight(target: _Target) -> None:
+    """Wait until every prompt the group started has ended, in whatever task.
+
+    Tasks created in the block (``asyncio.create_task(model.prompt(...))``) start on the next
+    turn of the event loop: give them that turn, so their prompts are counted too.
+    """
+    await asyncio.sleep(0)
+    while target.in_flight:
+        await asyncio.wait(list(target.in_flight))
+        await asyncio.sleep(0)
+
+
+async def _finish(group: Group) -> list[Exception]:
+    """Drive every response of the group to completion; return the errors raised on the way."""
+    errors: list[Exception] = []
     index = 0
-    while index < len(responses):
-        response = responses[index]
+    while index < len(group.responses):  # finishing a chain step may add the next one
+        response = group.responses[index]
         index += 1
         try:
             await response.text()
-        except asyncio.CancelledError:
-            raise
         except Exception as error:
             errors.append(error)
     return errors
+
+
+async def _group_exit(target: _Target, group: Group, quiet: bool) -> None:
+    target.ended = True
+    try:
+        await call_llm_group_exit(target.datasette, group)
+    except Exception:
+        if not quiet:
+            raise
+        # Logged by call_llm_group_exit; the exception already on its way out wins.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +63,11 @@ def describe(module_name: str, name: str, value: object) -> Iterator[str]:
             signature = clean(inspect.signature(value))
         except (TypeError, ValueError):
             signature = "(...)"
-        yield f"- `{qualified}{signature}`"
+        if re.search(r":\s*_[A-Za-z]", signature):
+            # Its constructor takes a private value: datasette-llm builds it, not the caller.
+            yield f"- `{qualified}`: built by `LLM`"
+        else:
+            yield f"- `{qualified}{signature}`"
         for member_name, member in members(value):
             if isinstance(member, property):
                 yield f"  - `.{member_name}` (property)"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 for _variable in list(os.environ):
@@ -64,6 +65,20 @@ def register_plugin() -> Iterator[RegisterPlugin]:
     finally:
         for plugin_name in reversed(names):
             pm.unregister(name=plugin_name)
+
+
+@contextmanager
+def registered(hooks: Sequence[object], prefix: str) -> Iterator[None]:
+    """Register ``hooks`` with Datasette's plugin manager for the block (one hypothesis example)."""
+    names: list[str] = []
+    try:
+        for index, hook in enumerate(hooks):
+            pm.register(hook, name=f"{prefix}-{index}")
+            names.append(f"{prefix}-{index}")
+        yield
+    finally:
+        for name in names:
+            pm.unregister(name=name)
 
 
 @pytest.fixture

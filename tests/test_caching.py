@@ -17,8 +17,7 @@ from typing import Any
 import llm
 import pytest
 
-from datasette_llm import LLM, PromptResult, Purpose, get_purpose, get_purposes
-from datasette_llm.types import Actor
+from datasette_llm import LLM, Actor, PromptResult, Purpose, get_purpose, get_purposes
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import FreeModel, SyncStub
@@ -263,11 +262,26 @@ def test_a_purpose_plugin_re_registered_under_the_same_name_is_asked_again(
 # Configuration (plugins.datasette-llm, per Datasette instance)
 
 
-async def test_configuration_changed_in_place_is_followed(make_datasette: MakeDatasette) -> None:
+async def test_configuration_section_replaced_is_followed(make_datasette: MakeDatasette) -> None:
     datasette = make_datasette({"purposes": {"summaries": {"model": "test-a"}}})
     assert (await LLM(datasette).model(purpose="summaries")).model_id == "test-a"
     assert datasette.config is not None
-    datasette.config["plugins"]["datasette-llm"]["purposes"]["summaries"]["model"] = "test-b"
+    datasette.config["plugins"]["datasette-llm"] = {"purposes": {"summaries": {"model": "test-b"}}}
+    assert (await LLM(datasette).model(purpose="summaries")).model_id == "test-b"
+
+
+async def test_configuration_is_not_compared_value_by_value_on_each_call(
+    make_datasette: MakeDatasette,
+) -> None:
+    # Comparing the whole configuration on every call made routing cost grow with it: a value
+    # changed inside the section, in place, is only seen once the section is replaced.
+    datasette = make_datasette({"purposes": {"summaries": {"model": "test-a"}}})
+    assert (await LLM(datasette).model(purpose="summaries")).model_id == "test-a"
+    assert datasette.config is not None
+    section = datasette.config["plugins"]["datasette-llm"]
+    section["purposes"]["summaries"]["model"] = "test-b"
+    assert (await LLM(datasette).model(purpose="summaries")).model_id == "test-a"
+    datasette.config["plugins"]["datasette-llm"] = dict(section)
     assert (await LLM(datasette).model(purpose="summaries")).model_id == "test-b"
 
 

@@ -125,8 +125,8 @@ def test_check_with_only_warnings_lists_them_and_exits_0(tmp_path: Path) -> None
         "purpose 'enrichment'. Did you mean 'enrichments'? Registered purposes: agent, "
         "enrichments, extract.",
         "warning: plugins.datasette-llm.purposes.agent.model: 'test-fails' is blocked for "
-        "purpose 'agent', so it is never used. Remove it from the blocklist or choose another "
-        "model.",
+        "purpose 'agent' (it is in blocked_models), so it is never used. Remove it from the "
+        "blocklist or choose another model.",
         "0 errors, 2 warnings",
     ]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from datasette_llm import LLM, ConfigurationError, ModelRef
-from datasette_llm.config import parse_config
+from datasette_llm import LLM, ConfigurationError, KeySetting, ModelRef
+from datasette_llm.config_parser import parse_config
 from tests.conftest import MakeDatasette
 
 
@@ -33,7 +33,7 @@ def test_model_references_are_strings_or_mappings_with_key_and_options() -> None
             "purposes": {"x": {"model": "test-a", "models": ["test-b", {"model": "test-c"}]}},
         }
     )
-    assert config.default_model == ModelRef("echo", "MY_KEY")
+    assert config.default_model == ModelRef("echo", KeySetting("secret", "MY_KEY"))
     assert dict(config.default_model.options) == {"thinking": True}
     purpose = config.purposes["x"]
     assert purpose.model == ModelRef("test-a")
@@ -161,5 +161,8 @@ async def test_configuration_changes_are_seen_on_the_next_call(
     datasette = make_datasette({"default_model": "echo"})
     assert (await LLM(datasette).resolve()).model_id == "echo"
     assert datasette.config is not None
-    datasette.config["plugins"]["datasette-llm"]["default_model"] = "echo-needs-key"
+    datasette.config["plugins"]["datasette-llm"] = {
+        "default_model": "echo-needs-key",
+        "require_keys": False,
+    }
     assert (await LLM(datasette).resolve()).model_id == "echo-needs-key"

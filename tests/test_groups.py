@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from datasette_llm import LLM, Group, PromptResult
-from datasette_llm.types import Actor
+from datasette_llm import LLM, Actor, Group, PromptResult
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from datasette_llm import LLM, KeyStatus
+from datasette_llm import LLM, KeyStatus, ModelNotFoundError
 from tests.conftest import MakeDatasette
 
 pytestmark = pytest.mark.usefixtures("test_models")
@@ -87,12 +87,26 @@ async def test_an_empty_custom_secret_falls_back_to_the_provider_secret(
 
 
 async def test_missing_key_names_the_secret_to_set(make_datasette: MakeDatasette) -> None:
-    datasette = make_datasette({"default_model": {"model": "test-keyed", "key": "TEAM_KEY"}})
+    datasette = make_datasette(
+        {"require_keys": False, "default_model": {"model": "test-keyed", "key": "TEAM_KEY"}}
+    )
     assert (await LLM(datasette).resolve()).key == KeyStatus("missing", "TEAM_KEY")
-    datasette = make_datasette({"default_model": "test-keyed"})
+    datasette = make_datasette({"require_keys": False, "default_model": "test-keyed"})
     status = (await LLM(datasette).resolve()).key
     assert status == KeyStatus("missing", "TESTPROV_API_KEY")
     assert not status.available
+
+
+async def test_with_require_keys_a_model_without_a_key_is_not_routed_and_the_secret_is_named(
+    make_datasette: MakeDatasette,
+) -> None:
+    datasette = make_datasette({"default_model": {"model": "test-keyed", "key": "TEAM_KEY"}})
+    with pytest.raises(ModelNotFoundError) as caught:
+        await LLM(datasette).model()
+    assert (
+        "default_model chose 'test-keyed', skipped because it has no API key (set the secret "
+        "TEAM_KEY)" in str(caught.value)
+    )
 
 
 async def test_register_secrets_lists_provider_keys_and_configured_key_names(

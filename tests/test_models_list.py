@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 from llm import AsyncModel
 
-from datasette_llm import LLM
-from datasette_llm.types import Actor
+from datasette_llm import LLM, Actor
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 
@@ -52,7 +51,7 @@ async def test_global_allowlist_includes_the_default_model(make_datasette: MakeD
     assert ids(await LLM(datasette).models()) == ["test-c", "test-b", "test-a"]
 
 
-async def test_purpose_models_override_the_global_allowlist_and_include_the_purpose_model(
+async def test_purpose_models_widen_the_global_allowlist_and_include_both_defaults(
     make_datasette: MakeDatasette,
 ) -> None:
     datasette = make_datasette(
@@ -61,8 +60,33 @@ async def test_purpose_models_override_the_global_allowlist_and_include_the_purp
             "purposes": {"p": {"model": "test-c", "models": ["test-b", {"model": "echo"}]}},
         }
     )
-    assert ids(await LLM(datasette).models(purpose="p")) == ["test-c", "test-b", "echo"]
+    assert ids(await LLM(datasette).models(purpose="p")) == ["test-c", "test-b", "echo", "test-a"]
     assert ids(await LLM(datasette).models(purpose="other")) == ["test-a"]
+
+
+@pytest.mark.parametrize(
+    ("purpose_model", "expected"),
+    [
+        (None, ["echo", "test-keyed-2", "test-a", "test-keyed", "test-b"]),
+        ("test-keyed-2", ["test-keyed-2", "echo", "test-a", "test-keyed", "test-b"]),
+        ({"model": "test-keyed-2"}, ["test-keyed-2", "echo", "test-a", "test-keyed", "test-b"]),
+    ],
+)
+async def test_the_worked_example_of_compat_md(
+    make_datasette: MakeDatasette, purpose_model: object, expected: list[str]
+) -> None:
+    # ../shared/COMPAT.md, with test models for gpt-4o, gpt-4o-mini, echo, gpt-4.1, gpt-4.1-mini.
+    extract: dict[str, object] = {"models": ["echo", "test-keyed-2"]}
+    if purpose_model is not None:
+        extract["model"] = purpose_model
+    datasette = make_datasette(
+        {
+            "require_keys": False,
+            "models": ["test-a", "test-keyed", "echo", "test-b", "test-keyed-2"],
+            "purposes": {"extract": extract},
+        }
+    )
+    assert ids(await LLM(datasette).models(purpose="extract")) == expected
 
 
 async def test_blocklists_global_and_per_purpose_apply(make_datasette: MakeDatasette) -> None:
@@ -92,8 +116,14 @@ async def test_ordering_default_then_purpose_list_then_global_list_then_registry
         "test-a",
         "test-fails",
     ]
-    # The purpose's own list replaces the global one, so the global default is not in it.
-    assert ids(await LLM(datasette).models(purpose="p")) == ["test-fails", "test-a"]
+    # The purpose's list comes first, then the global one; the global default leads both.
+    assert ids(await LLM(datasette).models(purpose="p")) == [
+        "test-c",
+        "test-fails",
+        "test-a",
+        "echo",
+        "test-b",
+    ]
 
 
 async def test_without_configuration_models_come_in_registry_order(

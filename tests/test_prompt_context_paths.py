@@ -1,9 +1,9 @@
-"""Every way of entering an ``llm_prompt_context`` factory behaves exactly like ``async with``.
+"""Every prompt enters the ``llm_prompt_context`` context managers exactly like ``async with``.
 
-A single factory made with ``@asynccontextmanager`` from a plain function is driven through its
-generator directly (``datasette_llm.contexts``); a bound method, or two hooks, go through
-``async with``. Each scripted context manager below is run through each path and through plain
-``contextlib`` around the raw llm model, and the outcomes must be the same.
+Each scripted context manager below is run around a prompt made every way a plugin can make one
+(a factory that is a function or a bound method, beside another hook, in a group, under the
+``FakeModelRouter``) and through plain ``contextlib`` around the raw llm model: the outcomes
+must be the same, so the fake router's prompts take the path production's take.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import llm
 import pytest
 
 from datasette_llm import LLM, PromptResult
-from datasette_llm.contexts import generator_function_of
+from datasette_llm.testing import FakeModelRouter
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 
@@ -34,7 +34,7 @@ MODES: Final = (
     "yield-twice",
     "fail-in-cleanup",
 )
-PATHS: Final = ("function", "bound-method", "two-hooks", "group")
+PATHS: Final = ("function", "bound-method", "two-hooks", "group", "fake-router")
 MODELS: Final = ("test-a", "test-fails")
 
 
@@ -139,6 +139,11 @@ async def through_datasette_llm(
     if path == "two-hooks":
         register_plugin(Bystander(), name="bystander")
     llm_ = LLM(make_datasette())
+    router = FakeModelRouter(assert_all_replies_used=False)
+    if path == "fake-router":
+        router.start()
+        if model_id == "test-fails":
+            router.add_exception(RuntimeError("the provider failed mid-stream"))
     try:
         if path == "group":
             async with llm_.group(model_id) as grouped:
@@ -147,6 +152,8 @@ async def through_datasette_llm(
             await (await llm_.model(model_id)).prompt("hi")
     except Exception as error:
         return outcome(script, error)
+    finally:
+        router.stop()
     return outcome(script, None)
 
 
@@ -170,11 +177,3 @@ async def test_every_path_enters_the_hook_like_async_with(
         )
     got = await through_datasette_llm(make_datasette, register_plugin, mode, model_id, path)
     assert got == expected
-
-
-def test_only_a_plain_function_made_by_asynccontextmanager_is_driven_directly() -> None:
-    script = Script("plain")
-    assert generator_function_of(asynccontextmanager(script.run)) == script.run
-    assert generator_function_of(script.around) is None, "a bound method keeps self"
-    assert generator_function_of(Bystander().llm_prompt_context) is None
-    assert generator_function_of(lambda result: None) is None

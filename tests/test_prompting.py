@@ -10,8 +10,7 @@ from typing import Any
 import llm
 import pytest
 
-from datasette_llm import LLM, PromptResult, WrappedAsyncModel
-from datasette_llm.types import Actor
+from datasette_llm import LLM, Actor, PromptResult, WrappedAsyncModel
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 

@@ -89,8 +89,13 @@ def test_get_purposes_returns_registered_purposes_first_registration_wins(
     register_plugin(Second(), name="second")
     datasette = Datasette(memory=True)
     purposes = {purpose.name: purpose for purpose in get_purposes(datasette)}
-    # pluggy calls the most recently registered plugin first.
-    assert purposes["shared"].description == "second"
+    # The plugin registered first keeps the name: installing another never takes it over.
+    assert purposes["shared"].description == "first"
+    assert [purpose.name for purpose in get_purposes(datasette)][:3] == [
+        "shared",
+        "enrichments",
+        "only-second",
+    ], "registration order"
     assert set(purposes) >= {"shared", "enrichments", "only-second"}
     assert get_purpose(datasette, "enrichments") == ENRICHMENTS
     assert get_purpose(datasette, "missing") is None
@@ -118,10 +123,10 @@ def test_collision_between_owners_is_listed_and_logged_once(
     assert collisions == [
         PurposeCollision(
             name="summaries",
-            kept=Purpose("summaries", owner="plugin-b"),
-            ignored=Purpose("summaries", owner="plugin-a"),
-            kept_owner="plugin-b",
-            ignored_owner="plugin-a",
+            kept=Purpose("summaries", owner="plugin-a"),
+            ignored=Purpose("summaries", owner="plugin-b"),
+            kept_owner="plugin-a",
+            ignored_owner="plugin-b",
         )
     ]
     warnings = [r for r in caplog.records if "registered by both" in r.getMessage()]

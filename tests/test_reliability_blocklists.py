@@ -18,14 +18,13 @@ from typing import Any, Final
 import llm
 import pytest
 from datasette.app import Datasette
-from datasette.plugins import pm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datasette_llm import LLM, ModelNotFoundError, Purpose
-from datasette_llm.registry import lookup_model
+from datasette_llm.models import lookup_model
 from datasette_llm.typing import hookimpl
-from tests.conftest import MakeDatasette
+from tests.conftest import MakeDatasette, registered
 from tests.llm_models import TestModelsPlugin
 
 pytestmark = pytest.mark.usefixtures("test_models")
@@ -191,15 +190,8 @@ def test_no_combination_of_hooks_and_configuration_routes_to_a_blocked_model(
             *scenario["default_hooks"],
             *scenario["filters"],
         ]
-        names: list[str] = []
-        try:
-            for index, hook in enumerate(hooks):
-                pm.register(hook, name=f"blocklist-fuzz-{index}")
-                names.append(f"blocklist-fuzz-{index}")
+        with registered(hooks, "blocklist-fuzz"):
             loop.run_until_complete(exercise(scenario))
-        finally:
-            for name in names:
-                pm.unregister(name=name)
 
     check()
     assert seen["blocked"] >= EXAMPLES // 4, seen

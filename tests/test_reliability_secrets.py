@@ -23,7 +23,7 @@ from datasette.app import Datasette
 from datasette.cli import cli
 
 from datasette_llm import LLM, Group, PromptResult, Purpose
-from datasette_llm.config import parse_config
+from datasette_llm.config_parser import parse_config
 from datasette_llm.testing import FakeModelRouter
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
@@ -147,18 +147,18 @@ async def test_keys_are_used_but_no_object_exception_or_log_line_shows_them(
         chain = model.chain("chained")
         outputs.extend([repr(chain), text, await chain.text(), repr(chain)])
         outputs.extend([repr(model), repr(model.resolution), repr(model.resolution.key)])
-        outputs.extend([repr(model._context), repr(conversation), str(model.resolution)])
+        outputs.extend([repr(conversation), str(model.resolution)])
         outputs.append(repr(await client.resolve(purpose=purpose, actor=actor)))
 
     echoing = await client.model(purpose="keys-json", actor=actor)
     echoed = await (await echoing.prompt("hello")).text()
     assert KEYS_JSON_KEY in echoed, "llm-echo's echo-needs-key prints the key it was given"
-    outputs.extend([repr(echoing), repr(echoing.resolution), repr(echoing._context)])
+    outputs.extend([repr(echoing), repr(echoing.resolution)])
 
     async with client.group(purpose="custom", actor=actor) as grouped:
         await grouped.prompt("one")
         await grouped.prompt("two")
-        outputs.extend([repr(grouped), repr(grouped.group), repr(grouped._context)])
+        outputs.extend([repr(grouped), repr(grouped.group)])
 
     for purpose_name in (None, "custom", "keys-json"):
         models = await client.models(purpose=purpose_name, actor=actor)

@@ -7,8 +7,7 @@ from typing import Any
 import llm
 import pytest
 
-from datasette_llm import LLM, KeyStatus, ModelNotFoundError, Purpose, Resolution
-from datasette_llm.types import Actor
+from datasette_llm import LLM, Actor, KeyStatus, ModelNotFoundError, Purpose, Resolution
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import TestModelsPlugin
@@ -66,11 +65,12 @@ async def test_nothing_given_or_configured_raises_model_not_found_listing_what_w
     with pytest.raises(ModelNotFoundError) as caught:
         await LLM(make_datasette()).model(purpose="summaries")
     message = str(caught.value)
-    assert message.startswith(
-        "No model_id provided and no default_model configured for purpose 'summaries'."
+    assert message == (
+        "No model_id provided and no default_model configured for purpose 'summaries': no "
+        "llm_default_model hook answered and nothing is configured. Pass model_id=, or set "
+        "plugins.datasette-llm.purposes.summaries.model or plugins.datasette-llm.default_model "
+        "in datasette.yaml."
     )
-    assert "Tried: llm_default_model hooks, purposes.summaries.model, default_model." in message
-    assert "set plugins.datasette-llm.purposes.summaries.model" in message
 
 
 async def test_hook_llm_default_model_runs_before_configuration(
@@ -139,7 +139,7 @@ async def test_purpose_default_model_is_used_when_the_operator_configured_none(
 @pytest.mark.parametrize(
     ("default_model", "llm_config", "reason"),
     [
-        ("not-installed", {}, "'not-installed', which is not installed"),
+        ("not-installed", {}, "recommends 'not-installed', skipped because it is not installed"),
         ("test-b", {"models": ["test-a"]}, "not in the allowlist for this purpose"),
         ("test-b", {"blocked_models": ["test-b"]}, "skipped because it is in blocked_models"),
         (
@@ -147,7 +147,7 @@ async def test_purpose_default_model_is_used_when_the_operator_configured_none(
             {"purposes": {"p": {"blocked_models": ["test-b"]}}},
             "it is in purposes.p.blocked_models",
         ),
-        ("test-keyed", {}, "which has no API key (set the secret TESTPROV_API_KEY)"),
+        ("test-keyed", {}, "because it has no API key (set the secret TESTPROV_API_KEY)"),
     ],
 )
 async def test_purpose_default_model_is_skipped_unless_installed_allowed_and_keyed(

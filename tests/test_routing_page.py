@@ -74,8 +74,8 @@ def routed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Datasette:
     monkeypatch.setenv("DATASETTE_SECRETS_ENRICHMENTS_KEY", SECRET_VALUE)
-    register_plugin(CollidingPurposes())
     register_plugin(RoutingPurposes())
+    register_plugin(CollidingPurposes())  # registered second: its 'extract' is ignored
     datasette = make_datasette(
         CONFIG, config={"permissions": {"llm-view-routing": {"id": "alice"}}}
     )
@@ -180,7 +180,9 @@ async def test_a_purpose_that_resolves_to_no_model_shows_why(
     assert routes["agent"]["model_id"] == "test-a"
     assert routes["extract"]["model_id"] is None
     assert routes["extract"]["error"].startswith(
-        "No model_id provided and no default_model configured for purpose 'extract'."
+        "No model could be routed for purpose 'extract': every candidate was refused.\n"
+        "  - Purpose('extract').default_model recommends 'test-keyed-2', skipped because it has "
+        "no API key (set the secret TESTPROV_API_KEY)"
     )
 
 

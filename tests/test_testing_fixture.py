@@ -244,9 +244,14 @@ def test_the_router_works_as_a_context_manager_without_pytest(inner: pytest.Pyte
     )
 
 
-def test_loading_the_pytest_plugin_does_not_import_llm(pytester: pytest.Pytester) -> None:
+def test_loading_the_pytest_plugin_imports_neither_datasette_llm_nor_llm(
+    pytester: pytest.Pytester,
+) -> None:
+    # pytest loads it in every session where datasette-llm is installed: importing datasette_llm
+    # would load every installed Datasette plugin before the session's conftest runs.
     result = pytester.runpython_c(
-        "import sys, datasette_llm.testing._pytest_plugin; "
-        "print('llm imported:', 'llm' in sys.modules)"
+        "import sys, pytest_datasette_llm; "
+        "print('imported:', sorted(m for m in ('llm', 'datasette_llm', 'datasette.plugins') "
+        "if m in sys.modules))"
     )
-    result.stdout.fnmatch_lines(["llm imported: False"])
+    result.stdout.fnmatch_lines(["imported: []"])

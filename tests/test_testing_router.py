@@ -14,7 +14,7 @@ import pydantic
 import pytest
 from datasette import Response
 
-from datasette_llm import LLM, Group, PromptResult, Purpose
+from datasette_llm import LLM, Actor, Group, PromptResult, Purpose
 from datasette_llm.testing import (
     FakeModelRouter,
     FakeReply,
@@ -23,7 +23,6 @@ from datasette_llm.testing import (
     ToolResultRecord,
     UnmatchedPromptError,
 )
-from datasette_llm.types import Actor
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 

@@ -9,9 +9,9 @@ import pytest
 from datasette.utils import StartupError
 
 from datasette_llm import ConfigProblem, Purpose
-from datasette_llm.registry import current_registry
+from datasette_llm._operator.validation import Validation, validate
+from datasette_llm.models import current_registry
 from datasette_llm.typing import Datasette, hookimpl
-from datasette_llm.validation import Validation, validate
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import TestModelsPlugin
 
@@ -158,12 +158,13 @@ def test_a_configured_model_that_is_also_blocked_is_a_warning(
     assert [(p.path, p.message) for p in validation.warnings] == [
         (
             f"{ROOT}.default_model",
-            "'test-a' is also in blocked_models, so it is never used. Remove it from one of them.",
+            "'test-a' is blocked (it is in blocked_models), so it is never used. Remove it from "
+            "one of them.",
         ),
         (
             f"{ROOT}.purposes.extract.model",
-            "'test-b' is blocked for purpose 'extract', so it is never used. "
-            "Remove it from the blocklist or choose another model.",
+            "'test-b' is blocked for purpose 'extract' (it is in purposes.extract.blocked_models), "
+            "so it is never used. Remove it from the blocklist or choose another model.",
         ),
     ]
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from ._matching import Matcher
 
-__all__ = ["FakeReply", "ReplyCallback", "ScriptedReply"]
+__all__ = ["FakeReply", "ReplyCallback", "ScriptedReply", "streamed_chunks"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,14 +97,6 @@ class FakeReply:
             )
         object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
 
-    def _output_chunks(self) -> list[str]:
-        """Return the chunks the fake model streams."""
-        if self.chunks is not None:
-            return list(self.chunks)
-        if self.json is not None:
-            return [json_module.dumps(self.json)]
-        return [self.text] if self.text else []
-
     def _describe(self) -> list[str]:
         """Return the set fields as ``name=value`` strings."""
         parts: list[str] = []
@@ -120,6 +112,15 @@ class FakeReply:
         if self.usage is not None:
             parts.append(f"usage={self.usage!r}")
         return parts
+
+
+def streamed_chunks(reply: FakeReply) -> list[str]:
+    """Return the chunks the fake model streams for ``reply``."""
+    if reply.chunks is not None:
+        return list(reply.chunks)
+    if reply.json is not None:
+        return [json_module.dumps(reply.json)]
+    return [reply.text] if reply.text else []
 
 
 def _short(value: object, limit: int = 60) -> str:

@@ -21,7 +21,7 @@ from ._failures import (
 from ._fake_model import Answer, FakeAsyncModel
 from ._matching import PromptMatch, build_matcher
 from ._records import ModelCall, build_call
-from ._replies import FakeReply, ReplyCallback, ScriptedReply
+from ._replies import FakeReply, ReplyCallback, ScriptedReply, streamed_chunks
 
 if TYPE_CHECKING:
     import llm
@@ -218,7 +218,7 @@ class FakeModelRouter:
     # -- activation --------------------------------------------------------------------------
 
     def __enter__(self) -> FakeModelRouter:
-        self._start()
+        self.start()
         return self
 
     def __exit__(
@@ -227,13 +227,14 @@ class FakeModelRouter:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._stop()
+        self.stop()
         if exc_type is None:
-            problems = self._problems(_CONTEXT_OPT_OUT)
+            problems = self.unmet_expectations(_CONTEXT_OPT_OUT)
             if problems:
                 raise AssertionError(problems)
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start answering routed models (the fixture and ``with`` do this for you)."""
         if FakeModelRouter._active is not None:
             raise RuntimeError(
                 "A FakeModelRouter is already active: use the one you have (the "
@@ -241,7 +242,7 @@ class FakeModelRouter:
             )
         from datasette.plugins import pm
 
-        from datasette_llm.registry import push_model_override
+        from datasette_llm.models import push_model_override
 
         from ._guard import block_real_requests
         from ._scope import PLUGIN_NAME, ScopePlugin
@@ -251,12 +252,13 @@ class FakeModelRouter:
         pm.register(ScopePlugin(), name=PLUGIN_NAME)
         self._restore_guard = block_real_requests(self._refuse)
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Stop answering; models obtained while active stop answering too."""
         if FakeModelRouter._active is not self:
             return
         from datasette.plugins import pm
 
-        from datasette_llm.registry import pop_model_override
+        from datasette_llm.models import pop_model_override
 
         from ._scope import PLUGIN_NAME
 
@@ -268,8 +270,12 @@ class FakeModelRouter:
         pop_model_override(self._override)
         FakeModelRouter._active = None
 
-    def _problems(self, opt_out: str) -> str | None:
-        """Return what went wrong that the code under test may have hidden, or ``None``."""
+    def unmet_expectations(self, opt_out: str = _CONTEXT_OPT_OUT) -> str | None:
+        """Return what went wrong that the code under test may have hidden, or ``None``.
+
+        Prompts that matched no reply, requests to real models, replies never used (unless
+        opted out); ``opt_out`` is the sentence saying how to opt out of the last.
+        """
         unused = [
             reply
             for reply in self._replies
@@ -333,7 +339,7 @@ class FakeModelRouter:
         else:
             assert scripted.reply is not None
             reply = scripted.reply
-        chunks = tuple(reply._output_chunks())
+        chunks = tuple(streamed_chunks(reply))
         usage = reply.usage or (_words(call), len("".join(chunks).split()))
         return Answer(chunks, usage, tuple(self._with_id(c) for c in reply.tool_calls))
 

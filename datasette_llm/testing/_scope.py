@@ -13,13 +13,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from datasette import hookimpl
-
-from datasette_llm import LLM, Group, ModelNotFoundError, PromptResult, Resolution
+from datasette_llm import Group, PromptResult
+from datasette_llm.typing import hookimpl
 
 if TYPE_CHECKING:
-    from datasette.app import Datasette
-
     from datasette_llm import Actor, ResolutionStep
 
 __all__ = ["PLUGIN_NAME", "PromptScope", "ScopePlugin", "current_scope"]
@@ -52,34 +49,11 @@ def current_scope() -> PromptScope | None:
     return _current.get()
 
 
-async def _step(
-    datasette: Datasette,
-    model_id: str,
-    purpose: str | None,
-    actor: Actor | None,
-    result: PromptResult,
-) -> ResolutionStep:
-    resolution = getattr(result, "resolution", None)
-    if isinstance(resolution, Resolution):
-        return resolution.step
-    # PromptResult does not carry the Resolution yet: route again without a model id. If that
-    # picks another model (or none), the caller must have named the model explicitly.
-    try:
-        routed = await LLM(datasette).resolve(None, purpose, actor)
-    except (ModelNotFoundError, KeyError):
-        return "explicit"
-    return routed.step if routed.model_id == model_id else "explicit"
-
-
 @asynccontextmanager
 async def _scope(
-    datasette: Datasette,
-    model_id: str,
-    purpose: str | None,
-    actor: Actor | None,
-    result: PromptResult,
+    purpose: str | None, actor: Actor | None, result: PromptResult
 ) -> AsyncIterator[None]:
-    step = await _step(datasette, model_id, purpose, actor, result)
+    step = result.resolution.step if result.resolution is not None else None
     token = _current.set(PromptScope(purpose, actor, result.group, step))
     try:
         yield None
@@ -95,15 +69,11 @@ class ScopePlugin:
 
     @hookimpl
     def llm_prompt_context(
-        self,
-        datasette: Datasette,
-        model_id: str,
-        purpose: str | None,
-        actor: Actor | None,
+        self, purpose: str | None, actor: Actor | None
     ) -> Callable[[PromptResult], AbstractAsyncContextManager[None]]:
         """Return a factory of the context that sets the prompt's scope."""
 
         def factory(result: PromptResult) -> AbstractAsyncContextManager[None]:
-            return _scope(datasette, model_id, purpose, actor, result)
+            return _scope(purpose, actor, result)
 
         return factory

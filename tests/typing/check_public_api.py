@@ -20,6 +20,7 @@ from datasette_llm import (
     PromptResult,
     Purpose,
     Resolution,
+    ResolutionStep,
     WrappedAsyncModel,
     WrappedChainResponse,
     WrappedConversation,
@@ -27,7 +28,6 @@ from datasette_llm import (
     get_purposes,
     hookspecs,
 )
-from datasette_llm.types import ResolutionStep
 from datasette_llm.typing import (
     Actor,
     Datasette,

@@ -1,13 +1,11 @@
-"""A cached view of llm's model registry, rebuilt only when what it depends on changes.
+"""llm's installed models, as a snapshot rebuilt only when what it depends on changes.
 
 llm re-runs every plugin's ``register_models`` hook and re-reads ``aliases.json`` on each
 ``get_async_model()``. This module does that once and reuses the result until a plugin is
 registered or unregistered on ``llm.plugins.pm``, ``aliases.json`` or
 ``extra-openai-models.yaml`` change, or ``LLM_USER_PATH`` points elsewhere.
 
-Checking costs two ``stat`` calls and a comparison of llm's list of ``register_models``
-implementations. A plugin whose ``register_models`` lists different models from one call to the
-next (one that asks a server, say) is only asked again when one of those things changes.
+A test double (``FakeModelRouter``) may stand in for every model with ``push_model_override``.
 """
 
 from __future__ import annotations
@@ -19,21 +17,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
+import llm
+from llm import plugins as llm_plugins
+
 if TYPE_CHECKING:
     from llm import AsyncModel
 
 __all__ = [
     "ModelOverride",
     "ModelRegistry",
-    "canonical_ids",
     "current_registry",
+    "find_model",
     "lookup_model",
     "pop_model_override",
     "push_model_override",
 ]
 
-ModelOverride = Callable[[str, "AsyncModel | None"], "AsyncModel | None"]
-"""Given a model id and the installed model (or ``None``), return a replacement or ``None``."""
+ModelOverride = Callable[[str, "AsyncModel | None"], "AsyncModel"]
+"""Given a model id or alias and the installed model (or ``None``), return the model to use."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +53,14 @@ class ModelRegistry:
     sync_only: frozenset[str]
     keyed: tuple[AsyncModel, ...] = ()
 
+    def canonical(self, name: str) -> str:
+        """Return the model id that ``name`` (an id or an alias) stands for; else ``name``."""
+        model = self.by_name.get(name)
+        return name if model is None else model.model_id
+
 
 _cached: tuple[tuple[object, ...], ModelRegistry] | None = None
 _overrides: list[ModelOverride] = []
-_default_dir: str | None = None
-
 
 # File systems keep coarse modification times: a file rewritten twice within one tick keeps its
 # mtime. For a file modified this recently, the stamp includes its content (as git does).
@@ -78,44 +82,28 @@ def _file_stamp(path: str) -> tuple[object, ...] | None:
     return stamp
 
 
-def _default_user_dir() -> str:
-    global _default_dir
-    if _default_dir is None:
-        import llm
+# llm does not annotate these two.
+_user_dir = cast("Callable[[], object]", llm.user_dir)
+_load_plugins = cast("Callable[[], None]", llm_plugins.load_plugins)
 
-        user_dir = cast("Callable[[], object]", llm.user_dir)
-        _default_dir = str(user_dir())
-    return _default_dir
+
+@functools.lru_cache(maxsize=1)
+def _default_user_dir() -> str:
+    return str(_user_dir())
 
 
 def _cache_key() -> tuple[object, ...]:
-    from llm import plugins as llm_plugins
-
-    load_plugins = cast("Callable[[], None]", llm_plugins.load_plugins)
-    load_plugins()
-    user_path = os.environ.get("LLM_USER_PATH")
-    directory = _default_user_dir() if user_path is None else user_path
-    aliases, extra_models = _watched_files(directory)
+    _load_plugins()
+    directory = os.environ.get("LLM_USER_PATH") or _default_user_dir()
     return (
-        tuple(llm_plugins.pm.hook.register_models._hookimpls),
+        tuple(llm_plugins.pm.hook.register_models.get_hookimpls()),
         directory,
-        _file_stamp(aliases),
-        _file_stamp(extra_models),
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _watched_files(directory: str) -> tuple[str, str]:
-    """Return the paths of the files in llm's user directory that change the registry."""
-    return (
-        os.path.join(directory, "aliases.json"),
-        os.path.join(directory, "extra-openai-models.yaml"),
+        _file_stamp(os.path.join(directory, "aliases.json")),
+        _file_stamp(os.path.join(directory, "extra-openai-models.yaml")),
     )
 
 
 def _build() -> ModelRegistry:
-    import llm
-
     models: list[AsyncModel] = []
     by_name: dict[str, AsyncModel] = {}
     sync_only: set[str] = set()
@@ -149,47 +137,39 @@ def current_registry() -> ModelRegistry:
     return registry
 
 
-def canonical_ids(names: frozenset[str]) -> frozenset[str]:
-    """Return ``names`` plus the model id each installed alias among them stands for."""
-    if not names:
-        return names
-    by_name = current_registry().by_name
-    extra = {by_name[name].model_id for name in names if name in by_name}
-    return names | extra if extra else names
+def find_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel | None:
+    """Return the async model for an id or alias, or ``None`` if none is installed.
+
+    While a test double is active (``push_model_override``), it answers for every name.
+    """
+    installed = (registry or current_registry()).by_name.get(name)
+    if _overrides:
+        return _overrides[-1](name, installed)
+    return installed
 
 
-def lookup_model(model_id: str) -> AsyncModel:
+def lookup_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel:
     """Return the async model for an id or alias, raising llm's ``UnknownModelError``."""
-    model = current_registry().by_name.get(model_id)
-    for override in reversed(_overrides):
-        replacement = override(model_id, model)
-        if replacement is not None:
-            return replacement
+    registry = registry or current_registry()
+    model = find_model(name, registry)
     if model is not None:
         return model
-    import llm
-
-    if model_id in current_registry().sync_only:
+    if name in registry.sync_only:
         raise llm.UnknownModelError(
-            f"Unknown async model (sync model exists): {model_id}. "
+            f"Unknown async model (sync model exists): {name}. "
             "Install a plugin version that provides an async model for it."
         )
     raise llm.UnknownModelError(
-        f"Unknown model: {model_id}. Run 'llm models' to list installed models, or install "
+        f"Unknown model: {name}. Run 'llm models' to list installed models, or install "
         "the llm plugin that provides it."
     )
 
 
 def push_model_override(override: ModelOverride) -> None:
-    """Route model lookups through ``override`` first (used by test doubles)."""
+    """Answer every model lookup with ``override`` until it is popped (for test doubles)."""
     _overrides.append(override)
 
 
 def pop_model_override(override: ModelOverride) -> None:
     """Remove an override added with ``push_model_override``."""
     _overrides.remove(override)
-
-
-def has_model_override() -> bool:
-    """Return whether a model override (a test double) is active."""
-    return bool(_overrides)

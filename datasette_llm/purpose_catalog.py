@@ -1,4 +1,8 @@
-"""The purposes registered by installed plugins, with collisions between owners kept visible."""
+"""The catalog of purposes registered by installed plugins, with collisions kept visible.
+
+It is built once per Datasette and rebuilt when the ``register_llm_purposes`` implementations
+change (a plugin is registered or unregistered).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
-from .hooks import call_register_llm_purposes, hookimpls_of
+from ._hooks import call_register_llm_purposes, implementations
 from .purposes import Purpose, PurposeCollision
 
 if TYPE_CHECKING:
@@ -73,7 +77,7 @@ def _build(datasette: Datasette) -> _Catalog:
 
 
 def _catalog(datasette: Datasette) -> _Catalog:
-    key = hookimpls_of("register_llm_purposes")
+    key = implementations("register_llm_purposes")
     cached = _cache.get(datasette)
     if cached is not None and cached[0] == key:
         return cached[1]

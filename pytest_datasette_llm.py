@@ -1,7 +1,9 @@
-"""The ``fake_model_router`` fixture, loaded by pytest through the ``pytest11`` entry point.
+"""datasette-llm's pytest plugin: the ``fake_model_router`` fixture and its marker.
 
-This module imports almost nothing: datasette, llm and datasette-llm are imported when a
-test asks for the fixture.
+pytest loads this module in every test session of an environment where datasette-llm is
+installed (the ``pytest11`` entry point), so it lives outside the ``datasette_llm`` package and
+imports nothing but pytest: importing ``datasette_llm`` would load every installed Datasette
+plugin. ``datasette_llm.testing`` is imported when a test asks for the fixture.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 import pytest
 
 if TYPE_CHECKING:
-    from ._router import FakeModelRouter
+    from datasette_llm.testing import FakeModelRouter
 
 __all__ = ["fake_model_router"]
 
@@ -47,7 +49,7 @@ def fake_model_router(request: pytest.FixtureRequest) -> Iterator[FakeModelRoute
 
     Configure with ``@pytest.mark.fake_model_router(assert_all_replies_used=False)``.
     """
-    from ._router import FakeModelRouter
+    from datasette_llm.testing import FakeModelRouter
 
     marker = request.node.get_closest_marker(MARKER)
     options = dict(marker.kwargs) if marker is not None else {}
@@ -57,13 +59,13 @@ def fake_model_router(request: pytest.FixtureRequest) -> Iterator[FakeModelRoute
             f"@pytest.mark.{MARKER}(assert_all_replies_used=False)"
         )
     router = FakeModelRouter(**options)
-    router._start()
+    router.start()
     try:
         yield router
     finally:
-        router._stop()
+        router.stop()
     if request.node.stash.get(_call_failed, False):
         return
-    problems = router._problems(_OPT_OUT)
+    problems = router.unmet_expectations(_OPT_OUT)
     if problems:
         pytest.fail(problems, pytrace=False)

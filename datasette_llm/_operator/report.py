@@ -1,17 +1,27 @@
 """The routing report: which model serves each purpose and why, as one frozen typed value.
 
 Built once per request of ``/-/llm`` (and by ``datasette llm purposes``) from the configuration,
-the registered purposes, the installed models and a real resolution of every purpose. It holds
-secret *names* only, never a key.
+the registered purposes, the installed models and a real routing of every purpose, as a call
+with no actor would be routed. It holds secret *names* only, never a key, and reading it reads
+no stored secret.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING
 
-from .config import LLMConfig
-from .errors import ConfigProblem, ModelNotFoundError
+import llm
+
+from ..config import LLMConfig
+from ..config_parser import config_for
+from ..errors import ConfigProblem, ModelNotFoundError
+from ..keys import KeyStatus, key_status
+from ..models import ModelRegistry, current_registry
+from ..policy import Policy
+from ..purpose_catalog import get_purpose_collisions, get_purpose_owner, get_purposes
+from ..routing import route
 from .validation import (
     MissingModel,
     UnregisteredPurpose,
@@ -23,51 +33,17 @@ from .validation import (
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
-    from .keys import KeyStatus
-    from .purposes import Purpose, PurposeCollision
-    from .registry import ModelRegistry
-    from .types import ResolutionStep
+    from ..purposes import Purpose, PurposeCollision
+    from ..resolution import ResolutionStep
 
-__all__ = [
-    "AllowedModel",
-    "KeyState",
-    "PurposeRoute",
-    "Route",
-    "RoutingReport",
-    "build_report",
-]
-
-KeyState: TypeAlias = Literal["set", "missing", "not_needed"]
-"""Whether a model's API key is available: found, not found, or not needed at all."""
+__all__ = ["AllowedModel", "PurposeRoute", "Route", "RoutingReport", "build_report", "key_json"]
 
 
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    """Whether a model has its API key, and from where. Never the key itself.
-
-    Attributes:
-        state: ``"set"``, ``"missing"`` or ``"not_needed"``.
-        source: ``"secret"`` (datasette-secrets), ``"llm"`` (llm's key store or environment),
-            or ``None`` when there is no key.
-        secret_name: The secret holding the key (``"set"``) or that should (``"missing"``).
-    """
-
-    state: KeyState
-    source: str | None
-    secret_name: str | None
-
-    @classmethod
-    def from_status(cls, status: KeyStatus) -> KeyInfo:
-        """Describe a ``KeyStatus`` for an operator."""
-        if status.source == "not_needed":
-            return cls("not_needed", None, None)
-        if status.source == "missing":
-            return cls("missing", None, status.secret_name)
-        return cls("set", status.source, status.secret_name)
-
-    def to_json(self) -> dict[str, object]:
-        """Return a JSON-ready dict."""
-        return {"state": self.state, "source": self.source, "secret_name": self.secret_name}
+def key_json(key: KeyStatus | None) -> dict[str, object] | None:
+    """Return a key status as JSON: where the key comes from, never the key."""
+    if key is None:
+        return None
+    return {"source": key.source, "secret_name": key.secret_name, "available": key.available}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,34 +53,35 @@ class AllowedModel:
     Attributes:
         model_id: The id as written in configuration.
         installed: Whether an installed llm plugin provides it.
-        blocked: Whether a blocklist removes it again.
-        key: Its key state, or ``None`` when it is not installed.
+        refusal: Why the policy refuses it for this purpose (a blocklist), or ``None``.
+        key: Its key status, or ``None`` when it is not installed.
     """
 
     model_id: str
     installed: bool
-    blocked: bool
-    key: KeyInfo | None
+    refusal: str | None
+    key: KeyStatus | None
 
     def to_json(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
         return {
             "model_id": self.model_id,
             "installed": self.installed,
-            "blocked": self.blocked,
-            "key": None if self.key is None else self.key.to_json(),
+            "blocked": self.refusal is not None,
+            "refusal": self.refusal,
+            "key": key_json(self.key),
         }
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a call goes: the resolved model and the step that chose it, or why none was found.
+    """Where a call goes: the routed model and the step that chose it, or why none was found.
 
     Attributes:
-        model_id: The model that serves the call, or ``None`` when resolution failed.
-        step: The resolution step that chose it (see ``Resolution.step``).
+        model_id: The model that serves the call, or ``None`` when routing failed.
+        step: The routing step that chose it (see ``Resolution.step``).
         chosen_by: For step ``"hook"``, the plugin whose ``llm_default_model`` chose it.
-        key: The resolved model's key state.
+        key: The routed model's key status.
         skipped: Candidates refused on the way, each with its reason.
         error: Why no model could be chosen, when ``model_id`` is ``None``.
     """
@@ -112,7 +89,7 @@ class Route:
     model_id: str | None
     step: ResolutionStep | None
     chosen_by: str | None
-    key: KeyInfo | None
+    key: KeyStatus | None
     skipped: tuple[str, ...]
     error: str | None
 
@@ -122,7 +99,7 @@ class Route:
             "model_id": self.model_id,
             "step": self.step,
             "chosen_by": self.chosen_by,
-            "key": None if self.key is None else self.key.to_json(),
+            "key": key_json(self.key),
             "skipped": list(self.skipped),
             "error": self.error,
         }
@@ -139,7 +116,8 @@ class PurposeRoute:
         description: What it is for, if registered.
         recommended_model: The owner's ``Purpose.default_model``, if any.
         configured_model: ``purposes.<name>.model`` from configuration, if set.
-        route: The model that actually resolves, and the step.
+        options: The default options configured for the routed model, if any.
+        route: The model that actually serves it, and the step.
         allowed: The allowlist for this purpose, or ``None`` when every installed model is allowed.
         blocked_models: Models this purpose may never use (global and its own), sorted.
     """
@@ -150,6 +128,7 @@ class PurposeRoute:
     description: str | None
     recommended_model: str | None
     configured_model: str | None
+    options: Mapping[str, object]
     route: Route
     allowed: tuple[AllowedModel, ...] | None
     blocked_models: tuple[str, ...]
@@ -163,6 +142,7 @@ class PurposeRoute:
             "description": self.description,
             "recommended_model": self.recommended_model,
             "configured_model": self.configured_model,
+            "options": dict(self.options),
             "resolved": self.route.to_json(),
             "allowed_models": (
                 None if self.allowed is None else [model.to_json() for model in self.allowed]
@@ -181,7 +161,7 @@ class RoutingReport:
         default_route: Where a call without a purpose goes.
         models: The global allowlist, or ``None`` when every installed model is allowed.
         blocked_models: The global blocklist, sorted.
-        require_keys: Whether models without an available key are left out of ``models()``.
+        require_keys: Whether models without an available key are left out of routing.
         strict: Whether warnings stop startup.
         collisions: Purpose names registered by more than one owner.
         unregistered_purposes: Purposes configured but registered by no plugin.
@@ -238,54 +218,53 @@ class RoutingReport:
         }
 
 
-async def _route(datasette: Datasette, purpose: str | None) -> Route:
-    from .client import LLM
-
+async def _route(
+    datasette: Datasette, config: LLMConfig, registry: ModelRegistry, purpose: str | Purpose | None
+) -> tuple[Route, Mapping[str, object]]:
     try:
-        resolution = await LLM(datasette).resolve(purpose=purpose)
+        routed = await route(
+            datasette, config, None, purpose, None, read_key=False, registry=registry
+        )
     except ModelNotFoundError as error:
-        return Route(None, None, None, None, (), str(error))
-    except KeyError as error:  # llm.UnknownModelError
+        return Route(None, None, None, None, (), str(error)), {}
+    except llm.UnknownModelError as error:
         message = error.args[0] if error.args else repr(error)
-        return Route(None, None, None, None, (), str(message))
-    return Route(
+        return Route(None, None, None, None, (), str(message)), {}
+    resolution = routed.resolution
+    route_ = Route(
         resolution.model_id,
         resolution.step,
         resolution.chosen_by,
-        KeyInfo.from_status(resolution.key),
+        resolution.key,
         resolution.skipped,
         None,
     )
+    return route_, routed.reference.options
 
 
 async def _allowed(
-    datasette: Datasette, config: LLMConfig, registry: ModelRegistry, purpose: str | None
+    datasette: Datasette, policy: Policy, registry: ModelRegistry
 ) -> tuple[AllowedModel, ...] | None:
-    from .keys import find_key
-
-    allowlist = config.allowlist(purpose)
-    if allowlist is None:
+    """List the purpose's allowlist: configured defaults first, then configuration order."""
+    if policy.allowlist is None:
         return None
-    purpose_config = config.purpose(purpose)
-    ordered: list[str] = []
+    config = policy.config
+    purpose_config = config.purpose(policy.purpose)
+    written: list[str] = []
     if purpose_config is not None and purpose_config.model is not None:
-        ordered.append(purpose_config.model.model_id)
-    if purpose_config is not None and purpose_config.models is not None:
-        ordered.extend(ref.model_id for ref in purpose_config.models)
-    else:
-        if config.default_model is not None:
-            ordered.append(config.default_model.model_id)
-        ordered.extend(config.models or ())
-    ordered.extend(sorted(allowlist))
-    blocklist = config.blocklist(purpose)
+        written.append(purpose_config.model.model_id)
+    if config.default_model is not None:
+        written.append(config.default_model.model_id)
+    if purpose_config is not None:
+        written.extend(ref.model_id for ref in purpose_config.models or ())
+    written.extend(config.models or ())
     allowed: list[AllowedModel] = []
-    for model_id in dict.fromkeys(ordered):
+    for model_id in dict.fromkeys(written):
         model = registry.by_name.get(model_id)
-        key: KeyInfo | None = None
+        key = None
         if model is not None:
-            _, status = await find_key(datasette, config, model, purpose, None)
-            key = KeyInfo.from_status(status)
-        allowed.append(AllowedModel(model_id, model is not None, model_id in blocklist, key))
+            key = await key_status(datasette, policy.reference(model_id).keys, model)
+        allowed.append(AllowedModel(model_id, model is not None, policy.refusal(model_id), key))
     return tuple(allowed)
 
 
@@ -296,10 +275,10 @@ async def _purpose_route(
     name: str,
     declared: Purpose | None,
 ) -> PurposeRoute:
-    from .catalog import get_purpose_owner
-
     purpose_config = config.purpose(name)
     configured = purpose_config.model if purpose_config is not None else None
+    policy = Policy(config, name, registry)
+    route_, options = await _route(datasette, config, registry, declared or name)
     return PurposeRoute(
         name=name,
         registered=declared is not None,
@@ -307,22 +286,19 @@ async def _purpose_route(
         description=None if declared is None else declared.description,
         recommended_model=None if declared is None else declared.default_model,
         configured_model=None if configured is None else configured.model_id,
-        route=await _route(datasette, name),
-        allowed=await _allowed(datasette, config, registry, name),
-        blocked_models=tuple(sorted(config.blocklist(name))),
+        options=options,
+        route=route_,
+        allowed=await _allowed(datasette, policy, registry),
+        blocked_models=tuple(sorted(policy.blocked)),
     )
 
 
 async def build_report(datasette: Datasette) -> RoutingReport:
-    """Resolve every purpose as a call with no actor would, and collect what an operator needs.
+    """Route every purpose as a call with no actor would, and collect what an operator needs.
 
     Raises:
         ConfigurationError: The configuration is malformed (``problems`` lists where).
     """
-    from .catalog import get_purpose_collisions, get_purposes
-    from .config import config_for
-    from .registry import current_registry
-
     validation = validate_datasette(datasette)
     config = config_for(datasette)
     registry = current_registry()
@@ -335,10 +311,11 @@ async def build_report(datasette: Datasette) -> RoutingReport:
     for name in config.purposes:
         if name not in registered:
             routes.append(await _purpose_route(datasette, config, registry, name, None))
+    default_route, _ = await _route(datasette, config, registry, None)
     return RoutingReport(
         purposes=tuple(routes),
         default_model=None if config.default_model is None else config.default_model.model_id,
-        default_route=await _route(datasette, None),
+        default_route=default_route,
         models=config.models,
         blocked_models=tuple(sorted(config.blocked_models)),
         require_keys=config.require_keys,

@@ -12,7 +12,7 @@ import click
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
-    from .errors import ConfigProblem
+    from ..errors import ConfigProblem
     from .report import Route, RoutingReport
 
 __all__ = ["add_commands", "format_problems", "format_table"]
@@ -81,11 +81,14 @@ def _key_text(route: Route) -> str:
     key = route.key
     if key is None:
         return "-"
-    if key.state == "set":
-        return f"set ({key.secret_name})" if key.secret_name else "set (llm keys)"
-    if key.state == "missing":
-        return f"MISSING ({key.secret_name})" if key.secret_name else "MISSING"
-    return "not needed"
+    if key.source == "not_needed":
+        return "not needed"
+    if key.source == "missing":
+        return f"MISSING ({key.secret_name})"
+    if key.source == "llm":
+        return "set (llm keys)"
+    where = key.secret_name if key.source == "secret" else f"${key.source} {key.secret_name}"
+    return f"set ({where})"
 
 
 def _rows_to_text(rows: Sequence[Sequence[str]]) -> str:
@@ -187,7 +190,7 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Output the report as JSON")
     def purposes(config: Any, metadata: Any, plugins_dir: str | None, as_json: bool) -> None:
         """Show every purpose, the model it resolves to, and why."""
-        from .errors import ConfigurationError
+        from ..errors import ConfigurationError
 
         datasette = _datasette(config, metadata, plugins_dir)
         try:

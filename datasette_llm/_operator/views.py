@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
-from .errors import ConfigurationError
+from datasette import Forbidden
+from datasette.utils.asgi import Response
+
+from ..errors import ConfigurationError
+from .report import build_report
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
-    from datasette.utils.asgi import Request, Response
+    from datasette.utils.asgi import Request
 
 __all__ = ["ROUTE_PATTERN", "VIEW_ROUTING", "can_view_routing", "routing_view"]
 
@@ -41,10 +45,6 @@ async def can_view_routing(datasette: Datasette, actor: Mapping[str, object] | N
 
 async def routing_view(datasette: Datasette, request: Request) -> Response:
     """Show every purpose's routing; 403 unless the actor may ``llm-view-routing``."""
-    from datasette.utils.asgi import Response
-
-    from .report import build_report
-
     as_json = bool(request.url_vars.get("format"))
     if not await can_view_routing(datasette, request.actor):
         message = (
@@ -53,8 +53,6 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         )
         if as_json:
             return Response.json({"ok": False, "error": message, "status": 403}, status=403)
-        from datasette import Forbidden
-
         raise Forbidden(message)
     try:
         report = await build_report(datasette)

@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from weakref import WeakSet
 
-from .config import CONFIG_ROOT, PLUGIN_NAME, LLMConfig, parse_config
-from .errors import ConfigProblem, ConfigurationError, nearest
+from ..config import CONFIG_ROOT, LLMConfig
+from ..config_parser import parse_config, raw_section
+from ..errors import ConfigProblem, ConfigurationError, nearest
+from ..models import ModelRegistry, current_registry
+from ..policy import Policy
+from ..purpose_catalog import get_purposes
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
-    from .purposes import Purpose
-    from .registry import ModelRegistry
+    from ..purposes import Purpose
 
 __all__ = [
     "MissingModel",
@@ -133,10 +136,11 @@ def find_unregistered_purposes(
 ) -> list[UnregisteredPurpose]:
     """Return every configured purpose no plugin registers, with the nearest registered name."""
     names = [purpose.name for purpose in purposes]
+    registered = set(names)
     return [
         UnregisteredPurpose(name, nearest(name, names))
         for name in config.purposes
-        if name not in names
+        if name not in registered
     ]
 
 
@@ -173,25 +177,32 @@ def _option_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[Con
 def _allowlist_problems(
     config: LLMConfig, registry: ModelRegistry, purpose_names: list[str]
 ) -> Iterator[ConfigProblem]:
-    installed = registry.by_name
+    """Warn about every allowlist that leaves a purpose with no installed model it may use."""
     checks: list[tuple[str | None, str]] = []
     if config.models is not None:
         checks.append((None, f"{CONFIG_ROOT}.models"))
-    for purpose_name in purpose_names:
-        purpose_config = config.purpose(purpose_name)
+    for name in purpose_names:
+        purpose_config = config.purpose(name)
         if purpose_config is not None and purpose_config.models is not None:
-            checks.append((purpose_name, f"{CONFIG_ROOT}.purposes.{purpose_name}.models"))
-        elif config.models is not None and purpose_name in config.purposes:
-            checks.append((purpose_name, f"{CONFIG_ROOT}.purposes.{purpose_name}"))
-    for name, path in checks:
-        allowlist = config.allowlist(name) or frozenset()
-        usable = sorted(
-            model_id for model_id in allowlist - config.blocklist(name) if model_id in installed
-        )
+            checks.append((name, f"{CONFIG_ROOT}.purposes.{name}.models"))
+        elif purpose_config is not None and config.models is not None:
+            checks.append((name, f"{CONFIG_ROOT}.purposes.{name}"))
+    for purpose, path in checks:
+        policy = Policy(config, purpose, registry)
+        if policy.allowlist is None:
+            continue
+        usable = [
+            model_id
+            for model_id in policy.allowlist
+            if model_id in registry.by_name and policy.refusal(model_id) is None
+        ]
         if usable:
             continue
-        subject = f"purpose {name!r}" if name is not None else "calls without a purpose"
-        suggestion = _a_usable_model(config, registry, name)
+        subject = f"purpose {purpose!r}" if purpose is not None else "calls without a purpose"
+        suggestion = next(
+            (model.model_id for model in registry.models if model.model_id not in policy.blocked),
+            None,
+        )
         fix = f" Add an installed model such as {suggestion!r}." if suggestion else ""
         yield ConfigProblem(
             path,
@@ -200,31 +211,32 @@ def _allowlist_problems(
         )
 
 
-def _blocked_choice_problems(config: LLMConfig) -> Iterator[ConfigProblem]:
-    if config.default_model is not None and config.default_model.model_id in config.blocked_models:
-        yield ConfigProblem(
-            f"{CONFIG_ROOT}.default_model",
-            f"{config.default_model.model_id!r} is also in blocked_models, so it is never used. "
-            "Remove it from one of them.",
-            WARNING,
-        )
-    for name, purpose_config in config.purposes.items():
-        model = purpose_config.model
-        if model is not None and model.model_id in config.blocklist(name):
+def _blocked_choice_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[ConfigProblem]:
+    """Warn about a configured default that a blocklist refuses, so it is never used.
+
+    (A configured default is always in its allowlist, so only a blocklist can refuse it.)
+    """
+    if config.default_model is not None:
+        reason = Policy(config, None, registry).refusal(config.default_model.model_id)
+        if reason is not None:
             yield ConfigProblem(
-                f"{CONFIG_ROOT}.purposes.{name}.model",
-                f"{model.model_id!r} is blocked for purpose {name!r}, so it is never used. "
-                "Remove it from the blocklist or choose another model.",
+                f"{CONFIG_ROOT}.default_model",
+                f"{config.default_model.model_id!r} is blocked ({reason}), so it is never used. "
+                "Remove it from one of them.",
                 WARNING,
             )
-
-
-def _a_usable_model(config: LLMConfig, registry: ModelRegistry, name: str | None) -> str | None:
-    blocked = config.blocklist(name)
-    for model in registry.models:
-        if model.model_id not in blocked:
-            return model.model_id
-    return None
+    for name, purpose_config in config.purposes.items():
+        model = purpose_config.model
+        if model is None:
+            continue
+        reason = Policy(config, name, registry).refusal(model.model_id)
+        if reason is not None:
+            yield ConfigProblem(
+                f"{CONFIG_ROOT}.purposes.{name}.model",
+                f"{model.model_id!r} is blocked for purpose {name!r} ({reason}), so it is never "
+                "used. Remove it from the blocklist or choose another model.",
+                WARNING,
+            )
 
 
 def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> Validation:
@@ -245,9 +257,9 @@ def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> V
                 WARNING,
             )
         )
+    registered = ", ".join(sorted(purpose.name for purpose in purposes)) or "none"
     for unregistered in find_unregistered_purposes(config, purposes):
         hint = f" Did you mean {unregistered.nearest!r}?" if unregistered.nearest else ""
-        registered = ", ".join(sorted(purpose.name for purpose in purposes)) or "none"
         problems.append(
             ConfigProblem(
                 f"{CONFIG_ROOT}.purposes.{unregistered.name}",
@@ -257,7 +269,7 @@ def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> V
             )
         )
     names = list(dict.fromkeys([*(purpose.name for purpose in purposes), *config.purposes]))
-    problems.extend(_blocked_choice_problems(config))
+    problems.extend(_blocked_choice_problems(config, registry))
     problems.extend(_allowlist_problems(config, registry, names))
     problems.sort(key=lambda problem: problem.severity != ERROR)
     return Validation(tuple(problems), config.strict, config)
@@ -265,12 +277,8 @@ def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> V
 
 def validate_datasette(datasette: Datasette) -> Validation:
     """Check ``datasette``'s ``datasette-llm`` configuration (see ``validate``)."""
-    from .catalog import get_purposes
-    from .registry import current_registry
-
-    return validate(
-        datasette.plugin_config(PLUGIN_NAME), get_purposes(datasette), current_registry()
-    )
+    _, _, section = raw_section(datasette)
+    return validate(section, get_purposes(datasette), current_registry())
 
 
 _deferred: WeakSet[Datasette] = WeakSet()

@@ -1,0 +1,1 @@
+"""The operator's surface: validation, the routing report, the ``/-/llm`` page and the CLI."""

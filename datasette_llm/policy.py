@@ -1,0 +1,202 @@
+"""The one rule that decides whether a model may serve a purpose for an actor.
+
+Routing, ``LLM.models()``, ``LLM.resolve()``, validation and ``datasette llm check``, the routing
+page and the fake router all ask this module: nothing else reads the allow and block lists or
+matches a model to its configured reference.
+
+A model may serve a purpose when, in this order:
+
+1. no blocklist names it (``blocked_models``, ``purposes.<name>.blocked_models``);
+2. an allowlist, if any, names it: the purpose's ``models`` and the global ``models`` together,
+   with the purpose's ``model`` and the global ``default_model`` always included;
+3. its API key is available, when keys are required (``require_keys``);
+4. every ``llm_filter_models`` hook keeps it, for this actor.
+
+Names are compared through llm's aliases both ways: an alias in a list stands for the model it
+names, and a model is named by any of its aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from ._hooks import call_llm_filter_models, implementations
+from .config import CONFIG_ROOT, EMPTY_OPTIONS, KeySetting, LLMConfig, ModelRef
+from .keys import KeyStatus, key_status
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from llm import AsyncModel
+
+    from .actors import Actor
+    from .models import ModelRegistry
+
+__all__ = ["Policy", "Reference", "Screening", "screen"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """What the configuration says about one model for one purpose.
+
+    Attributes:
+        keys: Where its API key may come from, most specific reference first.
+        options: Its default model options (from the most specific reference that has any).
+    """
+
+    keys: tuple[KeySetting, ...] = ()
+    options: Mapping[str, object] = field(default_factory=lambda: EMPTY_OPTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The operator's rules for one purpose, with every name resolved through llm's aliases.
+
+    Attributes:
+        config: The parsed configuration.
+        purpose: The purpose name, or ``None`` for a call without one.
+        registry: The installed models, whose aliases names are compared through.
+        allowlist: The ids the purpose may use, or ``None`` when any installed model may.
+        blocked: Each blocked id, with the configuration path that blocks it.
+    """
+
+    config: LLMConfig
+    purpose: str | None
+    registry: ModelRegistry
+    allowlist: frozenset[str] | None = field(init=False)
+    blocked: Mapping[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        purpose_config = config.purpose(self.purpose)
+        blocked: dict[str, str] = {}
+        if purpose_config is not None:
+            for name in purpose_config.blocked_models:
+                blocked[self.canonical(name)] = f"purposes.{self.purpose}.blocked_models"
+        for name in config.blocked_models:
+            blocked[self.canonical(name)] = "blocked_models"
+        lists: list[str] = []
+        if purpose_config is not None and purpose_config.models is not None:
+            lists.extend(ref.model_id for ref in purpose_config.models)
+        if config.models is not None:
+            lists.extend(config.models)
+        allowlist: frozenset[str] | None = None
+        if config.models is not None or (
+            purpose_config is not None and purpose_config.models is not None
+        ):
+            lists.extend(ref.model_id for ref in self._defaults())
+            allowlist = frozenset(self.canonical(name) for name in lists)
+        object.__setattr__(self, "allowlist", allowlist)
+        object.__setattr__(self, "blocked", MappingProxyType(blocked))
+
+    def _defaults(self) -> list[ModelRef]:
+        """The configured defaults, always allowed: the purpose's model, then default_model."""
+        purpose_config = self.config.purpose(self.purpose)
+        defaults = [purpose_config.model] if purpose_config is not None else []
+        defaults.append(self.config.default_model)
+        return [ref for ref in defaults if ref is not None]
+
+    def canonical(self, name: str) -> str:
+        """Return the model id ``name`` stands for (through llm's aliases), else ``name``."""
+        return self.registry.canonical(name)
+
+    def refusal(self, name: str) -> str | None:
+        """Return why the configuration refuses model ``name`` for this purpose, or ``None``."""
+        model_id = self.canonical(name)
+        where = self.blocked.get(model_id)
+        if where is not None:
+            return f"it is in {where}"
+        if self.allowlist is not None and model_id not in self.allowlist:
+            return "it is not in the allowlist for this purpose"
+        return None
+
+    def reference(self, name: str) -> Reference:
+        """Return the keys and options the configuration gives model ``name`` for this purpose.
+
+        References count in this order: the purpose's ``models`` entries, the purpose's
+        ``model``, then ``default_model``; each matches through llm's aliases.
+        """
+        model_id = self.canonical(name)
+        purpose_config = self.config.purpose(self.purpose)
+        refs = [*(purpose_config.models or ())] if purpose_config is not None else []
+        refs.extend(self._defaults())
+        matching = [ref for ref in refs if self.canonical(ref.model_id) == model_id]
+        keys = tuple(ref.key for ref in matching if ref.key is not None)
+        options = next((ref.options for ref in matching if ref.options), EMPTY_OPTIONS)
+        return Reference(keys, options)
+
+    def preferred(self) -> list[str]:
+        """Return the ids configured for this purpose, in the order ``models()`` lists them.
+
+        The purpose's ``models`` in configuration order, then the global ``models``.
+        """
+        purpose_config = self.config.purpose(self.purpose)
+        names = [ref.model_id for ref in (purpose_config.models or ())] if purpose_config else []
+        names.extend(self.config.models or ())
+        return list(dict.fromkeys(self.canonical(name) for name in names))
+
+    def path(self, setting: str) -> str:
+        """Return the full configuration path of ``setting`` for this purpose."""
+        if self.purpose is None:
+            return f"{CONFIG_ROOT}.{setting}"
+        return f"{CONFIG_ROOT}.purposes.{self.purpose}.{setting}"
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    """Which models passed the policy and why the others did not.
+
+    Attributes:
+        models: The models that may serve, in the order given.
+        refused: For each model that may not, why.
+        keys: The key status of each model whose key was checked.
+    """
+
+    models: list[AsyncModel]
+    refused: Mapping[str, str]
+    keys: Mapping[str, KeyStatus]
+
+
+def _key_group(model: AsyncModel, settings: tuple[KeySetting, ...]) -> tuple[object, ...]:
+    """Models with the same provider, key variable and settings have the same key status."""
+    return (getattr(model, "needs_key", None), getattr(model, "key_env_var", None), settings)
+
+
+async def screen(
+    datasette: Datasette,
+    policy: Policy,
+    models: Sequence[AsyncModel],
+    actor: Actor | None,
+    *,
+    require_keys: bool,
+) -> Screening:
+    """Check ``models`` against ``policy``: configuration, then keys, then filter hooks.
+
+    Args:
+        require_keys: Leave out models whose API key is not available.
+    """
+    refused: dict[str, str] = {}
+    statuses: dict[str, KeyStatus] = {}
+    passed: list[AsyncModel] = []
+    known: dict[tuple[object, ...], KeyStatus] = {}
+    for model in models:
+        reason = policy.refusal(model.model_id)
+        if reason is None and require_keys and getattr(model, "needs_key", None):
+            settings = policy.reference(model.model_id).keys
+            group = _key_group(model, settings)
+            if group not in known:
+                known[group] = await key_status(datasette, settings, model)
+            statuses[model.model_id] = status = known[group]
+            if not status.available:
+                reason = f"it has no API key (set the secret {status.secret_name})"
+        if reason is None:
+            passed.append(model)
+        else:
+            refused[model.model_id] = reason
+    if passed and implementations("llm_filter_models"):
+        passed, removed_by = await call_llm_filter_models(datasette, passed, actor, policy.purpose)
+        for model_id, plugin_name in removed_by.items():
+            refused[model_id] = f"llm_filter_models in plugin {plugin_name!r} removed it"
+    return Screening(passed, MappingProxyType(refused), MappingProxyType(statuses))

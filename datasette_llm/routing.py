@@ -1,0 +1,190 @@
+"""Routing: choose the model that serves a call, asking the policy about every candidate.
+
+Candidates, first admitted wins:
+
+1. ``explicit``: a ``model_id`` the caller passed (not checked against allowlists);
+2. ``hook``: the first ``llm_default_model`` implementation that answers;
+3. ``purpose_config``: ``purposes.<name>.model``;
+4. ``purpose_default``: the purpose's ``Purpose.default_model``, a recommendation: skipped if it
+   is not installed or has no key;
+5. ``default_model``: the configured global default.
+
+Every candidate but the explicit one must pass the policy (``datasette_llm.policy``) for the
+purpose and actor, so the model routing picks is the first that ``LLM.models()`` offers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._hooks import call_llm_default_model
+from .errors import ModelNotFoundError
+from .keys import key_status, key_value
+from .models import ModelRegistry, current_registry, find_model, lookup_model
+from .policy import Policy, Reference, screen
+from .purpose_catalog import get_purpose
+from .purposes import Purpose
+from .resolution import Resolution, ResolutionStep
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from llm import AsyncModel
+
+    from .actors import Actor
+    from .config import LLMConfig
+
+__all__ = ["Routed", "route"]
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The model routing chose, with what a prompt to it needs.
+
+    Attributes:
+        resolution: How it was chosen (never holds the key).
+        model: The llm model.
+        key: The API key to send, or ``None`` (llm then looks for one itself).
+        reference: Its configured keys and options for this purpose.
+    """
+
+    resolution: Resolution
+    model: AsyncModel
+    key: str | None
+    reference: Reference
+
+    def __repr__(self) -> str:
+        return f"Routed({self.resolution!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    name: str
+    step: ResolutionStep
+    source: str
+    chosen_by: str | None = None
+
+    @property
+    def is_recommendation(self) -> bool:
+        return self.step == "purpose_default"
+
+    def skipped(self, reason: str) -> str:
+        verb = "recommends" if self.is_recommendation else "chose"
+        return f"{self.source} {verb} {self.name!r}, skipped because {reason}"
+
+
+async def _candidates(
+    datasette: Datasette,
+    config: LLMConfig,
+    purpose: Purpose | None,
+    name: str | None,
+    actor: Actor | None,
+) -> list[_Candidate]:
+    found: list[_Candidate] = []
+    hooked = await call_llm_default_model(datasette, name, actor)
+    if hooked is not None:
+        model_id, plugin_name = hooked
+        source = f"llm_default_model in plugin {plugin_name!r}"
+        found.append(_Candidate(model_id, "hook", source, plugin_name))
+    purpose_config = config.purpose(name)
+    if purpose_config is not None and purpose_config.model is not None:
+        found.append(
+            _Candidate(purpose_config.model.model_id, "purpose_config", f"purposes.{name}.model")
+        )
+    if purpose is not None and purpose.default_model is not None:
+        source = f"Purpose({name!r}).default_model"
+        found.append(_Candidate(purpose.default_model, "purpose_default", source))
+    if config.default_model is not None:
+        found.append(_Candidate(config.default_model.model_id, "default_model", "default_model"))
+    return found
+
+
+async def _chosen(
+    datasette: Datasette,
+    policy: Policy,
+    model: AsyncModel,
+    resolution: tuple[ResolutionStep, str | None, tuple[str, ...]],
+    actor: Actor | None,
+    read_key: bool,
+) -> Routed:
+    step, chosen_by, skipped = resolution
+    reference = policy.reference(model.model_id)
+    if read_key:
+        key, status = await key_value(datasette, reference.keys, model, actor)
+    else:
+        key, status = None, await key_status(datasette, reference.keys, model)
+    return Routed(
+        Resolution(model.model_id, policy.purpose, step, status, chosen_by, skipped),
+        model,
+        key,
+        reference,
+    )
+
+
+async def route(
+    datasette: Datasette,
+    config: LLMConfig,
+    model_id: str | None,
+    purpose: str | Purpose | None,
+    actor: Actor | None,
+    *,
+    read_key: bool,
+    registry: ModelRegistry | None = None,
+) -> Routed:
+    """Choose the model for a call.
+
+    Args:
+        read_key: Read the chosen model's API key (a use of a stored secret). Without it,
+            ``Routed.key`` is ``None`` and the resolution only says where the key would come from.
+
+    Raises:
+        ModelNotFoundError: No candidate was given or configured, or every one was refused;
+            the message lists each candidate and why.
+        llm.UnknownModelError: The explicit or configured model is not installed.
+    """
+    registry = registry or current_registry()
+    name = purpose.name if isinstance(purpose, Purpose) else purpose
+    policy = Policy(config, name, registry)
+    if model_id is not None:
+        model = lookup_model(model_id, registry)
+        return await _chosen(datasette, policy, model, ("explicit", None, ()), actor, read_key)
+
+    declared = purpose if isinstance(purpose, Purpose) else None
+    if declared is None and name is not None:
+        declared = get_purpose(datasette, name)
+    candidates = await _candidates(datasette, config, declared, name, actor)
+    skipped: list[str] = []
+    for candidate in candidates:
+        found = find_model(candidate.name, registry)
+        if found is None and candidate.is_recommendation:
+            skipped.append(candidate.skipped("it is not installed"))
+            continue
+        # Raises llm's UnknownModelError for a model the operator or a hook named.
+        model = found or lookup_model(candidate.name, registry)
+        require_keys = config.require_keys or candidate.is_recommendation
+        screening = await screen(datasette, policy, [model], actor, require_keys=require_keys)
+        if screening.models:
+            step = (candidate.step, candidate.chosen_by, tuple(skipped))
+            return await _chosen(datasette, policy, model, step, actor, read_key)
+        skipped.append(candidate.skipped(screening.refused[model.model_id]))
+    raise ModelNotFoundError(_nothing_routed(name, candidates, skipped))
+
+
+def _nothing_routed(name: str | None, candidates: list[_Candidate], skipped: list[str]) -> str:
+    for_purpose = f" for purpose {name!r}" if name is not None else ""
+    fix = (
+        f"set plugins.datasette-llm.purposes.{name}.model or plugins.datasette-llm.default_model"
+        if name is not None
+        else "set plugins.datasette-llm.default_model"
+    )
+    if not candidates:
+        return (
+            f"No model_id provided and no default_model configured{for_purpose}: no "
+            "llm_default_model hook answered and nothing is configured. "
+            f"Pass model_id=, or {fix} in datasette.yaml."
+        )
+    details = "".join(f"\n  - {line}" for line in skipped)
+    return (
+        f"No model could be routed{for_purpose}: every candidate was refused.{details}\n"
+        f"Pass model_id=, unblock or allow one of them, or {fix} to a model that may serve it."
+    )

@@ -1,0 +1,157 @@
+"""The package's boundaries, checked on its source: a newcomer can rely on them.
+
+- no private name (``_x``) of one of our modules is used in another;
+- no import cycle, counting imports inside functions and under ``TYPE_CHECKING``;
+- imports flow one way: nothing imports ``datasette_llm.testing`` back, and only ``plugin.py``
+  reaches into the operator surface (``datasette_llm._operator``);
+- only ``_hooks.py`` calls Datasette's hooks;
+- every module stays under 400 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+import datasette_llm
+
+PACKAGE: Final = Path(datasette_llm.__file__).parent
+ROOT: Final = PACKAGE.parent
+SOURCES: Final = sorted([*PACKAGE.rglob("*.py"), ROOT / "pytest_datasette_llm.py"])
+MAX_LINES: Final = 400
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@cache
+def tree_of(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def defined_privates(tree: ast.Module) -> set[str]:
+    """Private names a module defines: functions, classes, attributes, slots, module names."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)  # __slots__ entries
+    return {name for name in names if name.startswith("_") and not name.startswith("__")}
+
+
+def imported_modules(path: Path) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield ``(line, module, names)`` for every import in ``path``, wherever it stands."""
+    package = (
+        module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    )
+    for node in ast.walk(tree_of(path)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            yield node.lineno, base, [alias.name for alias in node.names]
+
+
+def ours(module: str) -> bool:
+    return module == "datasette_llm" or module.startswith(("datasette_llm.", "pytest_datasette"))
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = {module_name(path) for path in SOURCES}
+    graph: dict[str, set[str]] = {}
+    for path in SOURCES:
+        edges: set[str] = set()
+        for _, module, names in imported_modules(path):
+            if not ours(module):
+                continue
+            submodules = {f"{module}.{name}" for name in names} & known  # from . import hookspecs
+            edges |= submodules
+            if module in known and (not names or len(submodules) < len(names)):
+                edges.add(module)
+        graph[module_name(path)] = edges - {module_name(path)}
+    return graph
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda path: module_name(path))
+def test_no_private_name_of_ours_is_used_outside_its_module(path: Path) -> None:
+    tree = tree_of(path)
+    mine = defined_privates(tree)
+    foreign: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            if not node.attr.startswith("__") and node.attr not in mine:
+                foreign.append(f"line {node.lineno}: {ast.unparse(node)}")
+    for line, module, names in imported_modules(path):
+        foreign.extend(
+            f"line {line}: from {module} import {name}"
+            for name in names
+            if ours(module) and name.startswith("_") and name != "__version__"
+        )
+    assert not foreign, f"{module_name(path)} uses private names of other modules: {foreign}"
+
+
+def test_there_is_no_import_cycle_even_counting_type_checking_and_function_imports() -> None:
+    graph = import_graph()
+    cycles: list[list[str]] = []
+
+    def visit(module: str, trail: list[str]) -> None:
+        for imported in sorted(graph.get(module, ())):
+            if imported in trail:
+                cycles.append([*trail[trail.index(imported) :], imported])
+            elif imported not in done:
+                visit(imported, [*trail, imported])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_imports_flow_one_way_into_testing_and_the_operator_surface() -> None:
+    graph = import_graph()
+    for module, edges in graph.items():
+        if not module.startswith("datasette_llm.testing") and module != "pytest_datasette_llm":
+            assert not any(edge.startswith("datasette_llm.testing") for edge in edges), module
+        outside = not module.startswith("datasette_llm._operator")
+        if outside and module != "datasette_llm.plugin":
+            assert not any(edge.startswith("datasette_llm._operator") for edge in edges), module
+
+
+def test_only_the_hooks_module_calls_datasettes_hooks() -> None:
+    for path in SOURCES:
+        if path.name == "_hooks.py":
+            continue
+        for line, module, _ in imported_modules(path):
+            if module == "datasette.plugins":
+                assert path.match("testing/_router.py"), f"{path}:{line} imports datasette.plugins"
+        for node in ast.walk(tree_of(path)):
+            if isinstance(node, ast.Attribute) and node.attr == "hook":
+                assert path.name == "models.py", f"{path}:{node.lineno}: {ast.unparse(node)}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda path: module_name(path))
+def test_every_module_is_under_400_lines(path: Path) -> None:
+    assert len(path.read_text().splitlines()) <= MAX_LINES
