@@ -12,6 +12,7 @@ every wrapper still around it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ FilterAnswer = tuple[list["AsyncModel"], dict[str, str]]
 _SPEC_PROBE: Final = "register_llm_purposes"
 
 
+@functools.cache
 def _plugin_manager() -> PluginManager:
     # Imported when first needed: importing datasette.plugins loads every installed plugin, and
     # datasette_llm is one of them (see datasette_llm/__init__.py).

@@ -12,7 +12,7 @@ from .config import LLMConfig
 from .config_parser import config_for
 from .errors import ModelNotFoundError
 from .models import current_registry
-from .policy import Policy, screen
+from .policy import policy_for, screen
 from .purposes import Purpose, purpose_name
 from .routing import route
 from .wrapped import WrappedAsyncModel, open_group, wrap
@@ -113,7 +113,7 @@ class LLM:
         name = purpose_name(purpose)
         config = self.config
         registry = current_registry()
-        policy = Policy(config, name, registry)
+        policy = policy_for(config, name, registry)
         screening = await screen(
             self._datasette, policy, registry.models, actor, require_keys=config.require_keys
         )

@@ -92,14 +92,23 @@ def _default_user_dir() -> str:
     return str(_user_dir())
 
 
+@functools.lru_cache(maxsize=16)
+def _watched_files(directory: str) -> tuple[str, str]:
+    """The files in llm's user directory whose content changes the registry."""
+    return os.path.join(directory, "aliases.json"), os.path.join(
+        directory, "extra-openai-models.yaml"
+    )
+
+
 def _cache_key() -> tuple[object, ...]:
     _load_plugins()
     directory = os.environ.get("LLM_USER_PATH") or _default_user_dir()
+    aliases, extra_models = _watched_files(directory)
     return (
         tuple(llm_plugins.pm.hook.register_models.get_hookimpls()),
         directory,
-        _file_stamp(os.path.join(directory, "aliases.json")),
-        _file_stamp(os.path.join(directory, "extra-openai-models.yaml")),
+        _file_stamp(aliases),
+        _file_stamp(extra_models),
     )
 
 

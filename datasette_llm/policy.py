@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ._hooks import call_llm_filter_models, implementations
-from .config import CONFIG_ROOT, EMPTY_OPTIONS, KeySetting, LLMConfig, ModelRef
+from .config import EMPTY_OPTIONS, KeySetting, LLMConfig, ModelRef
 from .keys import KeyStatus, key_status
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .actors import Actor
     from .models import ModelRegistry
 
-__all__ = ["Policy", "Reference", "Screening", "screen"]
+__all__ = ["Policy", "Reference", "Screening", "policy_for", "screen"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +54,16 @@ class Reference:
 class Policy:
     """The operator's rules for one purpose, with every name resolved through llm's aliases.
 
+    Build it with ``policy_for``, which reuses it while the configuration and the installed
+    models stay the same objects.
+
     Attributes:
         config: The parsed configuration.
         purpose: The purpose name, or ``None`` for a call without one.
         registry: The installed models, whose aliases names are compared through.
         allowlist: The ids the purpose may use, or ``None`` when any installed model may.
-        blocked: Each blocked id, with the configuration path that blocks it.
+        blocked: Each blocked id, with the configuration setting that blocks it.
+        references: For each configured model id, its keys and options for this purpose.
     """
 
     config: LLMConfig
@@ -67,36 +71,45 @@ class Policy:
     registry: ModelRegistry
     allowlist: frozenset[str] | None = field(init=False)
     blocked: Mapping[str, str] = field(init=False)
+    references: Mapping[str, Reference] = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
         purpose_config = config.purpose(self.purpose)
+        listed = purpose_config.models if purpose_config is not None else None
+        # The configured defaults, always allowed: the purpose's model, then default_model.
+        candidates = [purpose_config.model if purpose_config is not None else None]
+        defaults: list[ModelRef] = [
+            ref for ref in (*candidates, config.default_model) if ref is not None
+        ]
         blocked: dict[str, str] = {}
         if purpose_config is not None:
             for name in purpose_config.blocked_models:
                 blocked[self.canonical(name)] = f"purposes.{self.purpose}.blocked_models"
         for name in config.blocked_models:
             blocked[self.canonical(name)] = "blocked_models"
-        lists: list[str] = []
-        if purpose_config is not None and purpose_config.models is not None:
-            lists.extend(ref.model_id for ref in purpose_config.models)
-        if config.models is not None:
-            lists.extend(config.models)
         allowlist: frozenset[str] | None = None
-        if config.models is not None or (
-            purpose_config is not None and purpose_config.models is not None
-        ):
-            lists.extend(ref.model_id for ref in self._defaults())
-            allowlist = frozenset(self.canonical(name) for name in lists)
+        if config.models is not None or listed is not None:
+            names = [*(ref.model_id for ref in listed or ()), *(config.models or ())]
+            names.extend(ref.model_id for ref in defaults)
+            allowlist = frozenset(self.canonical(name) for name in names)
+        # Most specific first: the purpose's models entries, its model, then default_model.
+        keys: dict[str, list[KeySetting]] = {}
+        options: dict[str, Mapping[str, object]] = {}
+        for ref in (*(listed or ()), *defaults):
+            model_id = self.canonical(ref.model_id)
+            keys.setdefault(model_id, [])
+            if ref.key is not None:
+                keys[model_id].append(ref.key)
+            if ref.options and model_id not in options:
+                options[model_id] = ref.options
+        references = {
+            model_id: Reference(tuple(settings), options.get(model_id, EMPTY_OPTIONS))
+            for model_id, settings in keys.items()
+        }
         object.__setattr__(self, "allowlist", allowlist)
         object.__setattr__(self, "blocked", MappingProxyType(blocked))
-
-    def _defaults(self) -> list[ModelRef]:
-        """The configured defaults, always allowed: the purpose's model, then default_model."""
-        purpose_config = self.config.purpose(self.purpose)
-        defaults = [purpose_config.model] if purpose_config is not None else []
-        defaults.append(self.config.default_model)
-        return [ref for ref in defaults if ref is not None]
+        object.__setattr__(self, "references", MappingProxyType(references))
 
     def canonical(self, name: str) -> str:
         """Return the model id ``name`` stands for (through llm's aliases), else ``name``."""
@@ -118,14 +131,7 @@ class Policy:
         References count in this order: the purpose's ``models`` entries, the purpose's
         ``model``, then ``default_model``; each matches through llm's aliases.
         """
-        model_id = self.canonical(name)
-        purpose_config = self.config.purpose(self.purpose)
-        refs = [*(purpose_config.models or ())] if purpose_config is not None else []
-        refs.extend(self._defaults())
-        matching = [ref for ref in refs if self.canonical(ref.model_id) == model_id]
-        keys = tuple(ref.key for ref in matching if ref.key is not None)
-        options = next((ref.options for ref in matching if ref.options), EMPTY_OPTIONS)
-        return Reference(keys, options)
+        return self.references.get(self.canonical(name), _NO_REFERENCE)
 
     def preferred(self) -> list[str]:
         """Return the ids configured for this purpose, in the order ``models()`` lists them.
@@ -137,11 +143,26 @@ class Policy:
         names.extend(self.config.models or ())
         return list(dict.fromkeys(self.canonical(name) for name in names))
 
-    def path(self, setting: str) -> str:
-        """Return the full configuration path of ``setting`` for this purpose."""
-        if self.purpose is None:
-            return f"{CONFIG_ROOT}.{setting}"
-        return f"{CONFIG_ROOT}.purposes.{self.purpose}.{setting}"
+
+_NO_REFERENCE: Final = Reference()
+_policies: dict[tuple[int, int, str | None], Policy] = {}
+_MAX_POLICIES: Final = 4096
+
+
+def policy_for(config: LLMConfig, purpose: str | None, registry: ModelRegistry) -> Policy:
+    """Return the policy for ``purpose``, reused while ``config`` and ``registry`` are the same.
+
+    Both are frozen snapshots, replaced (never changed) when the configuration or the installed
+    models change, so their identity says whether a cached policy still holds.
+    """
+    key = (id(config), id(registry), purpose)
+    policy = _policies.get(key)
+    if policy is not None and policy.config is config and policy.registry is registry:
+        return policy
+    if len(_policies) >= _MAX_POLICIES:
+        _policies.clear()
+    policy = _policies[key] = Policy(config, purpose, registry)
+    return policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +202,9 @@ async def screen(
     statuses: dict[str, KeyStatus] = {}
     passed: list[AsyncModel] = []
     known: dict[tuple[object, ...], KeyStatus] = {}
+    has_lists = bool(policy.blocked) or policy.allowlist is not None
     for model in models:
-        reason = policy.refusal(model.model_id)
+        reason = policy.refusal(model.model_id) if has_lists else None
         if reason is None and require_keys and getattr(model, "needs_key", None):
             settings = policy.reference(model.model_id).keys
             group = _key_group(model, settings)

@@ -22,7 +22,7 @@ from ._hooks import call_llm_default_model
 from .errors import ModelNotFoundError
 from .keys import key_status, key_value
 from .models import ModelRegistry, current_registry, find_model, lookup_model
-from .policy import Policy, Reference, screen
+from .policy import Policy, Reference, policy_for, screen
 from .purpose_catalog import get_purpose
 from .purposes import Purpose
 from .resolution import Resolution, ResolutionStep
@@ -144,7 +144,7 @@ async def route(
     """
     registry = registry or current_registry()
     name = purpose.name if isinstance(purpose, Purpose) else purpose
-    policy = Policy(config, name, registry)
+    policy = policy_for(config, name, registry)
     if model_id is not None:
         model = lookup_model(model_id, registry)
         return await _chosen(datasette, policy, model, ("explicit", None, ()), actor, read_key)

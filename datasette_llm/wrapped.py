@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Final
 
 from ._hooks import call_llm_group_exit, call_llm_prompt_context
@@ -51,13 +51,26 @@ GROUP_ENDED: Final = (
 class _Target:
     """Where the prompts of one routed model go, who they are for, and their group."""
 
-    __slots__ = ("actor", "datasette", "ended", "group", "in_flight", "routed")
+    __slots__ = (
+        "actor",
+        "datasette",
+        "ended",
+        "group",
+        "in_flight",
+        "model_id",
+        "purpose",
+        "resolution",
+        "routed",
+    )
 
     def __init__(
         self, datasette: Datasette, routed: Routed, actor: Actor | None, group: Group | None
     ) -> None:
         self.datasette = datasette
         self.routed = routed
+        self.resolution: Resolution = routed.resolution
+        self.model_id: str = routed.resolution.model_id
+        self.purpose: str | None = routed.resolution.purpose
         self.actor = actor
         self.group = group
         self.ended = False
@@ -68,20 +81,10 @@ class _Target:
         # Never show the key.
         return f"<target model_id={self.model_id!r} purpose={self.purpose!r}>"
 
-    @property
-    def model_id(self) -> str:
-        return self.routed.resolution.model_id
-
-    @property
-    def purpose(self) -> str | None:
-        return self.routed.resolution.purpose
-
-    @property
-    def resolution(self) -> Resolution:
-        return self.routed.resolution
-
     def prompt_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Configured options under the caller's keyword arguments, plus the routed key."""
+        if self.routed.key is None and not self.routed.reference.options:
+            return kwargs
         merged = {**self.routed.reference.options, **kwargs}
         if self.routed.key is not None and merged.get("key") is None:
             merged["key"] = self.routed.key
@@ -107,19 +110,26 @@ class _Target:
     def result(self, is_chain: bool) -> PromptResult:
         return PromptResult(self.purpose, self.group, is_chain, self.resolution)
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
+    def running(self) -> AbstractContextManager[object]:
         """Count a prompt of the group as running until it ends, in whatever task."""
-        if self.group is None:
-            yield
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.in_flight.add(done)
-        try:
-            yield
-        finally:
-            self.in_flight.discard(done)
-            done.set_result(None)
+        return nullcontext() if self.group is None else _InFlight(self.in_flight)
+
+
+class _InFlight:
+    """A prompt of a group, counted among the group's running prompts while the block lasts."""
+
+    __slots__ = ("done", "running")
+
+    def __init__(self, running: set[asyncio.Future[None]]) -> None:
+        self.running = running
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def __enter__(self) -> None:
+        self.running.add(self.done)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.running.discard(self.done)
+        self.done.set_result(None)
 
 
 async def _send(

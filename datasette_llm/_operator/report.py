@@ -19,7 +19,7 @@ from ..config_parser import config_for
 from ..errors import ConfigProblem, ModelNotFoundError
 from ..keys import KeyStatus, key_status
 from ..models import ModelRegistry, current_registry
-from ..policy import Policy
+from ..policy import Policy, policy_for
 from ..purpose_catalog import get_purpose_collisions, get_purpose_owner, get_purposes
 from ..routing import route
 from .validation import (
@@ -277,7 +277,7 @@ async def _purpose_route(
 ) -> PurposeRoute:
     purpose_config = config.purpose(name)
     configured = purpose_config.model if purpose_config is not None else None
-    policy = Policy(config, name, registry)
+    policy = policy_for(config, name, registry)
     route_, options = await _route(datasette, config, registry, declared or name)
     return PurposeRoute(
         name=name,

@@ -18,7 +18,7 @@ from ..config import CONFIG_ROOT, LLMConfig
 from ..config_parser import parse_config, raw_section
 from ..errors import ConfigProblem, ConfigurationError, nearest
 from ..models import ModelRegistry, current_registry
-from ..policy import Policy
+from ..policy import policy_for
 from ..purpose_catalog import get_purposes
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ def _allowlist_problems(
         elif purpose_config is not None and config.models is not None:
             checks.append((name, f"{CONFIG_ROOT}.purposes.{name}"))
     for purpose, path in checks:
-        policy = Policy(config, purpose, registry)
+        policy = policy_for(config, purpose, registry)
         if policy.allowlist is None:
             continue
         usable = [
@@ -217,7 +217,7 @@ def _blocked_choice_problems(config: LLMConfig, registry: ModelRegistry) -> Iter
     (A configured default is always in its allowlist, so only a blocklist can refuse it.)
     """
     if config.default_model is not None:
-        reason = Policy(config, None, registry).refusal(config.default_model.model_id)
+        reason = policy_for(config, None, registry).refusal(config.default_model.model_id)
         if reason is not None:
             yield ConfigProblem(
                 f"{CONFIG_ROOT}.default_model",
@@ -229,7 +229,7 @@ def _blocked_choice_problems(config: LLMConfig, registry: ModelRegistry) -> Iter
         model = purpose_config.model
         if model is None:
             continue
-        reason = Policy(config, name, registry).refusal(model.model_id)
+        reason = policy_for(config, name, registry).refusal(model.model_id)
         if reason is not None:
             yield ConfigProblem(
                 f"{CONFIG_ROOT}.purposes.{name}.model",
