@@ -1,7 +1,8 @@
-"""Print the public API of datasette-llm as Markdown: every public name with its signature.
+"""Write docs/reference.md: every public name and hook of datasette-llm with its signature.
 
-``tests/test_docs.py`` checks that the README contains each of these signature lines: run
-``python scripts/api_reference.py --write-readme`` whenever the public API changes.
+``tests/test_docs.py`` checks that docs/reference.md is what this script writes: run
+``python scripts/api_reference.py --write`` whenever the public API changes (without
+``--write`` it prints the reference).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def describe(module_name: str, name: str, value: object) -> Iterator[str]:
 def hooks() -> list[str]:
     from datasette_llm import hookspecs
 
-    lines = ["\n### Hooks (implement with `@hookimpl`; every argument may be omitted)\n"]
+    lines = ["\n## Hooks (implement with `@hookimpl`; every argument may be omitted)\n"]
     for name, function in vars(hookspecs).items():
         if inspect.isfunction(function) and hasattr(function, "datasette_spec"):
             lines.append(f"- {function_line(name, function)}")
@@ -100,26 +101,31 @@ def reference() -> list[str]:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        lines.append(f"\n### `{module_name}`\n")
+        lines.append(f"\n## `{module_name}`\n")
         for name in sorted(getattr(module, "__all__", ()), key=str.lower):
             lines.extend(describe(module_name, name, getattr(module, name)))
     return lines
 
 
-MARKER = "<!-- REFERENCE -->"
+HEADER = """# Reference
+
+Every public name of `datasette_llm`, `datasette_llm.typing` and `datasette_llm.testing`, and
+every hook datasette-llm adds to Datasette, with its signature. Written by
+`python scripts/api_reference.py --write` from the code; `tests/test_docs.py` checks it is
+current. Classes shown as "built by `LLM`" take private values: `LLM` builds them, not you.
+Docstrings in the code say what each one does.
+"""
+
+TARGET = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
 
 
-def write_readme(path: Path) -> None:
-    """Replace everything after the reference marker in the README with the reference."""
-    text = path.read_text()
-    head, marker, _ = text.partition(MARKER)
-    if not marker:
-        raise SystemExit(f"{path} has no {MARKER} line")
-    path.write_text(head + MARKER + "\n" + "\n".join(reference()) + "\n")
+def document() -> str:
+    """Return the whole text of docs/reference.md."""
+    return HEADER + "\n".join(reference()) + "\n"
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--write-readme"]:
-        write_readme(Path(__file__).resolve().parent.parent / "README.md")
+    if sys.argv[1:] == ["--write"]:
+        TARGET.write_text(document())
     else:
-        sys.stdout.write("\n".join(reference()).lstrip("\n") + "\n")
+        sys.stdout.write(document())

@@ -229,7 +229,7 @@ class FakeModelRouter:
     ) -> None:
         self.stop()
         if exc_type is None:
-            problems = self.unmet_expectations(_CONTEXT_OPT_OUT)
+            problems = self.unmet_expectations()
             if problems:
                 raise AssertionError(problems)
 
@@ -270,12 +270,14 @@ class FakeModelRouter:
         pop_model_override(self._override)
         FakeModelRouter._active = None
 
-    def unmet_expectations(self, opt_out: str = _CONTEXT_OPT_OUT) -> str | None:
+    def unmet_expectations(self, opt_out: str | None = None) -> str | None:
         """Return what went wrong that the code under test may have hidden, or ``None``.
 
         Prompts that matched no reply, requests to real models, replies never used (unless
-        opted out); ``opt_out`` is the sentence saying how to opt out of the last.
+        opted out); ``opt_out`` is the sentence saying how to opt out of the last (by default,
+        the ``FakeModelRouter()`` argument).
         """
+        opt_out = opt_out or _CONTEXT_OPT_OUT
         unused = [
             reply
             for reply in self._replies
