@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import llm
 
 from .config import LLMConfig
-from .config_parser import config_for
+from .config_source import config_for
 from .errors import ModelNotFoundError
 from .models import current_registry
 from .policy import policy_for, screen

@@ -13,24 +13,28 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final
-from weakref import WeakKeyDictionary
+from typing import Final
 
 from .config import (
     CONFIG_ROOT,
     EMPTY_OPTIONS,
-    PLUGIN_NAME,
     KeySetting,
     LLMConfig,
     ModelRef,
     PurposeConfig,
 )
-from .errors import ConfigProblem, ConfigurationError, is_text, lone_surrogate, nearest, shown
+from .errors import (
+    ConfigProblem,
+    ConfigurationError,
+    Substituted,
+    is_text,
+    lone_surrogate,
+    nearest,
+    quoted,
+    shown,
+)
 
-if TYPE_CHECKING:
-    from datasette.app import Datasette
-
-__all__ = ["config_for", "parse_config", "raw_section"]
+__all__ = ["ParsedConfig", "parse_config", "parse_with_sources"]
 
 _TOP_KEYS: Final = (
     "default_model",
@@ -48,8 +52,15 @@ _FAILED: Final = object()  # what value() returns when a $env or $file reference
 _SECRET_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
-def _type_name(value: object) -> str:
-    return type(value).__name__
+def _looks_like_a_key(name: str) -> bool:
+    """A long name mixing lower case and digits (``gsk_3fX...``) is a key, not a secret's name."""
+    return len(name) >= 24 and any(c.islower() for c in name) and any(c.isdigit() for c in name)
+
+
+def _got(value: object) -> str:
+    """What a message says was found instead: the type, then the value (never a substituted one)."""
+    type_name = "str" if isinstance(value, str) else type(value).__name__
+    return f"{type_name}: {quoted(value)}"
 
 
 def _reference(value: object) -> tuple[str, str] | None:
@@ -81,11 +92,11 @@ class _Parser:
             if target not in os.environ:
                 self.fail(path, f"the environment variable {target} named by $env is not set.")
                 return _FAILED
-            return os.environ[target]
+            return Substituted(os.environ[target], "env", target)
         self.file_paths.append(target)
         try:
             with open(target) as file:
-                return file.read().strip()
+                return Substituted(file.read().strip(), "file", target)
         except OSError as error:
             self.fail(path, f"cannot read the file {target!r} named by $file: {error.strerror}.")
             return _FAILED
@@ -95,7 +106,7 @@ class _Parser:
     ) -> Mapping[object, object] | None:
         """Return ``value`` if it is a mapping, reporting any key not in ``valid_keys``."""
         if not isinstance(value, Mapping):
-            self.fail(path, f"expected {expected}, got {_type_name(value)}: {value!r}.")
+            self.fail(path, f"expected {expected}, got {_got(value)}.")
             return None
         for key in value:
             if key not in valid_keys:
@@ -112,7 +123,7 @@ class _Parser:
         if value is _FAILED:
             return None
         if not isinstance(value, str):
-            self.fail(path, f"expected a model id string, got {_type_name(value)}: {value!r}.")
+            self.fail(path, f"expected a model id string, got {_got(value)}.")
             return None
         if not value.strip():
             self.fail(path, "model id is empty: give a model id such as 'gpt-5.4-mini'.")
@@ -132,13 +143,13 @@ class _Parser:
             self.fail(
                 path,
                 "expected the name of a datasette-secrets secret (such as OPENAI_API_KEY), "
-                f"{{$env: VARIABLE}} or {{$file: PATH}}, got {_type_name(value)}.",
+                f"{{$env: VARIABLE}} or {{$file: PATH}}, got {type(value).__name__}.",
             )
             return None
         if not is_text(value):
-            self.fail(path, lone_surrogate("secret name", value))
+            self.fail(path, lone_surrogate("the secret name", None))
             return None
-        if not _SECRET_NAME.match(value):
+        if not _SECRET_NAME.match(value) or _looks_like_a_key(value):
             self.fail(
                 path,
                 "this is not a secret name (letters, digits and underscores, such as "
@@ -151,9 +162,7 @@ class _Parser:
 
     def options(self, value: object, path: str) -> Mapping[str, object]:
         if not isinstance(value, Mapping):
-            self.fail(
-                path, f"expected a mapping of model options, got {_type_name(value)}: {value!r}."
-            )
+            self.fail(path, f"expected a mapping of model options, got {_got(value)}.")
             return EMPTY_OPTIONS
         options: dict[str, object] = {}
         for name, option in value.items():
@@ -205,7 +214,7 @@ class _Parser:
         if value is _FAILED:
             return None
         if not isinstance(value, list | tuple):
-            self.fail(path, f"expected a list of model ids, got {_type_name(value)}: {value!r}.")
+            self.fail(path, f"expected a list of model ids, got {_got(value)}.")
             return None
         ids: list[str] = []
         for index, item in enumerate(value):
@@ -226,9 +235,7 @@ class _Parser:
         if value is _FAILED:
             return None
         if not isinstance(value, list | tuple):
-            self.fail(
-                path, f"expected a list of model references, got {_type_name(value)}: {value!r}."
-            )
+            self.fail(path, f"expected a list of model references, got {_got(value)}.")
             return None
         refs = [self.model_ref(item, f"{path}[{index}]") for index, item in enumerate(value)]
         return tuple(ref for ref in refs if ref is not None)
@@ -239,7 +246,7 @@ class _Parser:
             return default
         if isinstance(value, bool):
             return value
-        self.fail(path, f"expected true or false, got {_type_name(value)}: {value!r}.")
+        self.fail(path, f"expected true or false, got {_got(value)}.")
         return default
 
     def blocklist(self, value: object, path: str) -> frozenset[str]:
@@ -268,8 +275,7 @@ class _Parser:
         if not isinstance(value, Mapping):
             self.fail(
                 path,
-                "expected a mapping of purpose name to its configuration, "
-                f"got {_type_name(value)}: {value!r}.",
+                f"expected a mapping of purpose name to its configuration, got {_got(value)}.",
             )
             return MappingProxyType({})
         purposes: dict[str, PurposeConfig] = {}
@@ -312,83 +318,30 @@ class _Parser:
 
 def parse_config(raw: object) -> LLMConfig:
     """Parse the raw plugin configuration, raising ``ConfigurationError`` listing every problem."""
-    config, _ = _parse(raw)
-    return config
+    return parse_with_sources(raw).config
 
 
-def _parse(raw: object) -> tuple[LLMConfig, _Parser]:
+@dataclass(frozen=True, slots=True)
+class ParsedConfig:
+    """A parsed configuration and the environment variables and files its ``$env``/``$file`` read.
+
+    Attributes:
+        config: The parsed configuration.
+        env_names: The environment variables it read, in order, without repeats.
+        file_paths: The files it read, in order, without repeats.
+    """
+
+    config: LLMConfig
+    env_names: tuple[str, ...]
+    file_paths: tuple[str, ...]
+
+
+def parse_with_sources(raw: object) -> ParsedConfig:
+    """Parse like ``parse_config``, also saying which variables and files were read."""
     parser = _Parser()
     config = parser.config(raw)
     if parser.problems:
         raise ConfigurationError(parser.problems)
-    return config, parser
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    """A parsed configuration and what it was parsed from, to tell when to parse again."""
-
-    settings: object
-    plugins: object
-    section: object
-    environment: tuple[tuple[str, str | None], ...]
-    files: tuple[tuple[str, float | None], ...]
-    config: LLMConfig
-
-    def is_current(self, settings: object, plugins: object, section: object) -> bool:
-        return (
-            settings is self.settings
-            and plugins is self.plugins
-            and section is self.section
-            and all(os.environ.get(name) == value for name, value in self.environment)
-            and all(_mtime(path) == stamp for path, stamp in self.files)
-        )
-
-
-def _mtime(path: str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
-
-
-def raw_section(datasette: Datasette) -> tuple[object, object, object]:
-    """Return Datasette's configuration, its ``plugins`` and our section, as written.
-
-    Datasette moves ``plugins:`` from metadata into its configuration when it starts, so this is
-    where every source of configuration ends up.
-    """
-    settings = datasette.config
-    plugins = settings.get("plugins") if isinstance(settings, Mapping) else None
-    section = plugins.get(PLUGIN_NAME) if isinstance(plugins, Mapping) else None
-    return settings, plugins, section
-
-
-_cache: WeakKeyDictionary[Datasette, _Parsed] = WeakKeyDictionary()
-
-
-def config_for(datasette: Datasette) -> LLMConfig:
-    """Return the parsed configuration of ``datasette``.
-
-    It is parsed again when ``datasette.config``, its ``plugins`` mapping or the datasette-llm
-    section is replaced by another object, or when an environment variable or file it names with
-    ``$env``/``$file`` changes. Changing values inside the section in place is not noticed:
-    assign a new mapping instead.
-
-    Raises:
-        ConfigurationError: The configuration is malformed (``problems`` lists where).
-    """
-    settings, plugins, section = raw_section(datasette)
-    cached = _cache.get(datasette)
-    if cached is not None and cached.is_current(settings, plugins, section):
-        return cached.config
-    config, parser = _parse(section)
-    _cache[datasette] = _Parsed(
-        settings,
-        plugins,
-        section,
-        tuple((name, os.environ.get(name)) for name in dict.fromkeys(parser.env_names)),
-        tuple((path, _mtime(path)) for path in dict.fromkeys(parser.file_paths)),
-        config,
+    return ParsedConfig(
+        config, tuple(dict.fromkeys(parser.env_names)), tuple(dict.fromkeys(parser.file_paths))
     )
-    return config

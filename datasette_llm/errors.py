@@ -11,9 +11,11 @@ __all__ = [
     "ConfigurationError",
     "ConfigProblem",
     "ModelNotFoundError",
+    "Substituted",
     "is_text",
     "lone_surrogate",
     "nearest",
+    "quoted",
     "shown",
 ]
 
@@ -31,11 +33,40 @@ def is_text(value: str) -> bool:
     return True
 
 
-def lone_surrogate(what: str, value: str) -> str:
-    """The message for ``value``, named ``what``, failing ``is_text``."""
+class Substituted(str):
+    """A configuration string that Datasette's ``{$env: NAME}`` or ``{$file: PATH}`` gave.
+
+    It is a string like any other, except that messages never quote it: they name where it came
+    from instead (it may be a secret).
+
+    Attributes:
+        source: ``"env"`` or ``"file"``.
+        origin: The environment variable's name, or the file's path.
+    """
+
+    source: str
+    origin: str
+
+    def __new__(cls, value: str, source: str, origin: str) -> Substituted:
+        substituted = super().__new__(cls, value)
+        substituted.source = source
+        substituted.origin = origin
+        return substituted
+
+
+def quoted(value: object) -> str:
+    """Quote a configured value for a message: ``repr``, except for a ``Substituted`` string."""
+    if isinstance(value, Substituted):
+        return f"(the value of ${value.source} {value.origin})"
+    return repr(value)
+
+
+def lone_surrogate(what: str, value: str | None) -> str:
+    """The message for ``value``, named ``what``, failing ``is_text`` (``None``: not quoted)."""
+    shown_value = "" if value is None else f" {quoted(value)}"
     return (
-        f"{what} {value!r} holds a lone surrogate (an unpaired \\ud800-\\udfff escape, often from "
-        "JSON), which is not text: correct the string."
+        f"{what}{shown_value} holds a lone surrogate (an unpaired \\ud800-\\udfff escape, often "
+        "from JSON), which is not text: correct the string."
     )
 
 

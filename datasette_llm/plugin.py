@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Final
 from weakref import WeakKeyDictionary
 
 from .config import LLMConfig
-from .config_parser import config_for
+from .config_source import config_for
 from .errors import ConfigurationError
 from .keys import provider_secret_name
 from .models import ModelRegistry, current_registry

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._hooks import call_llm_default_model
-from .errors import ModelNotFoundError
+from .errors import ModelNotFoundError, quoted
 from .keys import key_status, key_value
 from .models import ModelRegistry, current_registry, find_model, lookup_model
 from .policy import Policy, Reference, policy_for, screen
@@ -70,7 +70,7 @@ class _Candidate:
 
     def skipped(self, reason: str) -> str:
         verb = "recommends" if self.is_recommendation else "chose"
-        return f"{self.source} {verb} {self.name!r}, skipped because {reason}"
+        return f"{self.source} {verb} {quoted(self.name)}, skipped because {reason}"
 
 
 async def _candidates(

@@ -101,9 +101,9 @@ def test_lone_surrogates_are_problems_shown_escaped_wherever_they_are() -> None:
         "plugins.datasette-llm.purposes.extract.model.options.tone: value '\\udfff' holds a lone "
         "surrogate (an unpaired \\ud800-\\udfff escape, often from JSON), which is not text: "
         "correct the string.",
-        "plugins.datasette-llm.default_model.key: secret name 'MY\\ud800KEY' holds a lone "
-        "surrogate (an unpaired \\ud800-\\udfff escape, often from JSON), which is not text: "
-        "correct the string.",
+        "plugins.datasette-llm.default_model.key: the secret name holds a lone surrogate (an "
+        "unpaired \\ud800-\\udfff escape, often from JSON), which is not text: correct the "
+        "string.",
         "plugins.datasette-llm.blocked_models[0]: model id 'test-a\\udfff' holds a lone surrogate "
         "(an unpaired \\ud800-\\udfff escape, often from JSON), which is not text: correct the "
         "string.",

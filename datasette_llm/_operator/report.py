@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import llm
 
 from ..config import LLMConfig
-from ..config_parser import config_for
+from ..config_source import config_for
 from ..errors import ConfigProblem, ModelNotFoundError
 from ..keys import KeyStatus, key_status
 from ..models import ModelRegistry, current_registry

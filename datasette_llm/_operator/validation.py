@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Final
 from weakref import WeakSet
 
 from ..config import CONFIG_ROOT, LLMConfig
-from ..config_parser import parse_config, raw_section
-from ..errors import ConfigProblem, ConfigurationError, nearest
+from ..config_parser import parse_config
+from ..config_source import raw_section
+from ..errors import ConfigProblem, ConfigurationError, nearest, quoted
 from ..models import ModelRegistry, current_registry
 from ..policy import policy_for
 from ..purpose_catalog import get_purposes
@@ -163,13 +164,14 @@ def _option_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[Con
                     hint = f" Did you mean {suggestion!r}?" if suggestion else ""
                     accepted = ", ".join(valid) if valid else "none"
                     message = (
-                        f"{ref.model_id!r} does not accept the option {location!r}.{hint} "
+                        f"{quoted(ref.model_id)} does not accept the option {location!r}.{hint} "
                         f"Options it accepts: {accepted}."
                     )
                 else:
                     message = (
-                        f"{ref.model_id!r} rejects the value "
-                        f"{ref.options.get(location)!r} for option {location!r}: {detail['msg']}."
+                        f"{quoted(ref.model_id)} rejects the value "
+                        f"{quoted(ref.options.get(location))} for option {location!r}: "
+                        f"{detail['msg']}."
                     )
                 yield ConfigProblem(f"{path}.options.{location}", message)
 
@@ -221,8 +223,8 @@ def _blocked_choice_problems(config: LLMConfig, registry: ModelRegistry) -> Iter
         if reason is not None:
             yield ConfigProblem(
                 f"{CONFIG_ROOT}.default_model",
-                f"{config.default_model.model_id!r} is blocked ({reason}), so it is never used. "
-                "Remove it from one of them.",
+                f"{quoted(config.default_model.model_id)} is blocked ({reason}), so it is never "
+                "used. Remove it from one of them.",
                 WARNING,
             )
     for name, purpose_config in config.purposes.items():
@@ -233,8 +235,8 @@ def _blocked_choice_problems(config: LLMConfig, registry: ModelRegistry) -> Iter
         if reason is not None:
             yield ConfigProblem(
                 f"{CONFIG_ROOT}.purposes.{name}.model",
-                f"{model.model_id!r} is blocked for purpose {name!r} ({reason}), so it is never "
-                "used. Remove it from the blocklist or choose another model.",
+                f"{quoted(model.model_id)} is blocked for purpose {name!r} ({reason}), so it is "
+                "never used. Remove it from the blocklist or choose another model.",
                 WARNING,
             )
 
@@ -252,8 +254,8 @@ def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> V
         problems.append(
             ConfigProblem(
                 missing.path,
-                f"model {missing.model_id!r} is not installed.{hint} Run 'llm models' to list "
-                "installed models, or install the llm plugin that provides it.",
+                f"model {quoted(missing.model_id)} is not installed.{hint} Run 'llm models' to "
+                "list installed models, or install the llm plugin that provides it.",
                 WARNING,
             )
         )
