@@ -12,7 +12,7 @@ from ._hooks import add_hookspecs
 from .actors import Actor
 from .client import LLM
 from .config import KeySetting, LLMConfig, ModelRef, PurposeConfig
-from .errors import ConfigProblem, ConfigurationError, ModelNotFoundError
+from .errors import ConfigProblem, ConfigurationError, ModelBlockedError, ModelNotFoundError
 from .keys import KeyStatus
 
 # Datasette finds our hook implementations as attributes of this module (the entry point).
@@ -37,6 +37,7 @@ __all__ = [
     "KeySetting",
     "KeyStatus",
     "LLMConfig",
+    "ModelBlockedError",
     "ModelNotFoundError",
     "ModelRef",
     "PromptResult",

@@ -58,6 +58,7 @@ class LLM:
         """Return which model a call would use and why, without creating it.
 
         Raises:
+            ModelBlockedError: The explicit ``model_id`` is blocked for this purpose.
             ModelNotFoundError: Nothing was given or configured, or every candidate was refused.
             llm.UnknownModelError: The chosen model is not installed.
         """
@@ -73,9 +74,11 @@ class LLM:
     ) -> WrappedAsyncModel:
         """Return the model for ``purpose`` (or ``model_id``), wrapped so prompts run the hooks.
 
-        An explicit ``model_id`` is used as given: allowlists apply only to routing.
+        An explicit ``model_id`` is used as given, unless it is blocked: allowlists apply only
+        to routing.
 
         Raises:
+            ModelBlockedError: The explicit ``model_id`` is blocked for this purpose.
             ModelNotFoundError: Nothing was given or configured, or every candidate was refused.
             llm.UnknownModelError: The chosen model is not installed.
         """

@@ -10,6 +10,7 @@ from typing import Literal
 __all__ = [
     "ConfigurationError",
     "ConfigProblem",
+    "ModelBlockedError",
     "ModelNotFoundError",
     "Substituted",
     "is_text",
@@ -84,6 +85,31 @@ def nearest(name: str, candidates: Iterable[str]) -> str | None:
 
 class ModelNotFoundError(Exception):
     """Raised when no model could be chosen: nothing given, nothing configured or all refused."""
+
+
+class ModelBlockedError(ModelNotFoundError):
+    """Raised when the model asked for by an explicit ``model_id`` is blocked.
+
+    A blocked model stays blocked on every path, including an id that came from a form: the
+    message names the configuration setting that blocks it.
+
+    Attributes:
+        model_id: The model asked for, as llm resolves it.
+        purpose: The purpose of the call, or ``None``.
+        setting: The configuration path that blocks it, e.g.
+            ``plugins.datasette-llm.purposes.enrichments.blocked_models``.
+    """
+
+    def __init__(self, model_id: str, purpose: str | None, setting: str) -> None:
+        self.model_id = model_id
+        self.purpose = purpose
+        self.setting = setting
+        for_purpose = f" for purpose {purpose!r}" if purpose is not None else ""
+        super().__init__(
+            f"Model {quoted(model_id)} is blocked{for_purpose} by {setting}, so it cannot be "
+            f"used, even when asked for by model_id. Ask for another model, or remove it from "
+            f"{setting} in datasette.yaml."
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,15 @@
 
 Candidates, first admitted wins:
 
-1. ``explicit``: a ``model_id`` the caller passed (not checked against allowlists);
+1. ``explicit``: a ``model_id`` the caller passed: refused if blocked (``ModelBlockedError``),
+   not checked against allowlists (0.1a8 compatibility) or ``llm_filter_models``;
 2. ``hook``: the first ``llm_default_model`` implementation that answers;
 3. ``purpose_config``: ``purposes.<name>.model``;
 4. ``purpose_default``: the purpose's ``Purpose.default_model``, a recommendation: skipped if it
    is not installed or has no key;
 5. ``default_model``: the configured global default.
 
-Every candidate but the explicit one must pass the policy (``datasette_llm.policy``) for the
+Every other candidate must pass the whole policy (``datasette_llm.policy``) for the
 purpose and actor, so the model routing picks is the first that ``LLM.models()`` offers.
 """
 
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._hooks import call_llm_default_model
-from .errors import ModelNotFoundError, quoted
+from .config import CONFIG_ROOT
+from .errors import ModelBlockedError, ModelNotFoundError, quoted
 from .keys import key_status, key_value
 from .models import ModelRegistry, current_registry, find_model, lookup_model
 from .policy import Policy, Reference, policy_for, screen
@@ -138,6 +140,7 @@ async def route(
             ``Routed.key`` is ``None`` and the resolution only says where the key would come from.
 
     Raises:
+        ModelBlockedError: The explicit ``model_id`` is blocked.
         ModelNotFoundError: No candidate was given or configured, or every one was refused;
             the message lists each candidate and why.
         llm.UnknownModelError: The explicit or configured model is not installed.
@@ -147,6 +150,9 @@ async def route(
     policy = policy_for(config, name, registry)
     if model_id is not None:
         model = lookup_model(model_id, registry)
+        setting = policy.blocked.get(model.model_id)
+        if setting is not None:
+            raise ModelBlockedError(model.model_id, name, f"{CONFIG_ROOT}.{setting}")
         return await _chosen(datasette, policy, model, ("explicit", None, ()), actor, read_key)
 
     declared = purpose if isinstance(purpose, Purpose) else None

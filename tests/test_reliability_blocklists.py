@@ -3,8 +3,9 @@
 Hypothesis combines global and per-purpose blocklists with allowlists, ``default_model``,
 ``purposes.<name>.model``, ``Purpose.default_model``, ``llm_default_model`` hooks and
 ``llm_filter_models`` hooks (some of which try to add every model back). Whatever the
-combination, ``model()`` and ``group()`` without an explicit id, ``models()`` and ``resolve()``
-never yield a blocked model. An explicit ``model_id`` is used as given, by design.
+combination, ``model()``, ``group()``, ``models()`` and ``resolve()`` never yield a blocked
+model; an explicit blocked ``model_id`` raises ``ModelBlockedError``. Allowlists do not
+constrain an explicit id (0.1a8 compatibility).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from datasette.app import Datasette
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datasette_llm import LLM, ModelNotFoundError, Purpose
+from datasette_llm import LLM, ModelBlockedError, ModelNotFoundError, Purpose
 from datasette_llm.models import lookup_model
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, registered
@@ -199,9 +200,10 @@ def test_no_combination_of_hooks_and_configuration_routes_to_a_blocked_model(
     assert seen["listed"] >= EXAMPLES // 4, seen
 
 
-async def test_an_explicit_model_id_bypasses_allow_and_block_lists_by_design(
-    make_datasette: MakeDatasette,
+async def test_an_explicit_model_id_bypasses_the_allowlist_but_not_the_blocklists(
+    make_datasette: MakeDatasette, llm_user_dir: Path
 ) -> None:
+    write_aliases(llm_user_dir, {"c-alias": "test-c"})
     datasette = make_datasette(
         {
             "models": ["test-b"],
@@ -210,9 +212,29 @@ async def test_an_explicit_model_id_bypasses_allow_and_block_lists_by_design(
         }
     )
     client = LLM(datasette)
-    assert (await client.model("test-a")).model_id == "test-a"
-    assert (await client.model("test-c", purpose=PURPOSE)).model_id == "test-c"
-    assert (await client.resolve("test-a")).step == "explicit"
+    # Allowlists constrain routing only (0.1a8 compatibility): test-c is not in models.
+    assert (await client.model("test-c")).model_id == "test-c"
+    assert (await client.resolve("test-c")).step == "explicit"
+    with pytest.raises(ModelBlockedError) as blocked:
+        await client.model("test-a", purpose=PURPOSE)
+    assert blocked.value.setting == "plugins.datasette-llm.blocked_models"
+    assert str(blocked.value) == (
+        "Model 'test-a' is blocked for purpose 'guarded' by "
+        "plugins.datasette-llm.blocked_models, so it cannot be used, even when asked for by "
+        "model_id. Ask for another model, or remove it from plugins.datasette-llm.blocked_models "
+        "in datasette.yaml."
+    )
+    # Through an alias, and on every entry point; other purposes may use test-c.
+    for call in (client.model, client.resolve):
+        with pytest.raises(ModelBlockedError) as blocked:
+            await call("c-alias", purpose=PURPOSE)
+        assert blocked.value.model_id == "test-c"
+        assert blocked.value.setting == f"plugins.datasette-llm.purposes.{PURPOSE}.blocked_models"
+    with pytest.raises(ModelBlockedError):
+        async with client.group("test-c", purpose=PURPOSE):
+            pass
+    # It is a ModelNotFoundError, which callers of 0.1a8 already catch.
+    assert issubclass(ModelBlockedError, ModelNotFoundError)
 
 
 def write_aliases(directory: Path, aliases: dict[str, str]) -> None:

@@ -47,7 +47,7 @@ class Declares:
 async def test_explicit_model_id_wins_and_is_not_checked_against_allowlists(
     make_datasette: MakeDatasette,
 ) -> None:
-    datasette = make_datasette({"models": ["test-a"], "blocked_models": ["test-b"]})
+    datasette = make_datasette({"models": ["test-a"], "blocked_models": ["test-c"]})
     resolution = await LLM(datasette).resolve("test-b", purpose="summaries")
     assert resolution == Resolution("test-b", "summaries", "explicit", KeyStatus("not_needed"))
 
