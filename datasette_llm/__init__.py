@@ -10,6 +10,7 @@ alongside it can import anything from it.
 
 from ._hooks import add_hookspecs
 from .actors import Actor
+from .chains import WrappedChainResponse
 from .client import LLM
 from .config import KeySetting, LLMConfig, ModelRef, PurposeConfig
 from .errors import ConfigProblem, ConfigurationError, ModelBlockedError, ModelNotFoundError
@@ -26,7 +27,7 @@ from .purpose_catalog import get_purpose, get_purpose_collisions, get_purpose_ow
 from .purposes import Purpose, PurposeCollision
 from .resolution import Resolution, ResolutionStep
 from .results import Group, PromptResult
-from .wrapped import WrappedAsyncModel, WrappedChainResponse, WrappedConversation
+from .wrapped import WrappedAsyncModel, WrappedConversation
 
 __all__ = [
     "LLM",

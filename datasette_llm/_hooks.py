@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from . import hookspecs
+from .log import logger
 from .purposes import Purpose
 from .results import PromptContextFactory
 
@@ -41,7 +41,6 @@ __all__ = [
     "implementations",
 ]
 
-logger = logging.getLogger("datasette_llm")
 
 FilterAnswer = tuple[list["AsyncModel"], dict[str, str]]
 """The models every filter kept, and for each model a filter removed, which plugin removed it."""

@@ -11,11 +11,12 @@ import llm
 from .config import LLMConfig
 from .config_source import config_for
 from .errors import ModelNotFoundError
+from .groups import open_group
 from .models import current_registry
 from .policy import policy_for, screen
 from .purposes import Purpose, purpose_name
 from .routing import route
-from .wrapped import WrappedAsyncModel, open_group, wrap
+from .wrapped import WrappedAsyncModel, wrap
 
 if TYPE_CHECKING:
     from datasette.app import Datasette

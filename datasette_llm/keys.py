@@ -20,6 +20,7 @@ import llm
 
 from .actors import Actor, actor_id
 from .config import KeySetting
+from .log import remember
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -157,5 +158,10 @@ async def key_status(
 async def key_value(
     datasette: Datasette, settings: Sequence[KeySetting], model: AsyncModel, actor: Actor | None
 ) -> tuple[str | None, KeyStatus]:
-    """Return ``(key, status)`` for ``model``, reading the key (a use of a stored secret)."""
-    return await _find(datasette, settings, model, actor, read=True)
+    """Return ``(key, status)`` for ``model``, reading the key (a use of a stored secret).
+
+    The value is remembered so that no log line of ours shows it (``datasette_llm.log``).
+    """
+    key, status = await _find(datasette, settings, model, actor, read=True)
+    remember(key)
+    return key, status

@@ -6,20 +6,18 @@ change (a plugin is registered or unregistered).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from ._hooks import call_register_llm_purposes, implementations
+from .log import logger
 from .purposes import Purpose, PurposeCollision
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
 __all__ = ["get_purpose", "get_purpose_collisions", "get_purpose_owner", "get_purposes"]
-
-logger = logging.getLogger("datasette_llm")
 
 
 @dataclass(frozen=True, slots=True)
