@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Final, cast
 import llm
 from llm import plugins as llm_plugins
 
+from .errors import Substituted, quoted
+
 if TYPE_CHECKING:
     from llm import AsyncModel
 
@@ -157,6 +159,11 @@ def find_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel |
     return installed
 
 
+def shown_name(name: str) -> str:
+    """A model name as llm's messages show it: bare, except a ``$env``/``$file`` value."""
+    return quoted(name) if isinstance(name, Substituted) else name
+
+
 def lookup_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel:
     """Return the async model for an id or alias, raising llm's ``UnknownModelError``."""
     registry = registry or current_registry()
@@ -169,7 +176,7 @@ def lookup_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel
             "Install a plugin version that provides an async model for it."
         )
     raise llm.UnknownModelError(
-        f"Unknown model: {name}. Run 'llm models' to list installed models, or install "
+        f"Unknown model: {shown_name(name)}. Run 'llm models' to list installed models, or install "
         "the llm plugin that provides it."
     )
 
