@@ -9,6 +9,7 @@ import pytest
 from datasette.app import Datasette
 
 from datasette_llm import (
+    LLM,
     Purpose,
     PurposeCollision,
     get_purpose,
@@ -194,3 +195,27 @@ def test_registered_purposes_follow_plugins_registered_at_run_time(
 
     register_plugin(Late(), name="late")
     assert get_purpose(datasette, "late") == Purpose("late")
+
+
+@pytest.mark.usefixtures("test_models")
+async def test_a_plugin_installed_later_does_not_take_over_where_a_purposes_calls_route(
+    register_plugin: RegisterPlugin,
+) -> None:
+    class Existing:
+        @hookimpl
+        def register_llm_purposes(self) -> list[Purpose]:
+            return [Purpose("shared", "existing", default_model="test-a")]
+
+    class Newcomer:
+        @hookimpl
+        def register_llm_purposes(self) -> list[Purpose]:
+            return [Purpose("shared", "newcomer", default_model="test-b")]
+
+    register_plugin(Existing(), name="existing")
+    register_plugin(Newcomer(), name="newcomer")
+    datasette = Datasette(memory=True)
+    resolution = await LLM(datasette).resolve(purpose="shared")
+    assert (resolution.model_id, resolution.step) == ("test-a", "purpose_default")
+    model = await LLM(datasette).model(purpose="shared")
+    assert await (await model.prompt("hi")).text() == "test-a:hi"
+    assert get_purpose_owner(datasette, "shared") == "existing"
