@@ -47,7 +47,8 @@ def pytest_runtest_makereport(
 def fake_model_router(request: pytest.FixtureRequest) -> Iterator[FakeModelRouter]:
     """Answer every model datasette-llm routes to from scripted replies; record each call.
 
-    Configure with ``@pytest.mark.fake_model_router(assert_all_replies_used=False)``.
+    Configure with ``@pytest.mark.fake_model_router(...)``, which takes ``FakeModelRouter``'s
+    keyword arguments, e.g. ``assert_all_replies_used=False`` or ``allow_embedding_models=[...]``.
     """
     from datasette_llm.testing import FakeModelRouter
 

@@ -255,3 +255,115 @@ def test_loading_the_pytest_plugin_imports_neither_datasette_llm_nor_llm(
         "if m in sys.modules))"
     )
     result.stdout.fnmatch_lines(["imported: []"])
+
+
+def test_a_model_kept_from_an_earlier_test_fails_clearly_in_a_later_one(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(
+        """
+        from datasette_llm import LLM
+
+        kept = []
+
+        async def test_keeps_a_model(fake_model_router, datasette):
+            kept.append(await LLM(datasette).model(purpose="summarize"))
+            await (await kept[0].prompt("inside")).text()
+
+        async def test_prompts_it_later():
+            await (await kept[0].prompt("later")).text()
+        """
+    )
+    result = inner.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *datasette_llm.testing.RouterStoppedError: The fake model 'gpt-summary' was "
+            "prompted after the FakeModelRouter that made it stopped: a model obtained while the "
+            "router was active (LLM(datasette).model(...) or .group(...)) answers only until the "
+            "router stops. Nothing was sent to a real model and nothing was recorded. Prompt it "
+            "inside the router's scope (the test that uses the fake_model_router fixture, or the "
+            "`with FakeModelRouter():` block), or obtain the model again after the router has "
+            "stopped to get the real one.",
+        ]
+    )
+
+
+EMBEDDING_TESTS = """
+import llm
+import pytest
+from llm.models import EmbeddingModel
+
+
+class Lengths(EmbeddingModel):
+    model_id = "test-lengths"
+
+    def embed_batch(self, items, *, key=None):
+        return ([float(len(item))] for item in items)
+
+
+class Plugin:
+    @llm.hookimpl
+    def register_embedding_models(self, register):
+        register(Lengths())
+
+
+@pytest.fixture(autouse=True)
+def lengths():
+    llm.plugins.pm.register(Plugin(), name="inner-test-lengths")
+    try:
+        yield
+    finally:
+        llm.plugins.pm.unregister(name="inner-test-lengths")
+
+
+async def test_blocked(fake_model_router):
+    llm.get_embedding_model("test-lengths").embed("four")
+
+
+@pytest.mark.fake_model_router(allow_embedding_models=["test-lengths"])
+async def test_allowed(fake_model_router):
+    assert llm.get_embedding_model("test-lengths").embed("four") == [4.0]
+
+
+def test_after():
+    assert llm.get_embedding_model("test-lengths").embed("four") == [4.0]
+"""
+
+
+def test_a_real_embedding_is_blocked_unless_the_marker_allows_its_model(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(EMBEDDING_TESTS)
+    result = inner.runpytest("--strict-markers")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E *datasette_llm.testing.RealModelRequestError: FakeModelRouter blocked a request "
+            "to the real embedding model 'test-lengths' (Lengths.embed): no request may reach a "
+            "real model while the router is active, and the router does not fake embeddings. "
+            "Embed outside the router's scope or, for an embedding model of your test suite, "
+            "allow it with @pytest.mark.fake_model_router(allow_embedding_models=["
+            "'test-lengths']) (the fixture) or FakeModelRouter(allow_embedding_models=["
+            "'test-lengths']).".replace("[", "[[]"),  # fnmatch: [ opens a character class
+        ]
+    )
+
+
+def test_a_session_that_never_asks_for_the_fixture_leaves_llm_untouched(
+    inner: pytest.Pytester,
+) -> None:
+    inner.makepyfile(
+        """
+        import sys
+
+        from llm import models
+
+        def test_untouched():
+            assert "datasette_llm.testing" not in sys.modules
+            assert not hasattr(models.EmbeddingModel.embed, "__wrapped__")
+            assert "__init_subclass__" not in vars(models.EmbeddingModel)
+            assert models.AsyncResponse._ensure_async_generator.__module__ == "llm.models"
+        """
+    )
+    inner.runpytest_subprocess().assert_outcomes(passed=1)  # a session of its own

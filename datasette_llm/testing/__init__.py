@@ -4,7 +4,7 @@ The ``fake_model_router`` fixture comes from the ``pytest_datasette_llm`` pytest
 imports this package only when a test asks for it.
 """
 
-from ._errors import RealModelRequestError, UnmatchedPromptError
+from ._errors import RealModelRequestError, RouterStoppedError, UnmatchedPromptError
 from ._fake_model import FakeAsyncModel
 from ._matching import PromptMatch
 from ._records import ModelCall, ToolResultRecord
@@ -19,6 +19,7 @@ __all__ = [
     "PromptMatch",
     "RealModelRequestError",
     "ReplyCallback",
+    "RouterStoppedError",
     "ToolResultRecord",
     "UnmatchedPromptError",
 ]

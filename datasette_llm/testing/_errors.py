@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["RealModelRequestError", "UnmatchedPromptError"]
+__all__ = ["RealModelRequestError", "RouterStoppedError", "UnmatchedPromptError"]
 
 
 class UnmatchedPromptError(AssertionError):
@@ -12,6 +12,12 @@ class UnmatchedPromptError(AssertionError):
 
 
 class RealModelRequestError(AssertionError):
-    """A prompt tried to reach a real model while a ``FakeModelRouter`` was active."""
+    """A prompt or embedding tried to reach a real model while a ``FakeModelRouter`` was active."""
+
+    __module__ = "datasette_llm.testing"
+
+
+class RouterStoppedError(AssertionError):
+    """A fake model was prompted after the ``FakeModelRouter`` that made it had stopped."""
 
     __module__ = "datasette_llm.testing"

@@ -14,9 +14,11 @@ if TYPE_CHECKING:
 __all__ = [
     "blocked_message",
     "describe_call",
+    "embedding_blocked_message",
     "get_call_message",
     "repr_router",
     "stop_message",
+    "stopped_message",
     "unmatched_message",
 ]
 
@@ -65,6 +67,30 @@ def blocked_message(description: str) -> str:
         "reach a real model while the router is active. The code under test prompted an llm "
         "model it got without datasette-llm (llm.get_async_model(), LLM.models()); get it "
         "with LLM(datasette).model(...) or .group(...) so the router answers it."
+    )
+
+
+def embedding_blocked_message(description: str, model_id: object) -> str:
+    """Explain that a real embedding model was refused, and how to allow a test one."""
+    allowed = f"allow_embedding_models=[{model_id!r}]"
+    return (
+        f"FakeModelRouter blocked a request to the real embedding model {description}: no "
+        "request may reach a real model while the router is active, and the router does not "
+        "fake embeddings. Embed outside the router's scope or, for an embedding model of your "
+        f"test suite, allow it with @pytest.mark.fake_model_router({allowed}) (the fixture) "
+        f"or FakeModelRouter({allowed})."
+    )
+
+
+def stopped_message(model_id: str) -> str:
+    """Explain that a fake model was prompted after its router stopped, and what to do."""
+    return (
+        f"The fake model {model_id!r} was prompted after the FakeModelRouter that made it "
+        "stopped: a model obtained while the router was active (LLM(datasette).model(...) or "
+        ".group(...)) answers only until the router stops. Nothing was sent to a real model "
+        "and nothing was recorded. Prompt it inside the router's scope (the test that uses the "
+        "fake_model_router fixture, or the `with FakeModelRouter():` block), or obtain the "
+        "model again after the router has stopped to get the real one."
     )
 
 

@@ -9,10 +9,13 @@ from typing import TYPE_CHECKING
 import llm
 from pydantic import ConfigDict
 
+from ._errors import RouterStoppedError
+from ._failures import stopped_message
+
 if TYPE_CHECKING:
     from llm.models import AsyncConversation, AsyncResponse
 
-__all__ = ["Answer", "AnswerFunction", "FakeAsyncModel"]
+__all__ = ["Activation", "Answer", "AnswerFunction", "FakeAsyncModel"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,23 @@ class Answer:
 AnswerFunction = Callable[["FakeAsyncModel", llm.Prompt, bool], Awaitable[Answer]]
 
 
+class Activation:
+    """One activation of a ``FakeModelRouter``: the fake models it made answer until it ends.
+
+    Attributes:
+        active: ``True`` until the router stops.
+    """
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = True
+
+    def end(self) -> None:
+        """Stop every fake model of this activation from answering."""
+        self.active = False
+
+
 class _AnyAttachmentType(frozenset[str]):
     """Attachment types of a model that is not installed: every type is accepted."""
 
@@ -47,9 +67,12 @@ class FakeAsyncModel(llm.AsyncModel):
     the real model is installed its ``Options`` and attachment types are kept, so invalid
     options fail as they would in production; otherwise any option and attachment is accepted.
 
+    Once the router stops, prompting it raises ``RouterStoppedError`` and records nothing.
+
     Attributes:
         model_id: The real model's id (an alias is resolved to it when the model is installed).
         installed: The real model, or ``None`` when it is not installed.
+        activation: The activation of the router that made it.
     """
 
     can_stream = True
@@ -63,10 +86,15 @@ class FakeAsyncModel(llm.AsyncModel):
         model_config = ConfigDict(extra="allow")
 
     def __init__(
-        self, model_id: str, installed: llm.AsyncModel | None, answer: AnswerFunction
+        self,
+        model_id: str,
+        installed: llm.AsyncModel | None,
+        answer: AnswerFunction,
+        activation: Activation,
     ) -> None:
         self.model_id = model_id
         self.installed = installed
+        self.activation = activation
         self._answer = answer
         if installed is not None:
             # llm builds options with self.Options(...): keep the real model's validation.
@@ -84,6 +112,8 @@ class FakeAsyncModel(llm.AsyncModel):
     ) -> AsyncGenerator[str, None]:
         """Ask the router for the answer, then stream it as llm expects."""
         __tracebackhide__ = True
+        if not self.activation.active:
+            raise RouterStoppedError(stopped_message(self.model_id))
         answer = await self._answer(self, prompt, stream)
         for tool_call in answer.tool_calls:
             response.add_tool_call(tool_call)

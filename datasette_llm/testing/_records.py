@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from datasette_llm import ResolutionStep
 
-__all__ = ["ModelCall", "ToolResultRecord", "build_call"]
+__all__ = ["ModelCall", "ToolResultRecord", "build_call", "count_words"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,12 @@ def build_call(
         group=group,
         streamed=stream,
     )
+
+
+def count_words(call: ModelCall) -> int:
+    """Count the words the model was sent: prompt, system prompt and tool results."""
+    parts = [call.prompt, call.system or "", *(result.output for result in call.tool_results)]
+    return sum(len(part.split()) for part in parts)
 
 
 def _content_type(attachment: llm.Attachment) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json as json_module
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
     from ._matching import Matcher
 
-__all__ = ["FakeReply", "ReplyCallback", "ScriptedReply", "streamed_chunks"]
+__all__ = ["FakeReply", "ReplyCallback", "ScriptedReply", "run_callback", "streamed_chunks"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,3 +173,19 @@ class ScriptedReply:
         if self.is_optional:
             parts.append("is_optional=True")
         return f"add_{self.kind}({', '.join(parts)})"
+
+
+async def run_callback(scripted: ScriptedReply, call: ModelCall) -> FakeReply:
+    """Return the reply ``scripted``'s callback computes for ``call``; check what it returned."""
+    assert scripted.callback is not None
+    result = scripted.callback(call)
+    if inspect.isawaitable(result):
+        result = await result
+    if isinstance(result, str):
+        return FakeReply(text=result)
+    if isinstance(result, FakeReply):
+        return result
+    raise TypeError(
+        f"The callback of scripted reply {scripted.number} ({scripted.describe()}) returned "
+        f"{type(result).__name__}: {result!r}; return the reply text or a FakeReply."
+    )

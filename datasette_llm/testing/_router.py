@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -13,15 +12,17 @@ from ._errors import RealModelRequestError, UnmatchedPromptError
 from ._failures import (
     blocked_message,
     describe_call,
+    embedding_blocked_message,
     get_call_message,
     repr_router,
     stop_message,
     unmatched_message,
 )
-from ._fake_model import Answer, FakeAsyncModel
+from ._fake_model import Activation, Answer, FakeAsyncModel
+from ._guard import embedding_model_ids
 from ._matching import PromptMatch, build_matcher
-from ._records import ModelCall, build_call
-from ._replies import FakeReply, ReplyCallback, ScriptedReply, streamed_chunks
+from ._records import ModelCall, build_call, count_words
+from ._replies import FakeReply, ReplyCallback, ScriptedReply, run_callback, streamed_chunks
 
 if TYPE_CHECKING:
     import llm
@@ -40,7 +41,9 @@ class FakeModelRouter:
     While active, datasette-llm routes as usual (configuration, hooks, allow and block lists)
     and whichever model it chooses — installed or not — answers from this router;
     ``llm_prompt_context`` and ``llm_group_exit`` hooks still run. A request that would reach a
-    real model raises ``RealModelRequestError``.
+    real model raises ``RealModelRequestError``, and so does a real embedding (llm's
+    ``EmbeddingModel``) unless allowed. Models obtained while it is active stop answering when
+    it stops: prompting one then raises ``RouterStoppedError``.
 
     With nothing scripted every call gets a deterministic default reply (valid JSON for a
     ``schema=`` prompt). Once anything is scripted, a call no reply matches raises
@@ -51,21 +54,29 @@ class FakeModelRouter:
             never used.
         assert_all_prompts_matched: Fail on exit if a prompt matched no scripted reply, even
             though the code under test caught the ``UnmatchedPromptError``.
+        allow_embedding_models: Ids of embedding models that may embed while the router is
+            active (your test suite's own); every other embedding is refused.
     """
 
     _active: ClassVar[FakeModelRouter | None] = None
 
     def __init__(
-        self, *, assert_all_replies_used: bool = True, assert_all_prompts_matched: bool = True
+        self,
+        *,
+        assert_all_replies_used: bool = True,
+        assert_all_prompts_matched: bool = True,
+        allow_embedding_models: Iterable[str] = (),
     ) -> None:
         self.assert_all_replies_used = assert_all_replies_used
         self.assert_all_prompts_matched = assert_all_prompts_matched
+        self.allow_embedding_models = embedding_model_ids(allow_embedding_models)
         self._replies: list[ScriptedReply] = []
         self._uses: dict[int, int] = {}
         self._calls: list[ModelCall] = []
         self._unmatched: list[str] = []
         self._blocked: list[str] = []
         self._fakes: dict[str, FakeAsyncModel] = {}
+        self._activation: Activation | None = None
         self._groups: list[Group] = []
         self._tool_call_count = 0
         self._restore_guard: Callable[[], None] | None = None
@@ -248,9 +259,11 @@ class FakeModelRouter:
         from ._scope import PLUGIN_NAME, ScopePlugin
 
         FakeModelRouter._active = self
+        self._activation = Activation()
+        self._fakes = {}
         push_model_override(self._override)
         pm.register(ScopePlugin(), name=PLUGIN_NAME)
-        self._restore_guard = block_real_requests(self._refuse)
+        self._restore_guard = block_real_requests(self._refuse, self._refuse_embedding)
 
     def stop(self) -> None:
         """Stop answering; models obtained while active stop answering too."""
@@ -268,6 +281,8 @@ class FakeModelRouter:
         if pm.has_plugin(PLUGIN_NAME):
             pm.unregister(name=PLUGIN_NAME)
         pop_model_override(self._override)
+        if self._activation is not None:
+            self._activation.end()
         FakeModelRouter._active = None
 
     def unmet_expectations(self, opt_out: str | None = None) -> str | None:
@@ -296,7 +311,8 @@ class FakeModelRouter:
         real_id = installed.model_id if installed is not None else model_id
         fake = self._fakes.get(real_id)
         if fake is None:
-            fake = FakeAsyncModel(real_id, installed, self._answer)
+            assert self._activation is not None, "the override is pushed only while active"
+            fake = FakeAsyncModel(real_id, installed, self._answer, self._activation)
             self._fakes[real_id] = fake
         return fake
 
@@ -305,6 +321,14 @@ class FakeModelRouter:
         description = f"{model_id!r} ({type(model).__name__})"
         self._blocked.append(description)
         return RealModelRequestError(blocked_message(description))
+
+    def _refuse_embedding(self, model: object, method: str) -> BaseException | None:
+        model_id = getattr(model, "model_id", None)
+        if model_id in self.allow_embedding_models:
+            return None
+        description = f"{model_id!r} ({type(model).__name__}.{method})"
+        self._blocked.append(description)
+        return RealModelRequestError(embedding_blocked_message(description, model_id))
 
     def _group_number(self, group: Group | None) -> int | None:
         if group is None:
@@ -337,12 +361,12 @@ class FakeModelRouter:
         elif scripted.exception is not None:
             raise scripted.exception
         elif scripted.callback is not None:
-            reply = await _run_callback(scripted, call)
+            reply = await run_callback(scripted, call)
         else:
             assert scripted.reply is not None
             reply = scripted.reply
         chunks = tuple(streamed_chunks(reply))
-        usage = reply.usage or (_words(call), len("".join(chunks).split()))
+        usage = reply.usage or (count_words(call), len("".join(chunks).split()))
         return Answer(chunks, usage, tuple(self._with_id(c) for c in reply.tool_calls))
 
     def _with_id(self, tool_call: llm.ToolCall) -> llm.ToolCall:
@@ -363,23 +387,3 @@ class FakeModelRouter:
                 return scripted
         self._unmatched.append(describe_call(call))
         raise UnmatchedPromptError(unmatched_message(call, self._replies, self._uses))
-
-
-async def _run_callback(scripted: ScriptedReply, call: ModelCall) -> FakeReply:
-    assert scripted.callback is not None
-    result = scripted.callback(call)
-    if inspect.isawaitable(result):
-        result = await result
-    if isinstance(result, str):
-        return FakeReply(text=result)
-    if isinstance(result, FakeReply):
-        return result
-    raise TypeError(
-        f"The callback of scripted reply {scripted.number} ({scripted.describe()}) returned "
-        f"{type(result).__name__}: {result!r}; return the reply text or a FakeReply."
-    )
-
-
-def _words(call: ModelCall) -> int:
-    parts = [call.prompt, call.system or "", *(result.output for result in call.tool_results)]
-    return sum(len(part.split()) for part in parts)
