@@ -8,6 +8,7 @@ no stored secret.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,17 +17,18 @@ import llm
 
 from ..config import LLMConfig
 from ..config_source import config_for
-from ..errors import ConfigProblem, ModelNotFoundError
+from ..errors import ConfigProblem, ModelNotFoundError, shown
 from ..keys import KeyStatus, key_status
 from ..models import ModelRegistry, current_registry
 from ..policy import Policy, policy_for
-from ..purpose_catalog import get_purpose_collisions, get_purpose_owner, get_purposes
+from ..purpose_catalog import get_purpose_collisions, get_purpose_owner
 from ..routing import route
 from .validation import (
     MissingModel,
     UnregisteredPurpose,
     find_missing_models,
     find_unregistered_purposes,
+    purposes_or_problem,
     validate_datasette,
 )
 
@@ -36,7 +38,18 @@ if TYPE_CHECKING:
     from ..purposes import Purpose, PurposeCollision
     from ..resolution import ResolutionStep
 
-__all__ = ["AllowedModel", "PurposeRoute", "Route", "RoutingReport", "build_report", "key_json"]
+__all__ = [
+    "ROUTE_TIMEOUT_SECONDS",
+    "AllowedModel",
+    "PurposeRoute",
+    "Route",
+    "RoutingReport",
+    "build_report",
+    "key_json",
+]
+
+ROUTE_TIMEOUT_SECONDS: float = 2.0
+"""How long the report waits for one purpose's routing (a hanging ``llm_default_model`` hook)."""
 
 
 def key_json(key: KeyStatus | None) -> dict[str, object] | None:
@@ -221,15 +234,32 @@ class RoutingReport:
 async def _route(
     datasette: Datasette, config: LLMConfig, registry: ModelRegistry, purpose: str | Purpose | None
 ) -> tuple[Route, Mapping[str, object]]:
+    """Route one purpose; any failure (a hook raising or hanging) becomes that route's error."""
+
+    def failed(message: str) -> tuple[Route, Mapping[str, object]]:
+        return Route(None, None, None, None, (), message), {}
+
+    timeout = ROUTE_TIMEOUT_SECONDS
     try:
-        routed = await route(
-            datasette, config, None, purpose, None, read_key=False, registry=registry
+        routed = await asyncio.wait_for(
+            route(datasette, config, None, purpose, None, read_key=False, registry=registry),
+            timeout,
         )
     except ModelNotFoundError as error:
-        return Route(None, None, None, None, (), str(error)), {}
+        return failed(str(error))
     except llm.UnknownModelError as error:
         message = error.args[0] if error.args else repr(error)
-        return Route(None, None, None, None, (), str(message)), {}
+        return failed(str(message))
+    except asyncio.TimeoutError:
+        return failed(
+            f"Routing did not finish within {timeout:g} seconds: a hook (llm_default_model or "
+            "llm_filter_models) is not answering. Fix or remove the plugin that hangs."
+        )
+    except Exception as error:
+        return failed(
+            f"Routing raised {type(error).__name__}: {shown(error)}. A plugin's hook "
+            "(llm_default_model or llm_filter_models) fails: fix or remove it."
+        )
     resolution = routed.resolution
     route_ = Route(
         resolution.model_id,
@@ -302,7 +332,7 @@ async def build_report(datasette: Datasette) -> RoutingReport:
     validation = validate_datasette(datasette)
     config = config_for(datasette)
     registry = current_registry()
-    purposes = get_purposes(datasette)
+    purposes, catalog_problem = purposes_or_problem(datasette)
     routes = [
         await _purpose_route(datasette, config, registry, purpose.name, purpose)
         for purpose in purposes
@@ -320,7 +350,7 @@ async def build_report(datasette: Datasette) -> RoutingReport:
         blocked_models=tuple(sorted(config.blocked_models)),
         require_keys=config.require_keys,
         strict=config.strict,
-        collisions=tuple(get_purpose_collisions(datasette)),
+        collisions=() if catalog_problem else tuple(get_purpose_collisions(datasette)),
         unregistered_purposes=tuple(find_unregistered_purposes(config, purposes)),
         missing_models=tuple(find_missing_models(config, registry)),
         problems=validation.problems,

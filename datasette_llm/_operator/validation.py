@@ -17,7 +17,7 @@ from weakref import WeakSet
 from ..config import CONFIG_ROOT, LLMConfig
 from ..config_parser import parse_config
 from ..config_source import raw_section
-from ..errors import ConfigProblem, ConfigurationError, nearest, quoted
+from ..errors import ConfigProblem, ConfigurationError, nearest, quoted, shown
 from ..models import ModelRegistry, current_registry
 from ..policy import policy_for
 from ..purpose_catalog import get_purposes
@@ -33,6 +33,7 @@ __all__ = [
     "Validation",
     "find_missing_models",
     "find_unregistered_purposes",
+    "purposes_or_problem",
     "validate",
     "validate_datasette",
 ]
@@ -277,10 +278,31 @@ def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> V
     return Validation(tuple(problems), config.strict, config)
 
 
+def purposes_or_problem(datasette: Datasette) -> tuple[list[Purpose], ConfigProblem | None]:
+    """Return the registered purposes, or none and the problem when collecting them fails.
+
+    A ``register_llm_purposes`` implementation that raises (or returns the wrong type) should
+    show on the routing page and in ``check`` as a problem, not as a crash.
+    """
+    try:
+        return get_purposes(datasette), None
+    except Exception as error:
+        return [], ConfigProblem(
+            "register_llm_purposes",
+            f"collecting the registered purposes failed: {type(error).__name__}: "
+            f"{shown(error)}. Fix or uninstall the plugin whose register_llm_purposes fails; "
+            "until then no purpose counts as registered.",
+        )
+
+
 def validate_datasette(datasette: Datasette) -> Validation:
     """Check ``datasette``'s ``datasette-llm`` configuration (see ``validate``)."""
     _, _, section = raw_section(datasette)
-    return validate(section, get_purposes(datasette), current_registry())
+    purposes, catalog_problem = purposes_or_problem(datasette)
+    validation = validate(section, purposes, current_registry())
+    if catalog_problem is None:
+        return validation
+    return Validation((catalog_problem, *validation.problems), validation.strict, validation.config)
 
 
 _deferred: WeakSet[Datasette] = WeakSet()
