@@ -150,7 +150,8 @@ def test_check_under_strict_fails_on_warnings(
 
 def test_check_fails_on_options_the_model_rejects_naming_the_path(tmp_path: Path) -> None:
     config = (
-        "plugins:\n  datasette-llm:\n    purposes:\n      enrichments:\n        models:\n"
+        "plugins:\n  datasette-llm:\n    default_model: test-a\n    purposes:\n"
+        "      enrichments:\n        models:\n"
         "          - test-a\n          - {model: test-b, options: {temprature: 2}}\n"
     )
     result = run(tmp_path, "llm", "check", config=config)
@@ -167,3 +168,115 @@ def test_check_reports_an_unreadable_configuration_file(tmp_path: Path) -> None:
     result = run(tmp_path, "llm", "check", config="plugins: [unclosed")
     assert result.exit_code == 1
     assert "Could not parse configuration" in result.output
+
+
+def test_check_fails_when_a_configured_model_is_not_installed(tmp_path: Path) -> None:
+    config = (
+        "plugins:\n  datasette-llm:\n    purposes:\n      enrichments:\n        model: test-aa\n"
+    )
+    result = run(tmp_path, "llm", "check", config=config)
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0] == (
+        "error: plugins.datasette-llm.purposes.enrichments: purpose 'enrichments' cannot be "
+        "served: Unknown model: test-aa. Run 'llm models' to list installed models, or install "
+        "the llm plugin that provides it."
+    )
+    assert (
+        "warning: plugins.datasette-llm.purposes.enrichments.model: model 'test-aa' is not "
+        "installed. Did you mean 'test-a'?"
+    ) in result.output
+
+
+def test_check_fails_when_a_registered_purpose_has_no_model_with_a_key(tmp_path: Path) -> None:
+    # extract recommends test-keyed-2 (no key) and nothing else is configured
+    config = "plugins:\n  datasette-llm:\n    purposes:\n      agent:\n        model: test-a\n"
+    result = run(tmp_path, "llm", "check", config=config)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        "error: plugins.datasette-llm.purposes.extract: purpose 'extract' cannot be served: No "
+        "model could be routed for purpose 'extract': every candidate was refused."
+    )
+    assert "sk-" not in result.output
+
+
+KEYLESS: Final = (
+    "plugins:\n  datasette-llm:\n    default_model: test-a\n    purposes:\n"
+    "      extract:\n        model: test-keyed\n"
+)
+
+
+def test_check_warns_when_a_configured_model_without_a_key_is_passed_over(
+    tmp_path: Path,
+) -> None:
+    result = run(tmp_path, "llm", "check", config=KEYLESS)
+    assert (result.exit_code, result.output.splitlines()) == (
+        0,
+        [
+            "warning: plugins.datasette-llm.purposes.extract.model: 'test-keyed' has no API key, "
+            "so calls for purpose 'extract' go to 'test-a' instead. Set the secret "
+            "TESTPROV_API_KEY (datasette-secrets, or the environment variable "
+            "DATASETTE_SECRETS_TESTPROV_API_KEY), or configure another model.",
+            "0 errors, 1 warning",
+        ],
+    )
+    assert run(tmp_path, "llm", "check", "--strict", config=KEYLESS).exit_code == 1
+
+
+def test_check_without_require_keys_accepts_a_model_without_a_key(tmp_path: Path) -> None:
+    config = KEYLESS.replace("default_model:", "require_keys: false\n    default_model:")
+    result = run(tmp_path, "llm", "check", config=config)
+    assert (result.exit_code, result.output) == (
+        0,
+        "datasette-llm configuration OK: no problems found.\n",
+    )
+
+
+def test_check_json_lists_problems_and_every_purposes_route(tmp_path: Path) -> None:
+    config = KEYLESS + "      enrichments:\n        model: test-aa\n"
+    result = run(tmp_path, "llm", "check", "--json", config=config)
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert {key: data[key] for key in ("ok", "strict", "errors", "warnings")} == {
+        "ok": False,
+        "strict": False,
+        "errors": 1,
+        "warnings": 2,
+    }
+    assert [(p["severity"], p["path"]) for p in data["problems"]] == [
+        ("error", "plugins.datasette-llm.purposes.enrichments"),
+        ("warning", "plugins.datasette-llm.purposes.enrichments.model"),
+        ("warning", "plugins.datasette-llm.purposes.extract.model"),
+    ]
+    routes = {purpose["name"]: purpose for purpose in data["purposes"]}
+    assert list(routes) == ["enrichments", "extract", "agent"]
+    assert routes["enrichments"]["model_id"] is None
+    assert routes["enrichments"]["error"].startswith("Unknown model: test-aa.")
+    assert (routes["extract"]["model_id"], routes["extract"]["step"]) == ("test-a", "default_model")
+    assert routes["extract"]["registered"] is True
+    assert data["default_resolved"]["model_id"] == "test-a"
+
+
+def test_check_json_under_strict_counts_warnings_as_errors(tmp_path: Path) -> None:
+    result = run(tmp_path, "llm", "check", "--json", "--strict", config=KEYLESS)
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert (data["ok"], data["strict"], data["errors"], data["warnings"]) == (False, True, 1, 0)
+    assert data["problems"][0]["severity"] == "error"
+
+
+def test_check_json_with_a_malformed_configuration_has_no_routes(tmp_path: Path) -> None:
+    result = run(
+        tmp_path, "llm", "check", "--json", config="plugins:\n  datasette-llm:\n    modls: []\n"
+    )
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert (data["ok"], data["purposes"], data["default_resolved"]) == (False, None, None)
+    assert data["problems"][0]["path"] == "plugins.datasette-llm.modls"
+
+
+def test_check_json_with_a_clean_configuration_is_ok_and_exits_0(tmp_path: Path) -> None:
+    config = "plugins:\n  datasette-llm:\n    default_model: test-a\n"
+    result = run(tmp_path, "llm", "check", "--json", config=config)
+    assert result.exit_code == 0
+    assert json.loads(result.output)["ok"] is True

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..errors import ConfigProblem
     from .report import Route, RoutingReport
 
-__all__ = ["add_commands", "format_problems", "format_table"]
+__all__ = ["add_commands", "check_json", "format_problems", "format_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -206,18 +206,75 @@ def add_commands(cli: click.Group) -> None:
     @llm_group.command(name="check")
     @_datasette_options
     @click.option("--strict", is_flag=True, help="Treat warnings as errors (like strict: true)")
-    def check(config: Any, metadata: Any, plugins_dir: str | None, strict: bool) -> None:
-        """Validate the configuration; exit 1 on errors (for deploys)."""
-        from .validation import validate_datasette
-
+    @click.option("--json", "as_json", is_flag=True, help="Output problems and routing as JSON")
+    def check(
+        config: Any, metadata: Any, plugins_dir: str | None, strict: bool, as_json: bool
+    ) -> None:
+        """Validate the configuration and that every purpose can be served; exit 1 on errors."""
         datasette = _datasette(config, metadata, plugins_dir)
-        asyncio.run(datasette.invoke_startup())
-        validation = validate_datasette(datasette)
-        strict = strict or validation.strict
-        if not validation.problems:
+        problems, config_strict, report = asyncio.run(_check(datasette))
+        strict = strict or config_strict
+        failing = [p for p in problems if strict or p.severity == "error"]
+        if as_json:
+            click.echo(json.dumps(check_json(problems, strict, report), indent=2))
+        elif not problems:
             click.echo("datasette-llm configuration OK: no problems found.")
-            return
-        click.echo(format_problems(validation.problems, strict))
-        failing = validation.problems if strict else validation.errors
+        else:
+            click.echo(format_problems(problems, strict))
         if failing:
             raise SystemExit(1)
+
+
+async def _check(
+    datasette: Datasette,
+) -> tuple[list[ConfigProblem], bool, RoutingReport | None]:
+    """Validate, then route every purpose; return all problems, errors first."""
+    from ..config_source import config_for
+    from ..models import current_registry
+    from .report import build_report
+    from .serving import serving_problems
+    from .validation import validate_datasette
+
+    await datasette.invoke_startup()
+    validation = validate_datasette(datasette)
+    problems = list(validation.problems)
+    report = None
+    if validation.config is not None:
+        report = await build_report(datasette)
+        config = config_for(datasette)
+        problems.extend(await serving_problems(datasette, report, config, current_registry()))
+    problems.sort(key=lambda problem: problem.severity != "error")
+    return problems, validation.strict, report
+
+
+def check_json(
+    problems: Sequence[ConfigProblem], strict: bool, report: RoutingReport | None
+) -> dict[str, object]:
+    """Return what ``datasette llm check --json`` prints: problems, and every purpose's route.
+
+    ``severity`` is what counts (``"error"`` for every problem under ``--strict``);
+    ``purposes`` and ``default_resolved`` are ``null`` when the configuration is malformed.
+    """
+    shown = [
+        {
+            "path": problem.path,
+            "message": problem.message,
+            "severity": "error" if strict else problem.severity,
+        }
+        for problem in problems
+    ]
+    errors = sum(1 for problem in shown if problem["severity"] == "error")
+    return {
+        "ok": errors == 0,
+        "strict": strict,
+        "errors": errors,
+        "warnings": len(shown) - errors,
+        "problems": shown,
+        "purposes": None
+        if report is None
+        else [
+            {"name": purpose.name, "registered": purpose.registered, **purpose.route.to_json()}
+            for purpose in report.purposes
+        ],
+        "default_resolved": None if report is None else report.default_route.to_json(),
+    }
