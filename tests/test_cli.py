@@ -280,3 +280,17 @@ def test_check_json_with_a_clean_configuration_is_ok_and_exits_0(tmp_path: Path)
     result = run(tmp_path, "llm", "check", "--json", config=config)
     assert result.exit_code == 0
     assert json.loads(result.output)["ok"] is True
+
+
+def test_check_lists_every_unregistered_purpose_that_startup_would_summarize(
+    tmp_path: Path,
+) -> None:
+    names = [f"unknown-{index}" for index in range(5)]
+    config = "plugins:\n  datasette-llm:\n    default_model: test-a\n    purposes:\n" + "".join(
+        f"      {name}: {{}}\n" for name in names
+    )
+    result = run(tmp_path, "llm", "check", config=config)
+    assert result.exit_code == 0
+    assert [line.split(": ")[1] for line in result.output.splitlines()[:-1]] == [
+        f"plugins.datasette-llm.purposes.{name}" for name in names
+    ]

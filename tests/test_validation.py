@@ -242,3 +242,68 @@ async def test_hook_startup_with_strict_stops_on_warnings(
         await datasette.invoke_startup()
     assert f"  - {ROOT}.purposes.extrct: no installed plugin registers" in str(raised.value)
     assert str(raised.value).endswith("Warnings count as errors because strict: true is set.")
+
+
+@pytest.mark.asyncio
+async def test_hook_startup_summarizes_many_unregistered_purposes_in_one_line(
+    test_models: TestModelsPlugin,
+    register_plugin: RegisterPlugin,
+    make_datasette: MakeDatasette,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    register_plugin(PurposesPlugin())
+    configured = {f"purpose-{index:04}": {"model": "test-a"} for index in range(1000)}
+    datasette = make_datasette({"purposes": configured})
+    with caplog.at_level(logging.WARNING, logger="datasette_llm"):
+        await datasette.invoke_startup()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"datasette-llm configuration: {ROOT}.purposes: 1000 configured purposes are not "
+        "registered by any plugin: 'purpose-0000', 'purpose-0001', 'purpose-0002', … (and 997 "
+        "more). Registered purposes: enrichments, extract. Run 'datasette llm check' to list "
+        "each with the nearest registered name."
+    ]
+
+
+@pytest.mark.asyncio
+async def test_hook_startup_lists_up_to_three_unregistered_purposes_one_by_one(
+    test_models: TestModelsPlugin,
+    register_plugin: RegisterPlugin,
+    make_datasette: MakeDatasette,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    register_plugin(PurposesPlugin())
+    datasette = make_datasette({"purposes": {name: {} for name in ("one", "two", "extrct")}})
+    with caplog.at_level(logging.WARNING, logger="datasette_llm"):
+        await datasette.invoke_startup()
+    assert [record.getMessage().split(": ")[1] for record in caplog.records] == [
+        f"{ROOT}.purposes.one",
+        f"{ROOT}.purposes.two",
+        f"{ROOT}.purposes.extrct",
+    ]
+
+
+def test_validation_outside_startup_lists_every_unregistered_purpose(
+    test_models: TestModelsPlugin,
+) -> None:
+    validation = check({"purposes": {f"p{index}": {} for index in range(50)}})
+    assert paths(validation.warnings) == [
+        ("warning", f"{ROOT}.purposes.p{index}") for index in range(50)
+    ]
+
+
+@pytest.mark.asyncio
+async def test_hook_startup_with_strict_stops_on_the_summary(
+    test_models: TestModelsPlugin,
+    register_plugin: RegisterPlugin,
+    make_datasette: MakeDatasette,
+) -> None:
+    register_plugin(PurposesPlugin())
+    datasette = make_datasette({"strict": True, "purposes": {f"p{i}": {} for i in range(10)}})
+    with pytest.raises(StartupError) as raised:
+        await datasette.invoke_startup()
+    assert str(raised.value).splitlines()[:2] == [
+        "Invalid datasette-llm configuration (1 problem):",
+        f"  - {ROOT}.purposes: 10 configured purposes are not registered by any plugin: 'p0', "
+        "'p1', 'p2', … (and 7 more). Registered purposes: enrichments, extract. Run 'datasette "
+        "llm check' to list each with the nearest registered name.",
+    ]

@@ -43,6 +43,9 @@ logger = logging.getLogger("datasette_llm")
 ERROR: Final = "error"
 WARNING: Final = "warning"
 
+STARTUP_LISTED_UNREGISTERED: Final = 3
+"""At startup, more unregistered purposes than this make one summary warning, not one each."""
+
 
 @dataclass(frozen=True, slots=True)
 class MissingModel:
@@ -242,8 +245,44 @@ def _blocked_choice_problems(config: LLMConfig, registry: ModelRegistry) -> Iter
             )
 
 
-def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> Validation:
-    """Check raw plugin configuration against the registered purposes and installed models."""
+def _unregistered_problems(
+    unregistered: list[UnregisteredPurpose], purposes: list[Purpose], limit: int | None
+) -> Iterator[ConfigProblem]:
+    """Warn about each purpose no plugin registers, or once for all when more than ``limit``."""
+    registered = ", ".join(sorted(purpose.name for purpose in purposes)) or "none"
+    if limit is not None and len(unregistered) > limit:
+        names = ", ".join(repr(item.name) for item in unregistered[:limit])
+        yield ConfigProblem(
+            f"{CONFIG_ROOT}.purposes",
+            f"{len(unregistered)} configured purposes are not registered by any plugin: {names}, "
+            f"… (and {len(unregistered) - limit} more). Registered purposes: {registered}. "
+            "Run 'datasette llm check' to list each with the nearest registered name.",
+            WARNING,
+        )
+        return
+    for item in unregistered:
+        hint = f" Did you mean {item.nearest!r}?" if item.nearest else ""
+        yield ConfigProblem(
+            f"{CONFIG_ROOT}.purposes.{item.name}",
+            f"no installed plugin registers the purpose {item.name!r}.{hint} "
+            f"Registered purposes: {registered}.",
+            WARNING,
+        )
+
+
+def validate(
+    raw: object,
+    purposes: list[Purpose],
+    registry: ModelRegistry,
+    *,
+    list_unregistered: int | None = None,
+) -> Validation:
+    """Check raw plugin configuration against the registered purposes and installed models.
+
+    Args:
+        list_unregistered: Warn about at most this many purposes no plugin registers one by
+            one; more make one summary warning (startup logs). ``None``: one warning each.
+    """
     try:
         config = parse_config(raw)
     except ConfigurationError as error:
@@ -260,17 +299,8 @@ def validate(raw: object, purposes: list[Purpose], registry: ModelRegistry) -> V
                 WARNING,
             )
         )
-    registered = ", ".join(sorted(purpose.name for purpose in purposes)) or "none"
-    for unregistered in find_unregistered_purposes(config, purposes):
-        hint = f" Did you mean {unregistered.nearest!r}?" if unregistered.nearest else ""
-        problems.append(
-            ConfigProblem(
-                f"{CONFIG_ROOT}.purposes.{unregistered.name}",
-                f"no installed plugin registers the purpose {unregistered.name!r}.{hint} "
-                f"Registered purposes: {registered}.",
-                WARNING,
-            )
-        )
+    unregistered = find_unregistered_purposes(config, purposes)
+    problems.extend(_unregistered_problems(unregistered, purposes, list_unregistered))
     names = list(dict.fromkeys([*(purpose.name for purpose in purposes), *config.purposes]))
     problems.extend(_blocked_choice_problems(config, registry))
     problems.extend(_allowlist_problems(config, registry, names))
@@ -295,11 +325,13 @@ def purposes_or_problem(datasette: Datasette) -> tuple[list[Purpose], ConfigProb
         )
 
 
-def validate_datasette(datasette: Datasette) -> Validation:
+def validate_datasette(datasette: Datasette, *, list_unregistered: int | None = None) -> Validation:
     """Check ``datasette``'s ``datasette-llm`` configuration (see ``validate``)."""
     _, _, section = raw_section(datasette)
     purposes, catalog_problem = purposes_or_problem(datasette)
-    validation = validate(section, purposes, current_registry())
+    validation = validate(
+        section, purposes, current_registry(), list_unregistered=list_unregistered
+    )
     if catalog_problem is None:
         return validation
     return Validation((catalog_problem, *validation.problems), validation.strict, validation.config)
@@ -317,7 +349,7 @@ def check_at_startup(datasette: Datasette) -> None:
     """Log warnings; raise ``StartupError`` listing every error (and warning under ``strict``)."""
     if datasette in _deferred:
         return
-    validation = validate_datasette(datasette)
+    validation = validate_datasette(datasette, list_unregistered=STARTUP_LISTED_UNREGISTERED)
     for problem in validation.warnings:
         logger.warning("datasette-llm configuration: %s", problem)
     if validation.errors:
