@@ -65,13 +65,17 @@ def _load(file: Any, label: str) -> dict[str, Any] | None:
 def _datasette(config: Any, metadata: Any, plugins_dir: str | None) -> Datasette:
     from datasette.app import Datasette
 
+    from ..config_source import metadata_replaces_config
     from .validation import defer_startup_validation
 
+    config_data = _load(config, "configuration")
+    metadata_data = _load(metadata, "metadata")
+    if config is not None and metadata is not None:
+        conflict = metadata_replaces_config(config_data, metadata_data, config.name, metadata.name)
+        if conflict is not None:
+            raise click.ClickException(conflict)
     datasette = Datasette(
-        memory=True,
-        config=_load(config, "configuration"),
-        metadata=_load(metadata, "metadata"),
-        plugins_dir=plugins_dir,
+        memory=True, config=config_data, metadata=metadata_data, plugins_dir=plugins_dir
     )
     defer_startup_validation(datasette)
     return datasette

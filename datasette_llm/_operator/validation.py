@@ -16,7 +16,7 @@ from weakref import WeakSet
 
 from ..config import CONFIG_ROOT, LLMConfig
 from ..config_parser import parse_config
-from ..config_source import raw_section
+from ..config_source import raw_section, served_files_conflict
 from ..errors import ConfigProblem, ConfigurationError, nearest, quoted, shown
 from ..models import ModelRegistry, current_registry
 from ..policy import policy_for
@@ -349,6 +349,9 @@ def check_at_startup(datasette: Datasette) -> None:
     """Log warnings; raise ``StartupError`` listing every error (and warning under ``strict``)."""
     if datasette in _deferred:
         return
+    conflict = served_files_conflict()
+    if conflict is not None:
+        logger.warning("datasette-llm configuration: %s", conflict)
     validation = validate_datasette(datasette, list_unregistered=STARTUP_LISTED_UNREGISTERED)
     for problem in validation.warnings:
         logger.warning("datasette-llm configuration: %s", problem)
