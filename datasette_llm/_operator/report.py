@@ -17,7 +17,7 @@ import llm
 
 from ..config import LLMConfig
 from ..config_source import config_for
-from ..errors import ConfigProblem, ModelNotFoundError, shown
+from ..errors import ConfigProblem, ModelNotFoundError, Substituted, quoted, shown
 from ..keys import KeyStatus, key_status
 from ..models import ModelRegistry, current_registry
 from ..policy import Policy, policy_for
@@ -146,6 +146,14 @@ class PurposeRoute:
     allowed: tuple[AllowedModel, ...] | None
     blocked_models: tuple[str, ...]
 
+    @property
+    def shown_options(self) -> dict[str, object]:
+        """The options to show: a value from ``$env``/``$file`` is replaced by where it is from."""
+        return {
+            name: quoted(value) if isinstance(value, Substituted) else value
+            for name, value in self.options.items()
+        }
+
     def to_json(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
         return {
@@ -155,7 +163,7 @@ class PurposeRoute:
             "description": self.description,
             "recommended_model": self.recommended_model,
             "configured_model": self.configured_model,
-            "options": dict(self.options),
+            "options": self.shown_options,
             "resolved": self.route.to_json(),
             "allowed_models": (
                 None if self.allowed is None else [model.to_json() for model in self.allowed]
