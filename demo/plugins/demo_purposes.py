@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import html
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from datasette import Response
 
 from datasette_llm import LLM, Purpose
 from datasette_llm.typing import Datasette, hookimpl
+
+if TYPE_CHECKING:
+    from datasette.utils.asgi import Request
 
 SUMMARIES: Final = Purpose(
     name="demo-summaries",
@@ -34,19 +36,39 @@ def register_llm_purposes(datasette: Datasette) -> list[Purpose]:
     return [SUMMARIES, CLASSIFY, TRANSLATE]
 
 
-async def demo_page(request: object, datasette: Datasette) -> Response:
+PAGE: Final = """{% extends "base.html" %}
+{% block title %}datasette-llm demo{% endblock %}
+{% block content %}
+<h1>datasette-llm demo</h1>
+<p>Each purpose below is prompted once; the operator's routing is at
+<a href="{{ urls.path('/-/llm') }}">/-/llm</a>.</p>
+{% for row in rows %}
+<h2>{{ row.purpose }} → <code>{{ row.model_id }}</code> ({{ row.step }})</h2>
+<p>{{ row.description }}</p>
+<pre>{{ row.text }}</pre>
+{% endfor %}
+{% endblock %}
+"""
+
+
+async def demo_page(request: Request, datasette: Datasette) -> Response:
     rows = []
     for purpose in (SUMMARIES, CLASSIFY, TRANSLATE):
         model = await LLM(datasette).model(purpose=purpose)
         response = await model.prompt(f"Hello from {purpose.name}")
-        text = await response.text()
         rows.append(
-            f"<h2>{html.escape(purpose.name)} → {html.escape(model.model_id)} "
-            f"({html.escape(model.resolution.step)})</h2><pre>{html.escape(text)}</pre>"
+            {
+                "purpose": purpose.name,
+                "description": purpose.description,
+                "model_id": model.model_id,
+                "step": model.resolution.step,
+                "text": await response.text(),
+            }
         )
-    return Response.html(
-        "<h1>datasette-llm demo</h1><p>Routing: <a href='/-/llm'>/-/llm</a></p>" + "".join(rows)
-    )
+    # Datasette's own page template (base.html): its header, footer, CSS and menu.
+    template = datasette.get_jinja_environment(request).from_string(PAGE)
+    html = await datasette.render_template(template, {"rows": rows}, request=request)
+    return Response.html(html)
 
 
 @hookimpl
