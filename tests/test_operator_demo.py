@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-import yaml
 from datasette.app import Datasette
 from datasette.plugins import pm
+from datasette.utils import parse_metadata
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 DEMO: Final = ROOT / "demo"
@@ -19,7 +19,7 @@ DEMO: Final = ROOT / "demo"
 def demo() -> Iterator[Datasette]:
     """Load demo/plugins as ``datasette serve --plugins-dir`` does; unload it afterwards."""
     pytest.importorskip("llm_echo")
-    config = yaml.safe_load((DEMO / "datasette.yaml").read_text())
+    config = parse_metadata((DEMO / "datasette.yaml").read_text())
     before = set(pm.get_plugins())
     try:
         yield Datasette(memory=True, config=config, plugins_dir=str(DEMO / "plugins"))
