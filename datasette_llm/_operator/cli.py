@@ -40,6 +40,12 @@ def _datasette_options(function: F) -> F:
             type=click.Path(exists=True, file_okay=False, dir_okay=True),
             help="Path to a directory containing custom plugins",
         ),
+        click.option(
+            "--internal",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Path to the internal database datasette serve --internal uses "
+            "(where datasette-secrets keeps its encrypted store)",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -62,7 +68,9 @@ def _load(file: Any, label: str) -> dict[str, Any] | None:
     return parsed
 
 
-def _datasette(config: Any, metadata: Any, plugins_dir: str | None) -> Datasette:
+def _datasette(
+    config: Any, metadata: Any, plugins_dir: str | None, internal: str | None
+) -> Datasette:
     from datasette.app import Datasette
 
     from ..config_source import metadata_replaces_config
@@ -75,7 +83,11 @@ def _datasette(config: Any, metadata: Any, plugins_dir: str | None) -> Datasette
         if conflict is not None:
             raise click.ClickException(conflict)
     datasette = Datasette(
-        memory=True, config=config_data, metadata=metadata_data, plugins_dir=plugins_dir
+        memory=True,
+        config=config_data,
+        metadata=metadata_data,
+        plugins_dir=plugins_dir,
+        internal=internal,
     )
     defer_startup_validation(datasette)
     return datasette
@@ -192,11 +204,13 @@ def add_commands(cli: click.Group) -> None:
     @llm_group.command(name="purposes")
     @_datasette_options
     @click.option("--json", "as_json", is_flag=True, help="Output the report as JSON")
-    def purposes(config: Any, metadata: Any, plugins_dir: str | None, as_json: bool) -> None:
+    def purposes(
+        config: Any, metadata: Any, plugins_dir: str | None, internal: str | None, as_json: bool
+    ) -> None:
         """Show every purpose, the model it resolves to, and why."""
         from ..errors import ConfigurationError
 
-        datasette = _datasette(config, metadata, plugins_dir)
+        datasette = _datasette(config, metadata, plugins_dir, internal)
         try:
             report = asyncio.run(_report(datasette))
         except ConfigurationError as error:
@@ -212,10 +226,15 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--strict", is_flag=True, help="Treat warnings as errors (like strict: true)")
     @click.option("--json", "as_json", is_flag=True, help="Output problems and routing as JSON")
     def check(
-        config: Any, metadata: Any, plugins_dir: str | None, strict: bool, as_json: bool
+        config: Any,
+        metadata: Any,
+        plugins_dir: str | None,
+        internal: str | None,
+        strict: bool,
+        as_json: bool,
     ) -> None:
         """Validate the configuration and that every purpose can be served; exit 1 on errors."""
-        datasette = _datasette(config, metadata, plugins_dir)
+        datasette = _datasette(config, metadata, plugins_dir, internal)
         problems, config_strict, report = asyncio.run(_check(datasette))
         strict = strict or config_strict
         failing = [p for p in problems if strict or p.severity == "error"]
