@@ -117,3 +117,21 @@ async def test_a_failing_register_llm_purposes_is_a_problem_on_the_page_not_a_50
         assert problem["path"] == "register_llm_purposes"
         assert problem["severity"] == "error"
         assert response.json()["default_resolved"]["model_id"] == "test-a"
+
+
+@pytest.mark.asyncio
+async def test_a_failing_register_llm_purposes_stops_startup_with_a_clear_error(
+    test_models: TestModelsPlugin,
+    register_plugin: RegisterPlugin,
+    make_datasette: MakeDatasette,
+) -> None:
+    from datasette.utils import StartupError
+
+    register_plugin(FailingCatalog())
+    with pytest.raises(StartupError) as raised:
+        await make_datasette({"default_model": "test-a"}).invoke_startup()
+    assert str(raised.value).splitlines()[1] == (
+        "  - register_llm_purposes: collecting the registered purposes failed: RuntimeError: "
+        "purpose registry unavailable. Fix or uninstall the plugin whose register_llm_purposes "
+        "fails; until then no purpose counts as registered."
+    )
