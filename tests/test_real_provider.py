@@ -1,0 +1,129 @@
+"""llm's own OpenAI plugin against a local OpenAI-compatible provider (``tests/openai_server.py``).
+
+The key travels as llm sends it, in the ``Authorization`` header; a provider error that quotes
+the key reaches the caller as the ``openai`` client raised it, and our log lines redact it; a
+stream cut off mid-way exits the hooks with the error before the caller sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import openai
+import pytest
+
+from datasette_llm import LLM, Actor, Group, PromptResult
+from datasette_llm.typing import hookimpl
+from tests.conftest import MakeDatasette, RegisterPlugin
+from tests.openai_server import Provider, Reply, serve, write_extra_models
+
+KEY: Final = "sk-local-5a4b3c2d1e0f9876-provider"
+CONFIG: Final[dict[str, Any]] = {
+    "purposes": {"summaries": {"model": {"model": "local-gpt", "key": "LOCAL_PROVIDER_KEY"}}}
+}
+
+
+@pytest.fixture
+def provider(llm_user_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Provider]:
+    monkeypatch.setenv("DATASETTE_SECRETS_LOCAL_PROVIDER_KEY", KEY)
+    with serve() as running:
+        write_extra_models(llm_user_dir, running, local_gpt="local")
+        yield running
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    @hookimpl
+    def llm_prompt_context(
+        self, model_id: str, prompt: str, purpose: str | None, actor: Actor | None
+    ) -> Callable[[PromptResult], AbstractAsyncContextManager[object]]:
+        @asynccontextmanager
+        async def around(result: PromptResult) -> AsyncIterator[None]:
+            self.events.append(f"enter {model_id} {purpose}")
+            try:
+                yield
+            except BaseException as error:
+                self.events.append(f"exit with {type(error).__name__}")
+                raise
+            self.events.append("exit")
+
+        return around
+
+    @hookimpl
+    def llm_group_exit(self, group: Group) -> None:
+        self.events.append("group exit")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_purpose_routed_to_an_openai_model_sends_the_routed_key_over_http(
+    make_datasette: MakeDatasette,
+    provider: Provider,
+    register_plugin: RegisterPlugin,
+    stream: bool,
+) -> None:
+    recorder = Recorder()
+    register_plugin(recorder, name="recorder")
+    model = await LLM(make_datasette(CONFIG)).model(purpose="summaries")
+    response = await model.prompt("Summarize this row", stream=stream)
+    assert await response.text() == "hello from the local provider"
+    [request] = provider.requests
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert request.body["model"] == "local-gpt-upstream"
+    assert request.body["messages"][-1]["content"] == "Summarize this row"
+    assert bool(request.body.get("stream")) is stream
+    assert recorder.events == ["enter local-gpt summaries", "exit"]
+    usage = await response.usage()
+    assert usage.output == 5
+
+
+async def test_a_provider_error_quoting_the_key_is_redacted_in_our_log_lines(
+    make_datasette: MakeDatasette, provider: Provider, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider.default = Reply(status=401, message=f"Incorrect API key provided: {KEY}.")
+    caplog.set_level(logging.DEBUG, logger="datasette_llm")
+    async with LLM(make_datasette(CONFIG)).group(purpose="summaries") as model:
+        chain = model.chain("go")
+        async for _ in chain.responses():
+            break  # left unfinished: the group finishes the response, and the provider fails
+    assert provider.requests[0].headers["authorization"] == f"Bearer {KEY}"
+    assert "failed while being finished" in caplog.text
+    assert "Incorrect API key provided: [redacted]" in caplog.text
+    assert KEY not in caplog.text
+
+
+async def test_a_provider_error_reaches_the_caller_as_the_openai_client_raised_it(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.default = Reply(status=400, message="This model's maximum context length is 8 tokens")
+    model = await LLM(make_datasette(CONFIG)).model(purpose="summaries")
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        await model.prompt("a long prompt")
+
+
+async def test_a_stream_cut_off_mid_way_exits_the_hooks_with_the_error_before_the_caller(
+    make_datasette: MakeDatasette, provider: Provider, register_plugin: RegisterPlugin
+) -> None:
+    recorder = Recorder()
+    register_plugin(recorder, name="recorder")
+    provider.default = Reply(text="one two three four", cut_after=2)
+    model = await LLM(make_datasette(CONFIG)).model(purpose="summaries")
+    chain = model.chain("go")
+    try:
+        async for _ in chain:
+            pass
+    except Exception as error:
+        recorder.events.append(f"caller saw {type(error).__name__}")
+    assert recorder.events[0] == "enter local-gpt summaries"
+    assert recorder.events[1].startswith("exit with ")
+    assert recorder.events[2] == recorder.events[1].replace("exit with", "caller saw")
+    assert len(recorder.events) == 3, recorder.events
+    assert recorder.events[2] in (
+        "caller saw APIConnectionError",
+        "caller saw RemoteProtocolError",
+    ), recorder.events
