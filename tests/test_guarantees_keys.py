@@ -21,6 +21,7 @@ from datasette.cli import cli
 
 from datasette_llm import LLM, ConfigurationError, KeyStatus
 from tests.conftest import MakeDatasette
+from tests.secrets_store import audit, store_secret
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
@@ -130,23 +131,8 @@ async def store_datasette(make_datasette: MakeDatasette) -> Datasette:
         config={"plugins": {"datasette-secrets": {"encryption-key": ENCRYPTION_KEY}}},
     )
     await datasette.invoke_startup()
-    encrypted = Fernet(ENCRYPTION_KEY.encode()).encrypt(STORED.encode())
-    await datasette.get_internal_database().execute_write(
-        "insert into datasette_secrets (name, version, encrypted, encryption_key_name, "
-        "last_used_by) values ('STORED_KEY', 1, ?, 'default', 'earlier-user')",
-        [encrypted],
-    )
+    await store_secret(datasette, "STORED_KEY", STORED, ENCRYPTION_KEY)
     return datasette
-
-
-async def audit(datasette: Datasette) -> tuple[object, object]:
-    row = (
-        await datasette.get_internal_database().execute(
-            "select last_used_at, last_used_by from datasette_secrets where name = 'STORED_KEY'"
-        )
-    ).first()
-    assert row is not None
-    return row["last_used_at"], row["last_used_by"]
 
 
 async def test_looking_at_routing_is_not_a_use_of_a_stored_secret_and_a_prompt_is(
@@ -154,7 +140,7 @@ async def test_looking_at_routing_is_not_a_use_of_a_stored_secret_and_a_prompt_i
 ) -> None:
     datasette = await store_datasette(make_datasette)
     client = LLM(datasette)
-    before = await audit(datasette)
+    before = await audit(datasette, "STORED_KEY")
     assert before == (None, "earlier-user")
 
     assert (await client.resolve(purpose="summaries")).key == KeyStatus("secret", "STORED_KEY")
@@ -164,11 +150,11 @@ async def test_looking_at_routing_is_not_a_use_of_a_stored_secret_and_a_prompt_i
         response = await datasette.client.get(path, **as_root(datasette))
         assert response.status_code == 200, path
         assert STORED not in response.text
-    assert await audit(datasette) == before
+    assert await audit(datasette, "STORED_KEY") == before
 
     model = await client.model(purpose="summaries", actor={"id": "ann"})
     assert (await (await model.prompt("hi")).text()).endswith(f"key-length={len(STORED)}")
-    used_at, used_by = await audit(datasette)
+    used_at, used_by = await audit(datasette, "STORED_KEY")
     assert used_by == "ann" and used_at is not None
 
 

@@ -14,6 +14,8 @@ from datasette.app import Datasette
 from datasette.cli import cli
 
 from tests.llm_models import TestModelsPlugin
+from tests.secrets_store import audit as stored_audit
+from tests.secrets_store import store_secret
 
 ENCRYPTION_KEY: Final = Fernet.generate_key().decode()
 STORED: Final = "sk-stored-in-the-encrypted-store-never-printed"
@@ -30,13 +32,7 @@ CONFIG: Final = {
 def audit(internal: Path) -> tuple[object, object]:
     async def read() -> tuple[object, object]:
         datasette = Datasette(memory=True, internal=str(internal), config=CONFIG)
-        row = (
-            await datasette.get_internal_database().execute(
-                "select last_used_at, last_used_by from datasette_secrets where name = 'STORED_KEY'"
-            )
-        ).first()
-        assert row is not None
-        return row["last_used_at"], row["last_used_by"]
+        return await stored_audit(datasette, "STORED_KEY")
 
     return asyncio.run(read())
 
@@ -49,12 +45,7 @@ def store(tmp_path: Path, test_models: TestModelsPlugin) -> Path:
     async def write() -> None:
         datasette = Datasette(memory=True, internal=str(internal), config=CONFIG)
         await datasette.invoke_startup()
-        encrypted = Fernet(ENCRYPTION_KEY.encode()).encrypt(STORED.encode())
-        await datasette.get_internal_database().execute_write(
-            "insert into datasette_secrets (name, version, encrypted, encryption_key_name, "
-            "last_used_by) values ('STORED_KEY', 1, ?, 'default', 'earlier-user')",
-            [encrypted],
-        )
+        await store_secret(datasette, "STORED_KEY", STORED, ENCRYPTION_KEY)
 
     asyncio.run(write())
     return internal
