@@ -10,53 +10,21 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Final
 
 import llm
 import pytest
 
-from datasette_llm import LLM, Actor, Group, PromptResult, WrappedChainResponse
+from datasette_llm import LLM, Group, WrappedChainResponse
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import SyncStub
+from tests.recorder import Recorder
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
 KEY: Final = "sk-test-0123456789abcdef-reply-key"
-
-
-class Recorder:
-    """An ``llm_prompt_context`` and ``llm_group_exit`` plugin that writes down what it sees."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-        self.results: list[PromptResult] = []
-        self.exits: list[tuple[str, BaseException | None, bool]] = []
-
-    @hookimpl
-    def llm_prompt_context(
-        self, model_id: str, prompt: str, purpose: str | None, actor: Actor | None
-    ) -> Callable[[PromptResult], AbstractAsyncContextManager[object]]:
-        @asynccontextmanager
-        async def around(result: PromptResult) -> AsyncIterator[None]:
-            self.events.append(f"enter {prompt}")
-            self.results.append(result)
-            try:
-                yield
-            except BaseException as error:
-                self.exits.append((prompt, error, result.chain_complete))
-                self.events.append(f"exit {prompt} with {type(error).__name__}")
-                raise
-            self.exits.append((prompt, None, result.chain_complete))
-            self.events.append(f"exit {prompt}")
-
-        return around
-
-    @hookimpl
-    def llm_group_exit(self, group: Group) -> None:
-        self.events.append("group exit")
 
 
 @pytest.fixture

@@ -8,18 +8,17 @@ stream cut off mid-way exits the hooks with the error before the caller sees it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import openai
 import pytest
 
-from datasette_llm import LLM, Actor, Group, PromptResult
-from datasette_llm.typing import hookimpl
+from datasette_llm import LLM
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
+from tests.recorder import Recorder
 
 KEY: Final = "sk-local-5a4b3c2d1e0f9876-provider"
 CONFIG: Final[dict[str, Any]] = {
@@ -35,29 +34,8 @@ def provider(llm_user_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pr
         yield running
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    @hookimpl
-    def llm_prompt_context(
-        self, model_id: str, prompt: str, purpose: str | None, actor: Actor | None
-    ) -> Callable[[PromptResult], AbstractAsyncContextManager[object]]:
-        @asynccontextmanager
-        async def around(result: PromptResult) -> AsyncIterator[None]:
-            self.events.append(f"enter {model_id} {purpose}")
-            try:
-                yield
-            except BaseException as error:
-                self.events.append(f"exit with {type(error).__name__}")
-                raise
-            self.events.append("exit")
-
-        return around
-
-    @hookimpl
-    def llm_group_exit(self, group: Group) -> None:
-        self.events.append("group exit")
+def by_route(model_id: str, prompt: str, purpose: str | None) -> tuple[str, str]:
+    return f"enter {model_id} {purpose}", "exit"
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -67,7 +45,7 @@ async def test_a_purpose_routed_to_an_openai_model_sends_the_routed_key_over_htt
     register_plugin: RegisterPlugin,
     stream: bool,
 ) -> None:
-    recorder = Recorder()
+    recorder = Recorder(by_route)
     register_plugin(recorder, name="recorder")
     model = await LLM(make_datasette(CONFIG)).model(purpose="summaries")
     response = await model.prompt("Summarize this row", stream=stream)
@@ -109,7 +87,7 @@ async def test_a_provider_error_reaches_the_caller_as_the_openai_client_raised_i
 async def test_a_stream_cut_off_mid_way_exits_the_hooks_with_the_error_before_the_caller(
     make_datasette: MakeDatasette, provider: Provider, register_plugin: RegisterPlugin
 ) -> None:
-    recorder = Recorder()
+    recorder = Recorder(by_route)
     register_plugin(recorder, name="recorder")
     provider.default = Reply(text="one two three four", cut_after=2)
     model = await LLM(make_datasette(CONFIG)).model(purpose="summaries")
