@@ -9,6 +9,7 @@ the ``FakeModelRouter``.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -39,8 +40,9 @@ GROUP_ENDED: Final = (
     "part of the group. Ask LLM(datasette).model() or .group() for the model again."
 )
 
-Start = Callable[[str | None, dict[str, Any]], Awaitable["AsyncResponse"]]
-"""Starts llm's response to a prompt (not yet completed), given the prompt and its kwargs."""
+Start = Callable[..., Awaitable["AsyncResponse"]]
+"""``start(prompt, **kwargs)``, awaited, gives llm's response: a model's or conversation's
+``prompt`` (its response is awaitable), or llm's ``AsyncResponse.reply`` bound to a response."""
 
 
 class OpenChain(Protocol):
@@ -130,16 +132,14 @@ class Target:
 
     def answerable(self, response: AsyncResponse) -> AsyncResponse:
         """Make ``response.reply()`` take ``send`` too, so replies run the hooks and use the key."""
-
-        async def reply(prompt: str | None = None, **kwargs: Any) -> AsyncResponse:
-            async def start(text: str | None, merged: dict[str, Any]) -> AsyncResponse:
-                replied: AsyncResponse = await llm.AsyncResponse.reply(response, text, **merged)
-                return replied
-
-            return await send(self, start, prompt, kwargs)
-
-        response.reply = reply  # type: ignore[method-assign]  # replies run the hooks
+        response.reply = functools.partial(_reply, self, response)  # type: ignore[method-assign]
         return response
+
+
+async def _reply(
+    target: Target, response: AsyncResponse, prompt: str | None = None, **kwargs: Any
+) -> AsyncResponse:
+    return await send(target, functools.partial(llm.AsyncResponse.reply, response), prompt, kwargs)
 
 
 async def send(
@@ -151,8 +151,8 @@ async def send(
     async with AsyncExitStack() as stack:
         for factory in factories:
             await stack.enter_async_context(factory(result))
-        response = await start(prompt, target.prompt_kwargs(kwargs))
-        await response
+        response = await start(prompt, **target.prompt_kwargs(kwargs))
+        await response  # a reply starts a response without running it
         await result.add_response(target.answerable(response))
         return response
     raise RuntimeError(SUPPRESSED)

@@ -53,12 +53,7 @@ class _Prompting:
         they are typed ``Any``. Configured ``options`` are merged in; the caller's values win.
         The response's ``reply()`` takes the same path: hooks, routed key and options.
         """
-        sender = self._sender
-
-        async def start(text: str | None, merged: dict[str, Any]) -> AsyncResponse:
-            return sender.prompt(text, **merged)
-
-        return await send(self._target, start, prompt, kwargs)
+        return await send(self._target, self._sender.prompt, prompt, kwargs)
 
 
 class WrappedConversation(_Prompting):
