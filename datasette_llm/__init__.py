@@ -10,9 +10,10 @@ alongside it can import anything from it.
 
 from ._hooks import add_hookspecs
 from .actors import Actor
+from .capabilities import Requirements
 from .chains import WrappedChainResponse
 from .client import LLM
-from .config import KeySetting, LLMConfig, ModelRef, PurposeConfig
+from .config import KeySetting, LLMConfig, ModelRef, PurposeConfig, Resilience
 from .errors import ConfigProblem, ConfigurationError, ModelBlockedError, ModelNotFoundError
 from .keys import KeyStatus
 
@@ -23,6 +24,7 @@ from .plugin import register_commands as register_commands
 from .plugin import register_routes as register_routes
 from .plugin import register_secrets as register_secrets
 from .plugin import startup as startup
+from .provider_errors import Attempt, ErrorKind, ProviderError
 from .purpose_catalog import get_purpose, get_purpose_collisions, get_purpose_owner, get_purposes
 from .purposes import Purpose, PurposeCollision
 from .resolution import Resolution, ResolutionStep
@@ -32,8 +34,10 @@ from .wrapped import WrappedAsyncModel, WrappedConversation
 __all__ = [
     "LLM",
     "Actor",
+    "Attempt",
     "ConfigProblem",
     "ConfigurationError",
+    "ErrorKind",
     "Group",
     "KeySetting",
     "KeyStatus",
@@ -42,9 +46,12 @@ __all__ = [
     "ModelNotFoundError",
     "ModelRef",
     "PromptResult",
+    "ProviderError",
     "Purpose",
     "PurposeCollision",
     "PurposeConfig",
+    "Requirements",
+    "Resilience",
     "Resolution",
     "ResolutionStep",
     "WrappedAsyncChainResponse",

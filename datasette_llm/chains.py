@@ -38,9 +38,7 @@ class WrappedChainResponse:
         self._result = target.result(is_chain=True)
         self._iteration: AsyncGenerator[AsyncResponse, None] | None = None
         self._suspended = False  # the iteration waits at a yield: an error can be thrown in
-        self._inner_responses: Callable[[], AsyncGenerator[AsyncResponse, None]] = (
-            chain.responses  # type: ignore[assignment]  # llm annotates an AsyncIterator
-        )
+        self._inner_responses: Callable[[], AsyncGenerator[AsyncResponse, None]] = chain.responses  # type: ignore[assignment]  # llm annotates an AsyncIterator
         # llm's own text()/__aiter__/astream_events() call self.responses(): route them here.
         chain.responses = self.responses  # type: ignore[method-assign]  # hooks see every step
 

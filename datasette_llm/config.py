@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 
+from .provider_errors import DEFAULT_FALLBACK_ON, ErrorKind
+
 __all__ = [
     "CONFIG_ROOT",
     "EMPTY_OPTIONS",
@@ -19,6 +21,7 @@ __all__ = [
     "LLMConfig",
     "ModelRef",
     "PurposeConfig",
+    "Resilience",
 ]
 
 CONFIG_ROOT: Final = "plugins.datasette-llm"
@@ -58,11 +61,39 @@ class ModelRef:
         model_id: The llm model id or alias, as written.
         key: Where this model's API key comes from for this reference, or ``None``.
         options: Default model options; the caller's own options win.
+        rpm: At most this many requests per minute to this model, spread evenly; ``None``
+            for no limit.
+        concurrency: At most this many requests to this model at once; ``None`` for no limit.
     """
 
     model_id: str
     key: KeySetting | None = None
     options: Mapping[str, object] = field(default_factory=lambda: EMPTY_OPTIONS, compare=False)
+    rpm: float | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """What routing does when a provider fails, for one purpose (its own settings over the
+    global ones).
+
+    Attributes:
+        fallbacks: The models to try, in order, once the routed model has failed.
+        retries: How many more times one model is tried on a ``rate_limit``, ``timeout``,
+            ``server_error`` or ``connection`` error, counting the tries the provider's client
+            library makes by itself.
+        timeout: Seconds one attempt may take, or ``None`` for the provider client's own.
+        deadline: Seconds the whole prompt may take, every attempt and wait included, or
+            ``None`` for no limit.
+        fallback_on: The error kinds that move on to the next fallback.
+    """
+
+    fallbacks: tuple[ModelRef, ...] = ()
+    retries: int = 2
+    timeout: float | None = None
+    deadline: float | None = None
+    fallback_on: tuple[ErrorKind, ...] = DEFAULT_FALLBACK_ON
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +104,21 @@ class PurposeConfig:
         model: The model for this purpose, or ``None``.
         models: The purpose's allowlist (added to the global one), or ``None``.
         blocked_models: Models this purpose may never use.
+        fallbacks: The purpose's fallbacks, or ``None`` for the global ``fallbacks``.
+        retries: The purpose's ``retries``, or ``None`` for the global value.
+        timeout: The purpose's ``timeout``, or ``None`` for the global value.
+        deadline: The purpose's ``deadline``, or ``None`` for the global value.
+        fallback_on: The purpose's ``fallback_on``, or ``None`` for the global value.
     """
 
     model: ModelRef | None = None
     models: tuple[ModelRef, ...] | None = None
     blocked_models: frozenset[str] = frozenset()
+    fallbacks: tuple[ModelRef, ...] | None = None
+    retries: int | None = None
+    timeout: float | None = None
+    deadline: float | None = None
+    fallback_on: tuple[ErrorKind, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +133,8 @@ class LLMConfig:
             ``models()``.
         purposes: Per-purpose configuration by purpose name.
         strict: Whether suspicious configuration stops startup instead of logging a warning.
+        resilience: What routing does when a provider fails, unless a purpose says otherwise
+            (``fallbacks``, ``retries``, ``timeout``, ``deadline``, ``fallback_on``).
     """
 
     default_model: ModelRef | None = None
@@ -102,12 +145,33 @@ class LLMConfig:
         default_factory=lambda: MappingProxyType({}), compare=False
     )
     strict: bool = False
+    resilience: Resilience = Resilience()
 
     def purpose(self, name: str | None) -> PurposeConfig | None:
         """Return the configuration of purpose ``name``, if any."""
         if name is None:
             return None
         return self.purposes.get(name)
+
+    def resilience_for(self, name: str | None) -> Resilience:
+        """Return what routing does on failure for purpose ``name``: its settings, else global."""
+        purpose_config = self.purpose(name)
+        base = self.resilience
+        if purpose_config is None:
+            return base
+        return Resilience(
+            fallbacks=base.fallbacks
+            if purpose_config.fallbacks is None
+            else purpose_config.fallbacks,
+            retries=base.retries if purpose_config.retries is None else purpose_config.retries,
+            timeout=base.timeout if purpose_config.timeout is None else purpose_config.timeout,
+            deadline=base.deadline if purpose_config.deadline is None else purpose_config.deadline,
+            fallback_on=(
+                base.fallback_on
+                if purpose_config.fallback_on is None
+                else purpose_config.fallback_on
+            ),
+        )
 
     def all_refs(self) -> Iterator[tuple[str, ModelRef]]:
         """Yield ``(config_path, ref)`` for every model reference in the configuration."""
@@ -118,3 +182,7 @@ class LLMConfig:
                 yield f"{CONFIG_ROOT}.purposes.{name}.model", purpose_config.model
             for index, ref in enumerate(purpose_config.models or ()):
                 yield f"{CONFIG_ROOT}.purposes.{name}.models[{index}]", ref
+            for index, ref in enumerate(purpose_config.fallbacks or ()):
+                yield f"{CONFIG_ROOT}.purposes.{name}.fallbacks[{index}]", ref
+        for index, ref in enumerate(self.resilience.fallbacks):
+            yield f"{CONFIG_ROOT}.fallbacks[{index}]", ref

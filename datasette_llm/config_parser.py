@@ -8,34 +8,32 @@ and is never mistaken for the name of a secret.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final
+from typing import Final, TypedDict
 
 from .config import (
     CONFIG_ROOT,
     EMPTY_OPTIONS,
-    KeySetting,
     LLMConfig,
     ModelRef,
     PurposeConfig,
+    Resilience,
 )
+from .config_reader import FAILED, Reader, got, reference
 from .errors import (
-    ConfigProblem,
     ConfigurationError,
-    Substituted,
     is_text,
     lone_surrogate,
-    nearest,
     quoted,
     shown,
 )
+from .provider_errors import ErrorKind
 
 __all__ = ["ParsedConfig", "parse_config", "parse_with_sources"]
 
+_RESILIENCE_KEYS: Final = ("fallbacks", "retries", "timeout", "deadline", "fallback_on")
 _TOP_KEYS: Final = (
     "default_model",
     "models",
@@ -43,145 +41,29 @@ _TOP_KEYS: Final = (
     "require_keys",
     "purposes",
     "strict",
+    *_RESILIENCE_KEYS,
 )
-_PURPOSE_KEYS: Final = ("model", "models", "blocked_models")
-_REF_KEYS: Final = ("model", "key", "options")
-_FAILED: Final = object()  # what value() returns when a $env or $file reference fails
-# A datasette-secrets secret is also read from the environment variable DATASETTE_SECRETS_<NAME>,
-# so its name is an environment variable name. Anything else under key: is a pasted key.
-_SECRET_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_PURPOSE_KEYS: Final = ("model", "models", "blocked_models", *_RESILIENCE_KEYS)
+_REF_KEYS: Final = ("model", "key", "options", "rpm", "concurrency")
+_MAX_RETRIES: Final = 10
 
 
-def _looks_like_a_key(name: str) -> bool:
-    """A long name mixing lower case and digits (``gsk_3fX...``) is a key, not a secret's name."""
-    return len(name) >= 24 and any(c.islower() for c in name) and any(c.isdigit() for c in name)
+class _Settings(TypedDict):
+    """What routing does on failure, as written at one level (``None``: not set there)."""
+
+    fallbacks: tuple[ModelRef, ...] | None
+    retries: int | None
+    timeout: float | None
+    deadline: float | None
+    fallback_on: tuple[ErrorKind, ...] | None
 
 
-def _got(value: object) -> str:
-    """What a message says was found instead: the type, then the value (never a substituted one)."""
-    type_name = "str" if isinstance(value, str) else type(value).__name__
-    return f"{type_name}: {quoted(value)}"
-
-
-def _reference(value: object) -> tuple[str, str] | None:
-    """Return ``("env", NAME)`` or ``("file", PATH)`` for Datasette's ``{$env: ...}`` syntax."""
-    if isinstance(value, Mapping) and len(value) == 1:
-        ((marker, target),) = value.items()
-        if marker in ("$env", "$file") and isinstance(target, str):
-            return marker[1:], target
-    return None
-
-
-class _Parser:
-    def __init__(self) -> None:
-        self.problems: list[ConfigProblem] = []
-        self.env_names: list[str] = []
-        self.file_paths: list[str] = []
-
-    def fail(self, path: str, message: str) -> None:
-        self.problems.append(ConfigProblem(path=path, message=message))
-
-    def value(self, value: object, path: str) -> object:
-        """Return ``value``, a ``{$env: NAME}`` or ``{$file: PATH}`` resolved as Datasette would."""
-        reference = _reference(value)
-        if reference is None:
-            return value
-        kind, target = reference
-        if kind == "env":
-            self.env_names.append(target)
-            if target not in os.environ:
-                self.fail(path, f"the environment variable {target} named by $env is not set.")
-                return _FAILED
-            return Substituted(os.environ[target], "env", target)
-        self.file_paths.append(target)
-        try:
-            with open(target) as file:
-                return Substituted(file.read().strip(), "file", target)
-        except OSError as error:
-            self.fail(path, f"cannot read the file {target!r} named by $file: {error.strerror}.")
-            return _FAILED
-
-    def mapping(
-        self, value: object, path: str, expected: str, valid_keys: tuple[str, ...]
-    ) -> Mapping[object, object] | None:
-        """Return ``value`` if it is a mapping, reporting any key not in ``valid_keys``."""
-        if not isinstance(value, Mapping):
-            self.fail(path, f"expected {expected}, got {_got(value)}.")
-            return None
-        for key in value:
-            if key not in valid_keys:
-                suggestion = nearest(str(key), valid_keys) if isinstance(key, str) else None
-                hint = f" Did you mean {suggestion!r}?" if suggestion else ""
-                self.fail(
-                    f"{path}.{shown(key)}",
-                    f"unknown key {key!r}.{hint} Valid keys here: {', '.join(valid_keys)}.",
-                )
-        return value
-
-    def model_id(self, value: object, path: str) -> str | None:
-        value = self.value(value, path)
-        if value is _FAILED:
-            return None
-        if not isinstance(value, str):
-            self.fail(path, f"expected a model id string, got {_got(value)}.")
-            return None
-        if not value.strip():
-            self.fail(path, "model id is empty: give a model id such as 'gpt-5.4-mini'.")
-            return None
-        if not is_text(value):
-            self.fail(path, lone_surrogate("model id", value))
-            return None
-        return value
-
-    def key(self, value: object, path: str) -> KeySetting | None:
-        """Parse ``key:``; a value that is not a secret name is refused without being quoted."""
-        reference = _reference(value)
-        if reference is not None:
-            kind, target = reference
-            return KeySetting("env" if kind == "env" else "file", target)
-        if not isinstance(value, str) or not value.strip():
-            self.fail(
-                path,
-                "expected the name of a datasette-secrets secret (such as OPENAI_API_KEY), "
-                f"{{$env: VARIABLE}} or {{$file: PATH}}, got {type(value).__name__}.",
-            )
-            return None
-        if not is_text(value):
-            self.fail(path, lone_surrogate("the secret name", None))
-            return None
-        if not _SECRET_NAME.match(value) or _looks_like_a_key(value):
-            self.fail(
-                path,
-                "this is not a secret name (letters, digits and underscores, such as "
-                "ENRICHMENTS_OPENAI_KEY): it looks like an API key pasted in, so it is not "
-                "shown. Store the key with datasette-secrets and name the secret here, or use "
-                "{$env: VARIABLE}.",
-            )
-            return None
-        return KeySetting("secret", value)
-
-    def options(self, value: object, path: str) -> Mapping[str, object]:
-        if not isinstance(value, Mapping):
-            self.fail(path, f"expected a mapping of model options, got {_got(value)}.")
-            return EMPTY_OPTIONS
-        options: dict[str, object] = {}
-        for name, option in value.items():
-            if not isinstance(name, str):
-                self.fail(path, f"option names must be strings, got {name!r}.")
-            elif not is_text(name):
-                self.fail(path, lone_surrogate("option name", name))
-            else:
-                option = self.value(option, f"{path}.{name}")
-                if option is _FAILED:
-                    continue
-                if isinstance(option, str) and not is_text(option):
-                    self.fail(f"{path}.{name}", lone_surrogate("value", option))
-                options[name] = option
-        return MappingProxyType(options) if options else EMPTY_OPTIONS
+class _Parser(Reader):
+    """Builds the whole configuration from its values."""
 
     def model_ref(self, value: object, path: str) -> ModelRef | None:
         value = self.value(value, path)
-        if value is _FAILED:
+        if value is FAILED:
             return None
         if isinstance(value, str):
             model_id = self.model_id(value, path)
@@ -205,20 +87,52 @@ class _Parser:
         key = None if value.get("key") is None else self.key(value["key"], f"{path}.key")
         options = value.get("options")
         parsed = EMPTY_OPTIONS if options is None else self.options(options, f"{path}.options")
+        rpm = self.number(value.get("rpm"), f"{path}.rpm", "requests per minute")
+        concurrency = self.count(value.get("concurrency"), f"{path}.concurrency", minimum=1)
         if model_id is None:
             return None
-        return ModelRef(model_id=model_id, key=key, options=parsed)
+        return ModelRef(model_id, key, parsed, rpm, concurrency)
+
+    def resilience(self, value: Mapping[object, object], path: str) -> _Settings:
+        """The resilience settings at ``path`` (``None`` for each one not set)."""
+        fallbacks = value.get("fallbacks")
+        timeout = self.number(value.get("timeout"), f"{path}.timeout", "seconds")
+        deadline = self.number(value.get("deadline"), f"{path}.deadline", "seconds")
+        if timeout is not None and deadline is not None and timeout > deadline:
+            self.fail(
+                f"{path}.timeout",
+                f"the timeout of one attempt ({timeout:g} s) is longer than the deadline of "
+                f"the whole prompt ({deadline:g} s at {path}.deadline): lower it, or raise "
+                "the deadline.",
+            )
+        retries = self.count(value.get("retries"), f"{path}.retries", minimum=0)
+        if retries is not None and retries > _MAX_RETRIES:
+            self.fail(
+                f"{path}.retries",
+                f"{retries} retries of one model is more than {_MAX_RETRIES}: a provider still "
+                "failing after that is down; add fallbacks instead.",
+            )
+            retries = None
+        return _Settings(
+            fallbacks=(
+                None if fallbacks is None else self.ref_list(fallbacks, f"{path}.fallbacks")
+            ),
+            retries=retries,
+            timeout=timeout,
+            deadline=deadline,
+            fallback_on=self.kinds(value.get("fallback_on"), f"{path}.fallback_on"),
+        )
 
     def id_list(self, value: object, path: str) -> tuple[str, ...] | None:
         value = self.value(value, path)
-        if value is _FAILED:
+        if value is FAILED:
             return None
         if not isinstance(value, list | tuple):
-            self.fail(path, f"expected a list of model ids, got {_got(value)}.")
+            self.fail(path, f"expected a list of model ids, got {got(value)}.")
             return None
         ids: list[str] = []
         for index, item in enumerate(value):
-            if isinstance(item, Mapping) and _reference(item) is None:
+            if isinstance(item, Mapping) and reference(item) is None:
                 self.fail(
                     f"{path}[{index}]",
                     "expected a model id string here; put key and options on default_model "
@@ -232,22 +146,13 @@ class _Parser:
 
     def ref_list(self, value: object, path: str) -> tuple[ModelRef, ...] | None:
         value = self.value(value, path)
-        if value is _FAILED:
+        if value is FAILED:
             return None
         if not isinstance(value, list | tuple):
-            self.fail(path, f"expected a list of model references, got {_got(value)}.")
+            self.fail(path, f"expected a list of model references, got {got(value)}.")
             return None
         refs = [self.model_ref(item, f"{path}[{index}]") for index, item in enumerate(value)]
         return tuple(ref for ref in refs if ref is not None)
-
-    def boolean(self, value: object, path: str, default: bool) -> bool:
-        value = self.value(value, path)
-        if value is _FAILED:
-            return default
-        if isinstance(value, bool):
-            return value
-        self.fail(path, f"expected true or false, got {_got(value)}.")
-        return default
 
     def blocklist(self, value: object, path: str) -> frozenset[str]:
         return frozenset(self.id_list(value, path) or ()) if value is not None else frozenset()
@@ -266,6 +171,7 @@ class _Parser:
             model=None if model is None else self.model_ref(model, f"{path}.model"),
             models=None if models is None else self.ref_list(models, f"{path}.models"),
             blocked_models=self.blocklist(value.get("blocked_models"), f"{path}.blocked_models"),
+            **self.resilience(value, path),
         )
 
     def purposes(self, value: object) -> Mapping[str, PurposeConfig]:
@@ -275,7 +181,7 @@ class _Parser:
         if not isinstance(value, Mapping):
             self.fail(
                 path,
-                f"expected a mapping of purpose name to its configuration, got {_got(value)}.",
+                f"expected a mapping of purpose name to its configuration, got {got(value)}.",
             )
             return MappingProxyType({})
         purposes: dict[str, PurposeConfig] = {}
@@ -300,6 +206,8 @@ class _Parser:
         default = raw.get("default_model")
         models = raw.get("models")
         purposes = self.purposes(raw.get("purposes"))
+        settings = self.resilience(raw, CONFIG_ROOT)
+        unset = Resilience()
         return LLMConfig(
             default_model=(
                 None if default is None else self.model_ref(default, f"{CONFIG_ROOT}.default_model")
@@ -313,7 +221,31 @@ class _Parser:
             ),
             strict=self.boolean(raw.get("strict", False), f"{CONFIG_ROOT}.strict", False),
             purposes=purposes,
+            resilience=Resilience(
+                fallbacks=settings["fallbacks"] or unset.fallbacks,
+                retries=unset.retries if settings["retries"] is None else settings["retries"],
+                timeout=settings["timeout"],
+                deadline=settings["deadline"],
+                fallback_on=settings["fallback_on"] or unset.fallback_on,
+            ),
         )
+
+
+def _check_limits(parser: _Parser, config: LLMConfig) -> None:
+    """A model's limits hold for every purpose: two references may not give it different ones."""
+    first: dict[str, tuple[str, float | None, int | None]] = {}
+    for path, ref in config.all_refs():
+        if ref.rpm is None and ref.concurrency is None:
+            continue
+        seen = first.setdefault(ref.model_id, (path, ref.rpm, ref.concurrency))
+        if seen[1:] != (ref.rpm, ref.concurrency):
+            parser.fail(
+                path,
+                f"limits for {quoted(ref.model_id)} (rpm {ref.rpm}, concurrency "
+                f"{ref.concurrency}) differ from those at {seen[0]} (rpm {seen[1]}, concurrency "
+                f"{seen[2]}): a model's limits are shared by every purpose, so give them once, "
+                "or give both the same values.",
+            )
 
 
 def parse_config(raw: object) -> LLMConfig:
@@ -340,6 +272,7 @@ def parse_with_sources(raw: object) -> ParsedConfig:
     """Parse like ``parse_config``, also saying which variables and files were read."""
     parser = _Parser()
     config = parser.config(raw)
+    _check_limits(parser, config)
     if parser.problems:
         raise ConfigurationError(parser.problems)
     return ParsedConfig(

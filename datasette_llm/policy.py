@@ -9,8 +9,11 @@ A model may serve a purpose when, in this order:
 1. no blocklist names it (``blocked_models``, ``purposes.<name>.blocked_models``);
 2. an allowlist, if any, names it: the purpose's ``models`` and the global ``models`` together,
    with the purpose's ``model`` and the global ``default_model`` always included;
-3. its API key is available, when keys are required (``require_keys``);
-4. every ``llm_filter_models`` hook keeps it, for this actor.
+3. it supports what the call requires (``Purpose.requires``, ``requires=``);
+4. its API key is available, when keys are required (``require_keys``);
+5. every ``llm_filter_models`` hook keeps it, for this actor.
+
+A purpose's ``fallbacks`` are asked about like any other model, each just before it is tried.
 
 Names are compared through llm's aliases both ways: an alias in a list stands for the model it
 names, and a model is named by any of its aliases.
@@ -24,6 +27,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from ._hooks import call_llm_filter_models, implementations
+from .capabilities import NOTHING_REQUIRED, Requirements
 from .config import EMPTY_OPTIONS, KeySetting, LLMConfig, ModelRef
 from .keys import KeyStatus, key_status
 
@@ -44,10 +48,14 @@ class Reference:
     Attributes:
         keys: Where its API key may come from, most specific reference first.
         options: Its default model options (from the most specific reference that has any).
+        rpm: Its client-side requests-per-minute limit, if any reference sets one.
+        concurrency: Its client-side concurrent-requests limit, if any reference sets one.
     """
 
     keys: tuple[KeySetting, ...] = ()
     options: Mapping[str, object] = field(default_factory=lambda: EMPTY_OPTIONS)
+    rpm: float | None = None
+    concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,8 @@ class Policy:
         allowlist: The ids the purpose may use, or ``None`` when any installed model may.
         blocked: Each blocked id, with the configuration setting that blocks it.
         references: For each configured model id, its keys and options for this purpose.
+        fallbacks: The ids the purpose falls back to, in order (``purposes.<name>.fallbacks``,
+            else the global ``fallbacks``).
     """
 
     config: LLMConfig
@@ -72,6 +82,7 @@ class Policy:
     allowlist: frozenset[str] | None = field(init=False)
     blocked: Mapping[str, str] = field(init=False)
     references: Mapping[str, Reference] = field(init=False)
+    fallbacks: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -93,23 +104,39 @@ class Policy:
             names = [*(ref.model_id for ref in listed or ()), *(config.models or ())]
             names.extend(ref.model_id for ref in defaults)
             allowlist = frozenset(self.canonical(name) for name in names)
-        # Most specific first: the purpose's models entries, its model, then default_model.
+        fallbacks = config.resilience_for(self.purpose).fallbacks
+        # Most specific first: the purpose's models entries, its model, default_model, then
+        # the fallbacks. Limits are a model's wherever they are given (the parser checks that
+        # they agree), so every reference in the configuration counts for them.
         keys: dict[str, list[KeySetting]] = {}
         options: dict[str, Mapping[str, object]] = {}
-        for ref in (*(listed or ()), *defaults):
+        for ref in (*(listed or ()), *defaults, *fallbacks):
             model_id = self.canonical(ref.model_id)
             keys.setdefault(model_id, [])
             if ref.key is not None:
                 keys[model_id].append(ref.key)
             if ref.options and model_id not in options:
                 options[model_id] = ref.options
+        limits: dict[str, tuple[float | None, int | None]] = {}
+        for _, ref in config.all_refs():
+            if ref.rpm is not None or ref.concurrency is not None:
+                limits.setdefault(self.canonical(ref.model_id), (ref.rpm, ref.concurrency))
         references = {
-            model_id: Reference(tuple(settings), options.get(model_id, EMPTY_OPTIONS))
+            model_id: Reference(
+                tuple(settings),
+                options.get(model_id, EMPTY_OPTIONS),
+                *limits.get(model_id, NO_LIMITS),
+            )
             for model_id, settings in keys.items()
         }
+        for model_id, (rpm, concurrency) in limits.items():
+            if model_id not in references:
+                references[model_id] = Reference((), EMPTY_OPTIONS, rpm, concurrency)
         object.__setattr__(self, "allowlist", allowlist)
         object.__setattr__(self, "blocked", MappingProxyType(blocked))
         object.__setattr__(self, "references", MappingProxyType(references))
+        canonical_fallbacks = (self.canonical(ref.model_id) for ref in fallbacks)
+        object.__setattr__(self, "fallbacks", tuple(dict.fromkeys(canonical_fallbacks)))
 
     def canonical(self, name: str) -> str:
         """Return the model id ``name`` stands for (through llm's aliases), else ``name``."""
@@ -145,6 +172,7 @@ class Policy:
 
 
 _NO_REFERENCE: Final = Reference()
+NO_LIMITS: Final = (None, None)
 _policies: dict[tuple[int, int, str | None], Policy] = {}
 _MAX_POLICIES: Final = 4096
 
@@ -192,11 +220,13 @@ async def screen(
     actor: Actor | None,
     *,
     require_keys: bool,
+    requires: Requirements = NOTHING_REQUIRED,
 ) -> Screening:
-    """Check ``models`` against ``policy``: configuration, then keys, then filter hooks.
+    """Check ``models`` against ``policy``: configuration, requirements, keys, filter hooks.
 
     Args:
         require_keys: Leave out models whose API key is not available.
+        requires: Leave out models that lack one of these.
     """
     refused: dict[str, str] = {}
     statuses: dict[str, KeyStatus] = {}
@@ -205,6 +235,10 @@ async def screen(
     has_lists = bool(policy.blocked) or policy.allowlist is not None
     for model in models:
         reason = policy.refusal(model.model_id) if has_lists else None
+        if reason is None and requires:
+            lacking = requires.missing(model)
+            if lacking:
+                reason = f"it does not support {' or '.join(lacking)}, which the call requires"
         if reason is None and require_keys and getattr(model, "needs_key", None):
             settings = policy.reference(model.model_id).keys
             group = _key_group(model, settings)

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from .capabilities import NOTHING_REQUIRED, Requirements
 from .errors import is_text, lone_surrogate
 
 __all__ = ["Purpose", "PurposeCollision", "purpose_name"]
@@ -32,15 +33,23 @@ class Purpose:
         description: What the purpose is for, shown to operators.
         owner: The plugin distribution that declares it (its namespace).
         default_model: The model the owner recommends when the operator configured none.
+        requires: What every call of the purpose needs of a model (tools, schema, attachment
+            types, streaming): routing, ``models()`` and fallbacks skip a model that lacks it.
     """
 
     name: str
     description: str | None = None
     owner: str | None = None
     default_model: str | None = None
+    requires: Requirements = NOTHING_REQUIRED
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        if not isinstance(self.requires, Requirements):
+            raise TypeError(
+                f"Purpose({self.name!r}).requires must be a datasette_llm.Requirements, "
+                f"got {type(self.requires).__name__}: {self.requires!r}"
+            )
         for field_name in ("description", "owner", "default_model"):
             value = getattr(self, field_name)
             if value is not None and not isinstance(value, str):

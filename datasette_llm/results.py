@@ -12,6 +12,7 @@ from .actors import Actor
 if TYPE_CHECKING:
     from llm import AsyncResponse
 
+    from .provider_errors import Attempt
     from .resolution import Resolution
 
 __all__ = ["Group", "PromptContextFactory", "PromptResult", "ResponseDoneCallback"]
@@ -58,17 +59,24 @@ class PromptResult:
         chain_complete: For a chain, whether its iteration has ended (after its last response,
             or on an error); the hooks' contexts see it set when they exit.
         resolution: How routing chose the model (never holds a key), when known.
+        model_id: The model of the attempt under way; once the prompt has an answer, the model
+            that gave it (which is a fallback when the routed model failed).
+        attempts: Every finished attempt of the prompt, in order: model, duration, error kind.
+        skipped: The fallbacks not tried, each with the reason (blocked, keyless, cooling...).
     """
 
     __slots__ = (
         "_callbacks",
+        "attempts",
         "chain_complete",
         "group",
         "is_chain",
+        "model_id",
         "purpose",
         "resolution",
         "response",
         "responses",
+        "skipped",
     )
 
     def __init__(
@@ -85,11 +93,15 @@ class PromptResult:
         self.is_chain = is_chain
         self.chain_complete = False
         self.resolution = resolution
+        self.model_id: str | None = resolution.model_id if resolution is not None else None
+        self.attempts: list[Attempt] = []
+        self.skipped: list[str] = []
         self._callbacks: list[ResponseDoneCallback] = []
 
     def __repr__(self) -> str:
         return (
-            f"PromptResult(purpose={self.purpose!r}, responses={len(self.responses)}, "
+            f"PromptResult(purpose={self.purpose!r}, model_id={self.model_id!r}, "
+            f"attempts={len(self.attempts)}, responses={len(self.responses)}, "
             f"is_chain={self.is_chain}, chain_complete={self.chain_complete}, "
             f"grouped={self.group is not None})"
         )

@@ -12,14 +12,18 @@ Candidates, first admitted wins:
 
 Every other candidate must pass the whole policy (``datasette_llm.policy``) for the
 purpose and actor, so the model routing picks is the first that ``LLM.models()`` offers.
+
+The purpose's ``fallbacks`` are planned (``Resolution.fallbacks``) but each is admitted
+(``admit``) only when a prompt needs it, through the same policy, its key required.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from ._hooks import call_llm_default_model
+from .capabilities import NOTHING_REQUIRED, Requirements, combined
 from .config import CONFIG_ROOT
 from .errors import ModelBlockedError, ModelNotFoundError, quoted
 from .keys import key_status, key_value
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     from .actors import Actor
     from .config import LLMConfig
 
-__all__ = ["Routed", "route"]
+__all__ = ["Routed", "admit", "route"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +51,24 @@ class Routed:
         resolution: How it was chosen (never holds the key).
         model: The llm model.
         key: The API key to send, or ``None`` (llm then looks for one itself).
-        reference: Its configured keys and options for this purpose.
+        reference: Its configured keys, options and limits for this purpose.
+        policy: The policy it was admitted under, which its fallbacks are admitted under too.
+        requires: What the call requires of a model.
     """
 
     resolution: Resolution
     model: AsyncModel
     key: str | None
     reference: Reference
+    policy: Policy
+    requires: Requirements = NOTHING_REQUIRED
 
     def __repr__(self) -> str:
         return f"Routed({self.resolution!r})"
+
+
+_Step: TypeAlias = tuple[ResolutionStep, "str | None", tuple[str, ...]]
+"""Which step chose a model, the plugin whose hook did, and the candidates skipped first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +117,10 @@ async def _chosen(
     datasette: Datasette,
     policy: Policy,
     model: AsyncModel,
-    resolution: tuple[ResolutionStep, str | None, tuple[str, ...]],
+    resolution: _Step,
     actor: Actor | None,
     read_key: bool,
+    requires: Requirements,
 ) -> Routed:
     step, chosen_by, skipped = resolution
     reference = policy.reference(model.model_id)
@@ -115,12 +128,39 @@ async def _chosen(
         key, status = await key_value(datasette, reference.keys, model, actor)
     else:
         key, status = None, await key_status(datasette, reference.keys, model)
+    fallbacks = tuple(model_id for model_id in policy.fallbacks if model_id != model.model_id)
+    if step == "fallback":
+        fallbacks = ()
     return Routed(
-        Resolution(model.model_id, policy.purpose, step, status, chosen_by, skipped),
+        Resolution(model.model_id, policy.purpose, step, status, chosen_by, skipped, fallbacks),
         model,
         key,
         reference,
+        policy,
+        requires,
     )
+
+
+async def admit(
+    datasette: Datasette, primary: Routed, model_id: str, actor: Actor | None
+) -> Routed | str:
+    """Admit fallback ``model_id`` for a prompt routed to ``primary``, or say why not.
+
+    It passes the whole policy, as any routed model does, with its API key required: a model
+    that is blocked, not allowed, lacking a requirement, keyless or filtered out is never
+    contacted.
+    """
+    policy = primary.policy
+    model = find_model(model_id, policy.registry)
+    if model is None:
+        return "it is not installed"
+    screening = await screen(
+        datasette, policy, [model], actor, require_keys=True, requires=primary.requires
+    )
+    if not screening.models:
+        return screening.refused[model.model_id]
+    fallback: _Step = ("fallback", None, ())
+    return await _chosen(datasette, policy, model, fallback, actor, True, primary.requires)
 
 
 async def route(
@@ -132,12 +172,14 @@ async def route(
     *,
     read_key: bool,
     registry: ModelRegistry | None = None,
+    requires: Requirements | None = None,
 ) -> Routed:
     """Choose the model for a call.
 
     Args:
         read_key: Read the chosen model's API key (a use of a stored secret). Without it,
             ``Routed.key`` is ``None`` and the resolution only says where the key would come from.
+        requires: What the call requires of a model, besides what the purpose requires.
 
     Raises:
         ModelBlockedError: The explicit ``model_id`` is blocked.
@@ -153,11 +195,15 @@ async def route(
         setting = policy.blocked.get(model.model_id)
         if setting is not None:
             raise ModelBlockedError(model.model_id, name, f"{CONFIG_ROOT}.{setting}")
-        return await _chosen(datasette, policy, model, ("explicit", None, ()), actor, read_key)
+        declared = purpose if isinstance(purpose, Purpose) else None
+        needs = combined(declared.requires if declared else None, requires)
+        explicit: _Step = ("explicit", None, ())
+        return await _chosen(datasette, policy, model, explicit, actor, read_key, needs)
 
     declared = purpose if isinstance(purpose, Purpose) else None
     if declared is None and name is not None:
         declared = get_purpose(datasette, name)
+    needs = combined(declared.requires if declared is not None else None, requires)
     candidates = await _candidates(datasette, config, declared, name, actor)
     skipped: list[str] = []
     for candidate in candidates:
@@ -168,10 +214,12 @@ async def route(
         # Raises llm's UnknownModelError for a model the operator or a hook named.
         model = found or lookup_model(candidate.name, registry)
         require_keys = config.require_keys or candidate.is_recommendation
-        screening = await screen(datasette, policy, [model], actor, require_keys=require_keys)
+        screening = await screen(
+            datasette, policy, [model], actor, require_keys=require_keys, requires=needs
+        )
         if screening.models:
             step = (candidate.step, candidate.chosen_by, tuple(skipped))
-            return await _chosen(datasette, policy, model, step, actor, read_key)
+            return await _chosen(datasette, policy, model, step, actor, read_key, needs)
         skipped.append(candidate.skipped(screening.refused[model.model_id]))
     raise ModelNotFoundError(_nothing_routed(name, candidates, skipped))
 

@@ -1,34 +1,46 @@
 """The one prompt path: where a routed model's prompts go, and ``send``, which runs the hooks.
 
-Every prompt, and every reply to a response, takes ``send``: the ``llm_prompt_context`` hooks'
-context managers are entered in an ``AsyncExitStack``, the prompt is sent and completed inside
-them, and the response is recorded on the ``PromptResult`` they see. The path is the same under
-the ``FakeModelRouter``.
+Every prompt, and every reply to a response, takes ``send``, once per attempt
+(``datasette_llm.attempts``: retries and fallbacks): the ``llm_prompt_context`` hooks' context
+managers are entered in an ``AsyncExitStack``, the prompt is sent and completed inside them, and
+the response is recorded on the ``PromptResult`` they see. The path is the same under the
+``FakeModelRouter``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import llm
 
 from ._hooks import call_llm_prompt_context
+from .attempts import run_attempts
+from .provider_errors import classify
 from .results import Group, PromptResult
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
-    from llm import AsyncResponse
+    from llm import AsyncConversation, AsyncModel, AsyncResponse
 
     from .actors import Actor
     from .resolution import Resolution
     from .results import PromptContextFactory
     from .routing import Routed
 
-__all__ = ["GROUP_ENDED", "SUPPRESSED", "OpenChain", "Start", "Target", "send"]
+__all__ = [
+    "GROUP_ENDED",
+    "SUPPRESSED",
+    "OpenChain",
+    "Sender",
+    "Target",
+    "in_conversation",
+    "prompt_model",
+    "send",
+]
 
 SUPPRESSED: Final = (
     "An llm_prompt_context context manager suppressed the error the prompt raised, so there is "
@@ -40,9 +52,17 @@ GROUP_ENDED: Final = (
     "part of the group. Ask LLM(datasette).model() or .group() for the model again."
 )
 
-Start = Callable[..., Awaitable["AsyncResponse"]]
-"""``start(prompt, **kwargs)``, awaited, gives llm's response: a model's or conversation's
-``prompt`` (its response is awaitable), or llm's ``AsyncResponse.reply`` bound to a response."""
+
+class Sender(Protocol):
+    """Start a prompt on ``model``: llm's response, not yet run.
+
+    The model's ``prompt``, a conversation's (on another model, a copy of the conversation
+    sharing its history), or a reply to an earlier response.
+    """
+
+    async def __call__(
+        self, model: AsyncModel, prompt: str | None, kwargs: dict[str, Any]
+    ) -> AsyncResponse: ...
 
 
 class OpenChain(Protocol):
@@ -92,13 +112,18 @@ class Target:
         # Never show the key.
         return f"<target model_id={self.model_id!r} purpose={self.purpose!r}>"
 
-    def prompt_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Configured options under the caller's keyword arguments, plus the routed key."""
-        if self.routed.key is None and not self.routed.reference.options:
+    def prompt_kwargs(self, kwargs: dict[str, Any], routed: Routed | None = None) -> dict[str, Any]:
+        """Configured options under the caller's keyword arguments, plus the routed key.
+
+        ``routed``: the model of this attempt (a fallback's own key and options), else the
+        target's.
+        """
+        routed = routed or self.routed
+        if routed.key is None and not routed.reference.options:
             return kwargs
-        merged = {**self.routed.reference.options, **kwargs}
-        if self.routed.key is not None and merged.get("key") is None:
-            merged["key"] = self.routed.key
+        merged = {**routed.reference.options, **kwargs}
+        if routed.key is not None and merged.get("key") is None:
+            merged["key"] = routed.key
         return merged
 
     def chain_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -120,11 +145,14 @@ class Target:
             if task is not None:
                 self.tasks.add(task)
 
-    def factories(self, prompt: str | None) -> list[PromptContextFactory]:
-        """The hooks' context factories for a prompt of this target."""
+    def factories(
+        self, prompt: str | None, model_id: str | None = None
+    ) -> list[PromptContextFactory]:
+        """The hooks' context factories for a prompt of this target (to ``model_id``, if not
+        the target's own model)."""
         self.enlist()
         return call_llm_prompt_context(
-            self.datasette, self.model_id, prompt or "", self.purpose, self.actor
+            self.datasette, model_id or self.model_id, prompt or "", self.purpose, self.actor
         )
 
     def result(self, is_chain: bool) -> PromptResult:
@@ -136,23 +164,108 @@ class Target:
         return response
 
 
+async def prompt_model(
+    model: AsyncModel, prompt: str | None, kwargs: dict[str, Any]
+) -> AsyncResponse:
+    """Start ``prompt`` on ``model`` (a ``Sender``)."""
+    return model.prompt(prompt, **kwargs)
+
+
+def in_conversation(conversation: AsyncConversation) -> Sender:
+    """A ``Sender`` for ``conversation``: on another model, a copy sharing its history."""
+
+    async def start(model: AsyncModel, prompt: str | None, kwargs: dict[str, Any]) -> AsyncResponse:
+        if model is conversation.model:
+            return conversation.prompt(prompt, **kwargs)
+        return dataclasses.replace(conversation, model=model).prompt(prompt, **kwargs)
+
+    return start
+
+
+class _Reply:
+    """A ``Sender`` for a reply to ``response``: llm builds the reply's messages once (running
+    any pending tool calls once), and each attempt sends those messages to its model."""
+
+    __slots__ = ("_first", "_response")
+
+    def __init__(self, response: AsyncResponse) -> None:
+        self._response = response
+        self._first: AsyncResponse | None = None
+
+    async def __call__(
+        self, model: AsyncModel, prompt: str | None, kwargs: dict[str, Any]
+    ) -> AsyncResponse:
+        response = self._response
+        if self._first is None:
+            self._first = await llm.AsyncResponse.reply(response, prompt, **kwargs)
+            if model is response.model:
+                return self._first
+        if "tools" not in kwargs and response.prompt.tools:
+            kwargs = {**kwargs, "tools": response.prompt.tools}
+        kwargs.pop("options", None)
+        return model.prompt(messages=self._first.prompt.messages, **kwargs)
+
+
 async def _reply(
     target: Target, response: AsyncResponse, prompt: str | None = None, **kwargs: Any
 ) -> AsyncResponse:
-    return await send(target, functools.partial(llm.AsyncResponse.reply, response), prompt, kwargs)
+    return await send(target, _Reply(response), prompt, kwargs)
+
+
+async def _complete(response: AsyncResponse) -> None:
+    await response
+
+
+async def _attempt(
+    target: Target,
+    routed: Routed,
+    sender: Sender,
+    prompt: str | None,
+    kwargs: dict[str, Any],
+    result: PromptResult,
+    timeout: float | None,
+) -> AsyncResponse:
+    """Send the prompt to ``routed`` once, inside the hooks' context managers.
+
+    The hooks see the provider's own exception; the caller gets it as a ``ProviderError``.
+    """
+    model_id = routed.resolution.model_id
+    factories = target.factories(prompt, model_id)
+    failure: BaseException | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            for factory in factories:
+                await stack.enter_async_context(factory(result))
+            response = await sender(routed.model, prompt, target.prompt_kwargs(kwargs, routed))
+            try:
+                if timeout is None:
+                    await response
+                else:
+                    await asyncio.wait_for(_complete(response), timeout)
+            except Exception as error:
+                failure = error
+                raise
+            await result.add_response(target.answerable(response))
+            return response
+    except Exception as error:
+        if error is failure:
+            raise classify(error, model_id) from error
+        raise
+    raise RuntimeError(SUPPRESSED)
 
 
 async def send(
-    target: Target, start: Start, prompt: str | None, kwargs: dict[str, Any]
+    target: Target, sender: Sender, prompt: str | None, kwargs: dict[str, Any]
 ) -> AsyncResponse:
-    """Send one prompt inside the hooks' context managers and return its completed response."""
-    factories = target.factories(prompt)
+    """Send one prompt, retrying and falling back as configured; return its completed response.
+
+    Raises:
+        ProviderError: Every attempt failed (``attempts`` lists them).
+    """
+    target.enlist()
     result = target.result(is_chain=False)
-    async with AsyncExitStack() as stack:
-        for factory in factories:
-            await stack.enter_async_context(factory(result))
-        response = await start(prompt, **target.prompt_kwargs(kwargs))
-        await response  # a reply starts a response without running it
-        await result.add_response(target.answerable(response))
-        return response
-    raise RuntimeError(SUPPRESSED)
+
+    async def once(routed: Routed, timeout: float | None) -> AsyncResponse:
+        return await _attempt(target, routed, sender, prompt, kwargs, result, timeout)
+
+    return await run_attempts(target.datasette, target.routed, target.actor, result, once)

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from .chains import WrappedChainResponse
 from .results import Group
-from .targets import Target, send
+from .targets import Sender, Target, in_conversation, prompt_model, send
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
-    from llm import AsyncConversation, AsyncModel, AsyncResponse
+    from llm import AsyncConversation, AsyncResponse
 
     from .actors import Actor
     from .resolution import Resolution
@@ -23,7 +23,7 @@ class _Prompting:
     """What the wrapped model and the wrapped conversation share: where prompts go."""
 
     _target: Target
-    _sender: AsyncModel | AsyncConversation
+    _sender: Sender
 
     @property
     def model_id(self) -> str:
@@ -53,7 +53,7 @@ class _Prompting:
         they are typed ``Any``. Configured ``options`` are merged in; the caller's values win.
         The response's ``reply()`` takes the same path: hooks, routed key and options.
         """
-        return await send(self._target, self._sender.prompt, prompt, kwargs)
+        return await send(self._target, self._sender, prompt, kwargs)
 
 
 class WrappedConversation(_Prompting):
@@ -68,7 +68,8 @@ class WrappedConversation(_Prompting):
 
     def __init__(self, target: Target, conversation: AsyncConversation) -> None:
         self._target = target
-        self._sender = self._conversation = conversation
+        self._conversation = conversation
+        self._sender = in_conversation(conversation)
 
     def chain(self, prompt: str | None = None, **kwargs: Any) -> WrappedChainResponse:
         """Start a tool-calling chain in this conversation; the hooks wrap its iteration.
@@ -99,7 +100,8 @@ class WrappedAsyncModel(_Prompting):
     def __init__(self, target: Target) -> None:
         self._target = target
         # Third-party code reads getattr(model, "_model", model) to reach llm's model.
-        self._sender = self._model = target.routed.model
+        self._model = target.routed.model
+        self._sender = prompt_model
 
     def conversation(self) -> WrappedConversation:
         """Start a conversation whose every prompt runs the hooks."""

@@ -15,7 +15,7 @@ from typing import Any, Final
 import openai
 import pytest
 
-from datasette_llm import LLM
+from datasette_llm import LLM, ProviderError
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 from tests.recorder import Recorder
@@ -75,13 +75,16 @@ async def test_a_provider_error_quoting_the_key_is_redacted_in_our_log_lines(
     assert KEY not in caplog.text
 
 
-async def test_a_provider_error_reaches_the_caller_as_the_openai_client_raised_it(
+async def test_a_provider_error_reaches_the_caller_as_a_provider_error_caused_by_openai_s(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
     provider.default = Reply(status=400, message="This model's maximum context length is 8 tokens")
     model = await LLM(make_datasette(CONFIG)).model(purpose="summaries")
-    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+    with pytest.raises(ProviderError, match="maximum context length") as raised:
         await model.prompt("a long prompt")
+    assert raised.value.kind == "context_window"
+    assert raised.value.status == 400
+    assert isinstance(raised.value.__cause__, openai.BadRequestError)
 
 
 async def test_a_stream_cut_off_mid_way_exits_the_hooks_with_the_error_before_the_caller(

@@ -14,7 +14,7 @@ import pydantic
 import pytest
 from datasette import Response
 
-from datasette_llm import LLM, Actor, Group, PromptResult, Purpose
+from datasette_llm import LLM, Actor, Group, PromptResult, ProviderError, Purpose
 from datasette_llm.testing import (
     FakeModelRouter,
     FakeReply,
@@ -347,8 +347,10 @@ async def test_scripted_exception_comes_out_of_the_prompt(
 ) -> None:
     fake_model_router.add_exception(TimeoutError("provider timed out"))
     model = await LLM(make_datasette(CONFIG)).model()
-    with pytest.raises(TimeoutError, match="provider timed out"):
+    with pytest.raises(ProviderError, match="provider timed out") as raised:
         await model.prompt("hi")
+    assert raised.value.kind == "timeout"
+    assert isinstance(raised.value.__cause__, TimeoutError)
 
 
 def test_a_reply_takes_one_kind_of_content() -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import llm
 
     from datasette_llm import Group, Purpose
+    from datasette_llm.attempts import TestMode
 
 __all__ = ["FakeModelRouter"]
 
@@ -80,6 +81,7 @@ class FakeModelRouter:
         self._groups: list[Group] = []
         self._tool_call_count = 0
         self._restore_guard: Callable[[], None] | None = None
+        self._previous_mode: TestMode | None = None
 
     # -- scripting -------------------------------------------------------------------------
 
@@ -253,12 +255,14 @@ class FakeModelRouter:
             )
         from datasette.plugins import pm
 
+        from datasette_llm.attempts import TestMode, set_test_mode
         from datasette_llm.models import push_model_override
 
         from ._guard import block_real_requests
         from ._scope import PLUGIN_NAME, ScopePlugin
 
         FakeModelRouter._active = self
+        self._previous_mode = set_test_mode(TestMode(active=True))
         self._activation = Activation()
         self._fakes = {}
         push_model_override(self._override)
@@ -271,6 +275,7 @@ class FakeModelRouter:
             return
         from datasette.plugins import pm
 
+        from datasette_llm.attempts import set_test_mode
         from datasette_llm.models import pop_model_override
 
         from ._scope import PLUGIN_NAME
@@ -283,6 +288,9 @@ class FakeModelRouter:
         pop_model_override(self._override)
         if self._activation is not None:
             self._activation.end()
+        if self._previous_mode is not None:
+            set_test_mode(self._previous_mode)
+            self._previous_mode = None
         FakeModelRouter._active = None
 
     def unmet_expectations(self, opt_out: str | None = None) -> str | None:

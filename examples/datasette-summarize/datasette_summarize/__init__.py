@@ -9,7 +9,7 @@ from typing import Final, Literal
 import pydantic
 from datasette import Request, Response
 
-from datasette_llm import LLM, Actor, Purpose
+from datasette_llm import LLM, Actor, ProviderError, Purpose
 from datasette_llm.typing import Datasette, hookimpl
 
 __all__ = [
@@ -82,8 +82,9 @@ async def summarize_view(request: Request, datasette: Datasette) -> Response:
         return Response.json({"error": "Pass the text to summarize as ?text=..."}, status=400)
     try:
         summary = await summarize_text(datasette, text, request.actor)
-    except Exception as error:  # a provider failure becomes a clear 502 for the user
-        return Response.json({"error": f"The model failed: {error}"}, status=502)
+    except ProviderError as error:  # every retry and fallback failed: a clear 502
+        message = f"The model is unavailable ({error.kind}): try again later."
+        return Response.json({"error": message}, status=502)
     return Response.json({"summary": summary})
 
 

@@ -39,7 +39,7 @@ async def test_a_provider_failure_is_a_502(
     fake_model_router.add_exception(TimeoutError("provider timed out"))
     response = await make_datasette().client.get("/-/summarize?text=hi")
     assert response.status_code == 502
-    assert response.json() == {"error": "The model failed: provider timed out"}
+    assert response.json() == {"error": "The model is unavailable (timeout): try again later."}
 
 
 @pytest.mark.asyncio

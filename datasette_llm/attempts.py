@@ -1,0 +1,239 @@
+"""Attempts: retry a failing model, then fall back, within the prompt's deadline.
+
+For one prompt, the routed model is tried first, then each of the purpose's fallbacks in order,
+each admitted through the whole policy just before it is tried (``routing.admit``). One model
+is retried, with jittered exponential backoff that honours ``Retry-After`` (``stamina``), on
+``rate_limit``, ``timeout``, ``server_error`` and ``connection`` errors; the next fallback is
+tried on the kinds in ``fallback_on``. An ``unknown`` error is raised as it is, never retried.
+
+``retries`` counts the tries the provider's client library makes by itself: the ``openai``
+client behind llm's OpenAI models (and the ``anthropic`` client) retries twice on its own, so
+datasette-llm adds ``retries - 2`` of its own for those models, never ``retries`` more.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import stamina
+
+from .gates import Gate, gate_for
+from .provider_errors import RETRIED_KINDS, Attempt, ProviderError
+from .routing import admit
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from llm import AsyncModel, AsyncResponse
+
+    from .actors import Actor
+    from .config import Resilience
+    from .results import PromptResult
+    from .routing import Routed
+
+__all__ = ["Once", "TestMode", "client_retries", "run_attempts", "set_test_mode"]
+
+Once = Callable[["Routed", "float | None"], Awaitable["AsyncResponse"]]
+"""One attempt: send the prompt to the routed model with this timeout, hooks around it.
+
+It raises ``ProviderError`` for the provider's failure (any other exception is not the
+provider's, and ends the prompt as it is)."""
+
+# The module a model class comes from -> the client library that retries by itself.
+_SELF_RETRYING: Final = {
+    "llm.default_plugins.openai_models": "openai",
+    "llm_anthropic": "anthropic",
+}
+_WAIT_INITIAL: Final = 0.5
+_WAIT_MAX: Final = 10.0
+_WAIT_JITTER: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TestMode:
+    """How attempts run under the ``FakeModelRouter``.
+
+    Attributes:
+        active: Whether a fake router is active: backoff never waits.
+        retries: Whether a model is retried (else each model is tried once, then the next).
+    """
+
+    active: bool = False
+    retries: bool = False
+
+
+_mode = TestMode()
+
+
+def set_test_mode(mode: TestMode) -> TestMode:
+    """Set how attempts run (the fake router does, while it is active); return the old mode."""
+    global _mode
+    previous, _mode = _mode, mode
+    return previous
+
+
+def client_retries(model: AsyncModel) -> int:
+    """How many times the client library behind ``model`` retries a request by itself."""
+    module = type(model).__module__
+    library = _SELF_RETRYING.get(module) or _SELF_RETRYING.get(module.partition(".")[0])
+    if library is None:
+        return 0
+    try:
+        retries = importlib.import_module(library).DEFAULT_MAX_RETRIES
+    except (ImportError, AttributeError):
+        return 0
+    return retries if isinstance(retries, int) else 0
+
+
+@dataclass(slots=True)
+class _Clock:
+    """The prompt's deadline."""
+
+    deadline: float | None
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def passed(self) -> bool:
+        left = self.left()
+        return left is not None and left <= 0
+
+    def bound(self, timeout: float | None) -> float | None:
+        left = self.left()
+        if left is None:
+            return timeout
+        return max(0.0, left if timeout is None else min(timeout, left))
+
+
+async def run_attempts(
+    datasette: Datasette,
+    primary: Routed,
+    actor: Actor | None,
+    result: PromptResult,
+    once: Once,
+) -> AsyncResponse:
+    """Try the routed model, then its fallbacks, until one answers; record every attempt.
+
+    Raises:
+        ProviderError: The last failure, with every attempt (``attempts``), once routing has
+            nothing left to try or the deadline has passed.
+    """
+    settings = primary.policy.config.resilience_for(primary.policy.purpose)
+    started = time.monotonic()
+    clock = _Clock(None if settings.deadline is None else started + settings.deadline)
+    plan = (primary.resolution.model_id, *primary.resolution.fallbacks)
+    last: ProviderError | None = None
+    cooling: list[tuple[Routed, Gate]] = []
+    previous: str | None = None
+    for index, model_id in enumerate(plan):
+        if index == 0:
+            routed = primary
+        else:
+            admitted = await admit(datasette, primary, model_id, actor)
+            if isinstance(admitted, str):
+                result.skipped.append(f"fallback {model_id!r} skipped because {admitted}")
+                continue
+            routed = admitted
+        reference = routed.reference
+        gate = gate_for(datasette, model_id, reference.rpm, reference.concurrency)
+        if gate.cooling() and index < len(plan) - 1:
+            cooling.append((routed, gate))  # tried last, if nothing after it answers
+            result.skipped.append(f"{model_id!r} deferred: it is cooling down after rate limits")
+            continue
+        try:
+            return await _tries(routed, gate, settings, clock, result, once, previous)
+        except ProviderError as error:
+            last, previous = error, model_id
+            if error.kind not in settings.fallback_on or clock.passed():
+                raise error.with_attempts(tuple(result.attempts)) from error.__cause__
+    for routed, gate in cooling:
+        try:
+            return await _tries(routed, gate, settings, clock, result, once, previous)
+        except ProviderError as error:
+            last, previous = error, routed.resolution.model_id
+            if error.kind not in settings.fallback_on or clock.passed():
+                break
+    if last is None:
+        last = ProviderError(
+            "unknown", primary.resolution.model_id, "; ".join(result.skipped) or "nothing to try"
+        )
+    raise last.with_attempts(tuple(result.attempts)) from last.__cause__
+
+
+async def _tries(
+    routed: Routed,
+    gate: Gate,
+    settings: Resilience,
+    clock: _Clock,
+    result: PromptResult,
+    once: Once,
+    fell_back_from: str | None,
+) -> AsyncResponse:
+    """Try one model, retrying it while its errors allow and the deadline holds."""
+    tries = 1 + max(0, settings.retries - client_retries(routed.model))
+    waits = (_WAIT_INITIAL, _WAIT_MAX, _WAIT_JITTER)
+    if _mode.active:
+        tries = tries if _mode.retries else 1
+        waits = (0.0, 0.0, 0.0)
+
+    def backoff(error: Exception) -> bool | float:
+        if not isinstance(error, ProviderError) or error.kind not in RETRIED_KINDS:
+            return False
+        left = clock.left()
+        wait = max(error.retry_after or 0.0, gate.cooling())
+        if left is not None and wait >= left:
+            return False
+        if _mode.active:
+            return 0.0
+        return wait if wait else True
+
+    async for retry in stamina.retry_context(
+        on=backoff,
+        attempts=tries,
+        timeout=clock.left(),
+        wait_initial=waits[0],
+        wait_max=waits[1],
+        wait_jitter=waits[2],
+    ):
+        with retry:
+            return await _try(routed, gate, settings, clock, result, once, fell_back_from)
+    raise AssertionError("stamina ends retrying by raising the last error")
+
+
+async def _try(
+    routed: Routed,
+    gate: Gate,
+    settings: Resilience,
+    clock: _Clock,
+    result: PromptResult,
+    once: Once,
+    fell_back_from: str | None,
+) -> AsyncResponse:
+    model_id = routed.resolution.model_id
+    number = len(result.attempts) + 1
+    started = time.monotonic()
+    if clock.passed():
+        error = ProviderError("timeout", model_id, "the prompt's deadline passed before this try")
+    else:
+        try:
+            async with gate.slot(clock.left()):
+                result.model_id = model_id
+                response = await once(routed, clock.bound(settings.timeout))
+        except ProviderError as raised:
+            error = raised
+        else:
+            gate.record(None)
+            result.attempts.append(
+                Attempt(model_id, number, time.monotonic() - started, None, fell_back_from)
+            )
+            return response
+    gate.record(error)
+    result.attempts.append(
+        Attempt(model_id, number, time.monotonic() - started, error.kind, fell_back_from)
+    )
+    if error.kind == "unknown" and error.__cause__ is not None:
+        raise error.__cause__  # not the provider's kind of failure: the caller's to see as is
+    raise error
