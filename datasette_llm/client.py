@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 import llm
 
+from .capabilities import Requirements, combined
 from .config import LLMConfig
 from .config_source import config_for
 from .errors import ModelNotFoundError
 from .groups import open_group
 from .models import current_registry
 from .policy import policy_for, screen
+from .purpose_catalog import get_purpose
 from .purposes import Purpose, purpose_name
 from .routing import route
 from .wrapped import WrappedAsyncModel, wrap
@@ -55,6 +57,7 @@ class LLM:
         model_id: str | None = None,
         purpose: str | Purpose | None = None,
         actor: Actor | None = None,
+        requires: Requirements | None = None,
     ) -> Resolution:
         """Return which model a call would use and why, without creating it.
 
@@ -64,7 +67,15 @@ class LLM:
             llm.UnknownModelError: The chosen model is not installed.
         """
         purpose_name(purpose)
-        routed = await route(self._datasette, self.config, model_id, purpose, actor, read_key=False)
+        routed = await route(
+            self._datasette,
+            self.config,
+            model_id,
+            purpose,
+            actor,
+            read_key=False,
+            requires=requires,
+        )
         return routed.resolution
 
     async def model(
@@ -72,11 +83,13 @@ class LLM:
         model_id: str | None = None,
         purpose: str | Purpose | None = None,
         actor: Actor | None = None,
+        requires: Requirements | None = None,
     ) -> WrappedAsyncModel:
         """Return the model for ``purpose`` (or ``model_id``), wrapped so prompts run the hooks.
 
-        An explicit ``model_id`` is used as given, unless it is blocked: allowlists apply only
-        to routing.
+        An explicit ``model_id`` is used as given, unless it is blocked: allowlists and
+        requirements apply only to routing. ``requires`` adds to the purpose's own
+        ``Purpose.requires``: routing and fallbacks skip models that lack either.
 
         Raises:
             ModelBlockedError: The explicit ``model_id`` is blocked for this purpose.
@@ -84,7 +97,9 @@ class LLM:
             llm.UnknownModelError: The chosen model is not installed.
         """
         purpose_name(purpose)
-        routed = await route(self._datasette, self.config, model_id, purpose, actor, read_key=True)
+        routed = await route(
+            self._datasette, self.config, model_id, purpose, actor, read_key=True, requires=requires
+        )
         return wrap(self._datasette, routed, actor)
 
     @asynccontextmanager
@@ -93,6 +108,7 @@ class LLM:
         model_id: str | None = None,
         purpose: str | Purpose | None = None,
         actor: Actor | None = None,
+        requires: Requirements | None = None,
     ) -> AsyncIterator[WrappedAsyncModel]:
         """Yield a model whose prompts form one ``Group``; finish them all on exit.
 
@@ -100,30 +116,51 @@ class LLM:
         then ``llm_group_exit`` runs once with the same ``Group`` the prompts saw.
         """
         purpose_name(purpose)
-        routed = await route(self._datasette, self.config, model_id, purpose, actor, read_key=True)
+        routed = await route(
+            self._datasette, self.config, model_id, purpose, actor, read_key=True, requires=requires
+        )
         async with open_group(self._datasette, routed, actor) as model:
             yield model
 
     async def models(
-        self, actor: Actor | None = None, purpose: str | Purpose | None = None
+        self,
+        actor: Actor | None = None,
+        purpose: str | Purpose | None = None,
+        requires: Requirements | None = None,
     ) -> list[AsyncModel]:
         """Return the models ``actor`` may use for ``purpose``, the routed default first.
 
-        Every installed model is checked against the policy (blocklists, the allowlist, keys
-        under ``require_keys``, every ``llm_filter_models`` hook); then ordered: the model
-        routing picks, the purpose's ``models``, the global ``models``, then llm's registry
-        order.
+        Every installed model is checked against the policy (blocklists, the allowlist, what
+        the purpose and ``requires`` require, keys under ``require_keys``, every
+        ``llm_filter_models`` hook); then ordered: the model routing picks, the purpose's
+        ``models``, the global ``models``, then llm's registry order.
         """
         name = purpose_name(purpose)
         config = self.config
         registry = current_registry()
         policy = policy_for(config, name, registry)
+        declared = purpose if isinstance(purpose, Purpose) else None
+        if declared is None and name is not None:
+            declared = get_purpose(self._datasette, name)
+        needs = combined(declared.requires if declared is not None else None, requires)
         screening = await screen(
-            self._datasette, policy, registry.models, actor, require_keys=config.require_keys
+            self._datasette,
+            policy,
+            registry.models,
+            actor,
+            require_keys=config.require_keys,
+            requires=needs,
         )
         try:
             routed = await route(
-                self._datasette, config, None, purpose, actor, read_key=False, registry=registry
+                self._datasette,
+                config,
+                None,
+                purpose,
+                actor,
+                read_key=False,
+                registry=registry,
+                requires=requires,
             )
         except (ModelNotFoundError, llm.UnknownModelError):
             first: list[str] = []
