@@ -1,31 +1,48 @@
-"""A small OpenAI-compatible provider on 127.0.0.1, for tests that run llm's own OpenAI plugin.
+"""A small OpenAI-compatible provider on 127.0.0.1, for tests and benchmarks of llm's OpenAI plugin.
 
-``serve()`` starts it in a thread (uvicorn, which Datasette depends on) at a free port and stops
-it on exit. Point a model at it with ``write_extra_models``: llm's ``extra-openai-models.yaml``
-with ``api_base``, so llm's real OpenAI plugin and the ``openai`` client run end to end.
+``serve()`` runs it in a thread (asyncio and uvicorn's ``h11``) at a free port for a block. Point
+models at it with ``write_extra_models`` (llm's ``extra-openai-models.yaml`` with ``api_base``):
+llm's real OpenAI plugin and the ``openai`` client then run end to end.
 
 ``POST /v1/chat/completions`` answers, streamed or not, with the next scripted ``Reply`` (else
-``default``): a text, an HTTP error (status, message, headers such as ``Retry-After``), or a
-stream cut off after some chunks. Every request is recorded with its headers and JSON body.
+``default``): a text, an HTTP error (status, message, headers such as ``Retry-After``), a stream
+cut off after some chunks, a slow first byte, or a connection dropped with no answer at all.
+
+Provider-wide behaviour, checked in this order for each request:
+
+1. ``quota_exhausted``: answer 429 (``insufficient_quota``, no ``Retry-After``) to everything.
+2. ``rate_limit``: a sliding window. At most ``rate_limit`` requests are admitted in any one
+   second (for a rate under 1, one request in any ``1 / rate_limit`` seconds); a request beyond
+   that answers 429 with ``Retry-After`` (whole seconds) and ``retry-after-ms`` saying when the
+   window frees a place. Refused requests do not count against the window.
+3. Faults, drawn from a ``random.Random(seed)`` once per admitted request: ``server_errors``
+   (answer 500), ``drops`` (close the connection, no answer), ``timeouts`` (answer
+   ``timeout_delay`` seconds late), ``cuts`` (cut the answer after one chunk) are probabilities.
+4. ``latency`` seconds before every answer.
+
+Every request is recorded with its headers and JSON body, and tallied in ``counts``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import dataclasses
 import json
-import socket
+import math
+import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeAlias
 
-import uvicorn
+import h11
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_RETRY_HEADER: Final = "x-stainless-retry-count"
+_QUOTA_MESSAGE: Final = "You exceeded your current quota, please check your plan and billing."
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,10 @@ class Reply:
         status: An HTTP status other than 200 answers an OpenAI-style error instead.
         message: The error's message.
         headers: Extra response headers, e.g. ``{"retry-after": "1"}``.
-        cut_after: For a streamed answer, drop the connection after this many chunks.
+        cut_after: Drop the connection after this many chunks of a streamed answer (a
+            non-streamed answer is cut after half its body, whatever the number).
+        delay: Seconds before the first byte of the answer (a slow provider, for timeouts).
+        drop: Close the connection without answering: the client sees a connection error.
     """
 
     text: str = "hello from the local provider"
@@ -45,6 +65,8 @@ class Reply:
     message: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     cut_after: int | None = None
+    delay: float = 0.0
+    drop: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,57 +78,251 @@ class Seen:
     body: dict[str, Any]
 
 
-class Provider:
-    """The ASGI app: scripted replies, recorded requests."""
+@dataclass(slots=True)
+class Counts:
+    """What the provider did, one tally per outcome (a request has one outcome).
 
-    def __init__(self) -> None:
-        self.script: list[Reply] = []
-        self.default = Reply()
-        self.requests: list[Seen] = []
-        self.port = 0
+    Attributes:
+        requests: Requests received (any path).
+        retried: Requests the ``openai`` client marked as its own retry
+            (``x-stainless-retry-count``).
+        ok: Complete answers.
+        rate_limited: 429s beyond ``rate_limit``.
+        quota: 429s for ``quota_exhausted``.
+        server_errors: 500s, drawn as faults or scripted.
+        errors: Other error statuses (scripted), and 404s.
+        drops: Connections closed without an answer.
+        cuts: Answers cut part way.
+        delayed: Answers delayed by a drawn ``timeouts`` fault (counted as well as their outcome).
+        abandoned: Clients that hung up before the answer was sent (e.g. timed out waiting).
+    """
+
+    requests: int = 0
+    retried: int = 0
+    ok: int = 0
+    rate_limited: int = 0
+    quota: int = 0
+    server_errors: int = 0
+    errors: int = 0
+    drops: int = 0
+    cuts: int = 0
+    delayed: int = 0
+    abandoned: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Return the tallies by name."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(kw_only=True)
+class Provider:
+    """The provider: scripted replies, provider-wide limits and faults, recorded requests.
+
+    Attributes:
+        script: Replies for the next requests, first one first; then ``default``.
+        requests: Every request received.
+        counts: What the provider did.
+        latency: Seconds added before every answer.
+        rate_limit: Requests admitted per second (a sliding window), or ``None``.
+        quota_exhausted: Answer 429 to everything.
+        server_errors: The chance of a 500, for each admitted request.
+        drops: The chance of a connection closed without an answer.
+        timeouts: The chance of an answer ``timeout_delay`` seconds late.
+        cuts: The chance of an answer cut off after one chunk.
+        random: Draws the faults (``seed`` seeds it).
+    """
+
+    script: list[Reply] = field(default_factory=list)
+    default: Reply = field(default_factory=Reply)
+    requests: list[Seen] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+    port: int = 0
+    latency: float = 0.0
+    rate_limit: float | None = None
+    quota_exhausted: bool = False
+    server_errors: float = 0.0
+    drops: float = 0.0
+    timeouts: float = 0.0
+    cuts: float = 0.0
+    timeout_delay: float = 30.0
+    seed: int = 0
+    random: random.Random = field(init=False, repr=False)
+    _admitted: collections.deque[float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        chances = (self.server_errors, self.drops, self.timeouts, self.cuts)
+        if not all(0 <= chance <= 1 for chance in chances) or sum(chances) > 1:
+            raise ValueError(
+                f"server_errors, drops, timeouts and cuts are chances within 0..1 that sum to "
+                f"at most 1: got {chances}."
+            )
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ValueError(f"rate_limit is requests per second, above 0: got {self.rate_limit}.")
+        self.random = random.Random(self.seed)
+        self._admitted = collections.deque()
 
     @property
     def api_base(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
+    def _refused(self) -> Reply | None:
+        """Return the 429 for a request beyond the quota or the rate, or admit it."""
+        if self.quota_exhausted:
+            self.counts.quota += 1
+            return Reply(status=429, message=_QUOTA_MESSAGE)
+        if self.rate_limit is None:
+            return None
+        window = max(1.0, 1 / self.rate_limit)
+        room = max(1, math.floor(self.rate_limit * window))
+        now = time.monotonic()
+        while self._admitted and self._admitted[0] <= now - window:
+            self._admitted.popleft()
+        if len(self._admitted) < room:
+            self._admitted.append(now)
+            return None
+        self.counts.rate_limited += 1
+        wait = self._admitted[0] + window - now
+        headers = {
+            "retry-after": str(max(1, math.ceil(wait))),
+            "retry-after-ms": str(int(wait * 1000)),
+        }
+        return Reply(status=429, message="Rate limit reached for requests", headers=headers)
+
+    def _fault(self, reply: Reply) -> Reply:
+        """Return ``reply``, or the fault drawn for this request."""
+        draw = self.random.random()
+        for chance, fault in (
+            (self.server_errors, Reply(status=500, message="The server had an error")),
+            (self.drops, Reply(drop=True)),
+            (self.timeouts, dataclasses.replace(reply, delay=reply.delay + self.timeout_delay)),
+            (self.cuts, dataclasses.replace(reply, cut_after=1)),
+        ):
+            if draw < chance:
+                if fault.delay > reply.delay:
+                    self.counts.delayed += 1
+                return fault
+            draw -= chance
+        return reply
+
+    def plan(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> Reply:
+        """Record one request and decide its answer."""
+        self.requests.append(Seen(path, headers, body))
+        self.counts.requests += 1
+        if headers.get(_RETRY_HEADER, "0") not in ("", "0"):
+            self.counts.retried += 1
+        if path != "/v1/chat/completions":
+            return Reply(status=404, message="not found")
+        refused = self._refused()
+        if refused is not None:
+            return refused
+        reply = self._fault(self.script.pop(0) if self.script else self.default)
+        return dataclasses.replace(reply, delay=reply.delay + self.latency)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection: requests one after another (keep-alive) until it closes."""
+        wire = _Wire(reader, writer)
+        try:
+            while (received := await wire.request()) is not None:
+                request, raw = received
+                headers = {name.decode(): value.decode() for name, value in request.headers}
+                body = json.loads(raw or b"{}")
+                reply = self.plan(request.target.decode().split("?")[0], headers, body)
+                if not await self._answer(wire, reply, body) or wire.must_close():
                     return
+        except (ConnectionError, h11.ProtocolError):
+            return
+        finally:
+            writer.close()
+
+    async def _answer(self, wire: _Wire, reply: Reply, request: dict[str, Any]) -> bool:
+        """Send ``reply``; return whether the connection stays open."""
+        if reply.delay and not await wire.wait(reply.delay):
+            self.counts.abandoned += 1
+            return False
+        if reply.drop:
+            self.counts.drops += 1
+            wire.writer.transport.abort()
+            return False
+        if reply.status == 500:
+            self.counts.server_errors += 1
+        elif reply.status not in (200, 429):
+            self.counts.errors += 1
+        content_type, pieces, body = _body(reply, request)
+        pairs = [("content-type", content_type), *reply.headers.items()]
+        if body:
+            pairs.append(("content-length", str(len(body))))
+        await wire.send(h11.Response(status_code=reply.status, headers=pairs))
+        cut = reply.cut_after if reply.status == 200 else None
+        if cut is not None and body:
+            pieces, cut = [body[: len(body) // 2]], 1
+        for piece in pieces[:cut]:
+            await wire.send(h11.Data(data=piece))
+        if cut is not None and cut < len(pieces):
+            self.counts.cuts += 1
+            wire.writer.close()  # mid-body: the client sees the answer cut off
+            return False
+        await wire.send(h11.EndOfMessage())
+        self.counts.ok += reply.status == 200
+        return True
+
+
+@dataclass
+class _Wire:
+    """One client connection: its asyncio streams and h11's state of the HTTP exchange."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    http: h11.Connection = field(default_factory=lambda: h11.Connection(h11.SERVER))
+
+    async def request(self) -> tuple[h11.Request, bytes] | None:
+        """Read the next whole request, or ``None`` when the client closed the connection."""
+        if self.http.our_state is h11.DONE:
+            self.http.start_next_cycle()
+        request: h11.Request | None = None
         body = b""
         while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {name.decode(): value.decode() for name, value in scope["headers"]}
-        data = json.loads(body or b"{}")
-        self.requests.append(Seen(scope["path"], headers, data))
-        reply = self.script.pop(0) if self.script else self.default
-        if scope["path"] != "/v1/chat/completions":
-            await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request"}})
-        elif reply.status != 200:
-            error = {"error": {"message": reply.message, "type": "error", "code": None}}
-            await _json(send, reply.status, error, reply.headers)
-        elif data.get("stream"):
-            await _stream(send, data.get("model", ""), reply)
-        else:
-            await _json(send, 200, _completion(data.get("model", ""), reply.text), reply.headers)
+            event = self.http.next_event()
+            if event is h11.NEED_DATA:
+                self.http.receive_data(await self.reader.read(65536))
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage) and request is not None:
+                return request, body
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+
+    async def send(self, event: h11.Response | h11.Data | h11.EndOfMessage) -> None:
+        data = self.http.send(event)
+        if data:
+            self.writer.write(data)
+        await self.writer.drain()
+
+    def must_close(self) -> bool:
+        return self.http.our_state is h11.MUST_CLOSE
+
+    async def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds``; return ``False`` as soon as the client hangs up."""
+        with suppress(asyncio.TimeoutError):
+            while await asyncio.wait_for(self.reader.read(65536), seconds):
+                pass  # a client sends nothing more while it waits for its answer
+            return False
+        return True
 
 
-async def _json(
-    send: Send, status: int, payload: object, headers: dict[str, str] | None = None
-) -> None:
-    raw = json.dumps(payload).encode()
-    pairs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-    pairs += [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": pairs})
-    await send({"type": "http.response.body", "body": raw})
+def _body(reply: Reply, request: dict[str, Any]) -> tuple[str, list[bytes], bytes]:
+    """Return the content type, the pieces to send and, unless streamed, the whole body."""
+    model = str(request.get("model", ""))
+    if reply.status != 200:
+        code = "insufficient_quota" if reply.message == _QUOTA_MESSAGE else None
+        error = {"error": {"message": reply.message, "type": "error", "code": code}}
+        body = json.dumps(error).encode()
+        return "application/json", [body], body
+    if request.get("stream"):
+        return "text/event-stream", _events(model, reply.text), b""
+    body = json.dumps(_completion(model, reply.text)).encode()
+    return "application/json", [body], body
 
 
 def _usage(text: str) -> dict[str, int]:
@@ -115,18 +331,13 @@ def _usage(text: str) -> dict[str, int]:
 
 
 def _completion(model: str, text: str) -> dict[str, Any]:
+    message = {"role": "assistant", "content": text}
     return {
         "id": "chatcmpl-local",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         "usage": _usage(text),
     }
 
@@ -141,73 +352,84 @@ def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> dict[str, A
     }
 
 
-async def _stream(send: Send, model: str, reply: Reply) -> None:
-    headers = [(b"content-type", b"text/event-stream")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    words = reply.text.split(" ")
-    pieces = [word if index == 0 else f" {word}" for index, word in enumerate(words)]
-    for index, piece in enumerate(pieces):
-        if reply.cut_after is not None and index >= reply.cut_after:
-            # Raising mid-body makes uvicorn drop the connection: the client sees the stream cut.
-            raise ConnectionAbortedError("the local provider dropped the connection mid-stream")
-        delta: dict[str, Any] = {"content": piece}
+def _events(model: str, text: str) -> list[bytes]:
+    """Return the server-sent events of a streamed answer: one per word, then the tail."""
+    words = text.split(" ")
+    events = []
+    for index, word in enumerate(words):
+        delta: dict[str, Any] = {"content": word if index == 0 else f" {word}"}
         if index == 0:
             delta["role"] = "assistant"
-        event = f"data: {json.dumps(_chunk(model, delta, None))}\n\n"
-        await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+        events.append(f"data: {json.dumps(_chunk(model, delta, None))}\n\n".encode())
     final = _chunk(model, {}, "stop")
-    usage = {**_chunk(model, {}, None), "choices": [], "usage": _usage(reply.text)}
-    tail = f"data: {json.dumps(final)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n"
-    await send({"type": "http.response.body", "body": tail.encode(), "more_body": False})
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    usage = {**_chunk(model, {}, None), "choices": [], "usage": _usage(text)}
+    events.append(f"data: {json.dumps(final)}\n\ndata: {json.dumps(usage)}\n\n".encode())
+    events.append(b"data: [DONE]\n\n")
+    return events
 
 
 @contextmanager
-def serve() -> Iterator[Provider]:
-    """Run a ``Provider`` on 127.0.0.1 at a free port for the block."""
-    provider = Provider()
-    provider.port = _free_port()
-    config = uvicorn.Config(
-        provider, host="127.0.0.1", port=provider.port, log_level="critical", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+def serve(**settings: Any) -> Iterator[Provider]:
+    """Run a ``Provider(**settings)`` on 127.0.0.1 at a free port for the block."""
+    provider = Provider(**settings)
+    started = threading.Event()
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def main() -> None:
+        server = await asyncio.start_server(provider.handle, "127.0.0.1", 0, backlog=1024)
+        provider.port = server.sockets[0].getsockname()[1]
+        stop = asyncio.Event()
+        running.append((asyncio.get_running_loop(), stop))
+        started.set()
+        await stop.wait()
+        server.close()  # asyncio.run then cancels the connections still open
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the local OpenAI-compatible provider did not start")
-        time.sleep(0.01)
+    if not started.wait(10):
+        raise RuntimeError("the local OpenAI-compatible provider did not start")
     try:
         yield provider
     finally:
-        server.should_exit = True
+        loop, stop = running[0]
+        loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=10)
 
 
-def write_extra_models(user_dir: Path, provider: Provider, **models: str | None) -> None:
-    """Write llm's ``extra-openai-models.yaml``: each ``model_id=api_key_name`` at ``provider``.
+Upstream: TypeAlias = "Provider | str"
+"""Where a model's requests go: a running ``Provider``, or the ``api_base`` of one."""
 
-    Underscores in a keyword become dashes in the model id (``local_gpt`` is ``local-gpt``).
+
+def write_extra_models(
+    user_dir: Path, provider: Upstream | Mapping[str, Upstream], **models: str | None
+) -> None:
+    """Write llm's ``extra-openai-models.yaml``, pointing models at local providers.
+
+    With one provider, each ``model_id=api_key_name`` keyword is a model at it; underscores in a
+    keyword become dashes in the model id (``local_gpt`` is ``local-gpt``). With a mapping of
+    model ids to providers (``{"primary": first, "fallback": second}``), each model goes to its
+    own provider, and a keyword names the ``api_key_name`` of the model of that id.
 
     With an ``api_key_name`` the model needs the key llm (and datasette-llm) finds under that
-    name; with ``None`` it needs none.
+    name; with ``None`` (or no keyword, for a mapping) it needs none.
     """
+    if isinstance(provider, Mapping):
+        targets = dict(provider)
+        keys = {name.replace("_", "-"): key for name, key in models.items()}
+        unknown = sorted(set(keys) - set(targets))
+        if unknown:
+            raise ValueError(f"Key names given for models not in the mapping: {unknown}.")
+    else:
+        targets = {name.replace("_", "-"): provider for name in models}
+        keys = {name.replace("_", "-"): key for name, key in models.items()}
     entries = []
-    for name, key_name in models.items():
-        model_id = name.replace("_", "-")
+    for model_id, upstream in targets.items():
         entry: dict[str, object] = {
             "model_id": model_id,
             "model_name": f"{model_id}-upstream",
-            "api_base": provider.api_base,
+            "api_base": upstream if isinstance(upstream, str) else upstream.api_base,
         }
-        if key_name is not None:
-            entry["api_key_name"] = key_name
+        if keys.get(model_id) is not None:
+            entry["api_key_name"] = keys[model_id]
         entries.append(entry)
     (user_dir / "extra-openai-models.yaml").write_text(json.dumps(entries))
