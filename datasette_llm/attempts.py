@@ -13,11 +13,13 @@ datasette-llm adds ``retries - 2`` of its own for those models, never ``retries`
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import stamina
 
@@ -27,17 +29,20 @@ from .routing import admit
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
-    from llm import AsyncModel, AsyncResponse
+    from llm import AsyncModel
 
     from .actors import Actor
     from .config import Resilience
     from .results import PromptResult
     from .routing import Routed
 
-__all__ = ["Once", "TestMode", "client_retries", "run_attempts", "set_test_mode"]
+__all__ = ["Once", "TestMode", "client_retries", "run_attempts", "set_test_mode", "within"]
 
-Once = Callable[["Routed", "float | None"], Awaitable["AsyncResponse"]]
-"""One attempt: send the prompt to the routed model with this timeout, hooks around it.
+T = TypeVar("T")
+
+Once = Callable[["Routed", "float | None"], Awaitable[T]]
+"""One attempt: send the prompt to the routed model with this timeout, hooks around it; its
+answer is the completed response (for a chain: its stream, primed with the first chunk).
 
 It raises ``ProviderError`` for the provider's failure (any other exception is not the
 provider's, and ends the prompt as it is)."""
@@ -88,6 +93,20 @@ def client_retries(model: AsyncModel) -> int:
     return retries if isinstance(retries, int) else 0
 
 
+async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
+    """Await ``awaitable`` in this task, for at most ``timeout`` seconds (``None``: no limit).
+
+    Raises:
+        TimeoutError: The time ran out (``asyncio.TimeoutError`` before Python 3.11).
+    """
+    if timeout is None:
+        return await awaitable
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, timeout)
+
+
 @dataclass(slots=True)
 class _Clock:
     """The prompt's deadline."""
@@ -113,8 +132,8 @@ async def run_attempts(
     primary: Routed,
     actor: Actor | None,
     result: PromptResult,
-    once: Once,
-) -> AsyncResponse:
+    once: Once[T],
+) -> T:
     """Try the routed model, then its fallbacks, until one answers; record every attempt.
 
     Raises:
@@ -169,9 +188,9 @@ async def _tries(
     settings: Resilience,
     clock: _Clock,
     result: PromptResult,
-    once: Once,
+    once: Once[T],
     fell_back_from: str | None,
-) -> AsyncResponse:
+) -> T:
     """Try one model, retrying it while its errors allow and the deadline holds."""
     tries = 1 + max(0, settings.retries - client_retries(routed.model))
     waits = (_WAIT_INITIAL, _WAIT_MAX, _WAIT_JITTER)
@@ -209,9 +228,9 @@ async def _try(
     settings: Resilience,
     clock: _Clock,
     result: PromptResult,
-    once: Once,
+    once: Once[T],
     fell_back_from: str | None,
-) -> AsyncResponse:
+) -> T:
     model_id = routed.resolution.model_id
     number = len(result.attempts) + 1
     started = time.monotonic()

@@ -1,24 +1,58 @@
-"""The wrapped chain: llm's ``AsyncChainResponse`` with the hooks around its whole iteration."""
+"""The wrapped chain: llm's ``AsyncChainResponse`` with the hooks around its whole iteration.
+
+Streamed through ``async for``, ``text()`` or ``astream_events()``, a chain is one attempt up to
+its first chunk: when the first step fails before any chunk has reached the caller, the chain
+starts again, on the same model or the next fallback (``datasette_llm.attempts``). Once a chunk
+has reached the caller, or a step has run tools, it never starts again: no text is repeated and
+no tool runs twice.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+from .attempts import run_attempts, within
+from .provider_errors import ProviderError, classify
 
 if TYPE_CHECKING:
     from llm import AsyncResponse
     from llm.models import AsyncChainResponse
 
-    from .results import PromptResult
+    from .results import PromptContextFactory, PromptResult
+    from .routing import Routed
     from .targets import Target
 
-__all__ = ["WrappedChainResponse"]
-
+__all__ = ["ChainStarter", "WrappedChainResponse"]
 
 ITERATED_ONCE: Final = (
     "Chain responses can only be iterated once: call model.chain() again for a new chain."
 )
+_END: Final = object()  # a stream that ended before its first item
+
+ChainStarter = Callable[["Routed"], "AsyncChainResponse"]
+"""Start llm's chain on the routed model (of the attempt), with its key and options."""
+
+Item = TypeVar("Item")
+
+
+class _Final(Exception):
+    """A failure that must not start the chain again (a later step's): raise ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Primed(Generic[Item]):
+    """A stream whose first item has arrived."""
+
+    __slots__ = ("first", "rest")
+
+    def __init__(self, first: object, rest: AsyncIterator[Item]) -> None:
+        self.first = first
+        self.rest = rest
 
 
 class WrappedChainResponse:
@@ -27,17 +61,28 @@ class WrappedChainResponse:
     The hooks' context managers are entered when iteration starts and left after the last
     response, or with the error that stopped it: when ``text()``, ``async for`` or
     ``astream_events()`` fail or are cancelled mid-stream, the hooks' contexts exit with that
-    error before it reaches the caller. ``responses()`` may be iterated once; any other
-    attribute is llm's.
+    error before it reaches the caller. Those three retry and fall back until the first chunk;
+    ``responses()`` (the caller drives each response) may be iterated once and does not. Any
+    other attribute is llm's.
     """
 
-    def __init__(self, target: Target, chain: AsyncChainResponse, prompt: str | None) -> None:
+    def __init__(self, target: Target, start: ChainStarter, prompt: str | None) -> None:
         self._target = target
-        self._chain = chain
-        self._factories = target.factories(prompt)
+        self._start = start
+        self._prompt = prompt
         self._result = target.result(is_chain=True)
+        self._hook_error: BaseException | None = None
+        self._attach(target.routed, target.factories(prompt))
+
+    def _attach(self, routed: Routed, factories: list[PromptContextFactory]) -> None:
+        """Start llm's chain on ``routed``: a new attempt, whose iteration has not begun."""
+        chain = self._start(routed)
+        self._routed = routed
+        self._chain = chain
+        self._factories = factories
         self._iteration: AsyncGenerator[AsyncResponse, None] | None = None
         self._suspended = False  # the iteration waits at a yield: an error can be thrown in
+        self._result.chain_complete = False
         self._inner_responses: Callable[[], AsyncGenerator[AsyncResponse, None]] = chain.responses  # type: ignore[assignment]  # llm annotates an AsyncIterator
         # llm's own text()/__aiter__/astream_events() call self.responses(): route them here.
         chain.responses = self.responses  # type: ignore[method-assign]  # hooks see every step
@@ -60,8 +105,12 @@ class WrappedChainResponse:
         target = self._target
         try:
             async with AsyncExitStack() as stack:
-                for factory in self._factories:
-                    await stack.enter_async_context(factory(self._result))
+                try:
+                    for factory in self._factories:
+                        await stack.enter_async_context(factory(self._result))
+                except BaseException as error:
+                    self._hook_error = error
+                    raise
                 try:
                     async with aclosing(self._inner_responses()) as inner:
                         async for response in inner:
@@ -97,41 +146,80 @@ class WrappedChainResponse:
             if raised is not error:
                 raise
 
-    async def __aiter__(self) -> AsyncIterator[str]:
-        """Stream the text of every response of the chain."""
-        chunks: AsyncIterator[str] = self._chain.__aiter__()
+    async def _stream(
+        self, open_stream: Callable[[AsyncChainResponse], AsyncIterator[Item]]
+    ) -> AsyncIterator[Item]:
+        """Stream llm's chain, starting it again on failure until its first item arrives."""
+
+        async def once(routed: Routed, timeout: float | None) -> _Primed[Item]:
+            if routed is not self._routed or self._iteration is not None:
+                self._result.withdraw_responses()
+                self._attach(routed, self._target.factories(self._prompt, routed.resolution.model_id))
+            stream = open_stream(self._chain)
+            try:
+                first = await within(_first(stream), timeout)
+            except Exception as error:
+                await self.abandon(error)
+                if error is self._hook_error or isinstance(error, ProviderError):
+                    raise
+                failure = classify(error, routed.resolution.model_id)
+                if len(self._result.responses) > 1:  # a later step: tools have run
+                    raise _Final(failure if failure.kind != "unknown" else error) from error
+                raise failure from error
+            return _Primed(first, stream)
+
+        target = self._target
         try:
-            async for chunk in chunks:
-                yield chunk
+            primed = await run_attempts(
+                target.datasette, target.routed, target.actor, self._result, once
+            )
+        except _Final as final:
+            raise final.error from final.error.__cause__
+        if primed.first is _END:
+            return
+        yield primed.first  # type: ignore[misc]  # not _END: an item of the stream
+        try:
+            async for item in primed.rest:
+                yield item
+        except Exception as error:
+            await self.abandon(error)
+            failure = classify(error, self._routed.resolution.model_id)
+            if failure.kind == "unknown":
+                raise
+            raise failure from error
         except BaseException as error:
             await self.abandon(error)
             raise
 
-    async def astream_events(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[str]:
+        """Stream the text of every response of the chain."""
+        return self._stream(lambda chain: chain.__aiter__())
+
+    def astream_events(self) -> AsyncIterator[Any]:
         """Yield llm's ``StreamEvent`` of every response of the chain."""
-        stream: Callable[[], AsyncIterator[Any]] = self._chain.astream_events  # llm: untyped
-        events = stream()
-        try:
-            async for event in events:
-                yield event
-        except BaseException as error:
-            await self.abandon(error)
-            raise
+        return self._stream(_events)
 
     async def text(self) -> str:
         """Run the whole chain and return its text."""
-        try:
-            text: str = await self._chain.text()
-        except BaseException as error:
-            await self.abandon(error)
-            raise
-        return text
+        return "".join([chunk async for chunk in self])
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._chain, name)
 
     def __repr__(self) -> str:
         return (
-            f"<WrappedChainResponse model_id={self._target.model_id!r} "
+            f"<WrappedChainResponse model_id={self._routed.resolution.model_id!r} "
             f"purpose={self._target.purpose!r} started={self._iteration is not None}>"
         )
+
+
+def _events(chain: AsyncChainResponse) -> AsyncIterator[Any]:
+    stream: Callable[[], AsyncIterator[Any]] = chain.astream_events  # llm leaves it untyped
+    return stream()
+
+
+async def _first(stream: AsyncIterator[Item]) -> object:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return _END

@@ -122,6 +122,16 @@ class PromptResult:
         for callback in self._callbacks:
             await _on_done(response, callback)
 
+    def withdraw_responses(self) -> None:
+        """Forget the responses so far, the group's copies too: their attempt failed and the
+        prompt starts again (datasette-llm calls this)."""
+        failed = {id(response) for response in self.responses}
+        self.responses.clear()
+        self.response = None
+        if self.group is not None:
+            kept = [r for r in self.group._responses if id(r) not in failed]
+            self.group._responses[:] = kept
+
 
 async def _on_done(response: AsyncResponse, callback: ResponseDoneCallback) -> None:
     # llm does not annotate AsyncResponse.on_done.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import llm
 
 from ._hooks import call_llm_prompt_context
-from .attempts import run_attempts
+from .attempts import run_attempts, within
 from .provider_errors import classify
 from .results import Group, PromptResult
 
@@ -126,14 +126,15 @@ class Target:
             merged["key"] = routed.key
         return merged
 
-    def chain_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def chain_kwargs(self, kwargs: dict[str, Any], routed: Routed | None = None) -> dict[str, Any]:
         """The same for ``chain()``, whose model options go in one ``options=`` mapping."""
+        routed = routed or self.routed
         merged = dict(kwargs)
-        options = self.routed.reference.options
+        options = routed.reference.options
         if options:
             merged["options"] = {**options, **(kwargs.get("options") or {})}
-        if self.routed.key is not None and merged.get("key") is None:
-            merged["key"] = self.routed.key
+        if routed.key is not None and merged.get("key") is None:
+            merged["key"] = routed.key
         return merged
 
     def enlist(self) -> None:
@@ -238,10 +239,7 @@ async def _attempt(
                 await stack.enter_async_context(factory(result))
             response = await sender(routed.model, prompt, target.prompt_kwargs(kwargs, routed))
             try:
-                if timeout is None:
-                    await response
-                else:
-                    await asyncio.wait_for(_complete(response), timeout)
+                await within(_complete(response), timeout)
             except Exception as error:
                 failure = error
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from .chains import WrappedChainResponse
@@ -11,6 +12,7 @@ from .targets import Sender, Target, in_conversation, prompt_model, send
 if TYPE_CHECKING:
     from datasette.app import Datasette
     from llm import AsyncConversation, AsyncResponse
+    from llm.models import AsyncChainResponse
 
     from .actors import Actor
     from .resolution import Resolution
@@ -77,8 +79,15 @@ class WrappedConversation(_Prompting):
         ``kwargs`` are passed through to llm's ``AsyncConversation.chain`` (``tools=``,
         ``system=``, ``options=``, ``before_call=``...), which is why they are typed ``Any``.
         """
-        chain = self._conversation.chain(prompt, **self._target.chain_kwargs(kwargs))
-        return WrappedChainResponse(self._target, chain, prompt)
+        target, conversation = self._target, self._conversation
+
+        def start(routed: Routed) -> AsyncChainResponse:
+            on_model = conversation
+            if routed.model is not conversation.model:
+                on_model = dataclasses.replace(conversation, model=routed.model)
+            return on_model.chain(prompt, **target.chain_kwargs(kwargs, routed))
+
+        return WrappedChainResponse(target, start, prompt)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conversation, name)

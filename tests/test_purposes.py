@@ -67,7 +67,7 @@ def test_purpose_rejects_wrong_field_types_naming_the_field() -> None:
 @pytest.mark.parametrize("field", ["description", "owner", "default_model"])
 def test_purpose_rejects_a_lone_surrogate_naming_the_field_escaped(field: str) -> None:
     with pytest.raises(ValueError) as caught:
-        Purpose("x", **{field: "bad \ud800 text"})
+        Purpose("x", **{field: "bad \ud800 text"})  # type: ignore[arg-type]
     message = str(caught.value)
     assert message.startswith(f"Purpose('x').{field} 'bad \\ud800 text' holds a lone surrogate")
     message.encode("utf-8")

@@ -1,0 +1,379 @@
+"""Retries and fallbacks against a real HTTP provider: llm's OpenAI plugin and the openai client.
+
+Every model here is one of llm's ``extra-openai-models.yaml`` entries pointing at the local
+provider of ``tests/openai_server.py``; the provider answers each request with the next scripted
+``Reply``, and records which upstream model each request was for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import openai
+import pytest
+
+from datasette_llm import LLM, ProviderError
+from tests.conftest import MakeDatasette, RegisterPlugin
+from tests.openai_server import Provider, Reply, serve, write_extra_models
+from tests.recorder import Recorder
+
+# The openai client retries 429s and 500s twice by itself, unless the provider says not to.
+NO_CLIENT_RETRY: Final = {"x-should-retry": "false"}
+EVERY_KIND: Final = [
+    "rate_limit",
+    "timeout",
+    "server_error",
+    "connection",
+    "auth",
+    "bad_request",
+    "context_window",
+    "content_policy",
+]
+
+
+def config(**purpose: Any) -> dict[str, Any]:
+    settings = {"model": "primary-gpt", "fallbacks": ["backup-gpt"], **purpose}
+    return {"purposes": {"summaries": settings}}
+
+
+@pytest.fixture
+def provider(llm_user_dir: Path) -> Iterator[Provider]:
+    with serve() as running:
+        write_extra_models(
+            llm_user_dir,
+            running,
+            primary_gpt=None,
+            backup_gpt=None,
+            blocked_gpt=None,
+            keyless_gpt="absent-key",
+        )
+        yield running
+
+
+def upstream(provider: Provider) -> list[str]:
+    """The model of every request the provider received, in order."""
+    return [str(seen.body["model"]).removesuffix("-upstream") for seen in provider.requests]
+
+
+def by_model(model_id: str, prompt: str, purpose: str | None) -> tuple[str, str]:
+    return f"enter {model_id}", f"exit {model_id}"
+
+
+FAILURES: Final = {
+    "rate_limit": Reply(status=429, message="slow down", headers=NO_CLIENT_RETRY),
+    "server_error": Reply(status=500, message="the provider broke", headers=NO_CLIENT_RETRY),
+    "auth": Reply(status=401, message="Incorrect API key provided"),
+    "bad_request": Reply(status=400, message="'temperature' must be a number"),
+    "context_window": Reply(status=400, message="This model's maximum context length is 8"),
+    "content_policy": Reply(
+        status=400, message="The response was filtered by the content management policy"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+async def test_each_error_kind_of_the_provider_is_raised_as_a_provider_error_of_that_kind(
+    make_datasette: MakeDatasette, provider: Provider, kind: str
+) -> None:
+    provider.default = FAILURES[kind]
+    model = await LLM(make_datasette(config(fallbacks=[]))).model(purpose="summaries")
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("hi")
+    assert raised.value.kind == kind
+    assert raised.value.model_id == "primary-gpt"
+    assert isinstance(raised.value.__cause__, openai.APIStatusError)
+    assert raised.value.status == FAILURES[kind].status
+
+
+@pytest.mark.parametrize("kind", sorted(FAILURES))
+async def test_each_error_kind_falls_back_when_fallback_on_names_it_and_only_then(
+    make_datasette: MakeDatasette, provider: Provider, kind: str
+) -> None:
+    ds = make_datasette(config(fallback_on=EVERY_KIND))
+    provider.script = [FAILURES[kind], Reply(text="from the backup")]
+    model = await LLM(ds).model(purpose="summaries")
+    response = await model.prompt("hi")
+    assert await response.text() == "from the backup"
+    assert upstream(provider) == ["primary-gpt", "backup-gpt"]
+
+    provider.requests.clear()
+    provider.script = [FAILURES[kind]]
+    others = [other for other in EVERY_KIND if other != kind]
+    model = await LLM(make_datasette(config(fallback_on=others))).model(purpose="summaries")
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("hi")
+    assert raised.value.kind == kind
+    assert upstream(provider) == ["primary-gpt"]
+
+
+async def test_by_default_rate_limits_server_errors_and_cut_streams_fall_back_but_auth_does_not(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    for failure in (FAILURES["rate_limit"], FAILURES["server_error"], Reply(cut_after=0)):
+        provider.requests.clear()
+        provider.script = [failure, Reply(text="from the backup")]
+        ds = make_datasette(config())
+        response = await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+        assert await response.text() == "from the backup"
+        assert upstream(provider) == ["primary-gpt", "backup-gpt"]
+    provider.requests.clear()
+    provider.script = [FAILURES["auth"]]
+    with pytest.raises(ProviderError, match="auth"):
+        await (await LLM(make_datasette(config())).model(purpose="summaries")).prompt("hi")
+    assert upstream(provider) == ["primary-gpt"]
+
+
+async def test_the_openai_clients_own_two_retries_count_towards_retries(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    quick_429 = Reply(status=429, message="slow down", headers={"retry-after": "0.01"})
+    provider.script = [quick_429, quick_429, quick_429, Reply(text="from the backup")]
+    model = await LLM(make_datasette(config(retries=2))).model(purpose="summaries")
+    response = await model.prompt("hi")
+    assert await response.text() == "from the backup"
+    # Three requests to the primary (the client's first try and its own two retries), not
+    # three times three: datasette-llm adds no tries of its own with retries: 2.
+    assert upstream(provider) == ["primary-gpt"] * 3 + ["backup-gpt"]
+    retry_counts = [seen.headers.get("x-stainless-retry-count") for seen in provider.requests]
+    assert retry_counts[:3] == ["0", "1", "2"]
+
+
+async def test_retries_beyond_the_clients_own_are_made_by_datasette_llm(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    fail = Reply(status=500, message="broken", headers=NO_CLIENT_RETRY)
+    provider.script = [fail, fail, Reply(text="third time")]
+    ds = make_datasette(config(retries=4, fallbacks=[]))
+    model = await LLM(ds).model(purpose="summaries")
+    response = await model.prompt("hi")
+    assert await response.text() == "third time"
+    assert upstream(provider) == ["primary-gpt"] * 3
+
+
+async def test_every_attempt_enters_and_exits_the_hooks_and_the_result_lists_the_attempts(
+    make_datasette: MakeDatasette, provider: Provider, register_plugin: RegisterPlugin
+) -> None:
+    recorder = Recorder(by_model)
+    register_plugin(recorder, name="recorder")
+    provider.script = [FAILURES["server_error"], Reply(text="from the backup")]
+    model = await LLM(make_datasette(config())).model(purpose="summaries")
+    await model.prompt("hi")
+    assert recorder.events == [
+        "enter primary-gpt",
+        "exit primary-gpt with InternalServerError",
+        "enter backup-gpt",
+        "exit backup-gpt",
+    ]
+    result = recorder.results[0]
+    assert result is recorder.results[1]  # one PromptResult for the prompt's attempts
+    assert result.model_id == "backup-gpt"
+    assert [(a.model_id, a.number, a.error, a.fell_back_from) for a in result.attempts] == [
+        ("primary-gpt", 1, "server_error", None),
+        ("backup-gpt", 2, None, "primary-gpt"),
+    ]
+    assert all(attempt.duration >= 0 for attempt in result.attempts)
+    assert [response.model.model_id for response in result.responses] == ["backup-gpt"]
+
+
+async def test_a_blocked_or_keyless_fallback_is_never_contacted(
+    make_datasette: MakeDatasette, provider: Provider, register_plugin: RegisterPlugin
+) -> None:
+    recorder = Recorder(by_model)
+    register_plugin(recorder, name="recorder")
+    ds = make_datasette(
+        {
+            "blocked_models": ["blocked-gpt"],
+            "purposes": {
+                "summaries": {
+                    "model": "primary-gpt",
+                    "fallbacks": ["blocked-gpt", "keyless-gpt", "backup-gpt"],
+                }
+            },
+        }
+    )
+    provider.script = [FAILURES["server_error"], Reply(text="from the backup")]
+    model = await LLM(ds).model(purpose="summaries")
+    assert model.resolution.fallbacks == ("blocked-gpt", "keyless-gpt", "backup-gpt")
+    response = await model.prompt("hi")
+    assert await response.text() == "from the backup"
+    assert upstream(provider) == ["primary-gpt", "backup-gpt"]
+    assert recorder.events[2:] == ["enter backup-gpt", "exit backup-gpt"]
+    skipped = recorder.results[0].skipped
+    assert skipped[0].startswith("fallback 'blocked-gpt' skipped because it is in blocked_models")
+    assert skipped[1].startswith("fallback 'keyless-gpt' skipped because it has no API key")
+
+
+async def test_a_hook_refusing_the_fallback_attempt_stops_the_prompt_with_its_own_error(
+    make_datasette: MakeDatasette, provider: Provider, register_plugin: RegisterPlugin
+) -> None:
+    class OverBudget(Exception):
+        pass
+
+    def refuse_backup(model_id: str, prompt: str, purpose: str | None) -> tuple[str, str]:
+        if model_id == "backup-gpt":
+            raise OverBudget("the backup costs too much")
+        return "enter", "exit"
+
+    register_plugin(Recorder(refuse_backup), name="budget")
+    provider.script = [FAILURES["server_error"], Reply(text="never sent")]
+    model = await LLM(make_datasette(config())).model(purpose="summaries")
+    with pytest.raises(OverBudget):
+        await model.prompt("hi")
+    assert upstream(provider) == ["primary-gpt"]
+
+
+async def test_a_stream_cut_mid_way_inside_prompt_is_sent_again_and_its_text_not_duplicated(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.script = [Reply(text="one two three four", cut_after=2), Reply(text="whole answer")]
+    model = await LLM(make_datasette(config())).model(purpose="summaries")
+    response = await model.prompt("hi", stream=True)
+    assert await response.text() == "whole answer"
+    assert [chunk async for chunk in response] == ["whole", " answer"]
+
+
+async def test_a_conversation_falls_back_with_its_history(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    model = await LLM(make_datasette(config())).model(purpose="summaries")
+    conversation = model.conversation()
+    provider.script = [Reply(text="first answer")]
+    await (await conversation.prompt("first question")).text()
+    provider.script = [FAILURES["server_error"], Reply(text="second answer")]
+    response = await conversation.prompt("second question")
+    assert await response.text() == "second answer"
+    assert upstream(provider) == ["primary-gpt", "primary-gpt", "backup-gpt"]
+    sent = [message["content"] for message in provider.requests[-1].body["messages"]]
+    assert sent == ["first question", "first answer", "second question"]
+    assert len(conversation.responses) == 2
+
+
+async def test_a_reply_falls_back_with_the_messages_llm_built_for_it(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    model = await LLM(make_datasette(config())).model(purpose="summaries")
+    provider.script = [Reply(text="first answer")]
+    first = await model.prompt("first question")
+    provider.script = [FAILURES["rate_limit"], Reply(text="the reply")]
+    reply = await first.reply("and then?")
+    assert await reply.text() == "the reply"
+    assert upstream(provider) == ["primary-gpt", "primary-gpt", "backup-gpt"]
+    sent = [message["content"] for message in provider.requests[-1].body["messages"]]
+    assert sent == ["first question", "first answer", "and then?"]
+
+
+async def test_prompts_of_a_group_fall_back_and_the_group_holds_only_the_answers(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.script = [Reply(text="a"), FAILURES["server_error"], Reply(text="b")]
+    async with LLM(make_datasette(config())).group(purpose="summaries") as model:
+        texts = [await (await model.prompt(p)).text() for p in ("one", "two")]
+        group = model.group
+    assert texts == ["a", "b"]
+    assert group is not None
+    assert [response.model.model_id for response in group.responses] == [
+        "primary-gpt",
+        "backup-gpt",
+    ]
+
+
+async def test_a_retry_after_beyond_the_deadline_gives_up_at_once_instead_of_waiting(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.default = Reply(
+        status=429, message="quota", headers={**NO_CLIENT_RETRY, "retry-after": "30"}
+    )
+    ds = make_datasette(config(fallbacks=[], retries=5, deadline=2))
+    model = await LLM(ds).model(purpose="summaries")
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("hi")
+    assert raised.value.kind == "rate_limit"
+    assert raised.value.retry_after is not None and raised.value.retry_after > 2
+    assert upstream(provider) == ["primary-gpt"]
+    assert [attempt.error for attempt in raised.value.attempts] == ["rate_limit"]
+
+
+async def test_a_rate_limited_model_is_skipped_while_it_cools_down_and_tried_again_after(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette(config())
+    cooling = Reply(
+        status=429, message="slow down", headers={**NO_CLIENT_RETRY, "retry-after": "0.5"}
+    )
+    provider.script = [cooling, Reply(text="b1"), Reply(text="b2")]
+    for _ in range(2):
+        await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    assert upstream(provider) == ["primary-gpt", "backup-gpt", "backup-gpt"]
+    await asyncio.sleep(0.6)
+    provider.script = [Reply(text="primary again")]
+    response = await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    assert await response.text() == "primary again"
+    assert upstream(provider)[-1] == "primary-gpt"
+
+
+async def test_the_final_error_lists_every_attempt(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.script = [FAILURES["server_error"], FAILURES["rate_limit"]]
+    model = await LLM(make_datasette(config())).model(purpose="summaries")
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("hi")
+    error = raised.value
+    assert error.kind == "rate_limit"
+    assert error.model_id == "backup-gpt"
+    assert [(a.model_id, a.error) for a in error.attempts] == [
+        ("primary-gpt", "server_error"),
+        ("backup-gpt", "rate_limit"),
+    ]
+    assert "after 2 attempts: primary-gpt server_error, backup-gpt rate_limit" in str(error)
+
+
+async def _consume(chain: Any, way: str) -> str:
+    if way == "text":
+        return str(await chain.text())
+    if way == "events":
+        return "".join(
+            [event.chunk async for event in chain.astream_events() if event.type == "text"]
+        )
+    return "".join([chunk async for chunk in chain])
+
+
+@pytest.mark.parametrize("way", ["async for", "text", "events"])
+async def test_a_chain_whose_first_step_fails_before_streaming_starts_again_on_the_fallback(
+    make_datasette: MakeDatasette, provider: Provider, register_plugin: RegisterPlugin, way: str
+) -> None:
+    recorder = Recorder(by_model)
+    register_plugin(recorder, name="recorder")
+    provider.script = [FAILURES["server_error"], Reply(text="streamed from the backup")]
+    model = await LLM(make_datasette(config())).model(purpose="summaries")
+    chain = model.chain("go")
+    assert await _consume(chain, way) == "streamed from the backup"
+    assert upstream(provider) == ["primary-gpt", "backup-gpt"]
+    assert recorder.events == [
+        "enter primary-gpt",
+        "exit primary-gpt with InternalServerError",
+        "enter backup-gpt",
+        "exit backup-gpt",
+    ]
+    result = chain.result
+    assert [response.model.model_id for response in result.responses] == ["backup-gpt"]
+    assert result.chain_complete
+    assert [(a.model_id, a.error) for a in result.attempts] == [
+        ("primary-gpt", "server_error"),
+        ("backup-gpt", None),
+    ]
+
+
+async def test_a_chain_in_a_group_that_falls_back_leaves_only_the_answer_in_the_group(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.script = [Reply(cut_after=0), Reply(text="from the backup")]
+    async with LLM(make_datasette(config())).group(purpose="summaries") as model:
+        text = await model.chain("go").text()
+        group = model.group
+    assert text == "from the backup"
+    assert group is not None
+    assert [response.model.model_id for response in group.responses] == ["backup-gpt"]
