@@ -377,3 +377,56 @@ async def test_a_chain_in_a_group_that_falls_back_leaves_only_the_answer_in_the_
     assert text == "from the backup"
     assert group is not None
     assert [response.model.model_id for response in group.responses] == ["backup-gpt"]
+
+
+async def test_an_attempt_slower_than_timeout_is_a_timeout_and_falls_back(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.script = [Reply(delay=5), Reply(text="from the backup")]
+    model = await LLM(make_datasette(config(timeout=0.3))).model(purpose="summaries")
+    response = await model.prompt("hi")
+    assert await response.text() == "from the backup"
+    assert upstream(provider) == ["primary-gpt", "backup-gpt"]
+
+    provider.requests.clear()
+    provider.default = Reply(delay=5)
+    model = await LLM(make_datasette(config(timeout=0.3, fallbacks=[]))).model(purpose="summaries")
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("hi")
+    assert raised.value.kind == "timeout"
+    assert isinstance(raised.value.__cause__, TimeoutError)
+
+
+async def test_a_dropped_connection_is_a_connection_error_and_falls_back(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    drop = Reply(drop=True)
+    provider.script = [drop, drop, drop, Reply(text="from the backup")]
+    model = await LLM(make_datasette(config())).model(purpose="summaries")
+    response = await model.prompt("hi")
+    assert await response.text() == "from the backup"
+    # The openai client's own two retries of the dropped connection, then the fallback.
+    assert upstream(provider) == ["primary-gpt"] * 3 + ["backup-gpt"]
+
+    provider.requests.clear()
+    provider.default = drop
+    model = await LLM(make_datasette(config(fallbacks=[]))).model(purpose="summaries")
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("hi")
+    assert raised.value.kind == "connection"
+    assert isinstance(raised.value.__cause__, openai.APIConnectionError)
+
+
+async def test_the_deadline_bounds_the_whole_prompt_every_attempt_included(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.default = Reply(delay=5)
+    ds = make_datasette(config(timeout=0.4, deadline=1, retries=5))
+    model = await LLM(ds).model(purpose="summaries")
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("hi")
+    elapsed = asyncio.get_running_loop().time() - started
+    assert raised.value.kind == "timeout"
+    assert elapsed < 4  # the deadline, not 6 attempts of 0.4 s plus backoff, nor the 5 s delay
+    assert 1 <= len(raised.value.attempts) <= 3
