@@ -111,6 +111,21 @@ SNIPPETS: dict[str, tuple[str, list[str]]] = {
         """,
         ["return-value"],
     ),
+    "an_error_kind_misspelt": (
+        """
+        from datasette_llm import ProviderError
+
+        ERROR = ProviderError("rate-limit", "gpt-5.4", "slow down")
+        """,
+        ["arg-type"],
+    ),
+    "requires_given_a_string": (
+        """
+        async def pick(datasette: Datasette) -> None:
+            await LLM(datasette).model(purpose="agent", requires="tools")
+        """,
+        ["arg-type"],
+    ),
     "correct_code_passes": (
         """
         @hookimpl

@@ -14,11 +14,16 @@ from typing_extensions import assert_type
 
 from datasette_llm import (
     LLM,
+    Attempt,
+    ErrorKind,
     Group,
     KeyStatus,
     ModelNotFoundError,
     PromptResult,
+    ProviderError,
     Purpose,
+    Requirements,
+    Resilience,
     Resolution,
     ResolutionStep,
     WrappedAsyncModel,
@@ -188,3 +193,26 @@ def check_result_aliases(
     assert_type(filtered, list[llm.AsyncModel] | Awaitable[list[llm.AsyncModel] | None] | None)
     assert_type(context, PromptContextFactory | None)
     assert_type(exit_, Awaitable[None] | None)
+
+
+async def check_resilience(datasette: Datasette, result: PromptResult) -> None:
+    tools = Requirements(tools=True, attachment_types=frozenset({"image/*"}))
+    agent = Purpose(name="agent", requires=tools)
+    model = await LLM(datasette).model(purpose=agent, requires=Requirements(schema=True))
+    assert_type(model.resolution.fallbacks, tuple[str, ...])
+    assert_type(await LLM(datasette).models(purpose=agent, requires=tools), list[llm.AsyncModel])
+    assert_type(result.attempts, list[Attempt])
+    assert_type(result.model_id, str | None)
+    assert_type(result.skipped, list[str])
+    try:
+        await model.prompt("hi")
+    except ProviderError as error:
+        assert_type(error.kind, ErrorKind)
+        assert_type(error.attempts, tuple[Attempt, ...])
+        assert_type(error.retry_after, float | None)
+        for attempt in error.attempts:
+            assert_type(attempt.error, ErrorKind | None)
+            assert_type(attempt.duration, float)
+    settings = LLM(datasette).config.resilience_for("agent")
+    assert_type(settings, Resilience)
+    assert_type(settings.fallback_on, tuple[ErrorKind, ...])
