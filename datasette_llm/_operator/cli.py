@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
     from ..errors import ConfigProblem
     from .report import Route, RoutingReport
+    from .resilience import Chain, ChainLink, Setting
 
-__all__ = ["add_commands", "check_json", "format_problems", "format_table"]
+__all__ = ["add_commands", "check_json", "format_chains", "format_problems", "format_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -155,6 +156,9 @@ def format_table(report: RoutingReport) -> str:
     ]
     if notes:
         lines.extend([*notes, ""])
+    chains = format_chains(report)
+    if chains:
+        lines.extend([chains, ""])
     allowed = "any installed model" if report.models is None else ", ".join(report.models)
     lines.append(f"Allowed models: {allowed or 'none'}")
     lines.append(f"Blocked models: {', '.join(report.blocked_models) or 'none'}")
@@ -167,6 +171,60 @@ def format_table(report: RoutingReport) -> str:
         lines.append("")
         lines.append(format_problems(report.problems, report.strict))
     return "\n".join(lines)
+
+
+def _setting_text(name: str, setting: Setting) -> str:
+    value = setting.value
+    if value is None:
+        shown = "none"
+    elif isinstance(value, tuple):
+        shown = ", ".join(value) or "none"
+    elif name in ("timeout", "deadline"):
+        shown = f"{value:g}s"
+    else:
+        shown = str(value)
+    return f"{name} {shown} ({setting.set_at or 'default'})"
+
+
+def _link_text(index: int, link: ChainLink) -> str:
+    where = "routed" if link.path is None else f"fallback, {link.path}"
+    text = f"{index}. {link.model_id} ({where}): "
+    if link.refusal is not None:
+        return text + f"NOT TRIED: {link.refusal}"
+    tries = f"tries {link.tries}"
+    if link.client_retries:
+        tries += f" (its client retries {link.client_retries} more by itself)"
+    limits = [
+        f"{name} {value:g}"
+        for name, value in (("rpm", link.rpm), ("concurrency", link.concurrency))
+        if value is not None
+    ]
+    return text + "; ".join([tries, *limits])
+
+
+def _chain_text(name: str, chain: Chain) -> list[str]:
+    settings = (
+        ("retries", chain.retries),
+        ("timeout", chain.timeout),
+        ("deadline", chain.deadline),
+        ("fallback_on", chain.fallback_on),
+    )
+    lines = [f"  {name}: " + "; ".join(_setting_text(*setting) for setting in settings)]
+    lines.extend(f"    {_link_text(index, link)}" for index, link in enumerate(chain.links, 1))
+    return lines
+
+
+def format_chains(report: RoutingReport) -> str:
+    """Render each chain with fallbacks, settings or limits configured; ``""`` when none has."""
+    lines: list[str] = []
+    for purpose in report.purposes:
+        if purpose.chain.worth_showing:
+            lines.extend(_chain_text(purpose.name, purpose.chain))
+    if report.default_chain.worth_showing:
+        lines.extend(_chain_text("(no purpose)", report.default_chain))
+    if not lines:
+        return ""
+    return "\n".join(["Fallbacks and retries (tried in order):", *lines])
 
 
 def format_problems(problems: Sequence[ConfigProblem], strict: bool) -> str:
@@ -240,10 +298,14 @@ def add_commands(cli: click.Group) -> None:
         failing = [p for p in problems if strict or p.severity == "error"]
         if as_json:
             click.echo(json.dumps(check_json(problems, strict, report), indent=2))
-        elif not problems:
-            click.echo("datasette-llm configuration OK: no problems found.")
         else:
-            click.echo(format_problems(problems, strict))
+            chains = "" if report is None else format_chains(report)
+            if chains:
+                click.echo(chains + "\n")
+            if problems:
+                click.echo(format_problems(problems, strict))
+            else:
+                click.echo("datasette-llm configuration OK: no problems found.")
         if failing:
             raise SystemExit(1)
 
@@ -296,8 +358,15 @@ def check_json(
         "purposes": None
         if report is None
         else [
-            {"name": purpose.name, "registered": purpose.registered, **purpose.route.to_json()}
+            {
+                "name": purpose.name,
+                "registered": purpose.registered,
+                **purpose.route.to_json(),
+                "requires": list(purpose.requires),
+                "chain": purpose.chain.to_json(),
+            }
             for purpose in report.purposes
         ],
         "default_resolved": None if report is None else report.default_route.to_json(),
+        "default_chain": None if report is None else report.default_chain.to_json(),
     }

@@ -9,12 +9,14 @@ no stored secret.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import llm
 
+from ..capabilities import NOTHING_REQUIRED
 from ..config import LLMConfig
 from ..config_source import config_for
 from ..errors import ConfigProblem, ModelNotFoundError, Substituted, quoted, shown
@@ -22,7 +24,9 @@ from ..keys import KeyStatus, key_status
 from ..models import ModelRegistry, current_registry
 from ..policy import Policy, policy_for
 from ..purpose_catalog import get_purpose_collisions, get_purpose_owner
+from ..purposes import Purpose, purpose_name
 from ..routing import route
+from .resilience import Chain, build_chain, key_json
 from .validation import (
     MissingModel,
     UnregisteredPurpose,
@@ -35,7 +39,7 @@ from .validation import (
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
-    from ..purposes import Purpose, PurposeCollision
+    from ..purposes import PurposeCollision
     from ..resolution import ResolutionStep
 
 __all__ = [
@@ -45,18 +49,11 @@ __all__ = [
     "Route",
     "RoutingReport",
     "build_report",
-    "key_json",
 ]
 
 ROUTE_TIMEOUT_SECONDS: float = 2.0
-"""How long the report waits for one purpose's routing (a hanging ``llm_default_model`` hook)."""
-
-
-def key_json(key: KeyStatus | None) -> dict[str, object] | None:
-    """Return a key status as JSON: where the key comes from, never the key."""
-    if key is None:
-        return None
-    return {"source": key.source, "secret_name": key.secret_name, "available": key.available}
+"""How long the report waits for one purpose's routing and the check of its fallbacks together
+(a hanging ``llm_default_model`` or ``llm_filter_models`` hook)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +130,8 @@ class PurposeRoute:
         route: The model that actually serves it, and the step.
         allowed: The allowlist for this purpose, or ``None`` when every installed model is allowed.
         blocked_models: Models this purpose may never use (global and its own), sorted.
+        chain: The routed model, then each fallback, and the retry and timeout settings.
+        requires: What the purpose requires of a model (``Purpose.requires``), as phrases.
     """
 
     name: str
@@ -145,6 +144,8 @@ class PurposeRoute:
     route: Route
     allowed: tuple[AllowedModel, ...] | None
     blocked_models: tuple[str, ...]
+    chain: Chain
+    requires: tuple[str, ...] = ()
 
     @property
     def shown_options(self) -> dict[str, object]:
@@ -169,6 +170,8 @@ class PurposeRoute:
                 None if self.allowed is None else [model.to_json() for model in self.allowed]
             ),
             "blocked_models": list(self.blocked_models),
+            "requires": list(self.requires),
+            "chain": self.chain.to_json(),
         }
 
 
@@ -180,6 +183,7 @@ class RoutingReport:
         purposes: Registered purposes in registration order, then configured-only ones.
         default_model: The configured ``default_model`` id, if any.
         default_route: Where a call without a purpose goes.
+        default_chain: What a call without a purpose tries when its model fails.
         models: The global allowlist, or ``None`` when every installed model is allowed.
         blocked_models: The global blocklist, sorted.
         require_keys: Whether models without an available key are left out of routing.
@@ -194,6 +198,7 @@ class RoutingReport:
     purposes: tuple[PurposeRoute, ...]
     default_model: str | None
     default_route: Route
+    default_chain: Chain
     models: tuple[str, ...] | None
     blocked_models: tuple[str, ...]
     require_keys: bool
@@ -210,6 +215,7 @@ class RoutingReport:
             "purposes": [purpose.to_json() for purpose in self.purposes],
             "default_model": self.default_model,
             "default_resolved": self.default_route.to_json(),
+            "default_chain": self.default_chain.to_json(),
             "models": None if self.models is None else list(self.models),
             "blocked_models": list(self.blocked_models),
             "require_keys": self.require_keys,
@@ -240,6 +246,21 @@ class RoutingReport:
 
 
 async def _route(
+    datasette: Datasette, config: LLMConfig, registry: ModelRegistry, purpose: str | Purpose | None
+) -> tuple[Route, Mapping[str, object], Chain]:
+    """Route one purpose, then check its fallbacks, within ``ROUTE_TIMEOUT_SECONDS``."""
+    started = time.monotonic()
+    route_, options = await _routed(datasette, config, registry, purpose)
+    declared = purpose if isinstance(purpose, Purpose) else None
+    policy = policy_for(config, purpose_name(purpose), registry)
+    left = max(0.0, ROUTE_TIMEOUT_SECONDS - (time.monotonic() - started))
+    routed = (route_.model_id, route_.key)
+    requires = declared.requires if declared else NOTHING_REQUIRED
+    chain = await build_chain(datasette, policy, routed, requires, timeout=left)
+    return route_, options, chain
+
+
+async def _routed(
     datasette: Datasette, config: LLMConfig, registry: ModelRegistry, purpose: str | Purpose | None
 ) -> tuple[Route, Mapping[str, object]]:
     """Route one purpose; any failure (a hook raising or hanging) becomes that route's error."""
@@ -316,7 +337,7 @@ async def _purpose_route(
     purpose_config = config.purpose(name)
     configured = purpose_config.model if purpose_config is not None else None
     policy = policy_for(config, name, registry)
-    route_, options = await _route(datasette, config, registry, declared or name)
+    route_, options, chain = await _route(datasette, config, registry, declared or name)
     return PurposeRoute(
         name=name,
         registered=declared is not None,
@@ -328,6 +349,8 @@ async def _purpose_route(
         route=route_,
         allowed=await _allowed(datasette, policy, registry),
         blocked_models=tuple(sorted(policy.blocked)),
+        chain=chain,
+        requires=tuple(declared.requires.names()) if declared is not None else (),
     )
 
 
@@ -349,11 +372,12 @@ async def build_report(datasette: Datasette) -> RoutingReport:
     for name in config.purposes:
         if name not in registered:
             routes.append(await _purpose_route(datasette, config, registry, name, None))
-    default_route, _ = await _route(datasette, config, registry, None)
+    default_route, _, default_chain = await _route(datasette, config, registry, None)
     return RoutingReport(
         purposes=tuple(routes),
         default_model=None if config.default_model is None else config.default_model.model_id,
         default_route=default_route,
+        default_chain=default_chain,
         models=config.models,
         blocked_models=tuple(sorted(config.blocked_models)),
         require_keys=config.require_keys,

@@ -5,13 +5,14 @@ purpose for real. A purpose (registered or configured) that no model can serve i
 its calls raise ``ModelNotFoundError`` (a configured model that is not installed, every candidate
 refused, nothing configured). A configured model passed over for want of an API key (under
 ``require_keys``) while another model serves the purpose is a warning: calls go elsewhere than
-configured. Keys are only looked for (``key_status``), never read: checking is not a use.
+configured. So is a fallback without a key, or one a filter hook removes: it is never tried.
+Keys are only looked for (``key_status``), never read: checking is not a use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..config import CONFIG_ROOT
 from ..errors import ConfigProblem, quoted
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from .report import Route, RoutingReport
 
 __all__ = ["serving_problems"]
+
+_ASKED: Final = frozenset({"keyless", "filtered", "unchecked"})
+"""Refusals only asking the policy finds; validation reports the configuration's own."""
 
 
 def _configured(config: LLMConfig, report: RoutingReport) -> Iterator[tuple[str | None, ModelRef]]:
@@ -65,6 +69,36 @@ async def _key_problem(
     )
 
 
+def _fallback_problems(report: RoutingReport) -> list[ConfigProblem]:
+    """Warn once per fallback the policy refuses when asked (a key, a filter hook)."""
+    refused: dict[tuple[str, str, str, bool], list[str | None]] = {}
+    chains = [(purpose.name, purpose.chain) for purpose in report.purposes]
+    for name, chain in [*chains, (None, report.default_chain)]:
+        for link in chain.fallbacks:
+            if link.path is not None and link.refused_as in _ASKED:
+                key = (link.path, link.model_id, link.refusal or "", link.refused_as == "keyless")
+                refused.setdefault(key, []).append(name)
+    problems = []
+    for (path, model_id, refusal, keyless), names in refused.items():
+        subjects = ", ".join(
+            f"purpose {name!r}" if name is not None else "calls without a purpose" for name in names
+        )
+        fix = (
+            "Set the secret, or remove it from fallbacks (a fallback is only tried with its "
+            "key, whatever require_keys says)."
+            if keyless
+            else "Fix the plugin, or remove it from fallbacks."
+        )
+        problems.append(
+            ConfigProblem(
+                path,
+                f"fallback {quoted(model_id)} is never tried for {subjects}: {refusal}. {fix}",
+                "warning",
+            )
+        )
+    return problems
+
+
 async def serving_problems(
     datasette: Datasette, report: RoutingReport, config: LLMConfig, registry: ModelRegistry
 ) -> list[ConfigProblem]:
@@ -86,6 +120,7 @@ async def serving_problems(
                 f"calls without a purpose cannot be served: {default_route.error}",
             )
         )
+    problems.extend(_fallback_problems(report))
     if not config.require_keys:
         return problems
     routes = {purpose.name: purpose.route for purpose in report.purposes}

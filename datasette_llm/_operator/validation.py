@@ -2,8 +2,9 @@
 
 ``parse_config`` finds structural problems (wrong types, unknown keys). This module adds what can
 only be known with the installed plugins and models at hand: options a model rejects (errors),
-and purposes no plugin registered, models that are not installed and allowlists that leave a
-purpose with no model (warnings; errors under ``strict: true``).
+and purposes no plugin registered, models that are not installed, allowlists that leave a
+purpose with no model, fallbacks that would never be tried and models lacking what a purpose
+requires (warnings; errors under ``strict: true``; see ``fallback_checks``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..errors import ConfigProblem, ConfigurationError, nearest, quoted, shown
 from ..models import ModelRegistry, current_registry
 from ..policy import policy_for
 from ..purpose_catalog import get_purposes
+from .fallback_checks import fallback_problems, requirement_problems
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -304,6 +306,8 @@ def validate(
     names = list(dict.fromkeys([*(purpose.name for purpose in purposes), *config.purposes]))
     problems.extend(_blocked_choice_problems(config, registry))
     problems.extend(_allowlist_problems(config, registry, names))
+    problems.extend(fallback_problems(config, registry, names))
+    problems.extend(requirement_problems(config, registry, purposes))
     problems.sort(key=lambda problem: problem.severity != ERROR)
     return Validation(tuple(problems), config.strict, config)
 
