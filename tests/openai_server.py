@@ -8,19 +8,8 @@ llm's real OpenAI plugin and the ``openai`` client then run end to end.
 ``default``): a text, an HTTP error (status, message, headers such as ``Retry-After``), a stream
 cut off after some chunks, a slow first byte, or a connection dropped with no answer at all.
 
-Provider-wide behaviour, checked in this order for each request:
-
-1. ``quota_exhausted``: answer 429 (``insufficient_quota``, no ``Retry-After``) to everything.
-2. ``rate_limit``: a sliding window. At most ``rate_limit`` requests are admitted in any one
-   second (for a rate under 1, one request in any ``1 / rate_limit`` seconds); a request beyond
-   that answers 429 with ``Retry-After`` (whole seconds) and ``retry-after-ms`` saying when the
-   window frees a place. Refused requests do not count against the window.
-3. Faults, drawn from a ``random.Random(seed)`` once per admitted request: ``server_errors``
-   (answer 500), ``drops`` (close the connection, no answer), ``timeouts`` (answer
-   ``timeout_delay`` seconds late), ``cuts`` (cut the answer after one chunk) are probabilities.
-4. ``latency`` seconds before every answer.
-
-Every request is recorded with its headers and JSON body, and tallied in ``counts``.
+Provider-wide limits, faults and latency are checked in that order (``Provider``). Every request
+is recorded with its headers and JSON body, and tallied in ``counts``.
 """
 
 from __future__ import annotations
@@ -54,8 +43,7 @@ class Reply:
         status: An HTTP status other than 200 answers an OpenAI-style error instead.
         message: The error's message.
         headers: Extra response headers, e.g. ``{"retry-after": "1"}``.
-        cut_after: Drop the connection after this many chunks of a streamed answer (a
-            non-streamed answer is cut after half its body, whatever the number).
+        cut_after: Cut the connection after this many chunks (not streamed: after half the body).
         delay: Seconds before the first byte of the answer (a slow provider, for timeouts).
         drop: Close the connection without answering: the client sees a connection error.
     """
@@ -84,8 +72,7 @@ class Counts:
 
     Attributes:
         requests: Requests received (any path).
-        retried: Requests the ``openai`` client marked as its own retry
-            (``x-stainless-retry-count``).
+        retried: Requests marked as the ``openai`` client's retry (``x-stainless-retry-count``).
         ok: Complete answers.
         rate_limited: 429s beyond ``rate_limit``.
         quota: 429s for ``quota_exhausted``.
@@ -109,10 +96,6 @@ class Counts:
     delayed: int = 0
     abandoned: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        """Return the tallies by name."""
-        return dataclasses.asdict(self)
-
 
 @dataclass(kw_only=True)
 class Provider:
@@ -123,9 +106,12 @@ class Provider:
         requests: Every request received.
         counts: What the provider did.
         latency: Seconds added before every answer.
-        rate_limit: Requests admitted per second (a sliding window), or ``None``.
-        quota_exhausted: Answer 429 to everything.
-        server_errors: The chance of a 500, for each admitted request.
+        quota_exhausted: Answer 429 to everything (``insufficient_quota``, no ``Retry-After``).
+        rate_limit: A sliding window: at most this many requests admitted in any one second (under
+            1: one in any ``1 / rate_limit`` seconds); the rest answer 429 with ``Retry-After``
+            (whole seconds) and ``retry-after-ms``, for when the window frees a place. Refused
+            requests take no place.
+        server_errors: The chance of a 500, drawn once for each admitted request.
         drops: The chance of a connection closed without an answer.
         timeouts: The chance of an answer ``timeout_delay`` seconds late.
         cuts: The chance of an answer cut off after one chunk.
@@ -152,10 +138,7 @@ class Provider:
     def __post_init__(self) -> None:
         chances = (self.server_errors, self.drops, self.timeouts, self.cuts)
         if not all(0 <= chance <= 1 for chance in chances) or sum(chances) > 1:
-            raise ValueError(
-                f"server_errors, drops, timeouts and cuts are chances within 0..1 that sum to "
-                f"at most 1: got {chances}."
-            )
+            raise ValueError(f"Fault chances must be 0..1 and sum to at most 1: got {chances}.")
         if self.rate_limit is not None and self.rate_limit <= 0:
             raise ValueError(f"rate_limit is requests per second, above 0: got {self.rate_limit}.")
         self.random = random.Random(self.seed)
@@ -182,10 +165,8 @@ class Provider:
             return None
         self.counts.rate_limited += 1
         wait = self._admitted[0] + window - now
-        headers = {
-            "retry-after": str(max(1, math.ceil(wait))),
-            "retry-after-ms": str(int(wait * 1000)),
-        }
+        seconds, milliseconds = max(1, math.ceil(wait)), round(wait * 1000)
+        headers = {"retry-after": f"{seconds}", "retry-after-ms": f"{milliseconds}"}
         return Reply(status=429, message="Rate limit reached for requests", headers=headers)
 
     def _fault(self, reply: Reply) -> Reply:
@@ -198,8 +179,7 @@ class Provider:
             (self.cuts, dataclasses.replace(reply, cut_after=1)),
         ):
             if draw < chance:
-                if fault.delay > reply.delay:
-                    self.counts.delayed += 1
+                self.counts.delayed += fault.delay > reply.delay
                 return fault
             draw -= chance
         return reply
@@ -227,7 +207,9 @@ class Provider:
                 headers = {name.decode(): value.decode() for name, value in request.headers}
                 body = json.loads(raw or b"{}")
                 reply = self.plan(request.target.decode().split("?")[0], headers, body)
-                if not await self._answer(wire, reply, body) or wire.must_close():
+                if not await self._answer(wire, reply, body):
+                    return
+                if wire.http.our_state is h11.MUST_CLOSE:
                     return
         except (ConnectionError, h11.ProtocolError):
             return
@@ -243,10 +225,8 @@ class Provider:
             self.counts.drops += 1
             wire.writer.transport.abort()
             return False
-        if reply.status == 500:
-            self.counts.server_errors += 1
-        elif reply.status not in (200, 429):
-            self.counts.errors += 1
+        self.counts.server_errors += reply.status == 500
+        self.counts.errors += reply.status not in (200, 429, 500)
         content_type, pieces, body = _body(reply, request)
         pairs = [("content-type", content_type), *reply.headers.items()]
         if body:
@@ -254,7 +234,7 @@ class Provider:
         await wire.send(h11.Response(status_code=reply.status, headers=pairs))
         cut = reply.cut_after if reply.status == 200 else None
         if cut is not None and body:
-            pieces, cut = [body[: len(body) // 2]], 1
+            pieces, cut = [body[: len(body) // 2], body[len(body) // 2 :]], 1
         for piece in pieces[:cut]:
             await wire.send(h11.Data(data=piece))
         if cut is not None and cut < len(pieces):
@@ -278,8 +258,7 @@ class _Wire:
         """Read the next whole request, or ``None`` when the client closed the connection."""
         if self.http.our_state is h11.DONE:
             self.http.start_next_cycle()
-        request: h11.Request | None = None
-        body = b""
+        request, body = None, b""
         while True:
             event = self.http.next_event()
             if event is h11.NEED_DATA:
@@ -298,9 +277,6 @@ class _Wire:
         if data:
             self.writer.write(data)
         await self.writer.drain()
-
-    def must_close(self) -> bool:
-        return self.http.our_state is h11.MUST_CLOSE
 
     async def wait(self, seconds: float) -> bool:
         """Sleep ``seconds``; return ``False`` as soon as the client hangs up."""
@@ -325,47 +301,35 @@ def _body(reply: Reply, request: dict[str, Any]) -> tuple[str, list[bytes], byte
     return "application/json", [body], body
 
 
+def _envelope(model: str, obj: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    head = {"id": "chatcmpl-local", "object": obj, "created": int(time.time()), "model": model}
+    return {**head, "choices": choices, **extra}
+
+
+def _choice(**fields: Any) -> dict[str, Any]:
+    return {"index": 0, **fields}
+
+
 def _usage(text: str) -> dict[str, int]:
     words = len(text.split())
     return {"prompt_tokens": 3, "completion_tokens": words, "total_tokens": 3 + words}
 
 
 def _completion(model: str, text: str) -> dict[str, Any]:
-    message = {"role": "assistant", "content": text}
-    return {
-        "id": "chatcmpl-local",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": _usage(text),
-    }
-
-
-def _chunk(model: str, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-local",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
+    choice = _choice(message={"role": "assistant", "content": text}, finish_reason="stop")
+    return _envelope(model, "chat.completion", [choice], usage=_usage(text))
 
 
 def _events(model: str, text: str) -> list[bytes]:
     """Return the server-sent events of a streamed answer: one per word, then the tail."""
-    words = text.split(" ")
-    events = []
-    for index, word in enumerate(words):
-        delta: dict[str, Any] = {"content": word if index == 0 else f" {word}"}
-        if index == 0:
-            delta["role"] = "assistant"
-        events.append(f"data: {json.dumps(_chunk(model, delta, None))}\n\n".encode())
-    final = _chunk(model, {}, "stop")
-    usage = {**_chunk(model, {}, None), "choices": [], "usage": _usage(text)}
-    events.append(f"data: {json.dumps(final)}\n\ndata: {json.dumps(usage)}\n\n".encode())
-    events.append(b"data: [DONE]\n\n")
-    return events
+    first, *rest = text.split(" ")
+    deltas = [{"role": "assistant", "content": first}, *({"content": f" {w}"} for w in rest)]
+    choices = [_choice(delta=delta, finish_reason=None) for delta in deltas]
+    choices.append(_choice(delta={}, finish_reason="stop"))
+    kind = "chat.completion.chunk"
+    events = [_envelope(model, kind, [choice]) for choice in choices]
+    events.append(_envelope(model, kind, [], usage=_usage(text)))
+    return [f"data: {json.dumps(event)}\n\n".encode() for event in events] + [b"data: [DONE]\n\n"]
 
 
 @contextmanager
@@ -413,15 +377,14 @@ def write_extra_models(
     With an ``api_key_name`` the model needs the key llm (and datasette-llm) finds under that
     name; with ``None`` (or no keyword, for a mapping) it needs none.
     """
+    keys = {name.replace("_", "-"): key for name, key in models.items()}
     if isinstance(provider, Mapping):
         targets = dict(provider)
-        keys = {name.replace("_", "-"): key for name, key in models.items()}
         unknown = sorted(set(keys) - set(targets))
         if unknown:
             raise ValueError(f"Key names given for models not in the mapping: {unknown}.")
     else:
         targets = {name.replace("_", "-"): provider for name in models}
-        keys = {name.replace("_", "-"): key for name, key in models.items()}
     entries = []
     for model_id, upstream in targets.items():
         entry: dict[str, object] = {
