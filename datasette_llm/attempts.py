@@ -6,15 +6,17 @@ is retried, with jittered exponential backoff that honours ``Retry-After`` (``st
 ``rate_limit``, ``timeout``, ``server_error`` and ``connection`` errors; the next fallback is
 tried on the kinds in ``fallback_on``. An ``unknown`` error is raised as it is, never retried.
 
-``retries`` counts the tries the provider's client library makes by itself: the ``openai``
+``retries`` counts the requests the provider's client library makes by itself: the ``openai``
 client behind llm's OpenAI models (and the ``anthropic`` client) retries twice on its own, so
-datasette-llm adds ``retries - 2`` of its own for those models, never ``retries`` more.
+each try of such a model is up to 3 requests, and datasette-llm makes ``ceil((retries + 1) / 3)``
+tries: one with the default ``retries: 2``, never ``retries + 1`` tries of 3 requests each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +38,15 @@ if TYPE_CHECKING:
     from .results import PromptResult
     from .routing import Routed
 
-__all__ = ["Once", "TestMode", "client_retries", "run_attempts", "set_test_mode", "within"]
+__all__ = [
+    "Once",
+    "TestMode",
+    "client_retries",
+    "run_attempts",
+    "set_test_mode",
+    "tries_of",
+    "within",
+]
 
 T = TypeVar("T")
 
@@ -78,6 +88,13 @@ def set_test_mode(mode: TestMode) -> TestMode:
     global _mode
     previous, _mode = _mode, mode
     return previous
+
+
+def tries_of(model: AsyncModel, retries: int) -> int:
+    """How many times datasette-llm tries ``model`` for ``retries``: enough that the requests,
+    the client library's own retries included, reach ``retries + 1`` (at least one try)."""
+    per_try = 1 + client_retries(model)
+    return max(1, math.ceil((retries + 1) / per_try))
 
 
 def client_retries(model: AsyncModel) -> int:
@@ -192,7 +209,7 @@ async def _tries(
     fell_back_from: str | None,
 ) -> T:
     """Try one model, retrying it while its errors allow and the deadline holds."""
-    tries = 1 + max(0, settings.retries - client_retries(routed.model))
+    tries = tries_of(routed.model, settings.retries)
     waits = (_WAIT_INITIAL, _WAIT_MAX, _WAIT_JITTER)
     if _mode.active:
         tries = tries if _mode.retries else 1

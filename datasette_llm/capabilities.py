@@ -8,6 +8,7 @@ lacks one, and says which.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -26,13 +27,13 @@ class Requirements:
         schema: The model must support a JSON schema for its output (``supports_schema``).
         streaming: The model must stream its output (``can_stream``).
         attachment_types: MIME types the model must accept as attachments (``attachment_types``);
-            ``"image/*"`` is met by any one ``image/`` type.
+            ``"image/*"`` is met by any one ``image/`` type. Any set is kept as a frozenset.
     """
 
     tools: bool = False
     schema: bool = False
     streaming: bool = False
-    attachment_types: frozenset[str] = field(default_factory=frozenset)
+    attachment_types: AbstractSet[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         for name in ("tools", "schema", "streaming"):

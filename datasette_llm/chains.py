@@ -154,7 +154,9 @@ class WrappedChainResponse:
         async def once(routed: Routed, timeout: float | None) -> _Primed[Item]:
             if routed is not self._routed or self._iteration is not None:
                 self._result.withdraw_responses()
-                self._attach(routed, self._target.factories(self._prompt, routed.resolution.model_id))
+                self._attach(
+                    routed, self._target.factories(self._prompt, routed.resolution.model_id)
+                )
             stream = open_stream(self._chain)
             try:
                 first = await within(_first(stream), timeout)

@@ -80,9 +80,9 @@ class Resilience:
 
     Attributes:
         fallbacks: The models to try, in order, once the routed model has failed.
-        retries: How many more times one model is tried on a ``rate_limit``, ``timeout``,
-            ``server_error`` or ``connection`` error, counting the tries the provider's client
-            library makes by itself.
+        retries: How many more requests one model gets on a ``rate_limit``, ``timeout``,
+            ``server_error`` or ``connection`` error, counting those the provider's client
+            library retries by itself (the ``openai`` client retries twice per try).
         timeout: Seconds one attempt may take, or ``None`` for the provider client's own.
         deadline: Seconds the whole prompt may take, every attempt and wait included, or
             ``None`` for no limit.

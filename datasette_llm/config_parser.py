@@ -222,11 +222,17 @@ class _Parser(Reader):
             strict=self.boolean(raw.get("strict", False), f"{CONFIG_ROOT}.strict", False),
             purposes=purposes,
             resilience=Resilience(
-                fallbacks=settings["fallbacks"] or unset.fallbacks,
+                fallbacks=unset.fallbacks
+                if settings["fallbacks"] is None
+                else settings["fallbacks"],
                 retries=unset.retries if settings["retries"] is None else settings["retries"],
                 timeout=settings["timeout"],
                 deadline=settings["deadline"],
-                fallback_on=settings["fallback_on"] or unset.fallback_on,
+                fallback_on=(
+                    unset.fallback_on
+                    if settings["fallback_on"] is None
+                    else settings["fallback_on"]
+                ),
             ),
         )
 

@@ -160,7 +160,8 @@ async def test_each_link_shows_its_limits_its_key_and_the_tries_its_client_makes
     assert (routed["rpm"], routed["concurrency"]) == (60, 2)
     assert (routed["client_retries"], routed["tries"]) == (0, 5)  # retries 4: 1 + 4
     assert routed["key"] == {"source": "not_needed", "secret_name": None, "available": True}
-    assert (gpt["client_retries"], gpt["tries"]) == (2, 3)  # openai retries twice itself
+    # The openai client retries twice itself: retries 4 is two tries of up to three requests.
+    assert (gpt["client_retries"], gpt["tries"]) == (2, 2)
     assert gpt["key"] == {"source": "llm", "secret_name": None, "available": True}
 
 
@@ -277,7 +278,7 @@ async def test_the_html_page_shows_each_chain_and_its_settings(
         "fallback at <code>plugins.datasette-llm.purposes.enrichments.fallbacks[1]</code>",
         '<span class="llm-tag llm-missing">never tried</span> '
         '<span class="llm-muted">it is in blocked_models</span>',
-        "tries 3, and its client retries 2 more by itself",
+        "tries 2, each of up to 3 requests (its client retries by itself)",
         "tries 5; rpm 60; concurrency 2",
         '<code>timeout</code>: 30 s\n<span class="llm-muted">'
         "(<code>plugins.datasette-llm.purposes.enrichments.timeout</code>)</span>",
@@ -314,7 +315,7 @@ CHAIN_TEXT: Final = [
     "NOT TRIED: it is the routed model: a failing model is retried (retries), not tried again "
     "as its own fallback",
     "    7. gpt-4o-mini (fallback, plugins.datasette-llm.purposes.enrichments.fallbacks[5]): "
-    "tries 3 (its client retries 2 more by itself)",
+    "tries 2 of up to 3 requests (its client retries itself)",
     "  agent: retries 4 (plugins.datasette-llm.retries); timeout none (default); deadline none "
     "(default); fallback_on rate_limit, timeout, server_error, connection (default)",
     "    1. test-tools (routed): tries 5",

@@ -179,8 +179,9 @@ async def test_a_fallback_lacking_a_requirement_or_removed_by_a_filter_hook_is_s
         supports_tools = True
 
         async def execute(self, prompt: Any, stream: Any, response: Any, conversation: Any) -> Any:
-            raise ProviderError("rate_limit", self.model_id, "scripted 429")
-            yield ""  # an async generator, as llm expects
+            if prompt is not None:  # always: an async generator, as llm expects, failing at once
+                raise ProviderError("rate_limit", self.model_id, "scripted 429")
+            yield ""
 
     class Registers:
         @llm.hookimpl

@@ -144,12 +144,22 @@ async def test_the_openai_clients_own_two_retries_count_towards_retries(
 async def test_retries_beyond_the_clients_own_are_made_by_datasette_llm(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
+    quick_429 = Reply(status=429, message="slow down", headers={"retry-after": "0.01"})
+    provider.script = [quick_429] * 5 + [Reply(text="sixth request")]
+    ds = make_datasette(config(retries=5, fallbacks=[]))
+    response = await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    assert await response.text() == "sixth request"
+    # retries: 5 is six requests: two tries of datasette-llm's, each of three requests.
+    assert upstream(provider) == ["primary-gpt"] * 6
+    retry_counts = [seen.headers.get("x-stainless-retry-count") for seen in provider.requests]
+    assert retry_counts == ["0", "1", "2", "0", "1", "2"]
+
+    provider.requests.clear()
     fail = Reply(status=500, message="broken", headers=NO_CLIENT_RETRY)
-    provider.script = [fail, fail, Reply(text="third time")]
-    ds = make_datasette(config(retries=4, fallbacks=[]))
-    model = await LLM(ds).model(purpose="summaries")
-    response = await model.prompt("hi")
-    assert await response.text() == "third time"
+    provider.script = [fail, fail, Reply(text="third try")]
+    ds = make_datasette(config(retries=8, fallbacks=[]))
+    response = await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    assert await response.text() == "third try"
     assert upstream(provider) == ["primary-gpt"] * 3
 
 

@@ -193,7 +193,7 @@ def _link_text(index: int, link: ChainLink) -> str:
         return text + f"NOT TRIED: {link.refusal}"
     tries = f"tries {link.tries}"
     if link.client_retries:
-        tries += f" (its client retries {link.client_retries} more by itself)"
+        tries += f" of up to {1 + link.client_retries} requests (its client retries itself)"
     limits = [
         f"{name} {value:g}"
         for name, value in (("rpm", link.rpm), ("concurrency", link.concurrency))

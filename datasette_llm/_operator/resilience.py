@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
-from ..attempts import client_retries
+from ..attempts import client_retries, tries_of
 from ..capabilities import NOTHING_REQUIRED, Requirements
 from ..config import CONFIG_ROOT, Resilience
 from ..errors import shown
@@ -97,7 +97,8 @@ class ChainLink:
         rpm: Its requests-per-minute limit, if configured.
         concurrency: Its concurrent-requests limit, if configured.
         client_retries: How many times the provider's client library retries by itself.
-        tries: How many times datasette-llm itself tries it (1 plus the retries it adds).
+        tries: How many times datasette-llm itself tries it (each try is up to
+            ``1 + client_retries`` requests).
     """
 
     model_id: str
@@ -226,7 +227,7 @@ def _link(
         rpm=reference.rpm,
         concurrency=reference.concurrency,
         client_retries=by_client,
-        tries=1 + max(0, retries - by_client),
+        tries=tries_of(model, retries) if model is not None else 1 + retries,
     )
 
 
