@@ -158,6 +158,8 @@ async def test_records_prompt_system_options_schema_actor_and_stream(
         actor={"id": "ana"},
         group=None,
         streamed=False,
+        attempt=1,
+        error=None,
     )
 
 

@@ -24,9 +24,10 @@ __all__ = [
 
 
 def describe_call(call: ModelCall) -> str:
-    """Describe a call in one line: purpose, model and (shortened) prompt."""
+    """Describe a call in one line: purpose, model, (shortened) prompt and error, if any."""
     prompt = call.prompt if len(call.prompt) <= 60 else call.prompt[:57] + "..."
-    return f"purpose={call.purpose!r}, model_id={call.model_id!r}, prompt={prompt!r}"
+    error = f", error={call.error!r}" if call.error is not None else ""
+    return f"purpose={call.purpose!r}, model_id={call.model_id!r}, prompt={prompt!r}{error}"
 
 
 def _plural(count: int, singular: str, plural: str) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, cast
 if TYPE_CHECKING:
     import llm
 
-    from datasette_llm import ResolutionStep
+    from datasette_llm import ErrorKind, ResolutionStep
 
 __all__ = ["ModelCall", "ToolResultRecord", "build_call", "count_words"]
 
@@ -32,16 +32,19 @@ class ToolResultRecord:
 
 @dataclass(frozen=True, slots=True)
 class ModelCall:
-    """One request the fake model answered (a chain makes one per step).
+    """One request the fake model answered or failed (a chain makes one per step).
 
-    Values are copied when recorded, so later changes by the code under test do not show.
+    Each attempt of a prompt is a request: a prompt that failed on its model and was answered
+    by a fallback is two calls, in order. Values are copied when recorded, so later changes by
+    the code under test do not show.
 
     Attributes:
         purpose: The purpose name, or ``None`` (no purpose, or the llm model was used directly).
         model_id: The id of the model routing chose.
         step: The resolution step that chose it (``"explicit"``, ``"hook"``,
-            ``"purpose_config"``, ``"purpose_default"``, ``"default_model"``), or ``None`` when
-            the llm model was prompted directly rather than through datasette-llm.
+            ``"purpose_config"``, ``"purpose_default"``, ``"default_model"``, ``"fallback"`` for
+            a fallback's attempt), or ``None`` when the llm model was prompted directly rather
+            than through datasette-llm.
         prompt: The prompt text (``""`` for a chain step that only carries tool results).
         system: The system prompt, or ``None``.
         options: The model options that were set, by name.
@@ -54,6 +57,13 @@ class ModelCall:
             next, and so on; ``None`` outside a group.
         streamed: Whether llm asked the model to stream (``False`` when called with
             ``stream=False``).
+        attempt: The attempt of its prompt this call belongs to, as ``Attempt.number`` counts
+            them: ``1`` for the first model tried, ``2`` for the retry or fallback after it, and
+            so on (``PromptResult.attempts[attempt - 1]`` is its ``Attempt`` once it ended);
+            every step of a chain belongs to the chain's attempt. ``None`` when the llm model
+            was prompted directly.
+        error: How the call ended: ``None`` when the fake model answered, else the kind of the
+            failure it raised (a scripted exception, as datasette-llm classifies it).
     """
 
     purpose: str | None
@@ -69,6 +79,8 @@ class ModelCall:
     actor: dict[str, object] | None
     group: int | None
     streamed: bool
+    attempt: int | None = None
+    error: ErrorKind | None = None
 
 
 def build_call(
@@ -80,6 +92,7 @@ def build_call(
     step: ResolutionStep | None,
     actor: dict[str, object] | None,
     group: int | None,
+    attempt: int | None,
 ) -> ModelCall:
     """Record what llm is about to send for ``prompt``."""
     options = {
@@ -110,6 +123,7 @@ def build_call(
         actor=copy.deepcopy(actor),
         group=group,
         streamed=stream,
+        attempt=attempt,
     )
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import llm
 
     from ._matching import Matcher
+    from ._provider import ScriptedFailure
 
 __all__ = ["FakeReply", "ReplyCallback", "ScriptedReply", "run_callback", "streamed_chunks"]
 
@@ -143,7 +144,8 @@ class ScriptedReply:
         matcher: The calls it answers.
         reply: For ``add_response``, what to answer.
         callback: For ``add_callback``, the function computing the answer.
-        exception: For ``add_exception``, what to raise.
+        exception: For ``add_exception`` with an exception, what to raise.
+        failure: For ``add_exception`` with ``kind=``, the provider failure to raise.
         is_reusable: Whether it answers every matching call rather than only the first.
         is_optional: Whether it may go unused.
     """
@@ -154,6 +156,7 @@ class ScriptedReply:
     reply: FakeReply | None = None
     callback: ReplyCallback | None = None
     exception: BaseException | None = None
+    failure: ScriptedFailure | None = None
     is_reusable: bool = False
     is_optional: bool = False
 
@@ -167,6 +170,8 @@ class ScriptedReply:
             parts.append(name)
         if self.exception is not None:
             parts.append(repr(self.exception))
+        if self.failure is not None:
+            parts.extend(self.failure.describe())
         parts.extend(self.matcher.describe())
         if self.is_reusable:
             parts.append("is_reusable=True")

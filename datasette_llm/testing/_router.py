@@ -2,32 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from ._defaults import default_text
-from ._errors import RealModelRequestError, UnmatchedPromptError
+from ._answering import Responder
+from ._errors import RealModelRequestError
 from ._failures import (
     blocked_message,
-    describe_call,
     embedding_blocked_message,
     get_call_message,
     repr_router,
     stop_message,
-    unmatched_message,
 )
-from ._fake_model import Activation, Answer, FakeAsyncModel
+from ._fake_model import Activation, FakeAsyncModel
 from ._guard import embedding_model_ids
 from ._matching import PromptMatch, build_matcher
-from ._records import ModelCall, build_call, count_words
-from ._replies import FakeReply, ReplyCallback, ScriptedReply, run_callback, streamed_chunks
+from ._provider import ScriptedFailure, build_failure
+from ._records import ModelCall
+from ._replies import FakeReply, ReplyCallback
+from ._script import Script
 
 if TYPE_CHECKING:
     import llm
 
-    from datasette_llm import Group, Purpose
+    from datasette_llm import ErrorKind, Purpose
     from datasette_llm.attempts import TestMode
 
 __all__ = ["FakeModelRouter"]
@@ -50,6 +49,10 @@ class FakeModelRouter:
     ``schema=`` prompt). Once anything is scripted, a call no reply matches raises
     ``UnmatchedPromptError``, and replies never used fail the test when the router stops.
 
+    Fallbacks run as configured: each attempt of a prompt is a call (``calls``), and says how
+    it ended (``ModelCall.error``). Backoff never waits, and each model is tried once per
+    prompt unless ``retries=True``.
+
     Args:
         assert_all_replies_used: Fail on exit if a scripted reply (not ``is_optional``) was
             never used.
@@ -57,6 +60,8 @@ class FakeModelRouter:
             though the code under test caught the ``UnmatchedPromptError``.
         allow_embedding_models: Ids of embedding models that may embed while the router is
             active (your test suite's own); every other embedding is refused.
+        retries: Retry a failing model as configured (``retries:``), without waiting, rather
+            than trying each model once per prompt.
     """
 
     _active: ClassVar[FakeModelRouter | None] = None
@@ -67,19 +72,18 @@ class FakeModelRouter:
         assert_all_replies_used: bool = True,
         assert_all_prompts_matched: bool = True,
         allow_embedding_models: Iterable[str] = (),
+        retries: bool = False,
     ) -> None:
         self.assert_all_replies_used = assert_all_replies_used
         self.assert_all_prompts_matched = assert_all_prompts_matched
         self.allow_embedding_models = embedding_model_ids(allow_embedding_models)
-        self._replies: list[ScriptedReply] = []
-        self._uses: dict[int, int] = {}
-        self._calls: list[ModelCall] = []
-        self._unmatched: list[str] = []
+        self.retries = retries
+        self._script = Script()
+        self._responder = Responder(self._script)
+        self._calls = self._responder.calls
         self._blocked: list[str] = []
         self._fakes: dict[str, FakeAsyncModel] = {}
         self._activation: Activation | None = None
-        self._groups: list[Group] = []
-        self._tool_call_count = 0
         self._restore_guard: Callable[[], None] | None = None
         self._previous_mode: TestMode | None = None
 
@@ -143,25 +147,43 @@ class FakeModelRouter:
 
     def add_exception(
         self,
-        exception: BaseException,
+        exception: BaseException | None = None,
         *,
+        kind: ErrorKind | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
         purpose: str | Purpose | None = None,
         model_id: str | None = None,
         prompt: PromptMatch | None = None,
         is_reusable: bool = False,
         is_optional: bool = False,
     ) -> None:
-        """Raise ``exception`` from the first matching call, as a failing provider would.
+        """Fail the first matching call, as a failing provider would.
+
+        Give ``exception`` or ``kind``. With ``kind``, the call raises a new
+        ``datasette_llm.ProviderError`` of that kind for the model it was routed to, saying it
+        was scripted; routing retries and falls back on it as configured. An exception instance
+        is raised as it is, and datasette-llm classifies it as it would a provider's.
+
+        Args:
+            exception: The exception to raise.
+            kind: The kind of provider failure to raise (``"rate_limit"``, ``"timeout"``...).
+            status: With ``kind``, the HTTP status the provider answered.
+            retry_after: With ``kind``, the seconds the provider asked to wait.
 
         Matchers and flags are as for ``add_response``.
         """
-        if not isinstance(exception, BaseException):
-            raise TypeError(
-                f"add_exception() takes an exception instance such as "
-                f"RuntimeError('rate limited'), got {type(exception).__name__}: {exception!r}"
-            )
+        __tracebackhide__ = True
+        failure = build_failure(exception, kind, status, retry_after)
         self._add(
-            "exception", purpose, model_id, prompt, is_reusable, is_optional, exception=exception
+            "exception",
+            purpose,
+            model_id,
+            prompt,
+            is_reusable,
+            is_optional,
+            exception=exception,
+            failure=failure,
         )
 
     def _add(
@@ -176,27 +198,24 @@ class FakeModelRouter:
         reply: FakeReply | None = None,
         callback: ReplyCallback | None = None,
         exception: BaseException | None = None,
+        failure: ScriptedFailure | None = None,
     ) -> None:
-        matcher = build_matcher(purpose, model_id, prompt)
-        number = len(self._replies) + 1
-        scripted = ScriptedReply(
-            number=number,
-            kind=kind,
-            matcher=matcher,
+        self._script.add(
+            kind,
+            build_matcher(purpose, model_id, prompt),
+            is_reusable=is_reusable,
+            is_optional=is_optional,
             reply=reply,
             callback=callback,
             exception=exception,
-            is_reusable=is_reusable,
-            is_optional=is_optional,
+            failure=failure,
         )
-        self._replies.append(scripted)
-        self._uses[number] = 0
 
     # -- recorded calls ----------------------------------------------------------------------
 
     @property
     def calls(self) -> tuple[ModelCall, ...]:
-        """Every call the fake models answered (or refused), in order."""
+        """Every call the fake models answered (or failed), in order: one per attempt."""
         return tuple(self._calls)
 
     def get_calls(
@@ -225,8 +244,8 @@ class FakeModelRouter:
         raise AssertionError(get_call_message(matcher, len(found), self._calls))
 
     def __repr__(self) -> str:
-        unused = sum(1 for reply in self._replies if not self._uses[reply.number])
-        return repr_router(len(self._calls), len(self._replies), unused)
+        unused = len(self._script.unused(optional=True))
+        return repr_router(len(self._calls), len(self._script.replies), unused)
 
     # -- activation --------------------------------------------------------------------------
 
@@ -262,7 +281,7 @@ class FakeModelRouter:
         from ._scope import PLUGIN_NAME, ScopePlugin
 
         FakeModelRouter._active = self
-        self._previous_mode = set_test_mode(TestMode(active=True))
+        self._previous_mode = set_test_mode(TestMode(active=True, retries=self.retries))
         self._activation = Activation()
         self._fakes = {}
         push_model_override(self._override)
@@ -300,17 +319,11 @@ class FakeModelRouter:
         opted out); ``opt_out`` is the sentence saying how to opt out of the last (by default,
         the ``FakeModelRouter()`` argument).
         """
-        opt_out = opt_out or _CONTEXT_OPT_OUT
-        unused = [
-            reply
-            for reply in self._replies
-            if not self._uses[reply.number] and not reply.is_optional
-        ]
         return stop_message(
-            self._unmatched if self.assert_all_prompts_matched else (),
+            self._script.unmatched if self.assert_all_prompts_matched else (),
             self._blocked,
-            unused if self.assert_all_replies_used else (),
-            opt_out,
+            self._script.unused(optional=False) if self.assert_all_replies_used else (),
+            opt_out or _CONTEXT_OPT_OUT,
         )
 
     # -- answering ---------------------------------------------------------------------------
@@ -320,7 +333,7 @@ class FakeModelRouter:
         fake = self._fakes.get(real_id)
         if fake is None:
             assert self._activation is not None, "the override is pushed only while active"
-            fake = FakeAsyncModel(real_id, installed, self._answer, self._activation)
+            fake = FakeAsyncModel(real_id, installed, self._responder.answer, self._activation)
             self._fakes[real_id] = fake
         return fake
 
@@ -337,61 +350,3 @@ class FakeModelRouter:
         description = f"{model_id!r} ({type(model).__name__}.{method})"
         self._blocked.append(description)
         return RealModelRequestError(embedding_blocked_message(description, model_id))
-
-    def _group_number(self, group: Group | None) -> int | None:
-        if group is None:
-            return None
-        for index, seen in enumerate(self._groups, start=1):
-            if seen is group:
-                return index
-        self._groups.append(group)
-        return len(self._groups)
-
-    async def _answer(self, model: FakeAsyncModel, prompt: llm.Prompt, stream: bool) -> Answer:
-        __tracebackhide__ = True  # pytest: show the failure where the code under test prompted
-        from ._scope import current_scope
-
-        scope = current_scope()
-        actor = scope.actor if scope is not None else None
-        call = build_call(
-            prompt,
-            model_id=model.model_id,
-            stream=stream,
-            purpose=scope.purpose if scope is not None else None,
-            step=scope.step if scope is not None else None,
-            actor=dict(actor) if actor is not None else None,
-            group=self._group_number(scope.group if scope is not None else None),
-        )
-        self._calls.append(call)
-        scripted = self._choose(call)
-        if scripted is None:
-            reply = FakeReply(text=default_text(call))
-        elif scripted.exception is not None:
-            raise scripted.exception
-        elif scripted.callback is not None:
-            reply = await run_callback(scripted, call)
-        else:
-            assert scripted.reply is not None
-            reply = scripted.reply
-        chunks = tuple(streamed_chunks(reply))
-        usage = reply.usage or (count_words(call), len("".join(chunks).split()))
-        return Answer(chunks, usage, tuple(self._with_id(c) for c in reply.tool_calls))
-
-    def _with_id(self, tool_call: llm.ToolCall) -> llm.ToolCall:
-        if tool_call.tool_call_id is not None:
-            return tool_call
-        self._tool_call_count += 1
-        return dataclasses.replace(tool_call, tool_call_id=f"call-{self._tool_call_count}")
-
-    def _choose(self, call: ModelCall) -> ScriptedReply | None:
-        __tracebackhide__ = True
-        if not self._replies:
-            return None
-        for scripted in self._replies:
-            if self._uses[scripted.number] and not scripted.is_reusable:
-                continue
-            if not scripted.matcher.mismatches(call):
-                self._uses[scripted.number] += 1
-                return scripted
-        self._unmatched.append(describe_call(call))
-        raise UnmatchedPromptError(unmatched_message(call, self._replies, self._uses))

@@ -32,13 +32,15 @@ class PromptScope:
         purpose: The purpose name, or ``None``.
         actor: The actor, or ``None``.
         group: The ``Group`` of a ``group()`` block, or ``None``.
-        step: The resolution step that chose the model.
+        step: The resolution step that chose the model (``"fallback"`` for a fallback).
+        attempt: The number of the prompt's attempt under way (``Attempt.number``).
     """
 
     purpose: str | None
     actor: Actor | None
     group: Group | None
     step: ResolutionStep | None
+    attempt: int
 
 
 _current: ContextVar[PromptScope | None] = ContextVar("datasette_llm_fake_scope", default=None)
@@ -51,10 +53,16 @@ def current_scope() -> PromptScope | None:
 
 @asynccontextmanager
 async def _scope(
-    purpose: str | None, actor: Actor | None, result: PromptResult
+    model_id: str, purpose: str | None, actor: Actor | None, result: PromptResult
 ) -> AsyncIterator[None]:
-    step = result.resolution.step if result.resolution is not None else None
-    token = _current.set(PromptScope(purpose, actor, result.group, step))
+    resolution = result.resolution
+    step: ResolutionStep | None = None
+    if resolution is not None:
+        # The resolution is the routed model's; an attempt on another model is a fallback's.
+        step = "fallback" if model_id != resolution.model_id else resolution.step
+    # Entered as the attempt starts, when the attempts before it have ended.
+    attempt = len(result.attempts) + 1
+    token = _current.set(PromptScope(purpose, actor, result.group, step, attempt))
     try:
         yield None
     finally:
@@ -69,11 +77,11 @@ class ScopePlugin:
 
     @hookimpl
     def llm_prompt_context(
-        self, purpose: str | None, actor: Actor | None
+        self, model_id: str, purpose: str | None, actor: Actor | None
     ) -> Callable[[PromptResult], AbstractAsyncContextManager[None]]:
         """Return a factory of the context that sets the prompt's scope."""
 
         def factory(result: PromptResult) -> AbstractAsyncContextManager[None]:
-            return _scope(purpose, actor, result)
+            return _scope(model_id, purpose, actor, result)
 
         return factory
