@@ -1,10 +1,10 @@
 """The wrapped chain: llm's ``AsyncChainResponse`` with the hooks around its whole iteration.
 
 Streamed through ``async for``, ``text()`` or ``astream_events()``, a chain is one attempt up to
-its first chunk: when the first step fails before any chunk has reached the caller, the chain
-starts again, on the same model or the next fallback (``datasette_llm.attempts``). Once a chunk
-has reached the caller, or a step has run tools, it never starts again: no text is repeated and
-no tool runs twice.
+its first chunk: when a step fails before anything has reached the caller, the chain goes on,
+on the same model or the next fallback (``datasette_llm.attempts``), from that step: the first
+step starts again, a later one is sent with the messages llm built for it, so no tool runs
+twice. Once a chunk has reached the caller, a failure ends the chain: no text is repeated.
 """
 
 from __future__ import annotations
@@ -31,18 +31,11 @@ ITERATED_ONCE: Final = (
 )
 _END: Final = object()  # a stream that ended before its first item
 
-ChainStarter = Callable[["Routed"], "AsyncChainResponse"]
-"""Start llm's chain on the routed model (of the attempt), with its key and options."""
+ChainStarter = Callable[["Routed", "list[Any] | None"], "AsyncChainResponse"]
+"""Start llm's chain on the routed model (of the attempt), with its key and options; given
+messages, from them (the messages of a failed later step) instead of the chain's prompt."""
 
 Item = TypeVar("Item")
-
-
-class _Final(Exception):
-    """A failure that must not start the chain again (a later step's): raise ``error``."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class _Primed(Generic[Item]):
@@ -72,11 +65,13 @@ class WrappedChainResponse:
         self._prompt = prompt
         self._result = target.result(is_chain=True)
         self._hook_error: BaseException | None = None
-        self._attach(target.routed, target.factories(prompt))
+        self._attach(target.routed, target.factories(prompt), None)
 
-    def _attach(self, routed: Routed, factories: list[PromptContextFactory]) -> None:
+    def _attach(
+        self, routed: Routed, factories: list[PromptContextFactory], resume: list[Any] | None
+    ) -> None:
         """Start llm's chain on ``routed``: a new attempt, whose iteration has not begun."""
-        chain = self._start(routed)
+        chain = self._start(routed, resume)
         self._routed = routed
         self._chain = chain
         self._factories = factories
@@ -153,10 +148,12 @@ class WrappedChainResponse:
 
         async def once(routed: Routed, timeout: float | None) -> _Primed[Item]:
             if routed is not self._routed or self._iteration is not None:
-                self._result.withdraw_responses()
-                self._attach(
-                    routed, self._target.factories(self._prompt, routed.resolution.model_id)
-                )
+                steps = self._result.responses
+                # A later step failed: its tools' results are in the messages llm built for it.
+                resume = list(steps[-1].prompt.messages) if len(steps) > 1 else None
+                self._result.withdraw_responses(last_only=resume is not None)
+                factories = self._target.factories(self._prompt, routed.resolution.model_id)
+                self._attach(routed, factories, resume)
             stream = open_stream(self._chain)
             try:
                 first = await within(_first(stream), timeout)
@@ -164,19 +161,13 @@ class WrappedChainResponse:
                 await self.abandon(error)
                 if error is self._hook_error or isinstance(error, ProviderError):
                     raise
-                failure = classify(error, routed.resolution.model_id)
-                if len(self._result.responses) > 1:  # a later step: tools have run
-                    raise _Final(failure if failure.kind != "unknown" else error) from error
-                raise failure from error
+                raise classify(error, routed.resolution.model_id) from error
             return _Primed(first, stream)
 
         target = self._target
-        try:
-            primed = await run_attempts(
-                target.datasette, target.routed, target.actor, self._result, once
-            )
-        except _Final as final:
-            raise final.error from final.error.__cause__
+        primed = await run_attempts(
+            target.datasette, target.routed, target.actor, self._result, once
+        )
         if primed.first is _END:
             return
         yield primed.first  # type: ignore[misc]  # not _END: an item of the stream
@@ -186,7 +177,7 @@ class WrappedChainResponse:
         except Exception as error:
             await self.abandon(error)
             failure = classify(error, self._routed.resolution.model_id)
-            if failure.kind == "unknown":
+            if failure is error or failure.kind == "unknown":
                 raise
             raise failure from error
         except BaseException as error:

@@ -1,7 +1,7 @@
 """Client-side limits per model, and the cool-down of a model that answered ``rate_limit``.
 
-A model reference may set ``rpm`` (requests per minute, spread evenly: at most ``rpm / 60``
-each second) and ``concurrency`` (requests at once). They hold for every prompt to that model
+A model reference may set ``rpm`` (requests per minute, spread evenly: one every
+``60 / rpm`` seconds) and ``concurrency`` (requests at once). They hold for every prompt to that model
 from one Datasette instance, whatever purpose it serves: one ``Gate`` per model and limits.
 
 A model that answers ``rate_limit`` cools down, for its ``Retry-After`` or, without one, for a
@@ -32,12 +32,10 @@ _LONGEST_COOL_DOWN: Final = 60.0
 
 
 def _limiter(rpm: float) -> AsyncLimiter:
-    # aiolimiter lets a whole period's capacity through at once: a period of one second (or of
-    # one request, under 60 a minute) keeps a burst to what the provider allows each second.
-    per_second = rpm / 60
-    if per_second >= 1:
-        return AsyncLimiter(per_second, 1)
-    return AsyncLimiter(1, 1 / per_second)
+    # A bucket of one request, refilled every 60 / rpm seconds: requests leave evenly spaced,
+    # so no second ever sees more than rpm / 60 of them (aiolimiter's bucket of a whole
+    # second's requests would let that many through at once, then refill within the second).
+    return AsyncLimiter(1, 60 / rpm)
 
 
 class Gate:

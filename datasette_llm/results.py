@@ -122,12 +122,13 @@ class PromptResult:
         for callback in self._callbacks:
             await _on_done(response, callback)
 
-    def withdraw_responses(self) -> None:
-        """Forget the responses so far, the group's copies too: their attempt failed and the
-        prompt starts again (datasette-llm calls this)."""
-        failed = {id(response) for response in self.responses}
-        self.responses.clear()
-        self.response = None
+    def withdraw_responses(self, last_only: bool = False) -> None:
+        """Forget the responses of a failed attempt, the group's copies too: all of them, or
+        the last (a chain going on from its failed step); datasette-llm calls this."""
+        withdrawn = self.responses[-1:] if last_only else list(self.responses)
+        failed = {id(response) for response in withdrawn}
+        del self.responses[len(self.responses) - len(withdrawn) :]
+        self.response = self.responses[0] if self.responses else None
         if self.group is not None:
             kept = [r for r in self.group._responses if id(r) not in failed]
             self.group._responses[:] = kept

@@ -246,9 +246,12 @@ async def _attempt(
             await result.add_response(target.answerable(response))
             return response
     except Exception as error:
-        if error is failure:
-            raise classify(error, model_id) from error
-        raise
+        if error is not failure:
+            raise
+        provider_error = classify(error, model_id)
+        if provider_error is error:
+            raise
+        raise provider_error from error
     raise RuntimeError(SUPPRESSED)
 
 

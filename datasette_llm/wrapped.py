@@ -81,11 +81,15 @@ class WrappedConversation(_Prompting):
         """
         target, conversation = self._target, self._conversation
 
-        def start(routed: Routed) -> AsyncChainResponse:
+        def start(routed: Routed, resume: list[Any] | None) -> AsyncChainResponse:
             on_model = conversation
             if routed.model is not conversation.model:
                 on_model = dataclasses.replace(conversation, model=routed.model)
-            return on_model.chain(prompt, **target.chain_kwargs(kwargs, routed))
+            if resume is None:
+                return on_model.chain(prompt, **target.chain_kwargs(kwargs, routed))
+            going_on = {**kwargs, "messages": resume}
+            going_on.pop("tool_results", None)  # in the messages already
+            return on_model.chain(None, **target.chain_kwargs(going_on, routed))
 
         return WrappedChainResponse(target, start, prompt)
 
