@@ -119,6 +119,15 @@ SNIPPETS: dict[str, tuple[str, list[str]]] = {
         """,
         ["arg-type"],
     ),
+    "fake_router_kind_misspelt": (
+        """
+        from datasette_llm.testing import FakeModelRouter
+
+        def script(router: FakeModelRouter) -> None:
+            router.add_exception(kind="rate-limit", model_id="gpt-5.4")
+        """,
+        ["arg-type"],
+    ),
     "requires_given_a_string": (
         """
         async def pick(datasette: Datasette) -> None:

@@ -33,6 +33,7 @@ from datasette_llm import (
     get_purposes,
     hookspecs,
 )
+from datasette_llm.testing import FakeModelRouter
 from datasette_llm.typing import (
     Actor,
     Datasette,
@@ -216,3 +217,11 @@ async def check_resilience(datasette: Datasette, result: PromptResult) -> None:
     settings = LLM(datasette).config.resilience_for("agent")
     assert_type(settings, Resilience)
     assert_type(settings.fallback_on, tuple[ErrorKind, ...])
+
+
+def check_fake_router_failures(router: FakeModelRouter) -> None:
+    router.add_exception(kind="rate_limit", model_id="gpt-5.4", retry_after=2.0)
+    router.add_exception(TimeoutError("slow"), purpose="summaries")
+    for call in router.calls:
+        assert_type(call.error, ErrorKind | None)
+        assert_type(call.attempt, int | None)
