@@ -1,8 +1,9 @@
 """Client-side limits per model, and the cool-down of a model that answered ``rate_limit``.
 
 A model reference may set ``rpm`` (requests per minute, spread evenly: one every
-``60 / rpm`` seconds) and ``concurrency`` (requests at once). They hold for every prompt to that model
-from one Datasette instance, whatever purpose it serves: one ``Gate`` per model and limits.
+``60 / rpm`` seconds) and ``concurrency`` (requests at once). They hold for every prompt to
+that model from one Datasette instance, whatever purpose it serves: one ``Gate`` per model and
+limits.
 
 A model that answers ``rate_limit`` cools down, for its ``Retry-After`` or, without one, for a
 time that doubles with each rate limit in a row (1 s up to 60 s). While it cools, prompts that
