@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 
 from .provider_errors import DEFAULT_FALLBACK_ON, ErrorKind
+from .usage import Price
 
 __all__ = [
     "CONFIG_ROOT",
@@ -20,9 +21,15 @@ __all__ = [
     "KeySettingSource",
     "LLMConfig",
     "ModelRef",
+    "Budget",
+    "BudgetPeriod",
     "PurposeConfig",
     "Resilience",
+    "UsageSettings",
 ]
+
+BudgetPeriod: TypeAlias = Literal["day", "week", "month"]
+"""The period a budget is spent over: the calendar day, ISO week or month, in UTC."""
 
 CONFIG_ROOT: Final = "plugins.datasette-llm"
 PLUGIN_NAME: Final = "datasette-llm"
@@ -97,6 +104,37 @@ class Resilience:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """What a purpose may spend, and what happens once it has.
+
+    Attributes:
+        usd: US dollars per period, at the configured ``pricing``.
+        per: The period: ``"day"``, ``"week"`` or ``"month"`` (UTC calendar periods).
+        then: ``"refuse"``: prompts raise ``BudgetExceededError``; ``"fallback"``: prompts go to
+            the purpose's fallbacks, skipping its routed model.
+    """
+
+    usd: float
+    per: BudgetPeriod = "month"
+    then: Literal["refuse", "fallback"] = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSettings:
+    """Where the usage ledger is kept.
+
+    Attributes:
+        enabled: Whether a row is recorded for every attempt.
+        database: The database the table goes in, or ``None`` for Datasette's internal one.
+        retention_days: Rows older than this are deleted, or ``None`` to keep every row.
+    """
+
+    enabled: bool = True
+    database: str | None = None
+    retention_days: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PurposeConfig:
     """Configuration under ``purposes.<name>``.
 
@@ -109,6 +147,7 @@ class PurposeConfig:
         timeout: The purpose's ``timeout``, or ``None`` for the global value.
         deadline: The purpose's ``deadline``, or ``None`` for the global value.
         fallback_on: The purpose's ``fallback_on``, or ``None`` for the global value.
+        budget: What the purpose may spend, or ``None`` for no limit.
     """
 
     model: ModelRef | None = None
@@ -119,6 +158,7 @@ class PurposeConfig:
     timeout: float | None = None
     deadline: float | None = None
     fallback_on: tuple[ErrorKind, ...] | None = None
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +175,8 @@ class LLMConfig:
         strict: Whether suspicious configuration stops startup instead of logging a warning.
         resilience: What routing does when a provider fails, unless a purpose says otherwise
             (``fallbacks``, ``retries``, ``timeout``, ``deadline``, ``fallback_on``).
+        pricing: The price of each model id, in dollars per million tokens.
+        usage: Where the usage ledger is kept.
     """
 
     default_model: ModelRef | None = None
@@ -146,6 +188,10 @@ class LLMConfig:
     )
     strict: bool = False
     resilience: Resilience = Resilience()
+    pricing: Mapping[str, Price] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False
+    )
+    usage: UsageSettings = UsageSettings()
 
     def purpose(self, name: str | None) -> PurposeConfig | None:
         """Return the configuration of purpose ``name``, if any."""

@@ -21,7 +21,8 @@ from .config import (
     PurposeConfig,
     Resilience,
 )
-from .config_reader import FAILED, Reader, got, reference
+from .config_reader import FAILED, got, reference
+from .config_usage import UsageReader
 from .errors import (
     ConfigurationError,
     is_text,
@@ -42,8 +43,10 @@ _TOP_KEYS: Final = (
     "purposes",
     "strict",
     *_RESILIENCE_KEYS,
+    "pricing",
+    "usage",
 )
-_PURPOSE_KEYS: Final = ("model", "models", "blocked_models", *_RESILIENCE_KEYS)
+_PURPOSE_KEYS: Final = ("model", "models", "blocked_models", *_RESILIENCE_KEYS, "budget")
 _REF_KEYS: Final = ("model", "key", "options", "rpm", "concurrency")
 _MAX_RETRIES: Final = 10
 
@@ -58,7 +61,7 @@ class _Settings(TypedDict):
     fallback_on: tuple[ErrorKind, ...] | None
 
 
-class _Parser(Reader):
+class _Parser(UsageReader):
     """Builds the whole configuration from its values."""
 
     def model_ref(self, value: object, path: str) -> ModelRef | None:
@@ -172,6 +175,7 @@ class _Parser(Reader):
             models=None if models is None else self.ref_list(models, f"{path}.models"),
             blocked_models=self.blocklist(value.get("blocked_models"), f"{path}.blocked_models"),
             **self.resilience(value, path),
+            budget=self.budget(value.get("budget"), f"{path}.budget"),
         )
 
     def purposes(self, value: object) -> Mapping[str, PurposeConfig]:
@@ -221,6 +225,8 @@ class _Parser(Reader):
             ),
             strict=self.boolean(raw.get("strict", False), f"{CONFIG_ROOT}.strict", False),
             purposes=purposes,
+            pricing=self.pricing(raw.get("pricing")),
+            usage=self.usage(raw.get("usage")),
             resilience=Resilience(
                 fallbacks=unset.fallbacks
                 if settings["fallbacks"] is None
