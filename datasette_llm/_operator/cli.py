@@ -1,13 +1,19 @@
-"""``datasette llm purposes`` and ``datasette llm check``: the routing report in a terminal."""
+"""``datasette llm purposes`` and ``datasette llm check``: the routing report in a terminal.
+
+``datasette llm usage`` is in ``usage_cli``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from .cli_support import datasette_from_files, datasette_options, format_problems, text_table
+from .usage_cli import add_usage_command
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -17,81 +23,6 @@ if TYPE_CHECKING:
     from .resilience import Chain, ChainLink, Setting
 
 __all__ = ["add_commands", "check_json", "format_chains", "format_problems", "format_table"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _datasette_options(function: F) -> F:
-    """Add the options ``datasette serve`` uses to find configuration and plugins."""
-    options = [
-        click.option(
-            "-c",
-            "--config",
-            type=click.File("r"),
-            help="Path to a datasette.yaml (or JSON) configuration file",
-        ),
-        click.option(
-            "-m",
-            "--metadata",
-            type=click.File("r"),
-            help="Path to a metadata.yaml (or JSON) file; its plugins: section counts too",
-        ),
-        click.option(
-            "--plugins-dir",
-            type=click.Path(exists=True, file_okay=False, dir_okay=True),
-            help="Path to a directory containing custom plugins",
-        ),
-        click.option(
-            "--internal",
-            type=click.Path(exists=True, dir_okay=False),
-            help="Path to the internal database datasette serve --internal uses "
-            "(where datasette-secrets keeps its encrypted store)",
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def _load(file: Any, label: str) -> dict[str, Any] | None:
-    if file is None:
-        return None
-    from datasette.utils import parse_metadata
-
-    try:
-        parsed = parse_metadata(file.read())
-    except Exception as error:
-        raise click.ClickException(f"Could not parse {label} {file.name}: {error}") from None
-    if parsed is None:
-        return {}
-    if not isinstance(parsed, dict):
-        raise click.ClickException(f"{label} {file.name} must be a mapping at the top level.")
-    return parsed
-
-
-def _datasette(
-    config: Any, metadata: Any, plugins_dir: str | None, internal: str | None
-) -> Datasette:
-    from datasette.app import Datasette
-
-    from ..config_source import metadata_replaces_config
-    from .validation import defer_startup_validation
-
-    config_data = _load(config, "configuration")
-    metadata_data = _load(metadata, "metadata")
-    if config is not None and metadata is not None:
-        conflict = metadata_replaces_config(config_data, metadata_data, config.name, metadata.name)
-        if conflict is not None:
-            raise click.ClickException(conflict)
-    datasette = Datasette(
-        memory=True,
-        config=config_data,
-        metadata=metadata_data,
-        plugins_dir=plugins_dir,
-        internal=internal,
-    )
-    defer_startup_validation(datasette)
-    return datasette
 
 
 def _key_text(route: Route) -> str:
@@ -106,18 +37,6 @@ def _key_text(route: Route) -> str:
         return "set (llm keys)"
     where = key.secret_name if key.source == "secret" else f"${key.source} {key.secret_name}"
     return f"set ({where})"
-
-
-def _rows_to_text(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        lines.append(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def format_table(report: RoutingReport) -> str:
@@ -148,7 +67,7 @@ def format_table(report: RoutingReport) -> str:
             _key_text(default),
         )
     )
-    lines = [_rows_to_text(rows), ""]
+    lines = [text_table(rows), ""]
     notes = [
         f"{purpose.name}: {line}"
         for purpose in report.purposes
@@ -227,24 +146,6 @@ def format_chains(report: RoutingReport) -> str:
     return "\n".join(["Fallbacks and retries (tried in order):", *lines])
 
 
-def format_problems(problems: Sequence[ConfigProblem], strict: bool) -> str:
-    """Render problems one per line, errors first, then a count."""
-    lines = []
-    errors = 0
-    for problem in problems:
-        severity = "error" if strict else problem.severity
-        if severity == "error":
-            errors += 1
-        lines.append(f"{severity}: {problem.path}: {problem.message}")
-    warnings = len(problems) - errors
-    lines.append(
-        f"{errors} error{'s' if errors != 1 else ''}, "
-        f"{warnings} warning{'s' if warnings != 1 else ''}"
-        + (" (strict: warnings count as errors)" if strict and problems else "")
-    )
-    return "\n".join(lines)
-
-
 async def _report(datasette: Datasette) -> RoutingReport:
     from .report import build_report
 
@@ -257,10 +158,12 @@ def add_commands(cli: click.Group) -> None:
 
     @cli.group(name="llm")
     def llm_group() -> None:
-        """Inspect datasette-llm's purpose routing."""
+        """Inspect datasette-llm's purpose routing and usage."""
+
+    add_usage_command(llm_group)
 
     @llm_group.command(name="purposes")
-    @_datasette_options
+    @datasette_options
     @click.option("--json", "as_json", is_flag=True, help="Output the report as JSON")
     def purposes(
         config: Any, metadata: Any, plugins_dir: str | None, internal: str | None, as_json: bool
@@ -268,7 +171,7 @@ def add_commands(cli: click.Group) -> None:
         """Show every purpose, the model it resolves to, and why."""
         from ..errors import ConfigurationError
 
-        datasette = _datasette(config, metadata, plugins_dir, internal)
+        datasette = datasette_from_files(config, metadata, plugins_dir, internal)
         try:
             report = asyncio.run(_report(datasette))
         except ConfigurationError as error:
@@ -280,7 +183,7 @@ def add_commands(cli: click.Group) -> None:
             click.echo(format_table(report))
 
     @llm_group.command(name="check")
-    @_datasette_options
+    @datasette_options
     @click.option("--strict", is_flag=True, help="Treat warnings as errors (like strict: true)")
     @click.option("--json", "as_json", is_flag=True, help="Output problems and routing as JSON")
     def check(
@@ -292,7 +195,7 @@ def add_commands(cli: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Validate the configuration and that every purpose can be served; exit 1 on errors."""
-        datasette = _datasette(config, metadata, plugins_dir, internal)
+        datasette = datasette_from_files(config, metadata, plugins_dir, internal)
         problems, config_strict, report = asyncio.run(_check(datasette))
         strict = strict or config_strict
         failing = [p for p in problems if strict or p.severity == "error"]

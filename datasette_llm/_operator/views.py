@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING, Final
 from datasette import Forbidden
 from datasette.utils.asgi import Response
 
+from ..config_source import config_for
 from ..errors import ConfigurationError
 from .report import build_report
+from .usage_chart import build_chart
+from .usage_report import build_usage
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -44,7 +47,7 @@ async def can_view_routing(datasette: Datasette, actor: Mapping[str, object] | N
 
 
 async def routing_view(datasette: Datasette, request: Request) -> Response:
-    """Show every purpose's routing; 403 unless the actor may ``llm-view-routing``."""
+    """Show every purpose's routing and its usage; 403 unless the actor may ``llm-view-routing``."""
     as_json = bool(request.url_vars.get("format"))
     if not await can_view_routing(datasette, request.actor):
         message = (
@@ -69,11 +72,15 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
             request=request,
         )
         return Response.html(html)
+    usage = await build_usage(datasette, config_for(datasette))
     if as_json:
-        return Response.json({"ok": True, **report.to_json()})
-    html = await datasette.render_template(
-        "llm_routing.html",
-        {"report": report, "problems": report.problems, "step_labels": STEP_LABELS},
-        request=request,
-    )
+        return Response.json({"ok": True, **report.to_json(), "usage": usage.to_json()})
+    context = {
+        "report": report,
+        "problems": report.problems,
+        "step_labels": STEP_LABELS,
+        "usage": usage,
+        "chart": build_chart(usage),
+    }
+    html = await datasette.render_template("llm_routing.html", context, request=request)
     return Response.html(html)
