@@ -10,10 +10,19 @@ alongside it can import anything from it.
 
 from ._hooks import add_hookspecs
 from .actors import Actor
+from .budgets import BudgetExceededError
 from .capabilities import Requirements
 from .chains import WrappedChainResponse
 from .client import LLM
-from .config import KeySetting, LLMConfig, ModelRef, PurposeConfig, Resilience
+from .config import (
+    Budget,
+    KeySetting,
+    LLMConfig,
+    ModelRef,
+    PurposeConfig,
+    Resilience,
+    UsageSettings,
+)
 from .errors import ConfigProblem, ConfigurationError, ModelBlockedError, ModelNotFoundError
 from .keys import KeyStatus
 
@@ -23,28 +32,34 @@ from .plugin import register_actions as register_actions
 from .plugin import register_commands as register_commands
 from .plugin import register_routes as register_routes
 from .plugin import register_secrets as register_secrets
+from .plugin import shutdown as shutdown
 from .plugin import startup as startup
 from .provider_errors import Attempt, ErrorKind, ProviderError
 from .purpose_catalog import get_purpose, get_purpose_collisions, get_purpose_owner, get_purposes
 from .purposes import Purpose, PurposeCollision
 from .resolution import Resolution, ResolutionStep
 from .results import Group, PromptResult
+from .usage import Outcome, Price, UsageRecord
 from .wrapped import WrappedAsyncModel, WrappedConversation
 
 __all__ = [
-    "LLM",
     "Actor",
     "Attempt",
+    "Budget",
+    "BudgetExceededError",
     "ConfigProblem",
     "ConfigurationError",
     "ErrorKind",
     "Group",
     "KeySetting",
     "KeyStatus",
+    "LLM",
     "LLMConfig",
     "ModelBlockedError",
     "ModelNotFoundError",
     "ModelRef",
+    "Outcome",
+    "Price",
     "PromptResult",
     "ProviderError",
     "Purpose",
@@ -54,6 +69,8 @@ __all__ = [
     "Resilience",
     "Resolution",
     "ResolutionStep",
+    "UsageRecord",
+    "UsageSettings",
     "WrappedAsyncChainResponse",
     "WrappedAsyncModel",
     "WrappedChainResponse",

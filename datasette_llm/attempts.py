@@ -25,17 +25,17 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import stamina
 
+from .budgets import BudgetExceededError, period_start
 from .gates import Gate, gate_for
+from .ledger import ledger_for
+from .metering import Meter, Started
 from .provider_errors import RETRIED_KINDS, Attempt, ProviderError
 from .routing import admit
 
 if TYPE_CHECKING:
-    from datasette.app import Datasette
     from llm import AsyncModel
 
-    from .actors import Actor
     from .config import Resilience
-    from .results import PromptResult
     from .routing import Routed
 
 __all__ = [
@@ -50,8 +50,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-Once = Callable[["Routed", "float | None"], Awaitable[T]]
-"""One attempt: send the prompt to the routed model with this timeout, hooks around it; its
+Once = Callable[["Routed", "float | None", Started], Awaitable[T]]
+"""One attempt: send the prompt to the routed model with this timeout (the attempt started at
+``Started``), hooks around it; its
 answer is the completed response (for a chain: its stream, primed with the first chunk).
 
 It raises ``ProviderError`` for the provider's failure (any other exception is not the
@@ -144,28 +145,29 @@ class _Clock:
         return max(0.0, left if timeout is None else min(timeout, left))
 
 
-async def run_attempts(
-    datasette: Datasette,
-    primary: Routed,
-    actor: Actor | None,
-    result: PromptResult,
-    once: Once[T],
-) -> T:
+async def run_attempts(meter: Meter, once: Once[T]) -> T:
     """Try the routed model, then its fallbacks, until one answers; record every attempt.
+
+    ``meter`` holds the prompt's Datasette, routed model, actor and ``PromptResult``, and
+    records the usage of each failed attempt (``once`` records those that answered).
 
     Raises:
         ProviderError: The last failure, with every attempt (``attempts``), once routing has
             nothing left to try or the deadline has passed.
     """
-    settings = primary.policy.config.resilience_for(primary.policy.purpose)
+    datasette, primary, actor, result = meter.datasette, meter.primary, meter.actor, meter.result
+    config = primary.policy.config
+    settings = config.resilience_for(primary.policy.purpose)
     started = time.monotonic()
     clock = _Clock(None if settings.deadline is None else started + settings.deadline)
-    plan = (primary.resolution.model_id, *primary.resolution.fallbacks)
+    plan: tuple[str, ...] = (primary.resolution.model_id, *primary.resolution.fallbacks)
+    if await _over_budget(meter):
+        plan = plan[1:]  # then: fallback (then: refuse has raised)
     last: ProviderError | None = None
     cooling: list[tuple[Routed, Gate]] = []
     previous: str | None = None
     for index, model_id in enumerate(plan):
-        if index == 0:
+        if model_id == primary.resolution.model_id:
             routed = primary
         else:
             admitted = await admit(datasette, primary, model_id, actor)
@@ -180,14 +182,14 @@ async def run_attempts(
             result.skipped.append(f"{model_id!r} deferred: it is cooling down after rate limits")
             continue
         try:
-            return await _tries(routed, gate, settings, clock, result, once, previous)
+            return await _tries(routed, gate, settings, clock, meter, once, previous)
         except ProviderError as error:
             last, previous = error, model_id
             if error.kind not in settings.fallback_on or clock.passed():
                 raise error.with_attempts(tuple(result.attempts)) from error.__cause__
     for routed, gate in cooling:
         try:
-            return await _tries(routed, gate, settings, clock, result, once, previous)
+            return await _tries(routed, gate, settings, clock, meter, once, previous)
         except ProviderError as error:
             last, previous = error, routed.resolution.model_id
             if error.kind not in settings.fallback_on or clock.passed():
@@ -199,12 +201,40 @@ async def run_attempts(
     raise last.with_attempts(tuple(result.attempts)) from last.__cause__
 
 
+async def _over_budget(meter: Meter) -> bool:
+    """Whether the purpose has spent its budget and goes to its fallbacks.
+
+    Raises:
+        BudgetExceededError: It has, and its budget says ``then: refuse`` (or it has no
+            fallback).
+    """
+    purpose = meter.primary.resolution.purpose
+    config = meter.primary.policy.config
+    purpose_config = config.purpose(purpose)
+    budget = purpose_config.budget if purpose_config is not None else None
+    if budget is None or purpose is None:
+        return False
+    since = period_start(budget.per, time.time())
+    usage = config.usage
+    ledger = ledger_for(meter.datasette, usage.database, usage.retention_days)
+    spent = await ledger.spent(purpose, since)
+    if spent < budget.usd:
+        return False
+    if budget.then == "fallback" and meter.primary.resolution.fallbacks:
+        meter.result.skipped.append(
+            f"{meter.primary.resolution.model_id!r} skipped: the purpose has spent its "
+            f"${budget.usd:g} budget for this {budget.per}"
+        )
+        return True
+    raise BudgetExceededError(purpose, budget, spent, since)
+
+
 async def _tries(
     routed: Routed,
     gate: Gate,
     settings: Resilience,
     clock: _Clock,
-    result: PromptResult,
+    meter: Meter,
     once: Once[T],
     fell_back_from: str | None,
 ) -> T:
@@ -235,7 +265,7 @@ async def _tries(
         wait_jitter=waits[2],
     ):
         with retry:
-            return await _try(routed, gate, settings, clock, result, once, fell_back_from)
+            return await _try(routed, gate, settings, clock, meter, once, fell_back_from)
     raise AssertionError("stamina ends retrying by raising the last error")
 
 
@@ -244,20 +274,22 @@ async def _try(
     gate: Gate,
     settings: Resilience,
     clock: _Clock,
-    result: PromptResult,
+    meter: Meter,
     once: Once[T],
     fell_back_from: str | None,
 ) -> T:
+    result = meter.result
     model_id = routed.resolution.model_id
     number = len(result.attempts) + 1
-    started = time.monotonic()
+    begun = Started.now(number, fell_back_from)
+    started = begun.clock
     if clock.passed():
         error = ProviderError("timeout", model_id, "the prompt's deadline passed before this try")
     else:
         try:
             async with gate.slot(clock.left()):
                 result.model_id = model_id
-                response = await once(routed, clock.bound(settings.timeout))
+                response = await once(routed, clock.bound(settings.timeout), begun)
         except ProviderError as raised:
             error = raised
         else:
@@ -267,6 +299,7 @@ async def _try(
             )
             return response
     gate.record(error)
+    meter.failure(routed, begun, error.kind)
     result.attempts.append(
         Attempt(model_id, number, time.monotonic() - started, error.kind, fell_back_from)
     )

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, aclosing
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from .attempts import run_attempts, within
+from .metering import Meter, Started
 from .provider_errors import ProviderError, classify
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class WrappedChainResponse:
         self._start = start
         self._prompt = prompt
         self._result = target.result(is_chain=True)
+        self._meter = Meter(target.datasette, target.routed, target.actor, self._result)
+        self._started = Started.now(1, None)  # of the attempt under way; then of each step
         self._hook_error: BaseException | None = None
         self._attach(target.routed, target.factories(prompt), None)
 
@@ -108,8 +111,14 @@ class WrappedChainResponse:
                     raise
                 try:
                     async with aclosing(self._inner_responses()) as inner:
+                        step = 0
                         async for response in inner:
+                            step += 1
+                            if step > 1:  # a later step: a request of its own
+                                begun = self._started
+                                self._started = Started.now(begun.attempt, begun.fell_back_from)
                             await self._result.add_response(target.answerable(response))
+                            await self._meter.response(self._routed, response, self._started)
                             self._suspended = True
                             try:
                                 yield response
@@ -146,7 +155,8 @@ class WrappedChainResponse:
     ) -> AsyncIterator[Item]:
         """Stream llm's chain, starting it again on failure until its first item arrives."""
 
-        async def once(routed: Routed, timeout: float | None) -> _Primed[Item]:
+        async def once(routed: Routed, timeout: float | None, started: Started) -> _Primed[Item]:
+            self._started = started
             if routed is not self._routed or self._iteration is not None:
                 steps = self._result.responses
                 # A later step failed: its tools' results are in the messages llm built for it.
@@ -164,10 +174,7 @@ class WrappedChainResponse:
                 raise classify(error, routed.resolution.model_id) from error
             return _Primed(first, stream)
 
-        target = self._target
-        primed = await run_attempts(
-            target.datasette, target.routed, target.actor, self._result, once
-        )
+        primed = await run_attempts(self._meter, once)
         if primed.first is _END:
             return
         yield primed.first  # type: ignore[misc]  # not _END: an item of the stream
@@ -177,6 +184,7 @@ class WrappedChainResponse:
         except Exception as error:
             await self.abandon(error)
             failure = classify(error, self._routed.resolution.model_id)
+            self._meter.failure(self._routed, self._started, failure.kind)
             if failure is error or failure.kind == "unknown":
                 raise
             raise failure from error

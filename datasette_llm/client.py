@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,7 @@ from .config import LLMConfig
 from .config_source import config_for
 from .errors import ModelNotFoundError
 from .groups import open_group
+from .ledger import ledger_for, read_records
 from .models import current_registry
 from .policy import policy_for, screen
 from .purpose_catalog import get_purpose
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
     from llm import AsyncModel
 
     from .actors import Actor
+    from .ledger import Listener
     from .resolution import Resolution
+    from .usage import UsageRecord
 
 __all__ = ["LLM"]
 
@@ -169,3 +172,23 @@ class LLM:
         by_id = {model.model_id: model for model in screening.models}
         order = dict.fromkeys([*first, *policy.preferred(), *by_id])
         return [by_id[model_id] for model_id in order if model_id in by_id]
+
+    def on_usage(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(record)`` with the ``UsageRecord`` of every attempt from now on.
+
+        It is called as each record is made, before the ledger writes it, in the task that
+        made the prompt: keep it quick (a usage or accountant plugin may total what it needs).
+        Returns a function that stops the calls.
+        """
+        usage = self.config.usage
+        return ledger_for(self._datasette, usage.database, usage.retention_days).listen(listener)
+
+    async def usage_records(
+        self, since: float | None = None, purpose: str | Purpose | None = None
+    ) -> list[UsageRecord]:
+        """Return the ledger's records, oldest first: those since ``since`` (epoch seconds),
+        of ``purpose`` if given. Waits for the records not yet written."""
+        usage = self.config.usage
+        ledger = ledger_for(self._datasette, usage.database, usage.retention_days)
+        await ledger.flush()
+        return await read_records(ledger, since, purpose_name(purpose))

@@ -16,7 +16,8 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import astuple, fields
+from dataclasses import fields
+from operator import attrgetter
 from typing import TYPE_CHECKING, Final
 
 from .log import logger
@@ -26,11 +27,20 @@ if TYPE_CHECKING:
     from datasette.app import Datasette
     from datasette.database import Database
 
-__all__ = ["COLUMNS", "MAX_PENDING", "TABLE", "Ledger", "ledger_for"]
+__all__ = [
+    "COLUMNS",
+    "MAX_PENDING",
+    "SCHEMA",
+    "TABLE",
+    "Ledger",
+    "flush_usage",
+    "ledger_for",
+    "rows",
+]
 
 TABLE: Final = "datasette_llm_usage"
 MAX_PENDING: Final = 100_000
-_BATCH: Final = 500
+_BATCH: Final = 5_000  # one transaction: a write's cost is mostly reaching the write thread
 _DAY: Final = 86_400.0
 
 COLUMNS: Final = tuple(field.name for field in fields(UsageRecord))
@@ -52,6 +62,7 @@ SCHEMA: Final = (
     f"CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE} (time);\n"
     f"CREATE INDEX IF NOT EXISTS {TABLE}_purpose_time ON {TABLE} (purpose, time);\n"
 )
+_ROW: Final = attrgetter(*COLUMNS)
 _INSERT: Final = (
     f"INSERT OR IGNORE INTO {TABLE} ({', '.join(COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in COLUMNS)})"
@@ -85,6 +96,7 @@ class Ledger:
         self.dropped = 0
         self.written = 0
         self._listeners: list[Listener] = []
+        self._spent: dict[tuple[str, float], float] = {}  # (purpose, since) -> US dollars
 
     def __repr__(self) -> str:
         return (
@@ -108,6 +120,10 @@ class Ledger:
             self._pending.popleft()
             self.dropped += 1
         self._pending.append(record)
+        if record.cost and record.purpose is not None:
+            for (purpose, since), spent in self._spent.items():
+                if purpose == record.purpose and record.time >= since:
+                    self._spent[purpose, since] = spent + record.cost
         for listener in list(self._listeners):
             try:
                 listener(record)
@@ -116,6 +132,25 @@ class Ledger:
         self._wake.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+
+    async def spent(self, purpose: str, since: float) -> float:
+        """US dollars recorded for ``purpose`` since ``since``: read once, then kept up to date."""
+        known = self._spent.get((purpose, since))
+        if known is not None:
+            return known
+        async with self._lock:  # no batch is on its way to the table meanwhile
+            db = await self.ensure_table()
+            query = f"SELECT coalesce(sum(cost), 0) FROM {TABLE} WHERE purpose = ? AND time >= ?"
+            written = float((await db.execute(query, [purpose, since])).first()[0])
+            waiting = sum(
+                row.cost or 0.0
+                for row in self._pending
+                if row.purpose == purpose and row.time >= since
+            )
+            for key in [key for key in self._spent if key[0] == purpose]:
+                del self._spent[key]  # an earlier period's
+            self._spent[purpose, since] = written + waiting
+        return written + waiting
 
     async def flush(self) -> None:
         """Write every pending row now."""
@@ -156,7 +191,7 @@ class Ledger:
         db = await self.ensure_table()
         batch = [self._pending.popleft() for _ in range(min(_BATCH, len(self._pending)))]
         try:
-            await db.execute_write_many(_INSERT, [astuple(row) for row in batch])
+            await db.execute_write_many(_INSERT, [_ROW(row) for row in batch])
         except BaseException:
             self._pending.extendleft(reversed(batch))
             raise
@@ -183,6 +218,27 @@ def ledger_for(
     return ledger
 
 
+async def read_records(
+    ledger: Ledger, since: float | None, purpose: str | None
+) -> list[UsageRecord]:
+    """The written records of ``ledger``'s table, oldest first, filtered as asked."""
+    db = await ledger.ensure_table()
+    where = ["time >= ?"]
+    params: list[object] = [since if since is not None else 0.0]
+    if purpose is not None:
+        where.append("purpose = ?")
+        params.append(purpose)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {' AND '.join(where)} ORDER BY time, id"
+    return [UsageRecord(*row) for row in (await db.execute(sql, params)).rows]
+
+
+async def flush_usage(datasette: Datasette) -> None:
+    """Write every pending usage row of ``datasette`` now (at shutdown, before reading)."""
+    ledger = _ledgers.get(datasette)
+    if ledger is not None:
+        await ledger.flush()
+
+
 def rows(records: Iterable[UsageRecord]) -> list[tuple[object, ...]]:
     """The records as table rows, in ``COLUMNS`` order."""
-    return [astuple(record) for record in records]
+    return [_ROW(record) for record in records]

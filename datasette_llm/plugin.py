@@ -133,3 +133,11 @@ def menu_links(datasette: Datasette, actor: dict[str, object] | None) -> object:
         return [{"href": datasette.urls.path("/-/llm"), "label": "LLM routing"}]
 
     return inner
+
+
+@hookimpl
+def shutdown(datasette: Datasette) -> object:
+    """Write the usage rows still waiting (on Datasette versions that have this hook)."""
+    from .ledger import flush_usage
+
+    return flush_usage(datasette)

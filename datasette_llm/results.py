@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from .provider_errors import Attempt
     from .resolution import Resolution
+    from .usage import UsageRecord
 
 __all__ = ["Group", "PromptContextFactory", "PromptResult", "ResponseDoneCallback"]
 
@@ -63,6 +64,8 @@ class PromptResult:
             that gave it (which is a fallback when the routed model failed).
         attempts: Every finished attempt of the prompt, in order: model, duration, error kind.
         skipped: The fallbacks not tried, each with the reason (blocked, keyless, cooling...).
+        usage: The usage record of each attempt so far (a response once it has completed, or a
+            failure), as the ledger keeps it.
     """
 
     __slots__ = (
@@ -77,6 +80,7 @@ class PromptResult:
         "response",
         "responses",
         "skipped",
+        "usage",
     )
 
     def __init__(
@@ -96,6 +100,7 @@ class PromptResult:
         self.model_id: str | None = resolution.model_id if resolution is not None else None
         self.attempts: list[Attempt] = []
         self.skipped: list[str] = []
+        self.usage: list[UsageRecord] = []
         self._callbacks: list[ResponseDoneCallback] = []
 
     def __repr__(self) -> str:

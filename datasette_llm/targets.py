@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import time
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -19,6 +20,7 @@ import llm
 
 from ._hooks import call_llm_prompt_context
 from .attempts import run_attempts, within
+from .metering import Meter, Started
 from .provider_errors import classify
 from .results import Group, PromptResult
 
@@ -213,8 +215,13 @@ async def _reply(
     return await send(target, _Reply(response), prompt, kwargs)
 
 
-async def _complete(response: AsyncResponse) -> None:
-    await response
+async def _complete(response: AsyncResponse) -> float | None:
+    """Run ``response`` to its end; return when its first chunk came (``time.monotonic()``)."""
+    first: float | None = None
+    async for _ in response:
+        if first is None:
+            first = time.monotonic()
+    return first
 
 
 async def _attempt(
@@ -223,8 +230,9 @@ async def _attempt(
     sender: Sender,
     prompt: str | None,
     kwargs: dict[str, Any],
-    result: PromptResult,
+    meter: Meter,
     timeout: float | None,
+    started: Started,
 ) -> AsyncResponse:
     """Send the prompt to ``routed`` once, inside the hooks' context managers.
 
@@ -236,14 +244,15 @@ async def _attempt(
     try:
         async with AsyncExitStack() as stack:
             for factory in factories:
-                await stack.enter_async_context(factory(result))
+                await stack.enter_async_context(factory(meter.result))
             response = await sender(routed.model, prompt, target.prompt_kwargs(kwargs, routed))
             try:
-                await within(_complete(response), timeout)
+                first_token = await within(_complete(response), timeout)
             except Exception as error:
                 failure = error
                 raise
-            await result.add_response(target.answerable(response))
+            await meter.result.add_response(target.answerable(response))
+            await meter.response(routed, response, started, first_token)
             return response
     except Exception as error:
         if error is not failure:
@@ -264,9 +273,9 @@ async def send(
         ProviderError: Every attempt failed (``attempts`` lists them).
     """
     target.enlist()
-    result = target.result(is_chain=False)
+    meter = Meter(target.datasette, target.routed, target.actor, target.result(is_chain=False))
 
-    async def once(routed: Routed, timeout: float | None) -> AsyncResponse:
-        return await _attempt(target, routed, sender, prompt, kwargs, result, timeout)
+    async def once(routed: Routed, timeout: float | None, started: Started) -> AsyncResponse:
+        return await _attempt(target, routed, sender, prompt, kwargs, meter, timeout, started)
 
-    return await run_attempts(target.datasette, target.routed, target.actor, result, once)
+    return await run_attempts(meter, once)

@@ -1,0 +1,219 @@
+"""The usage ledger: one row per attempt, never any text, priced, persistent, budgeted.
+
+Against llm's own OpenAI plugin and the local provider (``tests/openai_server.py``), whose
+answers report token usage, and the suite's own models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from datasette.app import Datasette
+
+from datasette_llm import LLM, BudgetExceededError, ProviderError, UsageRecord
+from datasette_llm.ledger import TABLE, ledger_for
+from tests.conftest import MakeDatasette
+from tests.openai_server import Provider, Reply, serve, write_extra_models
+
+NO_CLIENT_RETRY: Final = {"x-should-retry": "false"}
+PRICING: Final = {
+    "primary-gpt": {"input": 2.0, "output": 8.0},
+    "backup-gpt": {"input": 1.0, "output": 4.0, "cached_input": 0.5},
+}
+
+
+def config(**extra: Any) -> dict[str, Any]:
+    purpose = {"model": "primary-gpt", "fallbacks": ["backup-gpt"]}
+    return {"pricing": PRICING, "purposes": {"summaries": purpose}, **extra}
+
+
+@pytest.fixture
+def provider(llm_user_dir: Path) -> Iterator[Provider]:
+    with serve() as running:
+        write_extra_models(llm_user_dir, running, primary_gpt=None, backup_gpt=None)
+        yield running
+
+
+async def records(ds: Datasette, **filters: Any) -> list[UsageRecord]:
+    return await LLM(ds).usage_records(**filters)
+
+
+async def test_every_attempt_is_one_row_with_tokens_cost_and_outcome(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette(config())
+    provider.script = [
+        Reply(status=500, message="broken", headers=NO_CLIENT_RETRY),
+        Reply(text="one two three"),
+    ]
+    model = await LLM(ds).model(purpose="summaries", actor={"id": "alice"})
+    response = await model.prompt("Summarize this")
+    failed, answered = await records(ds)
+    assert (failed.model, failed.outcome, failed.attempt, failed.cost) == (
+        "primary-gpt",
+        "server_error",
+        1,
+        None,
+    )
+    assert (answered.model, answered.outcome, answered.attempt) == ("backup-gpt", "ok", 2)
+    assert answered.fell_back_from == "primary-gpt"
+    assert (answered.requested_model, answered.purpose, answered.actor_id) == (
+        "primary-gpt",
+        "summaries",
+        "alice",
+    )
+    usage = await response.usage()
+    assert (answered.input_tokens, answered.output_tokens) == (usage.input, usage.output) == (3, 3)
+    assert answered.cost == pytest.approx((3 * 1.0 + 3 * 4.0) / 1_000_000)
+    assert answered.duration >= 0 and answered.first_token is not None
+    assert answered.first_token <= answered.duration
+
+
+async def test_no_row_holds_prompt_or_response_text(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette(config())
+    provider.default = Reply(text="the secret answer")
+    await (await LLM(ds).model(purpose="summaries")).prompt("the private question")
+    await ledger_for(ds).flush()
+    db = ledger_for(ds).database_object()
+    dump = repr((await db.execute(f"select * from {TABLE}")).rows)
+    assert "secret answer" not in dump and "private question" not in dump
+    assert [column for column in (await db.execute(f"select * from {TABLE}")).columns] == [
+        "id",
+        "time",
+        "purpose",
+        "requested_model",
+        "model",
+        "actor_id",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "duration",
+        "first_token",
+        "outcome",
+        "attempt",
+        "fell_back_from",
+        "cost",
+    ]
+
+
+async def test_a_model_without_a_price_has_no_cost_not_zero(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette({"purposes": {"summaries": {"model": "primary-gpt"}}})
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    [row] = await records(ds)
+    assert row.cost is None
+    assert row.input_tokens == 3
+
+
+async def test_replies_conversations_and_chain_steps_each_make_a_row(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette(config())
+    model = await LLM(ds).model(purpose="summaries")
+    first = await model.prompt("one")
+    await first.reply("two")
+    conversation = model.conversation()
+    await conversation.prompt("three")
+    await model.chain("four").text()
+    rows = await records(ds)
+    assert [row.outcome for row in rows] == ["ok"] * 4
+    assert all(row.model == "primary-gpt" for row in rows)
+
+
+async def test_hooks_and_listeners_see_the_records_of_the_prompt(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette(config())
+    seen: list[UsageRecord] = []
+    stop = LLM(ds).on_usage(seen.append)
+    provider.script = [Reply(status=429, message="slow", headers=NO_CLIENT_RETRY), Reply()]
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    stop()
+    await (await LLM(ds).model(purpose="summaries")).prompt("again")
+    assert [record.outcome for record in seen] == ["rate_limit", "ok"]
+    assert [record.id for record in seen] == [record.id for record in (await records(ds))[:2]]
+
+
+async def test_rows_survive_a_restart_with_an_internal_database_file(
+    tmp_path: Path, provider: Provider
+) -> None:
+    internal = str(tmp_path / "internal.db")
+    plugins = {"plugins": {"datasette-llm": config()}}
+    first = Datasette(memory=True, internal=internal, config=plugins)
+    await (await LLM(first).model(purpose="summaries")).prompt("hi")
+    await ledger_for(first).flush()  # what Datasette's shutdown hook does
+    again = Datasette(memory=True, internal=internal, config=plugins)
+    [row] = await LLM(again).usage_records()
+    assert (row.model, row.outcome, row.purpose) == ("primary-gpt", "ok", "summaries")
+
+
+async def test_usage_can_go_to_a_database_the_operator_names_or_nowhere(
+    tmp_path: Path, provider: Provider
+) -> None:
+    path = tmp_path / "usage.db"
+    named = {"plugins": {"datasette-llm": config(usage={"database": "usage"})}}
+    ds = Datasette([str(path)], config=named)
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    assert len(await LLM(ds).usage_records()) == 1
+    rows = (await ds.get_database("usage").execute(f"select count(*) from {TABLE}")).first()
+    assert rows[0] == 1
+
+    off = {"plugins": {"datasette-llm": config(usage={"enabled": False})}}
+    quiet = Datasette(memory=True, config=off)
+    await (await LLM(quiet).model(purpose="summaries")).prompt("hi")
+    assert await LLM(quiet).usage_records() == []
+
+
+async def test_a_spent_budget_refuses_or_falls_back(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    tiny = {"usd": 0.00001, "per": "day"}
+    refusing = config()
+    refusing["purposes"]["summaries"]["budget"] = {**tiny, "then": "refuse"}
+    ds = make_datasette(refusing)
+    provider.default = Reply(text="a b c d e f g h i j")
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")  # spends 0.000086
+    with pytest.raises(BudgetExceededError, match=r"has spent \$0.0001 of its \$1e-05 budget"):
+        await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+
+    falling = config()
+    falling["purposes"]["summaries"]["budget"] = {**tiny, "then": "fallback"}
+    ds = make_datasette(falling)
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    provider.requests.clear()
+    response = await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    assert response.model.model_id == "backup-gpt"
+    assert [seen.body["model"] for seen in provider.requests] == ["backup-gpt-upstream"]
+
+
+async def test_spend_from_an_earlier_run_counts_towards_the_budget(
+    tmp_path: Path, provider: Provider
+) -> None:
+    internal = str(tmp_path / "internal.db")
+    settings = config()
+    settings["purposes"]["summaries"]["budget"] = {"usd": 0.00001, "per": "month"}
+    plugins = {"plugins": {"datasette-llm": settings}}
+    provider.default = Reply(text="a b c d e f g h i j")
+    first = Datasette(memory=True, internal=internal, config=plugins)
+    await (await LLM(first).model(purpose="summaries")).prompt("hi")
+    await ledger_for(first).flush()
+    again = Datasette(memory=True, internal=internal, config=plugins)
+    with pytest.raises(BudgetExceededError):
+        await (await LLM(again).model(purpose="summaries")).prompt("hi")
+
+
+async def test_failed_attempts_without_a_fallback_are_recorded_before_the_error(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette({"pricing": PRICING, "purposes": {"summaries": {"model": "primary-gpt"}}})
+    provider.default = Reply(status=401, message="bad key")
+    with pytest.raises(ProviderError):
+        await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    [row] = await records(ds)
+    assert (row.outcome, row.input_tokens, row.cost) == ("auth", None, None)
