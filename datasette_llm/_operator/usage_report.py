@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
+from ..budgets import period_start
 from ..ledger import TABLE, ledger_for
 from .usage_values import (
     DAY,
@@ -25,7 +26,6 @@ from .usage_values import (
     UsageWindow,
     Window,
     iso_day,
-    period_start,
     standard_windows,
 )
 

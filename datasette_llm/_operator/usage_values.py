@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Final
 
-from ..config import Budget, BudgetPeriod
+from ..config import Budget
 
 __all__ = [
     "DAY",
@@ -24,7 +24,6 @@ __all__ = [
     "UsageWindow",
     "Window",
     "iso_day",
-    "period_start",
     "standard_windows",
     "usd",
     "utc_text",
@@ -47,18 +46,6 @@ def iso_day(moment: float) -> str:
 def utc_text(moment: float) -> str:
     """``moment`` (seconds since the epoch) as ``YYYY-MM-DD HH:MM UTC``."""
     return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def period_start(per: BudgetPeriod, now: float) -> float:
-    """Return when the budget period holding ``now`` began: UTC day, ISO week or month."""
-    start = datetime.fromtimestamp(now, timezone.utc).replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
-    if per == "week":
-        start -= timedelta(days=start.weekday())
-    elif per == "month":
-        start = start.replace(day=1)
-    return start.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
