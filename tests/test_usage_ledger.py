@@ -217,3 +217,31 @@ async def test_failed_attempts_without_a_fallback_are_recorded_before_the_error(
         await (await LLM(ds).model(purpose="summaries")).prompt("hi")
     [row] = await records(ds)
     assert (row.outcome, row.input_tokens, row.cost) == ("auth", None, None)
+
+
+def test_check_reports_prices_for_missing_models_and_budgets_that_cannot_count(
+    provider: Provider,
+) -> None:
+    from datasette_llm._operator.validation import validate
+    from datasette_llm.models import current_registry
+
+    raw = {
+        "pricing": {"primary-gtp": {"input": 1, "output": 2}},
+        "usage": {"enabled": False},
+        "purposes": {"summaries": {"model": "primary-gpt", "budget": {"usd": 5}}},
+    }
+    problems = validate(raw, [], current_registry()).problems
+    shown = {(problem.path, problem.severity): problem.message for problem in problems}
+    assert shown[("plugins.datasette-llm.pricing.primary-gtp", "warning")] == (
+        "model 'primary-gtp' is not installed, so this price is never used. "
+        "Did you mean 'primary-gpt'?"
+    )
+    assert shown[("plugins.datasette-llm.purposes.summaries.budget", "error")].startswith(
+        "a budget needs the usage ledger, which usage: {enabled: false} turns off"
+    )
+    raw["usage"] = {"enabled": True}
+    problems = validate(raw, [], current_registry()).problems
+    [budget] = [p for p in problems if p.path.endswith("summaries.budget")]
+    assert budget.message.startswith(
+        "'primary-gpt' has no price under plugins.datasette-llm.pricing"
+    )

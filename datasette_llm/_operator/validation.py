@@ -23,6 +23,7 @@ from ..models import ModelRegistry, current_registry
 from ..policy import policy_for
 from ..purpose_catalog import get_purposes
 from .fallback_checks import fallback_problems, requirement_problems
+from .usage_checks import usage_problems
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -308,6 +309,7 @@ def validate(
     problems.extend(_allowlist_problems(config, registry, names))
     problems.extend(fallback_problems(config, registry, names))
     problems.extend(requirement_problems(config, registry, purposes))
+    problems.extend(usage_problems(config, registry))
     problems.sort(key=lambda problem: problem.severity != ERROR)
     return Validation(tuple(problems), config.strict, config)
 
