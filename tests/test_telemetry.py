@@ -41,10 +41,6 @@ from tests.conftest import MakeDatasette, RegisterPlugin
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
-WAITS_FOR_THE_CORE: Final = pytest.mark.xfail(
-    reason="waits for the core to call telemetry.observe", strict=False
-)
-
 START_NS: Final = 1_700_000_000_250_000_000
 RECORD: Final = UsageRecord(
     id="record-1",
@@ -400,7 +396,6 @@ def test_a_provider_installed_after_the_first_attempt_receives_the_next_ones() -
 # End to end, once the core calls observe()
 
 
-@WAITS_FOR_THE_CORE
 async def test_a_prompt_is_one_span_named_for_its_model_with_no_text(
     make_datasette: MakeDatasette, spans: InMemorySpanExporter, reader: InMemoryMetricReader
 ) -> None:
@@ -413,7 +408,6 @@ async def test_a_prompt_is_one_span_named_for_its_model_with_no_text(
     assert not [value for value in values if "sentinel" in value]
 
 
-@WAITS_FOR_THE_CORE
 @pytest.mark.skipif(
     datasette_telemetry_testing() is None, reason="Datasette draws a request span from 1.0a41"
 )
