@@ -6,6 +6,7 @@ answers report token usage, and the suite's own models.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -245,3 +246,20 @@ def test_check_reports_prices_for_missing_models_and_budgets_that_cannot_count(
     assert budget.message.startswith(
         "'primary-gpt' has no price under plugins.datasette-llm.pricing"
     )
+
+
+async def test_retention_deletes_rows_older_than_its_days(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    import time
+
+    ds = make_datasette(config(usage={"retention_days": 30}))
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    [fresh] = await records(ds)
+    ledger = ledger_for(ds, None, 30)
+    old = dataclasses.replace(fresh, id="old", time=time.time() - 31 * 86_400)
+    kept = dataclasses.replace(fresh, id="kept", time=time.time() - 29 * 86_400)
+    ledger.record(old)
+    ledger.record(kept)
+    await ledger.flush()
+    assert sorted(row.id for row in await records(ds)) == sorted([fresh.id, "kept"])

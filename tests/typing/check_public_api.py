@@ -15,10 +15,13 @@ from typing_extensions import assert_type
 from datasette_llm import (
     LLM,
     Attempt,
+    Budget,
+    BudgetExceededError,
     ErrorKind,
     Group,
     KeyStatus,
     ModelNotFoundError,
+    Outcome,
     PromptResult,
     ProviderError,
     Purpose,
@@ -26,6 +29,7 @@ from datasette_llm import (
     Resilience,
     Resolution,
     ResolutionStep,
+    UsageRecord,
     WrappedAsyncModel,
     WrappedChainResponse,
     WrappedConversation,
@@ -225,3 +229,20 @@ def check_fake_router_failures(router: FakeModelRouter) -> None:
     for call in router.calls:
         assert_type(call.error, ErrorKind | None)
         assert_type(call.attempt, int | None)
+
+
+async def check_usage(datasette: Datasette, result: PromptResult) -> None:
+    def total(record: UsageRecord) -> None:
+        assert_type(record.cost, float | None)
+        assert_type(record.outcome, Outcome)
+
+    stop = LLM(datasette).on_usage(total)
+    stop()
+    records = await LLM(datasette).usage_records(since=0.0, purpose="enrichments")
+    assert_type(records, list[UsageRecord])
+    assert_type(result.usage, list[UsageRecord])
+    try:
+        await (await LLM(datasette).model(purpose="enrichments")).prompt("hi")
+    except BudgetExceededError as error:
+        assert_type(error.spent, float)
+        assert_type(error.budget, Budget)
