@@ -148,6 +148,7 @@ class PurposeConfig:
         deadline: The purpose's ``deadline``, or ``None`` for the global value.
         fallback_on: The purpose's ``fallback_on``, or ``None`` for the global value.
         budget: What the purpose may spend, or ``None`` for no limit.
+        locked: Whether datasette.yaml alone decides it: no override (``/-/llm``) may change it.
     """
 
     model: ModelRef | None = None
@@ -159,6 +160,7 @@ class PurposeConfig:
     deadline: float | None = None
     fallback_on: tuple[ErrorKind, ...] | None = None
     budget: Budget | None = None
+    locked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,14 @@ _TOP_KEYS: Final = (
     "pricing",
     "usage",
 )
-_PURPOSE_KEYS: Final = ("model", "models", "blocked_models", *_RESILIENCE_KEYS, "budget")
+_PURPOSE_KEYS: Final = (
+    "model",
+    "models",
+    "blocked_models",
+    *_RESILIENCE_KEYS,
+    "budget",
+    "locked",
+)
 _REF_KEYS: Final = ("model", "key", "options", "rpm", "concurrency")
 _MAX_RETRIES: Final = 10
 
@@ -176,6 +183,7 @@ class _Parser(UsageReader):
             blocked_models=self.blocklist(value.get("blocked_models"), f"{path}.blocked_models"),
             **self.resilience(value, path),
             budget=self.budget(value.get("budget"), f"{path}.budget"),
+            locked=self.boolean(value.get("locked", False), f"{path}.locked", False),
         )
 
     def purposes(self, value: object) -> Mapping[str, PurposeConfig]:
