@@ -1,4 +1,5 @@
-"""Where the configuration comes from: the section Datasette holds, parsed once per change."""
+"""Where the configuration comes from: the section Datasette holds, parsed once per change, with
+the routing overrides set on ``/-/llm`` laid over it."""
 
 from __future__ import annotations
 
@@ -10,11 +11,21 @@ from weakref import WeakKeyDictionary
 
 from .config import PLUGIN_NAME, LLMConfig
 from .config_parser import parse_with_sources
+from .models import current_registry
+from .overlay import Overlaid, overlay
+from .overrides import StoredOverride, overrides_of
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
-__all__ = ["config_for", "metadata_replaces_config", "raw_section", "served_files_conflict"]
+__all__ = [
+    "config_for",
+    "layers_for",
+    "metadata_replaces_config",
+    "raw_section",
+    "served_files_conflict",
+    "written_config_for",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +138,13 @@ def served_files_conflict() -> str | None:
 
 
 _cache: WeakKeyDictionary[Datasette, _Parsed] = WeakKeyDictionary()
+_overlaid: WeakKeyDictionary[
+    Datasette, tuple[LLMConfig, Mapping[str, StoredOverride], Overlaid]
+] = WeakKeyDictionary()
 
 
-def config_for(datasette: Datasette) -> LLMConfig:
-    """Return the parsed configuration of ``datasette``.
+def written_config_for(datasette: Datasette) -> LLMConfig:
+    """Return the configuration as written (datasette.yaml), without the routing overrides.
 
     It is parsed again when ``datasette.config``, its ``plugins`` mapping or the datasette-llm
     section is replaced by another object, or when an environment variable or file it names with
@@ -154,3 +168,37 @@ def config_for(datasette: Datasette) -> LLMConfig:
         parsed.config,
     )
     return parsed.config
+
+
+def layers_for(datasette: Datasette) -> Overlaid:
+    """Return the written configuration, the routing overrides over it, and the result.
+
+    Laid again only when the written configuration or the overrides change (each is replaced,
+    never changed, so this compares identities).
+
+    Raises:
+        ConfigurationError: The written configuration is malformed.
+    """
+    base = written_config_for(datasette)
+    overrides = overrides_of(datasette)
+    cached = _overlaid.get(datasette)
+    if cached is not None and cached[0] is base and cached[1] is overrides:
+        return cached[2]
+    if overrides:
+        layers = overlay(raw_section(datasette)[2], base, overrides, current_registry())
+    else:
+        layers = Overlaid(base, base)
+    _overlaid[datasette] = (base, overrides, layers)
+    return layers
+
+
+def config_for(datasette: Datasette) -> LLMConfig:
+    """Return the configuration of ``datasette`` that routing uses.
+
+    That is the configuration as written (see ``written_config_for``) with the routing
+    overrides set on ``/-/llm`` laid over it; a stored override is in effect from the next call.
+
+    Raises:
+        ConfigurationError: The configuration is malformed (``problems`` lists where).
+    """
+    return layers_for(datasette).config
