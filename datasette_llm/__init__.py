@@ -25,8 +25,10 @@ from .config import (
 )
 from .errors import ConfigProblem, ConfigurationError, ModelBlockedError, ModelNotFoundError
 from .keys import KeyStatus
+from .permissions import PurposeNotAllowedError
 
 # Datasette finds our hook implementations as attributes of this module (the entry point).
+from .permissions import permission_resources_sql as permission_resources_sql
 from .plugin import menu_links as menu_links
 from .plugin import register_actions as register_actions
 from .plugin import register_commands as register_commands
@@ -65,6 +67,7 @@ __all__ = [
     "Purpose",
     "PurposeCollision",
     "PurposeConfig",
+    "PurposeNotAllowedError",
     "Requirements",
     "Resilience",
     "Resolution",

@@ -15,6 +15,7 @@ from .errors import ModelNotFoundError
 from .groups import open_group
 from .ledger import ledger_for, read_records
 from .models import current_registry
+from .permissions import check_use
 from .policy import policy_for, screen
 from .purpose_catalog import get_purpose
 from .purposes import Purpose, purpose_name
@@ -68,8 +69,9 @@ class LLM:
             ModelBlockedError: The explicit ``model_id`` is blocked for this purpose.
             ModelNotFoundError: Nothing was given or configured, or every candidate was refused.
             llm.UnknownModelError: The chosen model is not installed.
+            PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``).
         """
-        purpose_name(purpose)
+        await check_use(self._datasette, actor, purpose_name(purpose))
         routed = await route(
             self._datasette,
             self.config,
@@ -98,8 +100,10 @@ class LLM:
             ModelBlockedError: The explicit ``model_id`` is blocked for this purpose.
             ModelNotFoundError: Nothing was given or configured, or every candidate was refused.
             llm.UnknownModelError: The chosen model is not installed.
+            PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``); a call
+                without an actor is not checked.
         """
-        purpose_name(purpose)
+        await check_use(self._datasette, actor, purpose_name(purpose))
         routed = await route(
             self._datasette, self.config, model_id, purpose, actor, read_key=True, requires=requires
         )
@@ -117,8 +121,11 @@ class LLM:
 
         On exit, also after an exception in the block, every response is driven to completion,
         then ``llm_group_exit`` runs once with the same ``Group`` the prompts saw.
+
+        Raises:
+            PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``).
         """
-        purpose_name(purpose)
+        await check_use(self._datasette, actor, purpose_name(purpose))
         routed = await route(
             self._datasette, self.config, model_id, purpose, actor, read_key=True, requires=requires
         )
@@ -137,8 +144,12 @@ class LLM:
         the purpose and ``requires`` require, keys under ``require_keys``, every
         ``llm_filter_models`` hook); then ordered: the model routing picks, the purpose's
         ``models``, the global ``models``, then llm's registry order.
+
+        Raises:
+            PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``).
         """
         name = purpose_name(purpose)
+        await check_use(self._datasette, actor, name)
         config = self.config
         registry = current_registry()
         policy = policy_for(config, name, registry)

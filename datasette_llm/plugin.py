@@ -85,16 +85,26 @@ def register_secrets(datasette: Datasette) -> list[Secret]:
 
 @hookimpl
 def register_actions(datasette: Datasette) -> list[Action]:
-    """Register ``llm-view-routing``, the action guarding the ``/-/llm`` routing page."""
+    """Register ``llm-view-routing`` (the ``/-/llm`` page), ``llm-use``, ``llm-manage-routing``."""
     from datasette.permissions import Action
 
     from ._operator.views import VIEW_ROUTING
+    from .permissions import MANAGE_ROUTING, USE, PurposeResource
 
     return [
         Action(
             name=VIEW_ROUTING,
             description="View datasette-llm's purpose routing page (/-/llm)",
-        )
+        ),
+        Action(
+            name=USE,
+            description="Use a model for a datasette-llm purpose (allowed by default)",
+            resource_class=PurposeResource,
+        ),
+        Action(
+            name=MANAGE_ROUTING,
+            description="Change datasette-llm's routing and test routes (denied by default)",
+        ),
     ]
 
 

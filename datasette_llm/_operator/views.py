@@ -13,6 +13,7 @@ from ..errors import ConfigurationError
 from .report import build_report
 from .usage_chart import build_chart
 from .usage_report import build_usage
+from .use_report import who_may_use, with_may_use
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -73,14 +74,17 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         )
         return Response.html(html)
     usage = await build_usage(datasette, config_for(datasette))
+    may_use = who_may_use(datasette, [purpose.name for purpose in report.purposes])
     if as_json:
-        return Response.json({"ok": True, **report.to_json(), "usage": usage.to_json()})
+        document = with_may_use(report.to_json(), may_use)
+        return Response.json({"ok": True, **document, "usage": usage.to_json()})
     context = {
         "report": report,
         "problems": report.problems,
         "step_labels": STEP_LABELS,
         "usage": usage,
         "chart": build_chart(usage),
+        "may_use": may_use,
     }
     html = await datasette.render_template("llm_routing.html", context, request=request)
     return Response.html(html)

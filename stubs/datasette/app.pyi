@@ -42,6 +42,7 @@ class Datasette:
     ERROR: int
     client: DatasetteClient
     root_enabled: bool
+    default_deny: bool
     config: dict[str, Any] | None
     actions: dict[str, Action]
     databases: dict[str, Database]
