@@ -110,10 +110,11 @@ def register_actions(datasette: Datasette) -> list[Action]:
 
 @hookimpl
 def register_routes(datasette: Datasette) -> list[tuple[str, object]]:
-    """Serve the routing page at ``/-/llm`` and ``/-/llm.json``."""
+    """Serve the routing page (``/-/llm``, ``/-/llm.json``) and route tests (``/-/llm/test/*``)."""
+    from ._operator.live import TEST_ROUTE_PATTERN, route_test_view
     from ._operator.views import ROUTE_PATTERN, routing_view
 
-    return [(ROUTE_PATTERN, routing_view)]
+    return [(ROUTE_PATTERN, routing_view), (TEST_ROUTE_PATTERN, route_test_view)]
 
 
 @hookimpl

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_support import datasette_from_files, datasette_options, format_problems, text_table
+from .live_cli import format_live, live_json, live_purposes, run_live
 from .usage_cli import add_usage_command
 
 if TYPE_CHECKING:
@@ -186,6 +187,10 @@ def add_commands(cli: click.Group) -> None:
     @datasette_options
     @click.option("--strict", is_flag=True, help="Treat warnings as errors (like strict: true)")
     @click.option("--json", "as_json", is_flag=True, help="Output problems and routing as JSON")
+    @click.option(
+        "--live", is_flag=True, help="Then send a short prompt through each purpose's chain"
+    )
+    @click.option("--purpose", "only", metavar="NAME", help="With --live: test only this purpose")
     def check(
         config: Any,
         metadata: Any,
@@ -193,14 +198,28 @@ def add_commands(cli: click.Group) -> None:
         internal: str | None,
         strict: bool,
         as_json: bool,
+        live: bool,
+        only: str | None,
     ) -> None:
-        """Validate the configuration and that every purpose can be served; exit 1 on errors."""
+        """Validate the configuration and that every purpose can be served; exit 1 on errors.
+
+        With --live, also prompt each purpose's routed chain (real calls, recorded as usage);
+        exit 1 if any fails.
+        """
+        if only is not None and not live:
+            raise click.UsageError("--purpose NAME needs --live.")
         datasette = datasette_from_files(config, metadata, plugins_dir, internal)
         problems, config_strict, report = asyncio.run(_check(datasette))
         strict = strict or config_strict
         failing = [p for p in problems if strict or p.severity == "error"]
+        names = live_purposes(report, only) if live and report is not None else []
+        results = run_live(datasette, names) if names else []
         if as_json:
-            click.echo(json.dumps(check_json(problems, strict, report), indent=2))
+            data = check_json(problems, strict, report)
+            if live:
+                data["live"] = live_json(results)
+                data["ok"] = data["ok"] and all(result.ok for result in results)
+            click.echo(json.dumps(data, indent=2))
         else:
             chains = "" if report is None else format_chains(report)
             if chains:
@@ -209,7 +228,9 @@ def add_commands(cli: click.Group) -> None:
                 click.echo(format_problems(problems, strict))
             else:
                 click.echo("datasette-llm configuration OK: no problems found.")
-        if failing:
+            if live:
+                click.echo("\n" + format_live(results))
+        if failing or not all(result.ok for result in results):
             raise SystemExit(1)
 
 

@@ -10,6 +10,7 @@ from datasette.utils.asgi import Response
 
 from ..config_source import config_for
 from ..errors import ConfigurationError
+from ..permissions import can_manage_routing
 from .report import build_report
 from .usage_chart import build_chart
 from .usage_report import build_usage
@@ -84,6 +85,7 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         "step_labels": STEP_LABELS,
         "usage": usage,
         "chart": build_chart(usage),
+        "can_test_routes": await can_manage_routing(datasette, request.actor),
         "may_use": may_use,
     }
     html = await datasette.render_template("llm_routing.html", context, request=request)
