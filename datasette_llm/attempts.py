@@ -215,8 +215,7 @@ async def _over_budget(meter: Meter) -> bool:
     if budget is None or purpose is None:
         return False
     since = period_start(budget.per, time.time())
-    usage = config.usage
-    ledger = ledger_for(meter.datasette, usage.database, usage.retention_days)
+    ledger = ledger_for(meter.datasette)
     spent = await ledger.spent(purpose, since)
     if spent < budget.usd:
         return False

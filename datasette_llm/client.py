@@ -191,15 +191,13 @@ class LLM:
         made the prompt: keep it quick (a usage or accountant plugin may total what it needs).
         Returns a function that stops the calls.
         """
-        usage = self.config.usage
-        return ledger_for(self._datasette, usage.database, usage.retention_days).listen(listener)
+        return ledger_for(self._datasette).listen(listener)
 
     async def usage_records(
         self, since: float | None = None, purpose: str | Purpose | None = None
     ) -> list[UsageRecord]:
         """Return the ledger's records, oldest first: those since ``since`` (epoch seconds),
         of ``purpose`` if given. Waits for the records not yet written."""
-        usage = self.config.usage
-        ledger = ledger_for(self._datasette, usage.database, usage.retention_days)
+        ledger = ledger_for(self._datasette)
         await ledger.flush()
         return await read_records(ledger, since, purpose_name(purpose))

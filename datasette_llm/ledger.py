@@ -20,6 +20,7 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Final
 
+from .config_source import config_for
 from .log import logger
 from .usage import UsageRecord
 
@@ -133,6 +134,16 @@ class Ledger:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_forever())
 
+    def take_over(self, previous: Ledger) -> None:
+        """Take ``previous``'s waiting rows, listeners and counts (the settings changed)."""
+        self._pending.extend(previous._pending)
+        previous._pending.clear()
+        self._listeners.extend(previous._listeners)
+        self.dropped, self.written = previous.dropped, previous.written
+        if self._pending:
+            self._wake.set()
+            self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+
     async def spent(self, purpose: str, since: float) -> float:
         """US dollars recorded for ``purpose`` since ``since``: read once, then kept up to date."""
         known = self._spent.get((purpose, since))
@@ -208,14 +219,24 @@ class Ledger:
 _ledgers: weakref.WeakKeyDictionary[Datasette, Ledger] = weakref.WeakKeyDictionary()
 
 
-def ledger_for(
-    datasette: Datasette, database: str | None = None, retention_days: float | None = None
-) -> Ledger:
-    """Return the ledger of ``datasette`` (made with these settings the first time)."""
+def ledger_for(datasette: Datasette) -> Ledger:
+    """Return the ledger of ``datasette``, with the ``usage`` settings of its configuration.
+
+    When those settings change (a new database, a new retention), the new ledger takes over
+    the rows still waiting, the listeners and the spend it knows of.
+    """
+    settings = config_for(datasette).usage
     ledger = _ledgers.get(datasette)
-    if ledger is None or (ledger.database, ledger.retention_days) != (database, retention_days):
-        ledger = _ledgers[datasette] = Ledger(datasette, database, retention_days)
-    return ledger
+    if ledger is not None and (ledger.database, ledger.retention_days) == (
+        settings.database,
+        settings.retention_days,
+    ):
+        return ledger
+    fresh = Ledger(datasette, settings.database, settings.retention_days)
+    if ledger is not None:
+        fresh.take_over(ledger)
+    _ledgers[datasette] = fresh
+    return fresh
 
 
 async def read_records(

@@ -136,7 +136,7 @@ class Meter:
             logger.exception("Recording the span of usage record %s failed", record.id)
         settings = config.usage
         if settings.enabled:
-            ledger_for(self.datasette, settings.database, settings.retention_days).record(record)
+            ledger_for(self.datasette).record(record)
 
 
 def _price(pricing: Mapping[str, Price], routed: Routed) -> Price | None:

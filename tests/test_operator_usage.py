@@ -31,7 +31,6 @@ from datasette.cli import cli
 from datasette.utils import parse_metadata
 
 from datasette_llm._operator.usage_report import BUDGET_SQL, DAILY_SQL, WINDOW_SQL
-from datasette_llm.config_source import config_for
 from datasette_llm.ledger import SCHEMA, TABLE, ledger_for
 from datasette_llm.typing import Datasette
 from datasette_llm.usage import UsageRecord
@@ -79,8 +78,7 @@ def row(
 
 
 async def write(datasette: Datasette, rows: Iterable[UsageRecord], *, flush: bool = True) -> None:
-    config = config_for(datasette)
-    ledger = ledger_for(datasette, config.usage.database, config.usage.retention_days)
+    ledger = ledger_for(datasette)
     for record in rows:
         ledger.record(record)
     if flush:

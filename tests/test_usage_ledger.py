@@ -256,10 +256,32 @@ async def test_retention_deletes_rows_older_than_its_days(
     ds = make_datasette(config(usage={"retention_days": 30}))
     await (await LLM(ds).model(purpose="summaries")).prompt("hi")
     [fresh] = await records(ds)
-    ledger = ledger_for(ds, None, 30)
+    ledger = ledger_for(ds)
     old = dataclasses.replace(fresh, id="old", time=time.time() - 31 * 86_400)
     kept = dataclasses.replace(fresh, id="kept", time=time.time() - 29 * 86_400)
     ledger.record(old)
     ledger.record(kept)
     await ledger.flush()
     assert sorted(row.id for row in await records(ds)) == sorted([fresh.id, "kept"])
+
+
+async def test_the_ledger_keeps_its_waiting_rows_and_listeners_when_its_settings_change(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    from datasette_llm.ledger import Ledger
+
+    ds = make_datasette(config())
+    assert ledger_for(ds) is ledger_for(ds)  # the same settings: the same ledger
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    [row] = await records(ds)
+    seen: list[UsageRecord] = []
+    before = Ledger(ds, None, None)
+    before.listen(seen.append)
+    before.record(dataclasses.replace(row, id="waiting"))
+    after = Ledger(ds, None, 30)
+    after.take_over(before)
+    after.record(dataclasses.replace(row, id="later"))
+    await after.flush()
+    assert before.pending == 0
+    assert [record.id for record in seen] == ["waiting", "later"]
+    assert sorted(r.id for r in await records(ds)) == sorted([row.id, "waiting", "later"])

@@ -163,7 +163,7 @@ async def build_usage(
         now: The end of every span (seconds since the epoch); the current time by default.
     """
     settings = config.usage
-    ledger = ledger_for(datasette, settings.database, settings.retention_days)
+    ledger = ledger_for(datasette)
     try:
         db = ledger.database_object()
     except KeyError:
