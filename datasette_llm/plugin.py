@@ -110,11 +110,17 @@ def register_actions(datasette: Datasette) -> list[Action]:
 
 @hookimpl
 def register_routes(datasette: Datasette) -> list[tuple[str, object]]:
-    """Serve the routing page (``/-/llm``, ``/-/llm.json``) and route tests (``/-/llm/test/*``)."""
+    """Serve the routing page (``/-/llm``, ``/-/llm.json``), route tests (``/-/llm/test/*``)
+    and routing overrides (``/-/llm/purposes/<name>``)."""
+    from ._operator.edit import EDIT_ROUTE_PATTERN, edit_view
     from ._operator.live import TEST_ROUTE_PATTERN, route_test_view
     from ._operator.views import ROUTE_PATTERN, routing_view
 
-    return [(ROUTE_PATTERN, routing_view), (TEST_ROUTE_PATTERN, route_test_view)]
+    return [
+        (ROUTE_PATTERN, routing_view),
+        (TEST_ROUTE_PATTERN, route_test_view),
+        (EDIT_ROUTE_PATTERN, edit_view),
+    ]
 
 
 @hookimpl
@@ -126,11 +132,18 @@ def register_commands(cli: click.Group) -> None:
 
 
 @hookimpl
-def startup(datasette: Datasette) -> None:
-    """Stop startup on configuration errors; log warnings (errors too under ``strict``)."""
+def startup(datasette: Datasette) -> object:
+    """Stop startup on configuration errors; log warnings (errors too under ``strict``); load
+    the routing overrides stored in the internal database."""
     from ._operator.validation import check_at_startup
+    from .overrides import load_overrides
 
     check_at_startup(datasette)
+
+    async def inner() -> None:
+        await load_overrides(datasette)
+
+    return inner
 
 
 @hookimpl

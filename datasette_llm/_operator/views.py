@@ -12,6 +12,7 @@ from ..config_source import config_for
 from ..errors import ConfigurationError
 from ..permissions import can_manage_routing
 from .report import build_report
+from .routing_edits import build_edits
 from .usage_chart import build_chart
 from .usage_report import build_usage
 from .use_report import who_may_use, with_may_use
@@ -85,8 +86,13 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         "step_labels": STEP_LABELS,
         "usage": usage,
         "chart": build_chart(usage),
-        "can_test_routes": await can_manage_routing(datasette, request.actor),
+        "edits": await build_edits(
+            datasette,
+            [purpose.name for purpose in report.purposes],
+            can_manage=await can_manage_routing(datasette, request.actor),
+        ),
         "may_use": may_use,
+        "can_test_routes": await can_manage_routing(datasette, request.actor),
     }
     html = await datasette.render_template("llm_routing.html", context, request=request)
     return Response.html(html)
