@@ -30,8 +30,8 @@ from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 
-PROMPTS: Final = 300
-CONCURRENCY: Final = 25  # one event loop builds an openai client per prompt: CPU-bound beyond
+PROMPTS: Final = 1000
+CONCURRENCY: Final = 50  # the 1,000 concurrent prompts, 50 at a time (one event loop)
 FAULTS: Final = {
     "drops": 0.025,
     "timeouts": 0.025,
