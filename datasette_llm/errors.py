@@ -78,8 +78,16 @@ def shown(value: object) -> str:
 
 
 def nearest(name: str, candidates: Iterable[str]) -> str | None:
-    """Return the candidate closest to ``name``, or ``None`` if none is close."""
-    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    """Return the candidate closest to ``name``, or ``None`` if none is close.
+
+    The one candidate that ``name`` begins, if there is one, is closest (``blocked`` is short
+    for ``blocked_models``, not a misspelling of ``locked``).
+    """
+    choices = list(candidates)
+    extended = [choice for choice in choices if choice.startswith(name) and choice != name]
+    if name and len(extended) == 1:
+        return extended[0]
+    matches = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return matches[0] if matches else None
 
 

@@ -60,7 +60,7 @@ def test_every_problem_is_reported_with_its_path() -> None:
         "Valid keys here: default_model, models, blocked_models, require_keys, purposes, strict, "
         "fallbacks, retries, timeout, deadline, fallback_on, pricing, usage.",
         "plugins.datasette-llm.purposes.enrichments.blocked: unknown key 'blocked'. "
-        "Did you mean 'locked'? Valid keys here: model, models, blocked_models, "
+        "Did you mean 'blocked_models'? Valid keys here: model, models, blocked_models, "
         "fallbacks, retries, timeout, deadline, fallback_on, budget, locked.",
         "plugins.datasette-llm.purposes.enrichments.model: model reference has no 'model': "
         "add model: <model id> (key and options are optional).",
