@@ -321,3 +321,21 @@ async def test_an_unknown_purpose_is_a_404_and_its_name_escaped(ds: Datasette) -
     assert response.status_code == 404
     assert "<i>" not in response.text
     assert "No purpose is called &#39;&lt;i&gt;summary&lt;/i&gt;&#39;" in response.text
+
+
+async def test_the_json_report_shows_each_values_layer_and_the_changes(ds: Datasette) -> None:
+    assert (await post(ds, "summaries", model="test-b")).status_code == 302
+    report = (await ds.client.get("/-/llm.json", cookies=cookies_of(ds, "root"))).json()
+    overrides = report["overrides"]
+    [model] = [
+        layer
+        for layer in overrides["purposes"]["summaries"]["layers"]
+        if layer["setting"] == "model"
+    ]
+    assert (model["value"], model["source"], model["updated_by"]) == ("test-b", "override", "root")
+    [change] = overrides["audit"]
+    assert (change["purpose"], change["actor_id"], change["after"]) == (
+        "summaries",
+        "root",
+        {"model": "test-b"},
+    )

@@ -116,6 +116,40 @@ class RoutingEdits:
     audit: tuple[AuditEntry, ...]
     can_manage: bool
 
+    def to_json(self) -> dict[str, object]:
+        """The layers of each purpose's values and the latest writes, for ``/-/llm.json``."""
+        return {
+            "purposes": {
+                edit.name: {
+                    "version": edit.version,
+                    "locked": edit.locked,
+                    "ignored": edit.ignored,
+                    "layers": [
+                        {
+                            "setting": layer.setting,
+                            "value": layer.value,
+                            "source": layer.source,
+                            "updated_by": layer.updated_by,
+                            "updated_at": layer.updated_at,
+                        }
+                        for layer in edit.layers
+                    ],
+                }
+                for edit in self.purposes
+            },
+            "audit": [
+                {
+                    "purpose": entry.purpose,
+                    "version": entry.version,
+                    "actor_id": entry.actor_id,
+                    "at": entry.at,
+                    "before": entry.before.to_json(),
+                    "after": entry.after.to_json(),
+                }
+                for entry in self.audit
+            ],
+        }
+
 
 def edit_path(name: str) -> str:
     """Return the path (below Datasette's base URL) the form of purpose ``name`` posts to."""

@@ -76,23 +76,25 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         )
         return Response.html(html)
     usage = await build_usage(datasette, config_for(datasette))
-    may_use = who_may_use(datasette, [purpose.name for purpose in report.purposes])
+    names = [purpose.name for purpose in report.purposes]
+    may_use = who_may_use(datasette, names)
+    can_manage = await can_manage_routing(datasette, request.actor)
+    edits = await build_edits(datasette, names, can_manage=can_manage)
     if as_json:
         document = with_may_use(report.to_json(), may_use)
-        return Response.json({"ok": True, **document, "usage": usage.to_json()})
+        overrides = edits.to_json()
+        return Response.json(
+            {"ok": True, **document, "usage": usage.to_json(), "overrides": overrides}
+        )
     context = {
         "report": report,
         "problems": report.problems,
         "step_labels": STEP_LABELS,
         "usage": usage,
         "chart": build_chart(usage),
-        "edits": await build_edits(
-            datasette,
-            [purpose.name for purpose in report.purposes],
-            can_manage=await can_manage_routing(datasette, request.actor),
-        ),
+        "edits": edits,
         "may_use": may_use,
-        "can_test_routes": await can_manage_routing(datasette, request.actor),
+        "can_test_routes": can_manage,
     }
     html = await datasette.render_template("llm_routing.html", context, request=request)
     return Response.html(html)
