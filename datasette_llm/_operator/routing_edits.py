@@ -7,6 +7,7 @@ configuration, as a call with no actor would be screened (keys are looked at, ne
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
@@ -30,6 +31,7 @@ from ..overrides import (
 from ..policy import Screening, policy_for, screen
 from ..purpose_catalog import get_purpose
 from .edit_form import fallbacks_text, options_text, written_values
+from .report import ROUTE_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -286,7 +288,13 @@ async def purpose_edit(
     written = layers.base.purpose(name)
     model_written, fallbacks_written, options_written = written_values(written)
     applied = stored.override if stored is not None and name in layers.applied else None
-    screening = await allowed_choices(datasette, layers.base, name, registry)
+    try:
+        # Bounded as routing is on the page: a hook that hangs or fails leaves no choices.
+        screening: Screening | None = await asyncio.wait_for(
+            allowed_choices(datasette, layers.base, name, registry), ROUTE_TIMEOUT_SECONDS
+        )
+    except Exception:  # asyncio.TimeoutError included
+        screening = None
     if form is not None:
         model = form.get("model", "")
         fallbacks = form.get("fallbacks", "")
@@ -304,7 +312,7 @@ async def purpose_edit(
         action=datasette.urls.path(edit_path(name)),
         version=version_of(overrides, name) if version is None else version,
         locked=written is not None and written.locked,
-        choices=tuple(candidate.model_id for candidate in screening.models),
+        choices=() if screening is None else tuple(m.model_id for m in screening.models),
         model=model,
         written_model=model_written,
         fallbacks=fallbacks,
