@@ -71,10 +71,11 @@ class LLM:
             llm.UnknownModelError: The chosen model is not installed.
             PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``).
         """
+        config = self.config  # a configuration error comes first
         await check_use(self._datasette, actor, purpose_name(purpose))
         routed = await route(
             self._datasette,
-            self.config,
+            config,
             model_id,
             purpose,
             actor,
@@ -103,9 +104,10 @@ class LLM:
             PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``); a call
                 without an actor is not checked.
         """
+        config = self.config  # a configuration error comes first
         await check_use(self._datasette, actor, purpose_name(purpose))
         routed = await route(
-            self._datasette, self.config, model_id, purpose, actor, read_key=True, requires=requires
+            self._datasette, config, model_id, purpose, actor, read_key=True, requires=requires
         )
         return wrap(self._datasette, routed, actor)
 
@@ -125,9 +127,10 @@ class LLM:
         Raises:
             PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``).
         """
+        config = self.config  # a configuration error comes first
         await check_use(self._datasette, actor, purpose_name(purpose))
         routed = await route(
-            self._datasette, self.config, model_id, purpose, actor, read_key=True, requires=requires
+            self._datasette, config, model_id, purpose, actor, read_key=True, requires=requires
         )
         async with open_group(self._datasette, routed, actor) as model:
             yield model
@@ -149,8 +152,8 @@ class LLM:
             PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``).
         """
         name = purpose_name(purpose)
+        config = self.config  # a configuration error comes first
         await check_use(self._datasette, actor, name)
-        config = self.config
         registry = current_registry()
         policy = policy_for(config, name, registry)
         declared = purpose if isinstance(purpose, Purpose) else None

@@ -39,6 +39,7 @@ from datasette import Forbidden
 from datasette.permissions import PermissionSQL, Resource
 
 from .actors import Actor, actor_id
+from .errors import is_text, lone_surrogate
 from .typing import hookimpl
 
 if TYPE_CHECKING:
@@ -178,6 +179,8 @@ async def check_use(datasette: Datasette, actor: Actor | None, purpose: str | No
     """
     if actor is None or (actor.get("id") == "root" and datasette.root_enabled):
         return
+    if purpose is not None and not is_text(purpose):
+        raise ValueError(lone_surrogate("purpose name", purpose))
     verdicts = _verdicts_of(datasette)
     key: tuple[object, str | None]
     try:

@@ -274,3 +274,11 @@ async def test_managing_routing_may_be_granted_in_datasette_yaml(make: Any) -> N
     await datasette.invoke_startup()
     assert await can_manage_routing(datasette, ALICE)
     assert not await can_manage_routing(datasette, {"id": "bob"})
+
+
+async def test_a_purpose_name_that_is_not_text_is_refused_before_datasette_is_asked(
+    make: Any,
+) -> None:
+    datasette = make()
+    with pytest.raises(ValueError, match="purpose name '\\\\udc80' holds a lone surrogate"):
+        await LLM(datasette).model(purpose="\udc80", actor={"id": "alice"})
