@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 import stamina
 
@@ -29,7 +29,7 @@ from .budgets import BudgetExceededError, period_start
 from .gates import Gate, gate_for
 from .ledger import ledger_for
 from .metering import Meter, Started
-from .provider_errors import RETRIED_KINDS, Attempt, ProviderError
+from .provider_errors import RETRIED_KINDS, Attempt, ErrorKind, ProviderError
 from .routing import admit
 
 if TYPE_CHECKING:
@@ -158,14 +158,12 @@ async def run_attempts(meter: Meter, once: Once[T]) -> T:
     datasette, primary, actor, result = meter.datasette, meter.primary, meter.actor, meter.result
     config = primary.policy.config
     settings = config.resilience_for(primary.policy.purpose)
-    started = time.monotonic()
-    clock = _Clock(None if settings.deadline is None else started + settings.deadline)
+    deadline = None if settings.deadline is None else time.monotonic() + settings.deadline
+    prompt = _Prompt(settings, _Clock(deadline), meter, once)
     plan: tuple[str, ...] = (primary.resolution.model_id, *primary.resolution.fallbacks)
     if await _over_budget(meter):
         plan = plan[1:]  # then: fallback (then: refuse has raised)
-    last: ProviderError | None = None
     cooling: list[tuple[Routed, Gate]] = []
-    previous: str | None = None
     for index, model_id in enumerate(plan):
         if model_id == primary.resolution.model_id:
             routed = primary
@@ -181,24 +179,13 @@ async def run_attempts(meter: Meter, once: Once[T]) -> T:
             cooling.append((routed, gate))  # tried last, if nothing after it answers
             result.skipped.append(f"{model_id!r} deferred: it is cooling down after rate limits")
             continue
-        try:
-            return await _tries(routed, gate, settings, clock, meter, once, previous)
-        except ProviderError as error:
-            last, previous = error, model_id
-            if error.kind not in settings.fallback_on or clock.passed():
-                raise error.with_attempts(tuple(result.attempts)) from error.__cause__
+        if await prompt.model(routed, gate):
+            return prompt.answer()
     for routed, gate in cooling:
-        try:
-            return await _tries(routed, gate, settings, clock, meter, once, previous)
-        except ProviderError as error:
-            last, previous = error, routed.resolution.model_id
-            if error.kind not in settings.fallback_on or clock.passed():
-                break
-    if last is None:
-        last = ProviderError(
-            "unknown", primary.resolution.model_id, "; ".join(result.skipped) or "nothing to try"
-        )
-    raise last.with_attempts(tuple(result.attempts)) from last.__cause__
+        if await prompt.model(routed, gate):
+            return prompt.answer()
+    failure = prompt.failure(primary.resolution.model_id)
+    raise failure from failure.__cause__
 
 
 async def _over_budget(meter: Meter) -> bool:
@@ -228,80 +215,108 @@ async def _over_budget(meter: Meter) -> bool:
     raise BudgetExceededError(purpose, budget, spent, since)
 
 
-async def _tries(
-    routed: Routed,
-    gate: Gate,
-    settings: Resilience,
-    clock: _Clock,
-    meter: Meter,
-    once: Once[T],
-    fell_back_from: str | None,
-) -> T:
-    """Try one model, retrying it while its errors allow and the deadline holds."""
-    tries = tries_of(routed.model, settings.retries)
-    waits = (_WAIT_INITIAL, _WAIT_MAX, _WAIT_JITTER)
-    if _mode.active:
-        tries = tries if _mode.retries else 1
-        waits = (0.0, 0.0, 0.0)
+@dataclass(slots=True)
+class _Prompt(Generic[T]):
+    """One prompt's attempts: its settings, its deadline, its meter, how to try once, and how
+    they have gone so far."""
 
-    def backoff(error: Exception) -> bool | float:
-        if not isinstance(error, ProviderError) or error.kind not in RETRIED_KINDS:
-            return False
-        left = clock.left()
-        wait = max(error.retry_after or 0.0, gate.cooling())
-        if left is not None and wait >= left:
-            return False
-        if _mode.active:
-            return 0.0
-        return wait if wait else True
+    settings: Resilience
+    clock: _Clock
+    meter: Meter
+    once: Once[T]
+    last: ProviderError | None = None
+    fell_back_from: str | None = None
+    answered: tuple[T] | None = None
 
-    async for retry in stamina.retry_context(
-        on=backoff,
-        attempts=tries,
-        timeout=clock.left(),
-        wait_initial=waits[0],
-        wait_max=waits[1],
-        wait_jitter=waits[2],
-    ):
-        with retry:
-            return await _try(routed, gate, settings, clock, meter, once, fell_back_from)
-    raise AssertionError("stamina ends retrying by raising the last error")
+    async def model(self, routed: Routed, gate: Gate) -> bool:
+        """Try ``routed``'s model; return whether to stop (it answered, or the prompt fails).
 
-
-async def _try(
-    routed: Routed,
-    gate: Gate,
-    settings: Resilience,
-    clock: _Clock,
-    meter: Meter,
-    once: Once[T],
-    fell_back_from: str | None,
-) -> T:
-    result = meter.result
-    model_id = routed.resolution.model_id
-    number = len(result.attempts) + 1
-    begun = Started.now(number, fell_back_from)
-    started = begun.clock
-    if clock.passed():
-        error = ProviderError("timeout", model_id, "the prompt's deadline passed before this try")
-    else:
+        Raises:
+            ProviderError: It failed in a way that does not fall back, or the deadline passed.
+        """
         try:
-            async with gate.slot(clock.left()):
-                result.model_id = model_id
-                response = await once(routed, clock.bound(settings.timeout), begun)
-        except ProviderError as raised:
-            error = raised
-        else:
-            gate.record(None)
-            result.attempts.append(
-                Attempt(model_id, number, time.monotonic() - started, None, fell_back_from)
+            self.answered = (await self._tries(routed, gate),)
+        except ProviderError as error:
+            self.last, self.fell_back_from = error, routed.resolution.model_id
+            if error.kind not in self.settings.fallback_on or self.clock.passed():
+                raise self.failure(routed.resolution.model_id) from error.__cause__
+            return False
+        return True
+
+    def answer(self) -> T:
+        assert self.answered is not None
+        return self.answered[0]
+
+    def failure(self, model_id: str) -> ProviderError:
+        """The error the prompt ends with, holding every attempt."""
+        last = self.last
+        if last is None:
+            skipped = "; ".join(self.meter.result.skipped) or "nothing to try"
+            last = ProviderError("unknown", model_id, skipped)
+        return last.with_attempts(tuple(self.meter.result.attempts))
+
+    async def _tries(self, routed: Routed, gate: Gate) -> T:
+        """Try one model, retrying it while its errors allow and the deadline holds."""
+        clock = self.clock
+        tries = tries_of(routed.model, self.settings.retries)
+        waits = (_WAIT_INITIAL, _WAIT_MAX, _WAIT_JITTER)
+        if _mode.active:
+            tries = tries if _mode.retries else 1
+            waits = (0.0, 0.0, 0.0)
+
+        def backoff(error: Exception) -> bool | float:
+            if not isinstance(error, ProviderError) or error.kind not in RETRIED_KINDS:
+                return False
+            left = clock.left()
+            wait = max(error.retry_after or 0.0, gate.cooling())
+            if left is not None and wait >= left:
+                return False
+            if _mode.active:
+                return 0.0
+            return wait if wait else True
+
+        async for retry in stamina.retry_context(
+            on=backoff,
+            attempts=tries,
+            timeout=clock.left(),
+            wait_initial=waits[0],
+            wait_max=waits[1],
+            wait_jitter=waits[2],
+        ):
+            with retry:
+                return await self._try(routed, gate)
+        raise AssertionError("stamina ends retrying by raising the last error")
+
+    async def _try(self, routed: Routed, gate: Gate) -> T:
+        result = self.meter.result
+        model_id = routed.resolution.model_id
+        number = len(result.attempts) + 1
+        begun = Started.now(number, self.fell_back_from)
+        if self.clock.passed():
+            error = ProviderError(
+                "timeout", model_id, "the prompt's deadline passed before this try"
             )
-            return response
-    gate.record(error)
-    meter.failure(routed, begun, error.kind)
-    result.attempts.append(
-        Attempt(model_id, number, time.monotonic() - started, error.kind, fell_back_from)
-    )
-    if error.kind == "unknown" and error.__cause__ is not None:
-        raise error.__cause__  # not the provider's kind of failure: the caller's to see as is
-    raise error
+        else:
+            try:
+                async with gate.slot(self.clock.left()):
+                    result.model_id = model_id
+                    timeout = self.clock.bound(self.settings.timeout)
+                    response = await self.once(routed, timeout, begun)
+            except ProviderError as raised:
+                error = raised
+            else:
+                gate.record(None)
+                result.attempts.append(self._attempt(model_id, number, begun, None))
+                return response
+        gate.record(error)
+        self.meter.failure(routed, begun, error.kind)
+        result.attempts.append(self._attempt(model_id, number, begun, error.kind))
+        if error.kind == "unknown" and error.__cause__ is not None:
+            raise error.__cause__  # not the provider's kind of failure: the caller's to see
+        raise error
+
+    def _attempt(
+        self, model_id: str, number: int, begun: Started, error: ErrorKind | None
+    ) -> Attempt:
+        duration = time.monotonic() - begun.clock
+        return Attempt(model_id, number, duration, error, self.fell_back_from)
