@@ -13,11 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -26,19 +23,13 @@ import pytest
 from datasette.app import Datasette
 
 from tests.openai_server import Provider, Reply, serve, write_extra_models
+from tests.served import free_port, wait_until_up
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM: Final = shutil.which("chromium") or shutil.which("chromium-browser")
 SECRET: Final = "governance-browser-test-secret"
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _config() -> dict[str, Any]:
@@ -74,7 +65,7 @@ def site(tmp_path: Path, llm_user_dir: Path) -> Iterator[Site]:
     user_dir = llm_user_dir
     config = tmp_path / "datasette.yaml"
     config.write_text(json.dumps(_config()))
-    port = _free_port()
+    port = free_port()
     datasette = Path(sys.executable).with_name("datasette")
     shots = os.environ.get("DATASETTE_LLM_SCREENSHOTS")
     with serve() as provider:
@@ -90,15 +81,7 @@ def site(tmp_path: Path, llm_user_dir: Path) -> Iterator[Site]:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(f"{base}/-/versions.json", timeout=1)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise RuntimeError("datasette serve did not start") from None
-                    time.sleep(0.1)
+            wait_until_up(f"{base}/-/versions.json", server)
             yield Site(base, provider, Path(shots) if shots else None)
         finally:
             server.terminate()

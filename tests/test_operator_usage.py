@@ -13,12 +13,9 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +32,7 @@ from datasette_llm.ledger import SCHEMA, TABLE, ledger_for
 from datasette_llm.typing import Datasette
 from datasette_llm.usage import UsageRecord
 from tests.conftest import MakeDatasette
+from tests.served import free_port, wait_until_up
 
 HOUR: Final = 3_600.0
 DAY: Final = 86_400.0
@@ -508,26 +506,6 @@ plugins:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def fetch_when_up(url: str, server: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"datasette exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.3)
-    raise AssertionError(f"datasette did not answer {url} within {timeout}s")
-
-
 def dump_dom(profile: Path, url: str) -> str:
     chromium = shutil.which("chromium")
     assert chromium is not None
@@ -575,7 +553,7 @@ def test_the_chart_has_one_bar_per_day_with_usage_in_headless_chromium(tmp_path:
         stderr=subprocess.DEVNULL,
     )
     try:
-        fetch_when_up(f"http://127.0.0.1:{port}/-/versions.json", server)
+        wait_until_up(f"http://127.0.0.1:{port}/-/versions.json", server)
         dom = dump_dom(tmp_path / "profile", f"http://127.0.0.1:{port}/-/llm")
     finally:
         server.terminate()

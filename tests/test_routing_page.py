@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,6 +17,7 @@ from datasette_llm import Purpose
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import TestModelsPlugin
+from tests.served import free_port, wait_until_up
 
 SECRET_VALUE: Final = "sk-this-value-must-never-be-shown"
 
@@ -244,26 +241,6 @@ plugins:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"datasette exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.3)
-    raise AssertionError(f"datasette did not answer {url} within {timeout}s")
-
-
 def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     chromium = shutil.which("chromium")
     assert chromium is not None
@@ -304,7 +281,7 @@ def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     (plugins / "purposes.py").write_text(PLUGIN_SOURCE)
     config = tmp_path / "datasette.yaml"
     config.write_text(SERVER_CONFIG)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LLM_USER_PATH": str(tmp_path / "llm-user")}
     datasette = Path(sys.executable).with_name("datasette")
     server = subprocess.Popen(
@@ -318,7 +295,7 @@ def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}/-/llm"
     try:
-        _wait_for(f"http://127.0.0.1:{port}/-/versions.json", server)
+        wait_until_up(f"http://127.0.0.1:{port}/-/versions.json", server)
         dom = _chromium(tmp_path / "profile-dom", "--dump-dom", url).stdout.decode()
         screenshot = tmp_path / "routing.png"
         _chromium(
