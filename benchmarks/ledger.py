@@ -136,7 +136,7 @@ async def prompts_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Time ``spec["prompts"]`` prompts, at most ``spec["concurrency"]`` at once."""
     datasette = await build(spec)
     from datasette_llm import LLM
-    from datasette_llm.ledger import ledger_for
+    from datasette_llm.usage.ledger import ledger_for
 
     ledger = ledger_for(datasette)
     record_times = timed_record(ledger)
@@ -182,7 +182,7 @@ async def burst_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Hand ``BURST`` records to the ledger at once; time the calls and the loop while written."""
     datasette = await build(spec)
     from datasette_llm import UsageRecord
-    from datasette_llm.ledger import ledger_for
+    from datasette_llm.usage.ledger import ledger_for
 
     ledger = ledger_for(datasette)
     await ledger.ensure_table()

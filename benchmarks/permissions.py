@@ -6,7 +6,7 @@ Runs in this interpreter (``.venv/newest/bin/python benchmarks/permissions.py``)
 ``echo`` as the model. Each case is timed as the fastest of ``ROUNDS`` loops of ``CALLS`` calls
 (the loop least disturbed by other work), after a warm-up, the cases interleaved by round:
 
-- ``actor, check removed``: ``model(purpose=P, actor=A)`` with ``datasette_llm.client``'s
+- ``actor, check removed``: ``model(purpose=P, actor=A)`` with ``datasette_llm.prompting.client``'s
   ``check_use`` replaced by a coroutine that does nothing: the cost before the check existed;
 - ``no actor``: ``model(purpose=P)``, which is not checked (routing for an actor does a little
   more: the actor goes to the hooks and the wrapped model);
@@ -35,9 +35,9 @@ os.environ["LLM_USER_PATH"] = tempfile.mkdtemp(prefix="datasette-llm-bench-")
 
 from datasette.app import Datasette
 
-import datasette_llm.client
+import datasette_llm.prompting.client
 from datasette_llm import LLM
-from datasette_llm.permissions import USE, PurposeResource
+from datasette_llm.routing.permissions import USE, PurposeResource
 
 HERE: Final = Path(__file__).resolve().parent
 PURPOSE: Final = "bench"
@@ -71,17 +71,17 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
     open_ = await datasette_with(None)
     restricted = await datasette_with({USE: {"id": ["alice", "root"]}})
     resource = PurposeResource(PURPOSE)
-    checked = datasette_llm.client.check_use
+    checked = datasette_llm.prompting.client.check_use
 
     async def unchecked(datasette: Datasette, actor: object, purpose: str | None) -> None:
         pass
 
     async def without_check() -> object:
-        datasette_llm.client.check_use = unchecked
+        datasette_llm.prompting.client.check_use = unchecked
         try:
             return await LLM(open_).model(purpose=PURPOSE, actor=ACTOR)
         finally:
-            datasette_llm.client.check_use = checked
+            datasette_llm.prompting.client.check_use = checked
 
     cases: dict[str, tuple[Callable[[], Awaitable[object]], int]] = {
         BASE: (without_check, calls),

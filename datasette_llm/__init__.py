@@ -8,41 +8,41 @@ imported first, so Datasette registers this module with all of its hooks, and pl
 alongside it can import anything from it.
 """
 
-from ._hooks import add_hookspecs
 from .actors import Actor
-from .budgets import BudgetExceededError
-from .capabilities import Requirements
-from .chains import WrappedChainResponse
-from .client import LLM
-from .config import (
+from .config.values import (
     Budget,
     KeySetting,
     LLMConfig,
     ModelRef,
+    Price,
     PurposeConfig,
     Resilience,
     UsageSettings,
 )
 from .errors import ConfigProblem, ConfigurationError, ModelBlockedError, ModelNotFoundError
-from .keys import KeyStatus
-from .permissions import PurposeNotAllowedError
+from .hookspecs import add_hookspecs
+from .plugin import menu_links as menu_links
 
 # Datasette finds our hook implementations as attributes of this module (the entry point).
-from .permissions import permission_resources_sql as permission_resources_sql
-from .plugin import menu_links as menu_links
+from .plugin import permission_resources_sql as permission_resources_sql
 from .plugin import register_actions as register_actions
 from .plugin import register_commands as register_commands
 from .plugin import register_routes as register_routes
 from .plugin import register_secrets as register_secrets
 from .plugin import shutdown as shutdown
 from .plugin import startup as startup
+from .prompting.client import LLM
+from .prompting.results import Group, PromptResult
+from .prompting.wrapped import WrappedAsyncModel, WrappedChainResponse, WrappedConversation
 from .provider_errors import Attempt, ErrorKind, ProviderError
-from .purpose_catalog import get_purpose, get_purpose_collisions, get_purpose_owner, get_purposes
-from .purposes import Purpose, PurposeCollision
-from .resolution import Resolution, ResolutionStep
-from .results import Group, PromptResult
-from .usage import Outcome, Price, UsageRecord
-from .wrapped import WrappedAsyncModel, WrappedConversation
+from .routing.catalog import get_purpose, get_purpose_collisions, get_purpose_owner, get_purposes
+from .routing.keys import KeyStatus
+from .routing.permissions import PurposeNotAllowedError
+from .routing.purposes import Purpose, PurposeCollision
+from .routing.requirements import Requirements
+from .routing.route import Resolution, ResolutionStep
+from .usage.budgets import BudgetExceededError
+from .usage.records import Outcome, UsageRecord
 
 __all__ = [
     "Actor",

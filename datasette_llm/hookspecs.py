@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 from pluggy import HookspecMarker
 
+from ._hooks import plugin_manager
+
 if TYPE_CHECKING:
     from datasette.app import Datasette
     from llm import AsyncModel
 
     from .actors import Actor
-    from .purposes import Purpose
-    from .results import Group, PromptResult
+    from .prompting.results import Group, PromptResult
+    from .routing.purposes import Purpose
+
+__all__ = ["add_hookspecs"]
 
 hookspec = HookspecMarker("datasette")
 
@@ -55,3 +60,11 @@ def llm_prompt_context(
 @hookspec
 def llm_group_exit(datasette: Datasette, group: Group) -> Awaitable[None] | None:
     """React to a ``group()`` block ending, after all its responses completed."""
+
+
+def add_hookspecs() -> None:
+    """Add datasette-llm's hook specifications to Datasette's plugin manager, once."""
+    pm = plugin_manager()
+    probe = getattr(pm.hook, "register_llm_purposes", None)
+    if probe is None or probe.spec is None:
+        pm.add_hookspecs(sys.modules[__name__])

@@ -5,21 +5,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 from weakref import WeakKeyDictionary
 
-from .config import LLMConfig
-from .config_source import config_for
+from .config.values import LLMConfig
 from .errors import ConfigurationError
-from .keys import provider_secret_name
-from .models import ModelRegistry, current_registry
+from .routing.keys import provider_secret_name
+from .routing.models import ModelRegistry, current_registry
+from .routing.overlay import config_for
+from .routing.permissions import default_allow
 from .typing import hookimpl
 
 if TYPE_CHECKING:
     import click
     from datasette.app import Datasette
-    from datasette.permissions import Action
+    from datasette.permissions import Action, PermissionSQL
     from datasette_secrets import Secret
+
+    from .actors import Actor
 
 __all__ = [
     "menu_links",
+    "permission_resources_sql",
     "register_actions",
     "register_commands",
     "register_routes",
@@ -89,7 +93,7 @@ def register_actions(datasette: Datasette) -> list[Action]:
     from datasette.permissions import Action
 
     from ._operator.views import VIEW_ROUTING
-    from .permissions import MANAGE_ROUTING, USE, PurposeResource
+    from .routing.permissions import MANAGE_ROUTING, USE, PurposeResource
 
     return [
         Action(
@@ -135,8 +139,8 @@ def register_commands(cli: click.Group) -> None:
 def startup(datasette: Datasette) -> object:
     """Stop startup on configuration errors; log warnings (errors too under ``strict``); load
     the routing overrides stored in the internal database."""
-    from ._operator.validation import check_at_startup
-    from .overrides import load_overrides
+    from ._operator.checks import check_at_startup
+    from .config.overrides import load_overrides
 
     check_at_startup(datasette)
 
@@ -162,6 +166,14 @@ def menu_links(datasette: Datasette, actor: dict[str, object] | None) -> object:
 @hookimpl
 def shutdown(datasette: Datasette) -> object:
     """Write the usage rows still waiting (on Datasette versions that have this hook)."""
-    from .ledger import flush_usage
+    from .usage.ledger import flush_usage
 
     return flush_usage(datasette)
+
+
+@hookimpl
+def permission_resources_sql(
+    datasette: Datasette, actor: Actor | None, action: str
+) -> PermissionSQL | None:
+    """Allow ``llm-use`` by default (``datasette_llm.routing.permissions.default_allow``)."""
+    return default_allow(datasette, action)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 from pluggy import HookimplMarker
 
 from .actors import Actor
-from .purposes import Purpose
-from .results import Group, PromptContextFactory, ResponseDoneCallback
+from .prompting.results import Group, PromptContextFactory, ResponseDoneCallback
+from .routing.purposes import Purpose
 
 if TYPE_CHECKING:
     from datasette.app import Datasette as Datasette

@@ -2,10 +2,10 @@
 
 - no private name (``_x``) of one of our modules is used in another;
 - no import cycle, counting imports inside functions and under ``TYPE_CHECKING``;
-- imports flow one way: nothing imports ``datasette_llm.testing`` back, and only ``plugin.py``
-  reaches into the operator surface (``datasette_llm._operator``);
-- only ``_hooks.py`` calls Datasette's hooks;
-- every module stays under 400 lines.
+- imports flow one way through the layers (``LAYERS``): the foundation, ``config/``,
+  ``routing/``, ``usage/``, ``prompting/``, ``_operator/``, the plugin's glue, then ``testing/``;
+  a module imports only from its own layer and the layers below it;
+- only the hook modules (``_hooks.py`` and each layer's ``hooks.py``) call Datasette's hooks.
 """
 
 from __future__ import annotations
@@ -23,7 +23,39 @@ import datasette_llm
 PACKAGE: Final = Path(datasette_llm.__file__).parent
 ROOT: Final = PACKAGE.parent
 SOURCES: Final = sorted([*PACKAGE.rglob("*.py"), ROOT / "pytest_datasette_llm.py"])
-MAX_LINES: Final = 400
+
+LAYERS: Final[tuple[tuple[str, ...], ...]] = (
+    # The foundation: errors, the logger, actors, the hooks' machinery, the state per Datasette.
+    (
+        "datasette_llm.errors",
+        "datasette_llm.provider_errors",
+        "datasette_llm.log",
+        "datasette_llm.actors",
+        "datasette_llm._hooks",
+        "datasette_llm.state",
+    ),
+    ("datasette_llm.config",),
+    ("datasette_llm.routing",),
+    ("datasette_llm.usage",),
+    ("datasette_llm.prompting",),
+    ("datasette_llm._operator",),
+    # The plugin's glue: what Datasette and plugin authors import.
+    (
+        "datasette_llm.hookspecs",
+        "datasette_llm.typing",
+        "datasette_llm.plugin",
+        "datasette_llm",
+    ),
+    ("datasette_llm.testing", "pytest_datasette_llm"),
+)
+HOOK_MODULES: Final = frozenset(
+    {
+        "datasette_llm._hooks",
+        "datasette_llm.hookspecs",
+        "datasette_llm.routing.hooks",
+        "datasette_llm.prompting.hooks",
+    }
+)
 
 
 def module_name(path: Path) -> str:
@@ -130,19 +162,37 @@ def test_there_is_no_import_cycle_even_counting_type_checking_and_function_impor
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
 
 
-def test_imports_flow_one_way_into_testing_and_the_operator_surface() -> None:
-    graph = import_graph()
-    for module, edges in graph.items():
-        if not module.startswith("datasette_llm.testing") and module != "pytest_datasette_llm":
-            assert not any(edge.startswith("datasette_llm.testing") for edge in edges), module
-        outside = not module.startswith("datasette_llm._operator")
-        if outside and module != "datasette_llm.plugin":
-            assert not any(edge.startswith("datasette_llm._operator") for edge in edges), module
+def layer_of(module: str) -> int:
+    """Return the index in ``LAYERS`` of the layer ``module`` belongs to."""
+    best: tuple[int, int] | None = None  # (length of the matching prefix, layer)
+    for index, layer in enumerate(LAYERS):
+        for prefix in layer:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[0]:
+                    best = (len(prefix), index)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best[1]
 
 
-def test_only_the_hooks_module_calls_datasettes_hooks() -> None:
+def test_every_module_belongs_to_a_layer() -> None:
+    for module in import_graph():
+        layer_of(module)
+
+
+def test_imports_flow_one_way_down_the_layers() -> None:
+    upward: list[str] = []
+    for module, edges in sorted(import_graph().items()):
+        upward.extend(
+            f"{module} (layer {layer_of(module)}) imports {edge} (layer {layer_of(edge)})"
+            for edge in sorted(edges)
+            if layer_of(edge) > layer_of(module)
+        )
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)
+
+
+def test_only_the_hook_modules_call_datasettes_hooks() -> None:
     for path in SOURCES:
-        if path.name == "_hooks.py":
+        if module_name(path) in HOOK_MODULES:
             continue
         for line, module, _ in imported_modules(path):
             if module == "datasette.plugins":
@@ -150,8 +200,3 @@ def test_only_the_hooks_module_calls_datasettes_hooks() -> None:
         for node in ast.walk(tree_of(path)):
             if isinstance(node, ast.Attribute) and node.attr == "hook":
                 assert path.name == "models.py", f"{path}:{node.lineno}: {ast.unparse(node)}"
-
-
-@pytest.mark.parametrize("path", SOURCES, ids=lambda path: module_name(path))
-def test_every_module_is_under_400_lines(path: Path) -> None:
-    assert len(path.read_text().splitlines()) <= MAX_LINES

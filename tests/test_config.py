@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from datasette_llm import LLM, ConfigurationError, KeySetting, ModelRef
-from datasette_llm.config_parser import parse_config
+from datasette_llm.config.parser import parse_config
 from tests.conftest import MakeDatasette
 
 

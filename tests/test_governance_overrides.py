@@ -12,8 +12,13 @@ from urllib.parse import quote
 import pytest
 
 from datasette_llm import LLM
-from datasette_llm.config_source import config_for
-from datasette_llm.overrides import RouteOverride, audit_entries, load_overrides, overrides_of
+from datasette_llm.config.overrides import (
+    RouteOverride,
+    audit_entries,
+    load_overrides,
+    overrides_of,
+)
+from datasette_llm.routing.overlay import config_for
 from datasette_llm.typing import Datasette
 from tests.conftest import MakeDatasette
 from tests.llm_models import TestModelsPlugin

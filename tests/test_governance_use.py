@@ -8,7 +8,12 @@ from typing import Any, Final
 import pytest
 
 from datasette_llm import LLM, Purpose, PurposeNotAllowedError
-from datasette_llm.permissions import MANAGE_ROUTING, USE, PurposeResource, can_manage_routing
+from datasette_llm.routing.permissions import (
+    MANAGE_ROUTING,
+    USE,
+    PurposeResource,
+    can_manage_routing,
+)
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import TestModelsPlugin

@@ -22,8 +22,8 @@ from datasette.cli import cli
 
 from datasette_llm import Purpose, Requirements
 from datasette_llm._operator import report
-from datasette_llm._operator.validation import validate
-from datasette_llm.models import current_registry
+from datasette_llm._operator.checks import validate
+from datasette_llm.routing.models import current_registry
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import FreeModel, SyncStub, TestModelsPlugin

@@ -27,10 +27,10 @@ from datasette.app import Datasette as DatasetteApp
 from datasette.cli import cli
 from datasette.utils import parse_metadata
 
-from datasette_llm._operator.usage_report import BUDGET_SQL, DAILY_SQL, WINDOW_SQL
-from datasette_llm.ledger import SCHEMA, TABLE, ledger_for
 from datasette_llm.typing import Datasette
-from datasette_llm.usage import UsageRecord
+from datasette_llm.usage.ledger import SCHEMA, TABLE, ledger_for
+from datasette_llm.usage.records import UsageRecord
+from datasette_llm.usage.summary import BUDGET_SQL, DAILY_SQL, WINDOW_SQL
 from tests.conftest import MakeDatasette
 from tests.served import free_port, wait_until_up
 

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datasette_llm import LLM, ModelBlockedError, ModelNotFoundError, Purpose
-from datasette_llm.models import lookup_model
+from datasette_llm.routing.models import lookup_model
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, registered
 from tests.llm_models import TestModelsPlugin

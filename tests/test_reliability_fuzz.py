@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datasette_llm import LLM, ConfigProblem, ConfigurationError, ModelNotFoundError, Purpose
+from datasette_llm._operator.checks import Validation, check_at_startup, validate
 from datasette_llm._operator.report import build_report
-from datasette_llm._operator.validation import Validation, check_at_startup, validate
-from datasette_llm.config import LLMConfig
-from datasette_llm.config_parser import parse_config
+from datasette_llm.config.parser import parse_config
+from datasette_llm.config.values import LLMConfig
 from datasette_llm.errors import is_text
-from datasette_llm.models import current_registry
+from datasette_llm.routing.models import current_registry
 from tests.llm_models import TestModelsPlugin
 
 pytestmark = pytest.mark.usefixtures("test_models")

@@ -21,8 +21,8 @@ import pytest
 from datasette.app import Datasette
 
 from datasette_llm import LLM, Group, PromptResult
-from datasette_llm.ledger import ledger_for
 from datasette_llm.typing import hookimpl
+from datasette_llm.usage.ledger import ledger_for
 from tests.conftest import MakeDatasette, RegisterPlugin
 
 PROMPTS: Final = 1000

@@ -23,7 +23,7 @@ from datasette.app import Datasette
 from datasette.cli import cli
 
 from datasette_llm import LLM, Group, PromptResult, Purpose
-from datasette_llm.config_parser import parse_config
+from datasette_llm.config.parser import parse_config
 from datasette_llm.testing import FakeModelRouter
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin

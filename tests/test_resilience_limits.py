@@ -88,7 +88,7 @@ async def test_rpm_spreads_requests_evenly_over_each_second(make_datasette: Make
 
 
 def test_limits_given_twice_for_one_model_must_agree(make_datasette: MakeDatasette) -> None:
-    from datasette_llm.config_parser import parse_config
+    from datasette_llm.config.parser import parse_config
     from datasette_llm.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError) as raised:

@@ -1,10 +1,10 @@
 """The model routing picks for a purpose and an actor is the first that ``models()`` offers them.
 
-Routing and ``models()`` both ask the one policy (``datasette_llm.policy``). Hypothesis combines
-allowlists and blocklists written with ids and llm aliases, keyed model references with and
-without their secret set, ``require_keys``, ``llm_default_model`` hooks and ``llm_filter_models``
-hooks that decide per model and per actor; whatever the combination, either routing raises or
-the model it picks is ``models()[0]`` for the same purpose and actor.
+Routing and ``models()`` both ask the one policy (``datasette_llm.routing.policy``). Hypothesis
+combines allowlists and blocklists written with ids and llm aliases, keyed model references with
+and without their secret set, ``require_keys``, ``llm_default_model`` hooks and
+``llm_filter_models`` hooks that decide per model and per actor; whatever the combination,
+either routing raises or the model it picks is ``models()[0]`` for the same purpose and actor.
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from datasette_llm import LLM
-from datasette_llm.telemetry import INSTRUMENTATION_NAME, observe, provider_of
 from datasette_llm.typing import Datasette, hookimpl
-from datasette_llm.usage import UsageRecord
+from datasette_llm.usage.records import UsageRecord
+from datasette_llm.usage.telemetry import INSTRUMENTATION_NAME, observe, provider_of
 from tests.conftest import MakeDatasette, RegisterPlugin
 
 pytestmark = pytest.mark.usefixtures("test_models")
@@ -362,7 +362,7 @@ def test_importing_datasette_llm_never_imports_the_opentelemetry_sdk() -> None:
     output = run_python(
         """
         import sys
-        import datasette_llm, datasette_llm.telemetry
+        import datasette_llm, datasette_llm.usage.telemetry
         print([name for name in sys.modules if name.startswith("opentelemetry.sdk")])
         """
     )
@@ -377,8 +377,8 @@ def test_a_provider_installed_after_the_first_attempt_receives_the_next_ones() -
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        from datasette_llm.telemetry import observe
-        from datasette_llm.usage import UsageRecord
+        from datasette_llm.usage.telemetry import observe
+        from datasette_llm.usage.records import UsageRecord
 
         record = {RECORD!r}
         observe(record, None)  # no provider yet: a no-op

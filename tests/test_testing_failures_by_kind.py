@@ -10,7 +10,8 @@ import llm
 import pytest
 from syrupy.assertion import SnapshotAssertion
 
-from datasette_llm import LLM, PromptResult, ProviderError, attempts
+from datasette_llm import LLM, PromptResult, ProviderError
+from datasette_llm.prompting import attempts
 from datasette_llm.testing import FakeModelRouter
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin

@@ -24,9 +24,9 @@ import pytest
 from datasette.app import Datasette
 
 from datasette_llm import LLM, PromptResult, ProviderError, UsageRecord
-from datasette_llm.ledger import COLUMNS, TABLE, ledger_for
 from datasette_llm.provider_errors import Attempt
 from datasette_llm.typing import hookimpl
+from datasette_llm.usage.ledger import COLUMNS, TABLE, ledger_for
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 

@@ -15,7 +15,7 @@ import pytest
 from datasette.app import Datasette
 
 from datasette_llm import LLM, BudgetExceededError, ProviderError, UsageRecord
-from datasette_llm.ledger import TABLE, ledger_for
+from datasette_llm.usage.ledger import TABLE, ledger_for
 from tests.conftest import MakeDatasette
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 
@@ -223,8 +223,8 @@ async def test_failed_attempts_without_a_fallback_are_recorded_before_the_error(
 def test_check_reports_prices_for_missing_models_and_budgets_that_cannot_count(
     provider: Provider,
 ) -> None:
-    from datasette_llm._operator.validation import validate
-    from datasette_llm.models import current_registry
+    from datasette_llm._operator.checks import validate
+    from datasette_llm.routing.models import current_registry
 
     raw = {
         "pricing": {"primary-gtp": {"input": 1, "output": 2}},
@@ -268,7 +268,7 @@ async def test_retention_deletes_rows_older_than_its_days(
 async def test_the_ledger_keeps_its_waiting_rows_and_listeners_when_its_settings_change(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
-    from datasette_llm.ledger import Ledger
+    from datasette_llm.usage.ledger import Ledger
 
     ds = make_datasette(config())
     assert ledger_for(ds) is ledger_for(ds)  # the same settings: the same ledger

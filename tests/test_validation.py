@@ -9,8 +9,8 @@ import pytest
 from datasette.utils import StartupError
 
 from datasette_llm import ConfigProblem, Purpose
-from datasette_llm._operator.validation import Validation, validate
-from datasette_llm.models import current_registry
+from datasette_llm._operator.checks import Validation, validate
+from datasette_llm.routing.models import current_registry
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import TestModelsPlugin

@@ -1,4 +1,10 @@
-"""``datasette llm purposes`` and ``datasette llm check``: the routing report in a terminal.
+"""What the ``datasette llm`` commands share: the Datasette ``serve`` would build, text tables.
+
+``datasette llm usage``: the usage ledger's sums in a terminal, or as JSON.
+
+``datasette llm check --live``: send a short prompt through each purpose's routed chain.
+
+``datasette llm purposes`` and ``datasette llm check``: the routing report in a terminal.
 
 ``datasette llm usage`` is in ``usage_cli``.
 """
@@ -7,25 +13,440 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import date, datetime, timezone
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
-from .cli_support import datasette_from_files, datasette_options, format_problems, text_table
-from .live_cli import format_live, live_json, live_purposes, run_live
-from .usage_cli import add_usage_command
+from ..usage.summary import (
+    DAY,
+    UsageLine,
+    UsageSummary,
+    UsageWindow,
+    Window,
+    utc_text,
+)
+from .live import LIVE_PROMPT, LiveResult, try_route, unknown_purpose
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
     from ..errors import ConfigProblem
-    from .report import Route, RoutingReport
-    from .resilience import Chain, ChainLink, Setting
+    from .report import Chain, ChainLink, Route, RoutingReport, Setting
 
-__all__ = ["add_commands", "check_json", "format_chains", "format_problems", "format_table"]
+__all__ = [
+    "SINCE_FORMS",
+    "add_commands",
+    "add_usage_command",
+    "check_json",
+    "datasette_from_files",
+    "datasette_options",
+    "format_chains",
+    "format_live",
+    "format_problems",
+    "format_table",
+    "format_usage",
+    "live_json",
+    "live_purposes",
+    "parse_since",
+    "run_live",
+    "text_table",
+]
 
 
+# --- from _operator.cli_support.py
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def datasette_options(function: F) -> F:
+    """Add the options ``datasette serve`` uses to find configuration and plugins."""
+    options = [
+        click.option(
+            "-c",
+            "--config",
+            type=click.File("r"),
+            help="Path to a datasette.yaml (or JSON) configuration file",
+        ),
+        click.option(
+            "-m",
+            "--metadata",
+            type=click.File("r"),
+            help="Path to a metadata.yaml (or JSON) file; its plugins: section counts too",
+        ),
+        click.option(
+            "--plugins-dir",
+            type=click.Path(exists=True, file_okay=False, dir_okay=True),
+            help="Path to a directory containing custom plugins",
+        ),
+        click.option(
+            "--internal",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Path to the internal database datasette serve --internal uses "
+            "(where datasette-secrets keeps its encrypted store and the usage ledger is kept)",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _load(file: Any, label: str) -> dict[str, Any] | None:
+    if file is None:
+        return None
+    from datasette.utils import parse_metadata
+
+    try:
+        parsed = parse_metadata(file.read())
+    except Exception as error:
+        raise click.ClickException(f"Could not parse {label} {file.name}: {error}") from None
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        raise click.ClickException(f"{label} {file.name} must be a mapping at the top level.")
+    return parsed
+
+
+def datasette_from_files(
+    config: Any,
+    metadata: Any,
+    plugins_dir: str | None,
+    internal: str | None,
+    files: Sequence[str] = (),
+) -> Datasette:
+    """Build the Datasette ``datasette serve FILES -c ... -m ...`` would, without serving it.
+
+    Startup validation is deferred: the command reports problems itself.
+    """
+    from datasette.app import Datasette
+
+    from ..config.source import metadata_replaces_config
+    from .checks import defer_startup_validation
+
+    config_data = _load(config, "configuration")
+    metadata_data = _load(metadata, "metadata")
+    if config is not None and metadata is not None:
+        conflict = metadata_replaces_config(config_data, metadata_data, config.name, metadata.name)
+        if conflict is not None:
+            raise click.ClickException(conflict)
+    datasette = Datasette(
+        list(files),
+        memory=True,
+        config=config_data,
+        metadata=metadata_data,
+        plugins_dir=plugins_dir,
+        internal=internal,
+    )
+    defer_startup_validation(datasette)
+    return datasette
+
+
+def text_table(rows: Sequence[Sequence[str]]) -> str:
+    """Render ``rows`` (the first is the header) as aligned columns under a rule."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def format_problems(problems: Sequence[ConfigProblem], strict: bool) -> str:
+    """Render problems one per line, errors first, then a count."""
+    lines = []
+    errors = 0
+    for problem in problems:
+        severity = "error" if strict else problem.severity
+        if severity == "error":
+            errors += 1
+        lines.append(f"{severity}: {problem.path}: {problem.message}")
+    warnings = len(problems) - errors
+    lines.append(
+        f"{errors} error{'s' if errors != 1 else ''}, "
+        f"{warnings} warning{'s' if warnings != 1 else ''}"
+        + (" (strict: warnings count as errors)" if strict and problems else "")
+    )
+    return "\n".join(lines)
+
+
+# --- from _operator.usage_cli.py
+SINCE_FORMS: Final = (
+    "a number of hours, days or weeks (24h, 7d, 2w), an ISO date (2024-05-01, from midnight "
+    "UTC) or an ISO time (2024-05-01T09:30, UTC unless it gives an offset)"
+)
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([hdw])")
+_UNITS: Final = {"h": (3_600.0, "hour"), "d": (DAY, "day"), "w": (7 * DAY, "week")}
+
+
+def parse_since(text: str, now: float) -> Window:
+    """Read ``--since``: a duration before ``now`` or an ISO date or time (see ``SINCE_FORMS``).
+
+    Raises:
+        click.BadParameter: ``text`` is none of those, or is later than ``now``.
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is not None:
+        number, unit = float(match[1]), match[2]
+        seconds, name = _UNITS[unit]
+        plural = "s" if number != 1 else ""
+        return Window(text, f"Last {number:g} {name}{plural}", now - number * seconds)
+    since: datetime | None = None
+    try:
+        day = date.fromisoformat(text)
+        since = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    except ValueError:
+        try:
+            since = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    if since is None:
+        raise click.BadParameter(
+            f"{text!r} is not a duration or a date: use {SINCE_FORMS}.", param_hint="'--since'"
+        )
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    if since.timestamp() > now:
+        raise click.BadParameter(
+            f"{text!r} is in the future (it is now {utc_text(now)}): give a time before now.",
+            param_hint="'--since'",
+        )
+    return Window(text, f"Since {utc_text(since.timestamp())}", since.timestamp())
+
+
+def _line_rows(label: str, lines: tuple[UsageLine, ...]) -> list[tuple[str, ...]]:
+    header = (label, "ATTEMPTS", "OK", "FAILURES", "INPUT", "OUTPUT", "CACHED", "SPEND")
+    rows: list[tuple[str, ...]] = [header]
+    for line in lines:
+        totals = line.totals
+        failures = ", ".join(f"{count} {kind}" for kind, count in totals.failures.items())
+        rows.append(
+            (
+                "(no purpose)" if line.name is None else line.name,
+                str(totals.attempts),
+                str(totals.ok),
+                failures or "-",
+                f"{totals.input_tokens:,}",
+                f"{totals.output_tokens:,}",
+                f"{totals.cached_tokens:,}",
+                totals.spend,
+            )
+        )
+    return rows
+
+
+def _window_text(window: UsageWindow) -> list[str]:
+    total = window.total
+    heading = f"{window.window.label} (since {window.window.since_text})"
+    if not total.attempts:
+        return [f"{heading}: no attempts", ""]
+    return [
+        f"{heading}: {total.attempts} attempts, {total.ok} ok, {total.failed} failed; "
+        f"spend {total.spend}",
+        "",
+        text_table(_line_rows("PURPOSE", window.purposes)),
+        "",
+        text_table(_line_rows("MODEL", window.models)),
+        "",
+    ]
+
+
+def format_usage(summary: UsageSummary) -> str:
+    """Render the summary as the plain text ``datasette llm usage`` prints."""
+    where = (
+        f"the database {summary.database!r}"
+        if summary.database
+        else "Datasette's internal database"
+    )
+    if summary.error is not None:
+        lines = [summary.error, ""]
+    elif not summary.recorded:
+        lines = [f"No usage recorded yet (the ledger table is not in {where}).", ""]
+    else:
+        lines = [f"Usage recorded in {where}, as of {summary.now_text}.", ""]
+        for window in summary.windows:
+            lines.extend(_window_text(window))
+    if not summary.enabled:
+        lines.extend(["Recording is off (usage: {enabled: false}).", ""])
+    if summary.budgets:
+        rows = [("PURPOSE", "SPENT", "BUDGET", "USED", "PERIOD", "ONCE SPENT")]
+        for status in summary.budgets:
+            spent = status.spent_text
+            if status.unpriced:
+                spent += f" (+ {status.unpriced} without a price, not counted)"
+            rows.append(
+                (
+                    status.purpose,
+                    spent,
+                    status.budget_text,
+                    f"{status.percent:.0f}%" + (" EXCEEDED" if status.exceeded else ""),
+                    status.period_text,
+                    status.budget.then,
+                )
+            )
+        lines.extend(["Budgets:", text_table(rows), ""])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+async def _usage(datasette: Datasette, since: str | None) -> UsageSummary:
+    from ..routing.overlay import config_for
+    from ..usage.summary import build_usage
+
+    await datasette.invoke_startup()
+    now = time.time()
+    windows = None if since is None else [parse_since(since, now)]
+    return await build_usage(datasette, config_for(datasette), windows, now)
+
+
+def add_usage_command(group: click.Group) -> None:
+    """Add ``usage`` to the ``datasette llm`` group."""
+
+    @group.command(name="usage")
+    @click.argument("files", type=click.Path(exists=True), nargs=-1)
+    @datasette_options
+    @click.option("--json", "as_json", is_flag=True, help="Output the sums as JSON")
+    @click.option(
+        "--since",
+        metavar="DURATION_OR_DATE",
+        help="Sum from this time to now: 24h, 7d, 2w, or an ISO date or time (UTC). "
+        "Default: the last 24 hours, 7 days and 30 days.",
+    )
+    def usage(
+        files: tuple[str, ...],
+        config: Any,
+        metadata: Any,
+        plugins_dir: str | None,
+        internal: str | None,
+        as_json: bool,
+        since: str | None,
+    ) -> None:
+        """Show attempts, tokens and spend per purpose and per model, and each budget.
+
+        Reads the ledger where datasette serve keeps it: Datasette's internal database (pass
+        the file of datasette serve --internal) or the database usage: database names (pass
+        it as FILES).
+        """
+        from ..errors import ConfigurationError
+
+        if since is not None:
+            parse_since(since, time.time())  # a bad --since fails before anything starts
+        datasette = datasette_from_files(config, metadata, plugins_dir, internal, files)
+        try:
+            summary = asyncio.run(_usage(datasette, since))
+        except ConfigurationError as error:
+            click.echo(format_problems(error.problems, False), err=True)
+            raise SystemExit(1) from None
+        if as_json:
+            click.echo(json.dumps(summary.to_json(), indent=2))
+        else:
+            click.echo(format_usage(summary), nl=False)
+
+
+# --- from _operator.live_cli.py
+def live_purposes(report: RoutingReport, only: str | None) -> list[str]:
+    """Return the purposes to test: every purpose of the report, or ``only``.
+
+    Raises:
+        click.BadParameter: ``only`` is not one of them (with the nearest name).
+    """
+    names = [purpose.name for purpose in report.purposes]
+    if only is None:
+        return names
+    if only not in names:
+        raise click.BadParameter(unknown_purpose(only, names), param_hint="'--purpose'")
+    return [only]
+
+
+async def _test_each(
+    datasette: Datasette, names: Sequence[str], progress: Callable[[int, str], None]
+) -> list[LiveResult]:
+    from ..usage.ledger import flush_usage
+
+    results = []
+    for name in names:
+        progress(0, name)
+        results.append(await try_route(datasette, name))
+        progress(1, name)
+    await flush_usage(datasette)
+    return results
+
+
+def _shown(name: str | None) -> str | None:
+    return name
+
+
+def run_live(datasette: Datasette, names: Sequence[str]) -> list[LiveResult]:
+    """Test each purpose in turn, with a progress bar on stderr; return the results."""
+    with click.progressbar(
+        list(names),
+        label="Testing routes",
+        file=sys.stderr,
+        item_show_func=_shown,
+    ) as bar:
+        return asyncio.run(_test_each(datasette, names, bar.update))
+
+
+def _tokens(result: LiveResult) -> str:
+    if result.input_tokens is None and result.output_tokens is None:
+        return "-"
+    shown = [
+        "?" if count is None else str(count)
+        for count in (result.input_tokens, result.output_tokens)
+    ]
+    return " in, ".join(shown) + " out"
+
+
+def _attempts(result: LiveResult) -> str:
+    return "; ".join(
+        f"{attempt.model_id} {attempt.error or 'ok'} {attempt.duration:.2f}s"
+        for attempt in result.attempts
+    )
+
+
+def format_live(results: Sequence[LiveResult]) -> str:
+    """Render the results as a table of purposes, then one line per failure's message."""
+    rows: list[tuple[str, ...]] = [
+        ("PURPOSE", "RESULT", "ANSWERED BY", "LATENCY", "TOKENS", "ATTEMPTS")
+    ]
+    for result in results:
+        rows.append(
+            (
+                result.purpose,
+                "ok" if result.error is None else f"FAILED ({result.error})",
+                result.model_id or "-",
+                f"{result.latency:.2f}s",
+                _tokens(result),
+                _attempts(result) or "-",
+            )
+        )
+    lines = [f"Live test ({LIVE_PROMPT!r} through each purpose's routed chain):", text_table(rows)]
+    lines.extend(f"{result.purpose}: {result.message}" for result in results if result.message)
+    failed = sum(1 for result in results if not result.ok)
+    total = len(results)
+    if failed:
+        lines.append(
+            f"{failed} of {total} purpose{'s' if total != 1 else ''} failed the live test."
+        )
+    else:
+        lines.append(f"Every purpose answered ({total} tested).")
+    return "\n".join(lines)
+
+
+def live_json(results: Sequence[LiveResult]) -> dict[str, object]:
+    """Return what ``check --live --json`` adds under ``live``."""
+    return {
+        "prompt": LIVE_PROMPT,
+        "failed": sum(1 for result in results if not result.ok),
+        "results": [result.to_json() for result in results],
+    }
+
+
+# --- from _operator.cli.py
 def _key_text(route: Route) -> str:
     key = route.key
     if key is None:
@@ -238,11 +659,10 @@ async def _check(
     datasette: Datasette,
 ) -> tuple[list[ConfigProblem], bool, RoutingReport | None]:
     """Validate, then route every purpose; return all problems, errors first."""
-    from ..config_source import config_for
-    from ..models import current_registry
-    from .report import build_report
-    from .serving import serving_problems
-    from .validation import validate_datasette
+    from ..routing.models import current_registry
+    from ..routing.overlay import config_for
+    from .checks import validate_datasette
+    from .report import build_report, serving_problems
 
     await datasette.invoke_startup()
     validation = validate_datasette(datasette)

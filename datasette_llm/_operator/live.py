@@ -16,21 +16,21 @@ import llm
 from datasette import Forbidden
 from datasette.utils.asgi import Response
 
-from ..budgets import BudgetExceededError
-from ..client import LLM
-from ..config_source import config_for
 from ..errors import ConfigurationError, ModelNotFoundError, nearest
 from ..log import redact
-from ..permissions import MANAGE_ROUTING, can_manage_routing
+from ..prompting.client import LLM
 from ..provider_errors import ErrorKind, ProviderError
-from ..purpose_catalog import get_purposes
+from ..routing.catalog import get_purposes
+from ..routing.overlay import config_for
+from ..routing.permissions import MANAGE_ROUTING, can_manage_routing
+from ..usage.budgets import BudgetExceededError
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
     from datasette.utils.asgi import Request
 
     from ..actors import Actor
-    from ..usage import UsageRecord
+    from ..usage.records import UsageRecord
 
 __all__ = [
     "LIVE_PROMPT",

@@ -1,33 +1,60 @@
-"""The routing report: which model serves each purpose and why, as one frozen typed value.
+"""Who may use each purpose (the ``llm-use`` action), as datasette.yaml configures it.
+
+Read from Datasette's configuration, where an operator writes the rules: the global block
+``permissions: {llm-use: ...}`` and a purpose's own ``databases: {<purpose>: {permissions:
+{llm-use: ...}}}`` (Datasette applies that block to every resource whose parent is the name).
+Rules that a permissions plugin adds through ``permission_resources_sql`` depend on the actor
+and are not listed; the page says so.
+
+Each purpose's chain for the routing report: the routed model, then every fallback in order.
+
+For each fallback the report says whether the policy would admit it (``policy.screen``, its key
+required, as ``routing.admit`` asks just before a prompt tries it) and, if not, why; and the
+settings that apply (``retries``, ``timeout``, ``deadline``, ``fallback_on``), each with the
+configuration path that sets it. Keys are only looked for (``key_status``), never read.
+
+The routing report: which model serves each purpose and why, as one frozen typed value.
 
 Built once per request of ``/-/llm`` (and by ``datasette llm purposes``) from the configuration,
 the registered purposes, the installed models and a real routing of every purpose, as a call
 with no actor would be routed. It holds secret *names* only, never a key, and reading it reads
 no stored secret.
+
+Whether every purpose can be served: what ``datasette llm check`` adds to validation.
+
+Validation looks at the configuration; this looks at the routing report, which routed every
+purpose for real. A purpose (registered or configured) that no model can serve is an error:
+its calls raise ``ModelNotFoundError`` (a configured model that is not installed, every candidate
+refused, nothing configured). A configured model passed over for want of an API key (under
+``require_keys``) while another model serves the purpose is a warning: calls go elsewhere than
+configured. So is a fallback without a key, or one a filter hook removes: it is never tried.
+Keys are only looked for (``key_status``), never read: checking is not a use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import llm
 
-from ..capabilities import NOTHING_REQUIRED
-from ..config import LLMConfig
-from ..config_source import config_for
+from ..config.values import CONFIG_ROOT, LLMConfig, Resilience
 from ..errors import ConfigProblem, ModelNotFoundError, Substituted, quoted, shown
-from ..keys import KeyStatus, key_status
-from ..models import ModelRegistry, current_registry
-from ..policy import Policy, policy_for
-from ..purpose_catalog import get_purpose_collisions, get_purpose_owner
-from ..purposes import Purpose, purpose_name
-from ..routing import route
-from .resilience import Chain, build_chain, key_json
-from .validation import (
+from ..prompting.attempts import client_retries, tries_of
+from ..routing.catalog import get_purpose_collisions, get_purpose_owner
+from ..routing.keys import KeyStatus, key_status
+from ..routing.models import ModelRegistry, current_registry, find_model
+from ..routing.overlay import config_for
+from ..routing.permissions import USE
+from ..routing.policy import Policy, policy_for, screen
+from ..routing.purposes import Purpose, purpose_name
+from ..routing.requirements import NOTHING_REQUIRED, Requirements
+from ..routing.route import route
+from .checks import (
     MissingModel,
     UnregisteredPurpose,
     find_missing_models,
@@ -38,19 +65,426 @@ from .validation import (
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
+    from llm import AsyncModel
 
-    from ..purposes import PurposeCollision
-    from ..resolution import ResolutionStep
+    from ..config.values import LLMConfig, ModelRef
+    from ..routing.models import ModelRegistry
+    from ..routing.policy import Policy
+    from ..routing.purposes import PurposeCollision
+    from ..routing.route import ResolutionStep
 
 __all__ = [
-    "ROUTE_TIMEOUT_SECONDS",
     "AllowedModel",
+    "Chain",
+    "ChainLink",
+    "MayUse",
     "PurposeRoute",
+    "ROUTE_TIMEOUT_SECONDS",
+    "Refusal",
     "Route",
     "RoutingReport",
+    "Setting",
+    "SettingValue",
+    "UseRule",
+    "build_chain",
     "build_report",
+    "key_json",
+    "serving_problems",
+    "who_may_use",
+    "with_may_use",
 ]
 
+
+# --- from _operator.use_report.py
+@dataclass(frozen=True, slots=True)
+class UseRule:
+    """One configured allow block for ``llm-use``.
+
+    Attributes:
+        path: Where it is written, e.g. ``permissions.llm-use``.
+        allow: The allow block as written (``{"id": "root"}``, ``true``, ...).
+    """
+
+    path: str
+    allow: object
+
+    @property
+    def text(self) -> str:
+        """The block as compact JSON."""
+        return json.dumps(self.allow, sort_keys=True, default=str)
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict."""
+        return {"path": self.path, "allow": self.allow}
+
+
+@dataclass(frozen=True, slots=True)
+class MayUse:
+    """Who may use one purpose.
+
+    Attributes:
+        everyone: No rule is configured and Datasette allows ``llm-use`` by default.
+        rules: The configured rules that apply, the purpose's own first, then the global one.
+    """
+
+    everyone: bool
+    rules: tuple[UseRule, ...]
+
+    @property
+    def text(self) -> str:
+        """One line for the page: "everyone", or each rule with where it is written."""
+        if self.everyone:
+            return "everyone"
+        if not self.rules:
+            return "nobody but root (--default-deny)"
+        return "; ".join(f"{rule.path}: {rule.text}" for rule in self.rules)
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict."""
+        return {
+            "everyone": self.everyone,
+            "rules": [rule.to_json() for rule in self.rules],
+            "text": self.text,
+        }
+
+
+def _rule(block: object, path: str) -> UseRule | None:
+    if isinstance(block, Mapping) and USE in block:
+        return UseRule(f"{path}.{USE}", block[USE])
+    return None
+
+
+def who_may_use(datasette: Datasette, names: Iterable[str]) -> dict[str, MayUse]:
+    """Return, for each purpose name, who the configuration lets use it."""
+    config = datasette.config or {}
+    databases = config.get("databases")
+    databases = databases if isinstance(databases, Mapping) else {}
+    global_rule = _rule(config.get("permissions"), "permissions")
+    default_deny = bool(datasette.default_deny)
+    report: dict[str, MayUse] = {}
+    for name in names:
+        database = databases.get(name)
+        own = None
+        if isinstance(database, Mapping):
+            own = _rule(database.get("permissions"), f"databases.{name}.permissions")
+        rules = tuple(rule for rule in (own, global_rule) if rule is not None)
+        report[name] = MayUse(everyone=not rules and not default_deny, rules=rules)
+    return report
+
+
+def with_may_use(document: dict[str, object], may_use: Mapping[str, MayUse]) -> dict[str, object]:
+    """Add ``may_use`` to each purpose of the ``/-/llm.json`` document; return the document."""
+    purposes = document.get("purposes")
+    for purpose in purposes if isinstance(purposes, list) else ():
+        shown = may_use.get(str(purpose.get("name"))) if isinstance(purpose, dict) else None
+        if shown is not None:
+            purpose["may_use"] = shown.to_json()
+    return document
+
+
+# --- from _operator.resilience.py
+Refusal: TypeAlias = Literal[
+    "blocked",
+    "not_allowed",
+    "lacks_requirement",
+    "keyless",
+    "filtered",
+    "not_installed",
+    "routed_model",
+    "repeated",
+    "unchecked",
+]
+"""Why a fallback would not be tried (see ``ChainLink.refused_as``)."""
+
+SettingValue: TypeAlias = "int | float | tuple[str, ...] | None"
+_DEFAULTS: Final = Resilience()
+_ROUTED_MODEL: Final = (
+    "it is the routed model: a failing model is retried (retries), not tried again as its "
+    "own fallback"
+)
+
+
+def key_json(key: KeyStatus | None) -> dict[str, object] | None:
+    """Return a key status as JSON: where the key comes from, never the key."""
+    if key is None:
+        return None
+    return {"source": key.source, "secret_name": key.secret_name, "available": key.available}
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One resilience setting as it applies to a purpose.
+
+    Attributes:
+        value: The value in effect.
+        set_at: The configuration path that sets it, or ``None`` for the built-in default.
+    """
+
+    value: SettingValue
+    set_at: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict."""
+        value = list(self.value) if isinstance(self.value, tuple) else self.value
+        return {"value": value, "set_at": self.set_at}
+
+
+@dataclass(frozen=True, slots=True)
+class ChainLink:
+    """One model of a purpose's chain: the routed model, or a fallback.
+
+    Attributes:
+        model_id: The id as routed, or the fallback's id as written.
+        role: ``"routed"`` or ``"fallback"``.
+        path: Where the fallback is written; ``None`` for the routed model.
+        refusal: Why the policy would not admit it, or ``None`` when it would be tried.
+        refused_as: The kind of ``refusal``, for tooling.
+        key: Its key status, or ``None`` when it is not installed or not checked.
+        rpm: Its requests-per-minute limit, if configured.
+        concurrency: Its concurrent-requests limit, if configured.
+        client_retries: How many times the provider's client library retries by itself.
+        tries: How many times datasette-llm itself tries it (each try is up to
+            ``1 + client_retries`` requests).
+    """
+
+    model_id: str
+    role: Literal["routed", "fallback"]
+    path: str | None
+    refusal: str | None
+    refused_as: Refusal | None
+    key: KeyStatus | None
+    rpm: float | None
+    concurrency: int | None
+    client_retries: int
+    tries: int
+
+    @property
+    def admitted(self) -> bool:
+        """Whether a prompt would try it."""
+        return self.refusal is None
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict."""
+        return {
+            "model_id": self.model_id,
+            "role": self.role,
+            "path": self.path,
+            "admitted": self.admitted,
+            "refusal": self.refusal,
+            "refused_as": self.refused_as,
+            "key": key_json(self.key),
+            "rpm": self.rpm,
+            "concurrency": self.concurrency,
+            "client_retries": self.client_retries,
+            "tries": self.tries,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """What a prompt for one purpose tries, in order, and the settings that apply.
+
+    Attributes:
+        links: The routed model (when routing found one), then each fallback as written.
+        retries: ``retries``: how many more times one model is tried.
+        timeout: ``timeout``: seconds per attempt.
+        deadline: ``deadline``: seconds for the whole prompt.
+        fallback_on: ``fallback_on``: the error kinds that move on to the next fallback.
+    """
+
+    links: tuple[ChainLink, ...]
+    retries: Setting
+    timeout: Setting
+    deadline: Setting
+    fallback_on: Setting
+
+    @property
+    def fallbacks(self) -> tuple[ChainLink, ...]:
+        """The fallback links, in order."""
+        return tuple(link for link in self.links if link.role == "fallback")
+
+    @property
+    def worth_showing(self) -> bool:
+        """Whether anything here differs from a bare route: fallbacks, settings or limits."""
+        settings = (self.retries, self.timeout, self.deadline, self.fallback_on)
+        limited = any(link.rpm is not None or link.concurrency is not None for link in self.links)
+        return bool(self.fallbacks) or limited or any(s.set_at for s in settings)
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict."""
+        return {
+            "models": [link.to_json() for link in self.links],
+            "retries": self.retries.to_json(),
+            "timeout": self.timeout.to_json(),
+            "deadline": self.deadline.to_json(),
+            "fallback_on": self.fallback_on.to_json(),
+        }
+
+
+def _settings(policy: Policy) -> tuple[Setting, Setting, Setting, Setting]:
+    """The purpose's value of each setting, else the global one, with where it is set."""
+    config = policy.config
+    purpose_config = config.purpose(policy.purpose)
+    applied = config.resilience_for(policy.purpose)
+    found: list[Setting] = []
+    for name in ("retries", "timeout", "deadline", "fallback_on"):
+        value: SettingValue = getattr(applied, name)
+        if purpose_config is not None and getattr(purpose_config, name) is not None:
+            set_at: str | None = f"{CONFIG_ROOT}.purposes.{policy.purpose}.{name}"
+        elif getattr(config.resilience, name) != getattr(_DEFAULTS, name):
+            set_at = f"{CONFIG_ROOT}.{name}"
+        else:
+            set_at = None
+        found.append(Setting(value, set_at))
+    retries, timeout, deadline, fallback_on = found
+    return retries, timeout, deadline, fallback_on
+
+
+def _written(policy: Policy) -> list[tuple[str, ModelRef]]:
+    """The fallbacks that apply to the purpose, as written, each with its path."""
+    purpose_config = policy.config.purpose(policy.purpose)
+    if purpose_config is not None and purpose_config.fallbacks is not None:
+        base = f"{CONFIG_ROOT}.purposes.{policy.purpose}.fallbacks"
+        refs = purpose_config.fallbacks
+    else:
+        base, refs = f"{CONFIG_ROOT}.fallbacks", policy.config.resilience.fallbacks
+    return [(f"{base}[{index}]", ref) for index, ref in enumerate(refs)]
+
+
+def _link(
+    policy: Policy,
+    retries: int,
+    model_id: str,
+    path: str | None,
+    refusal: tuple[str, Refusal] | None,
+    key: KeyStatus | None,
+) -> ChainLink:
+    """Build one link, its limits and the provider client's own retries read for it."""
+    model = find_model(model_id, policy.registry)
+    reference = policy.reference(model_id)
+    by_client = client_retries(model) if model is not None else 0
+    return ChainLink(
+        model_id=model_id,
+        role="routed" if path is None else "fallback",
+        path=path,
+        refusal=None if refusal is None else refusal[0],
+        refused_as=None if refusal is None else refusal[1],
+        key=key,
+        rpm=reference.rpm,
+        concurrency=reference.concurrency,
+        client_retries=by_client,
+        tries=tries_of(model, retries) if model is not None else 1 + retries,
+    )
+
+
+def _retries(setting: Setting) -> int:
+    return setting.value if isinstance(setting.value, int) else _DEFAULTS.retries
+
+
+async def build_chain(
+    datasette: Datasette,
+    policy: Policy,
+    routed: tuple[str | None, KeyStatus | None],
+    requires: Requirements = NOTHING_REQUIRED,
+    *,
+    timeout: float,
+) -> Chain:
+    """Return the chain for ``policy``'s purpose, as a prompt with no actor would try it.
+
+    Args:
+        routed: The model routing chose (``None`` when it found none) and its key status.
+        requires: What the purpose requires of a model (``Purpose.requires``).
+        timeout: Seconds to wait for the policy's answers (a hanging ``llm_filter_models``):
+            past it, the fallbacks are shown unchecked.
+    """
+    if not _written(policy):
+        return await _chain(datasette, policy, routed, requires)
+    try:
+        return await asyncio.wait_for(_chain(datasette, policy, routed, requires), timeout)
+    except asyncio.TimeoutError:
+        reason = (
+            "not checked: the policy did not answer in time (a hook, llm_default_model or "
+            "llm_filter_models, is not answering)"
+        )
+    except Exception as error:
+        reason = (
+            f"not checked: asking the policy raised {type(error).__name__}: {shown(error)} "
+            "(a plugin's llm_filter_models fails)"
+        )
+    return _unchecked_chain(policy, routed[0], reason)
+
+
+async def _chain(
+    datasette: Datasette,
+    policy: Policy,
+    routed: tuple[str | None, KeyStatus | None],
+    requires: Requirements,
+) -> Chain:
+    settings = _settings(policy)
+    retries = _retries(settings[0])
+    routed_id, routed_key = routed
+    chain: list[ChainLink] = []
+    if routed_id is not None:
+        chain.append(_link(policy, retries, routed_id, None, None, routed_key))
+    seen: dict[str, str] = {}
+    for path, ref in _written(policy):
+        model_id = policy.canonical(ref.model_id)
+        model = find_model(ref.model_id, policy.registry)
+        refusal: tuple[str, Refusal] | None = None
+        key: KeyStatus | None = None
+        if model_id == routed_id:
+            refusal = (_ROUTED_MODEL, "routed_model")
+        elif model_id in seen:
+            refusal = (f"it is already in the chain at {seen[model_id]}", "repeated")
+        elif model is None:
+            refusal = ("it is not installed", "not_installed")
+        else:
+            key = await key_status(datasette, policy.reference(model_id).keys, model)
+            refusal = await _screened(datasette, policy, model, requires, key)
+        seen.setdefault(model_id, path)
+        chain.append(_link(policy, retries, ref.model_id, path, refusal, key))
+    return Chain(tuple(chain), *settings)
+
+
+async def _screened(
+    datasette: Datasette,
+    policy: Policy,
+    model: AsyncModel,
+    requires: Requirements,
+    key: KeyStatus,
+) -> tuple[str, Refusal] | None:
+    """Ask the policy about ``model`` as ``routing.admit`` does; name the kind of a refusal."""
+    screening = await screen(datasette, policy, [model], None, require_keys=True, requires=requires)
+    if screening.models:
+        return None
+    reason = screening.refused[model.model_id]
+    kind: Refusal
+    if model.model_id in policy.blocked:
+        kind = "blocked"
+    elif policy.refusal(model.model_id) is not None:
+        kind = "not_allowed"
+    elif requires.missing(model):
+        kind = "lacks_requirement"
+    elif not key.available:
+        kind = "keyless"
+    else:
+        kind = "filtered"
+    return reason, kind
+
+
+def _unchecked_chain(policy: Policy, routed_id: str | None, reason: str) -> Chain:
+    """Return the chain with every fallback left unchecked, for ``reason`` (a hanging hook)."""
+    settings = _settings(policy)
+    retries = _retries(settings[0])
+    links: list[ChainLink] = []
+    if routed_id is not None:
+        links.append(_link(policy, retries, routed_id, None, None, None))
+    for path, ref in _written(policy):
+        links.append(_link(policy, retries, ref.model_id, path, (reason, "unchecked"), None))
+    return Chain(tuple(links), *settings)
+
+
+# --- from _operator.report.py
 ROUTE_TIMEOUT_SECONDS: float = 2.0
 """How long the report waits for one purpose's routing and the check of its fallbacks together
 (a hanging ``llm_default_model`` or ``llm_filter_models`` hook)."""
@@ -388,3 +822,110 @@ async def build_report(datasette: Datasette) -> RoutingReport:
         problems=validation.problems,
         installed_model_count=len(registry.models),
     )
+
+
+# --- from _operator.serving.py
+_ASKED: Final = frozenset({"keyless", "filtered", "unchecked"})
+"""Refusals only asking the policy finds; validation reports the configuration's own."""
+
+
+def _configured(config: LLMConfig, report: RoutingReport) -> Iterator[tuple[str | None, ModelRef]]:
+    """Yield ``(purpose, reference)`` for every configured model a route should start from."""
+    for purpose in report.purposes:
+        purpose_config = config.purpose(purpose.name)
+        if purpose_config is not None and purpose_config.model is not None:
+            yield purpose.name, purpose_config.model
+    if config.default_model is not None:
+        yield None, config.default_model
+
+
+async def _key_problem(
+    datasette: Datasette,
+    config: LLMConfig,
+    registry: ModelRegistry,
+    purpose: str | None,
+    ref: ModelRef,
+    route: Route,
+) -> ConfigProblem | None:
+    model = registry.by_name.get(ref.model_id)
+    policy = policy_for(config, purpose, registry)
+    if model is None or policy.refusal(ref.model_id) is not None:
+        return None  # not installed, or blocked: validation already says so
+    status = await key_status(datasette, policy.reference(ref.model_id).keys, model)
+    if status.available:
+        return None
+    calls = f"calls for purpose {purpose!r}" if purpose is not None else "calls without a purpose"
+    path = f"{CONFIG_ROOT}.purposes.{purpose}.model" if purpose else f"{CONFIG_ROOT}.default_model"
+    return ConfigProblem(
+        path,
+        f"{quoted(ref.model_id)} has no API key, so {calls} go to "
+        f"{quoted(route.model_id)} instead. Set the secret {status.secret_name} "
+        "(datasette-secrets, or the environment variable "
+        f"DATASETTE_SECRETS_{status.secret_name}), or configure another model.",
+        "warning",
+    )
+
+
+def _fallback_problems(report: RoutingReport) -> list[ConfigProblem]:
+    """Warn once per fallback the policy refuses when asked (a key, a filter hook)."""
+    refused: dict[tuple[str, str, str, bool], list[str | None]] = {}
+    chains = [(purpose.name, purpose.chain) for purpose in report.purposes]
+    for name, chain in [*chains, (None, report.default_chain)]:
+        for link in chain.fallbacks:
+            if link.path is not None and link.refused_as in _ASKED:
+                key = (link.path, link.model_id, link.refusal or "", link.refused_as == "keyless")
+                refused.setdefault(key, []).append(name)
+    problems = []
+    for (path, model_id, refusal, keyless), names in refused.items():
+        subjects = ", ".join(
+            f"purpose {name!r}" if name is not None else "calls without a purpose" for name in names
+        )
+        fix = (
+            "Set the secret, or remove it from fallbacks (a fallback is only tried with its "
+            "key, whatever require_keys says)."
+            if keyless
+            else "Fix the plugin, or remove it from fallbacks."
+        )
+        problems.append(
+            ConfigProblem(
+                path,
+                f"fallback {quoted(model_id)} is never tried for {subjects}: {refusal}. {fix}",
+                "warning",
+            )
+        )
+    return problems
+
+
+async def serving_problems(
+    datasette: Datasette, report: RoutingReport, config: LLMConfig, registry: ModelRegistry
+) -> list[ConfigProblem]:
+    """Return an error for every purpose no model can serve, and key warnings (see the module)."""
+    problems: list[ConfigProblem] = []
+    for purpose in report.purposes:
+        if purpose.route.model_id is None:
+            problems.append(
+                ConfigProblem(
+                    f"{CONFIG_ROOT}.purposes.{purpose.name}",
+                    f"purpose {purpose.name!r} cannot be served: {purpose.route.error}",
+                )
+            )
+    default_route = report.default_route
+    if config.default_model is not None and default_route.model_id is None:
+        problems.append(
+            ConfigProblem(
+                f"{CONFIG_ROOT}.default_model",
+                f"calls without a purpose cannot be served: {default_route.error}",
+            )
+        )
+    problems.extend(_fallback_problems(report))
+    if not config.require_keys:
+        return problems
+    routes = {purpose.name: purpose.route for purpose in report.purposes}
+    for name, ref in _configured(config, report):
+        route = routes[name] if name is not None else default_route
+        if route.model_id is None or route.model_id == registry.canonical(ref.model_id):
+            continue
+        problem = await _key_problem(datasette, config, registry, name, ref, route)
+        if problem is not None:
+            problems.append(problem)
+    return problems

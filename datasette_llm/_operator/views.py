@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING, Final
 from datasette import Forbidden
 from datasette.utils.asgi import Response
 
-from ..config_source import config_for
 from ..errors import ConfigurationError
-from ..permissions import can_manage_routing
-from .report import build_report
-from .routing_edits import build_edits
-from .usage_chart import build_chart
-from .usage_report import build_usage
-from .use_report import who_may_use, with_may_use
+from ..routing.overlay import config_for
+from ..routing.permissions import can_manage_routing
+from ..usage.summary import build_usage
+from .chart import build_chart
+from .edit import build_edits
+from .report import build_report, who_may_use, with_may_use
 
 if TYPE_CHECKING:
     from datasette.app import Datasette

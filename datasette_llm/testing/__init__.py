@@ -4,12 +4,17 @@ The ``fake_model_router`` fixture comes from the ``pytest_datasette_llm`` pytest
 imports this package only when a test asks for it.
 """
 
-from ._errors import RealModelRequestError, RouterStoppedError, UnmatchedPromptError
 from ._fake_model import FakeAsyncModel
-from ._matching import PromptMatch
 from ._records import ModelCall, ToolResultRecord
-from ._replies import FakeReply, ReplyCallback
 from ._router import FakeModelRouter
+from ._script import (
+    FakeReply,
+    PromptMatch,
+    RealModelRequestError,
+    ReplyCallback,
+    RouterStoppedError,
+    UnmatchedPromptError,
+)
 
 __all__ = [
     "FakeAsyncModel",

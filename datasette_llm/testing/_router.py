@@ -6,28 +6,29 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from ._answering import Responder
-from ._errors import RealModelRequestError
-from ._failures import (
+from ._fake_model import Activation, FakeAsyncModel, Responder, embedding_model_ids
+from ._records import ModelCall
+from ._script import (
+    FakeReply,
+    PromptMatch,
+    RealModelRequestError,
+    ReplyCallback,
+    Script,
+    ScriptedFailure,
     blocked_message,
+    build_failure,
+    build_matcher,
     embedding_blocked_message,
     get_call_message,
     repr_router,
     stop_message,
 )
-from ._fake_model import Activation, FakeAsyncModel
-from ._guard import embedding_model_ids
-from ._matching import PromptMatch, build_matcher
-from ._provider import ScriptedFailure, build_failure
-from ._records import ModelCall
-from ._replies import FakeReply, ReplyCallback
-from ._script import Script
 
 if TYPE_CHECKING:
     import llm
 
     from datasette_llm import ErrorKind, Purpose
-    from datasette_llm.attempts import TestMode
+    from datasette_llm.prompting.attempts import TestMode
 
 __all__ = ["FakeModelRouter"]
 
@@ -274,11 +275,10 @@ class FakeModelRouter:
             )
         from datasette.plugins import pm
 
-        from datasette_llm.attempts import TestMode, set_test_mode
-        from datasette_llm.models import push_model_override
+        from datasette_llm.prompting.attempts import TestMode, set_test_mode
+        from datasette_llm.routing.models import push_model_override
 
-        from ._guard import block_real_requests
-        from ._scope import PLUGIN_NAME, ScopePlugin
+        from ._fake_model import PLUGIN_NAME, ScopePlugin, block_real_requests
 
         FakeModelRouter._active = self
         self._previous_mode = set_test_mode(TestMode(active=True, retries=self.retries))
@@ -294,10 +294,10 @@ class FakeModelRouter:
             return
         from datasette.plugins import pm
 
-        from datasette_llm.attempts import set_test_mode
-        from datasette_llm.models import pop_model_override
+        from datasette_llm.prompting.attempts import set_test_mode
+        from datasette_llm.routing.models import pop_model_override
 
-        from ._scope import PLUGIN_NAME
+        from ._fake_model import PLUGIN_NAME
 
         if self._restore_guard is not None:
             self._restore_guard()

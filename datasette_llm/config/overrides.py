@@ -1,0 +1,368 @@
+"""Routing overrides: a purpose's model, fallbacks and options set on ``/-/llm``, over the YAML.
+
+They are stored in Datasette's internal database (kept across restarts with ``--internal
+file.db``): the table ``datasette_llm_overrides`` holds one row per purpose, with a version that
+every write must name (a write based on an older version is an ``OverrideConflict``, never a
+silent overwrite); ``datasette_llm_audit`` holds one row per write, who made it, when, and the
+override before and after.
+
+Each Datasette keeps its overrides in memory, loaded once (``load_overrides``, awaited by the
+``startup`` hook, and started by the first ``overrides_of`` otherwise) and replaced, as a new
+mapping, by every ``save_override``. ``datasette_llm.config_source.config_for`` lays them over
+the configuration. Another process writing the same database file is seen at its next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final
+from weakref import WeakKeyDictionary
+
+from ..log import logger
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
+__all__ = [
+    "AUDIT_TABLE",
+    "NO_OVERRIDES",
+    "OVERRIDES_TABLE",
+    "SCHEMA",
+    "AuditEntry",
+    "OverrideConflict",
+    "RouteOverride",
+    "StoredOverride",
+    "audit_entries",
+    "load_overrides",
+    "overrides_of",
+    "save_override",
+    "version_of",
+]
+
+OVERRIDES_TABLE: Final = "datasette_llm_overrides"
+AUDIT_TABLE: Final = "datasette_llm_audit"
+SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS {OVERRIDES_TABLE} (
+  purpose TEXT PRIMARY KEY,
+  override TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  updated_by TEXT,
+  updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
+  id INTEGER PRIMARY KEY,
+  purpose TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  actor_id TEXT,
+  at TEXT NOT NULL,
+  before TEXT NOT NULL,
+  after TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {AUDIT_TABLE}_purpose ON {AUDIT_TABLE} (purpose, id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOverride:
+    """What an override sets for one purpose; ``None`` leaves a value to datasette.yaml.
+
+    Attributes:
+        model: The purpose's model id, or ``None``.
+        fallbacks: The purpose's fallbacks, in order, or ``None``.
+        options: The options of the purpose's model reference, or ``None``.
+    """
+
+    model: str | None = None
+    fallbacks: tuple[str, ...] | None = None
+    options: Mapping[str, object] | None = field(default=None, hash=False)
+
+    @property
+    def empty(self) -> bool:
+        """Whether it sets nothing: datasette.yaml decides every value."""
+        return self.model is None and self.fallbacks is None and self.options is None
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict with only the values it sets."""
+        value: dict[str, object] = {}
+        if self.model is not None:
+            value["model"] = self.model
+        if self.fallbacks is not None:
+            value["fallbacks"] = list(self.fallbacks)
+        if self.options is not None:
+            value["options"] = dict(self.options)
+        return value
+
+    @classmethod
+    def from_json(cls, value: object) -> RouteOverride:
+        """Build one from ``to_json``'s output, ignoring anything malformed."""
+        if not isinstance(value, Mapping):
+            return cls()
+        model = value.get("model")
+        fallbacks = value.get("fallbacks")
+        options = value.get("options")
+        return cls(
+            model=model if isinstance(model, str) and model else None,
+            fallbacks=(
+                tuple(item for item in fallbacks if isinstance(item, str))
+                if isinstance(fallbacks, list)
+                else None
+            ),
+            options=MappingProxyType(dict(options)) if isinstance(options, Mapping) else None,
+        )
+
+
+_NOTHING: Final = RouteOverride()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOverride:
+    """One purpose's row in ``datasette_llm_overrides``.
+
+    Attributes:
+        purpose: The purpose name.
+        override: What it sets (``empty`` once reverted: the version is kept).
+        version: Incremented by every write, starting at 1; a purpose never written is at 0.
+        updated_by: The id of the actor who wrote it last, or ``None``.
+        updated_at: When, as an ISO 8601 UTC time.
+    """
+
+    purpose: str
+    override: RouteOverride
+    version: int
+    updated_by: str | None
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One write, as ``datasette_llm_audit`` records it.
+
+    Attributes:
+        purpose: The purpose written.
+        version: The version the write made.
+        actor_id: Who wrote it, or ``None``.
+        at: When, as an ISO 8601 UTC time.
+        before: The override before.
+        after: The override after.
+    """
+
+    purpose: str
+    version: int
+    actor_id: str | None
+    at: str
+    before: RouteOverride
+    after: RouteOverride
+
+
+class OverrideConflict(Exception):
+    """A write named a version that is no longer current: someone else wrote in between.
+
+    Attributes:
+        purpose: The purpose written.
+        based_on: The version the refused write was based on.
+        current: What is stored now (the other write, kept).
+    """
+
+    def __init__(self, purpose: str, based_on: int, current: StoredOverride) -> None:
+        self.purpose = purpose
+        self.based_on = based_on
+        self.current = current
+        super().__init__(
+            f"The routing of purpose {purpose!r} changed since version {based_on}: it is at "
+            f"version {current.version}, written by {current.updated_by or 'an anonymous actor'}"
+            f" at {current.updated_at}. Reload it, then make the change again."
+        )
+
+
+NO_OVERRIDES: Final[Mapping[str, StoredOverride]] = MappingProxyType({})
+
+_loaded: WeakKeyDictionary[Datasette, Mapping[str, StoredOverride]] = WeakKeyDictionary()
+_loading: WeakKeyDictionary[Datasette, asyncio.Task[Mapping[str, StoredOverride]]] = (
+    WeakKeyDictionary()
+)
+
+
+def version_of(overrides: Mapping[str, StoredOverride], purpose: str) -> int:
+    """Return the current version of ``purpose`` (0 when it was never written)."""
+    stored = overrides.get(purpose)
+    return 0 if stored is None else stored.version
+
+
+def overrides_of(datasette: Datasette) -> Mapping[str, StoredOverride]:
+    """Return the overrides of ``datasette`` held in memory, by purpose. Cheap and synchronous.
+
+    Before they are loaded, return none, and start loading them if an event loop is running.
+    """
+    loaded = _loaded.get(datasette)
+    if loaded is not None:
+        return loaded
+    if datasette not in _loading:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return NO_OVERRIDES
+        task = _loading[datasette] = loop.create_task(_load(datasette))
+        task.add_done_callback(_retrieved)  # a failure is logged, and retried when awaited
+    return NO_OVERRIDES
+
+
+def _retrieved(task: asyncio.Task[Mapping[str, StoredOverride]]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def load_overrides(datasette: Datasette) -> Mapping[str, StoredOverride]:
+    """Create the tables if missing, read every override into memory, and return them.
+
+    Once loaded they stay in memory: calling this again costs nothing.
+    """
+    loaded = _loaded.get(datasette)
+    if loaded is not None:
+        return loaded
+    task = _loading.get(datasette)
+    loop = asyncio.get_running_loop()
+    if (
+        task is None
+        or task.get_loop() is not loop
+        or (task.done() and (task.cancelled() or task.exception() is not None))
+    ):
+        task = _loading[datasette] = loop.create_task(_load(datasette))
+    return await asyncio.shield(task)
+
+
+async def _load(datasette: Datasette) -> Mapping[str, StoredOverride]:
+    db = datasette.get_internal_database()
+    try:
+        await db.execute_write_script(SCHEMA)
+        result = await db.execute(
+            f"SELECT purpose, override, version, updated_by, updated_at FROM {OVERRIDES_TABLE}"
+        )
+    except Exception as error:
+        logger.warning("datasette-llm: cannot read the routing overrides: %s", error)
+        raise
+    overrides = {row[0]: _stored(tuple(row)) for row in result.rows}
+    return _loaded.setdefault(datasette, MappingProxyType(overrides))
+
+
+def _stored(row: tuple[object, ...]) -> StoredOverride:
+    purpose, text, version, updated_by, updated_at = row
+    try:
+        override = RouteOverride.from_json(json.loads(str(text)))
+    except ValueError:
+        override = _NOTHING
+    return StoredOverride(
+        purpose=str(purpose),
+        override=override,
+        version=int(str(version)),
+        updated_by=None if updated_by is None else str(updated_by),
+        updated_at=str(updated_at),
+    )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _dumps(override: RouteOverride) -> str:
+    return json.dumps(override.to_json(), sort_keys=True)
+
+
+async def save_override(
+    datasette: Datasette,
+    purpose: str,
+    override: RouteOverride,
+    *,
+    based_on: int,
+    actor_id: str | None,
+) -> StoredOverride:
+    """Store ``override`` for ``purpose`` if its version is still ``based_on``; audit the write.
+
+    The check and the write happen together on Datasette's write connection, in one
+    transaction. The next ``config_for`` sees the change.
+
+    Raises:
+        OverrideConflict: The purpose is at another version (the stored one is kept).
+    """
+    await load_overrides(datasette)
+    db = datasette.get_internal_database()
+    at = _now()
+
+    def write(conn: sqlite3.Connection) -> tuple[bool, StoredOverride]:
+        row = conn.execute(
+            f"SELECT purpose, override, version, updated_by, updated_at FROM {OVERRIDES_TABLE} "
+            "WHERE purpose = ?",
+            [purpose],
+        ).fetchone()
+        current = None if row is None else _stored(tuple(row))
+        version = 0 if current is None else current.version
+        if version != based_on:
+            assert current is not None  # version 0 always matches a purpose never written
+            return False, current
+        stored = StoredOverride(purpose, override, version + 1, actor_id, at)
+        conn.execute(
+            f"INSERT INTO {OVERRIDES_TABLE} (purpose, override, version, updated_by, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (purpose) DO UPDATE SET "
+            "override = excluded.override, version = excluded.version, "
+            "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+            [purpose, _dumps(override), stored.version, actor_id, at],
+        )
+        conn.execute(
+            f"INSERT INTO {AUDIT_TABLE} (purpose, version, actor_id, at, before, after) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                purpose,
+                stored.version,
+                actor_id,
+                at,
+                _dumps(_NOTHING if current is None else current.override),
+                _dumps(override),
+            ],
+        )
+        return True, stored
+
+    outcome: tuple[bool, StoredOverride] = await db.execute_write_fn(write)
+    written, stored = outcome
+    _loaded[datasette] = MappingProxyType({**_loaded.get(datasette, NO_OVERRIDES), purpose: stored})
+    if not written:
+        raise OverrideConflict(purpose, based_on, stored)
+    return stored
+
+
+async def audit_entries(
+    datasette: Datasette, purpose: str | None = None, limit: int = 50
+) -> list[AuditEntry]:
+    """Return the latest writes, newest first: of ``purpose``, or of every purpose."""
+    await load_overrides(datasette)
+    where, params = ("WHERE purpose = ?", [purpose]) if purpose is not None else ("", [])
+    result = await datasette.get_internal_database().execute(
+        f"SELECT purpose, version, actor_id, at, before, after FROM {AUDIT_TABLE} {where} "
+        "ORDER BY id DESC LIMIT ?",
+        [*params, limit],
+    )
+    entries: list[AuditEntry] = []
+    for row in result.rows:
+        name, version, actor, at, before, after = tuple(row)
+        entries.append(
+            AuditEntry(
+                purpose=str(name),
+                version=int(str(version)),
+                actor_id=None if actor is None else str(actor),
+                at=str(at),
+                before=_parsed(before),
+                after=_parsed(after),
+            )
+        )
+    return entries
+
+
+def _parsed(text: object) -> RouteOverride:
+    try:
+        return RouteOverride.from_json(json.loads(str(text)))
+    except ValueError:
+        return _NOTHING

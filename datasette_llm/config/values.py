@@ -1,0 +1,254 @@
+"""The ``plugins: datasette-llm:`` configuration as frozen typed values.
+
+``datasette_llm.config_parser`` reads it from Datasette into these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, Literal, TypeAlias
+
+from ..provider_errors import DEFAULT_FALLBACK_ON, ErrorKind
+
+pass
+
+__all__ = [
+    "Price",
+    "CONFIG_ROOT",
+    "EMPTY_OPTIONS",
+    "PLUGIN_NAME",
+    "KeySetting",
+    "KeySettingSource",
+    "LLMConfig",
+    "ModelRef",
+    "Budget",
+    "BudgetPeriod",
+    "PurposeConfig",
+    "Resilience",
+    "UsageSettings",
+]
+
+BudgetPeriod: TypeAlias = Literal["day", "week", "month"]
+"""The period a budget is spent over: the calendar day, ISO week or month, in UTC."""
+
+CONFIG_ROOT: Final = "plugins.datasette-llm"
+PLUGIN_NAME: Final = "datasette-llm"
+
+EMPTY_OPTIONS: Final[Mapping[str, object]] = MappingProxyType({})
+"""No options: the ``options`` of a model reference that has none."""
+
+KeySettingSource: TypeAlias = Literal["secret", "env", "file"]
+"""Where a configured key is read from: a datasette-secrets secret, a variable or a file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """What a model costs, in US dollars per million tokens.
+
+    Attributes:
+        input: Per million input tokens.
+        output: Per million output tokens.
+        cached_input: Per million cached input tokens (counted within the input tokens), or
+            ``None`` to price them as input.
+    """
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeySetting:
+    """Where the ``key`` of a model reference comes from. Never the key itself.
+
+    Attributes:
+        source: ``"secret"`` (``key: NAME``), ``"env"`` (``key: {$env: VAR}``) or ``"file"``
+            (``key: {$file: PATH}``).
+        name: The secret's name, the environment variable's name, or the file's path.
+    """
+
+    source: KeySettingSource
+    name: str
+
+    def __str__(self) -> str:
+        if self.source == "secret":
+            return self.name
+        return f"${self.source} {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A reference to a model in configuration: an id, optionally with a key and options.
+
+    Attributes:
+        model_id: The llm model id or alias, as written.
+        key: Where this model's API key comes from for this reference, or ``None``.
+        options: Default model options; the caller's own options win.
+        rpm: At most this many requests per minute to this model, spread evenly; ``None``
+            for no limit.
+        concurrency: At most this many requests to this model at once; ``None`` for no limit.
+    """
+
+    model_id: str
+    key: KeySetting | None = None
+    options: Mapping[str, object] = field(default_factory=lambda: EMPTY_OPTIONS, compare=False)
+    rpm: float | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """What routing does when a provider fails, for one purpose (its own settings over the
+    global ones).
+
+    Attributes:
+        fallbacks: The models to try, in order, once the routed model has failed.
+        retries: How many more requests one model gets on a ``rate_limit``, ``timeout``,
+            ``server_error`` or ``connection`` error, counting those the provider's client
+            library retries by itself (the ``openai`` client retries twice per try).
+        timeout: Seconds one attempt may take, or ``None`` for the provider client's own.
+        deadline: Seconds the whole prompt may take, every attempt and wait included, or
+            ``None`` for no limit.
+        fallback_on: The error kinds that move on to the next fallback.
+    """
+
+    fallbacks: tuple[ModelRef, ...] = ()
+    retries: int = 2
+    timeout: float | None = None
+    deadline: float | None = None
+    fallback_on: tuple[ErrorKind, ...] = DEFAULT_FALLBACK_ON
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a purpose may spend, and what happens once it has.
+
+    Attributes:
+        usd: US dollars per period, at the configured ``pricing``.
+        per: The period: ``"day"``, ``"week"`` or ``"month"`` (UTC calendar periods).
+        then: ``"refuse"``: prompts raise ``BudgetExceededError``; ``"fallback"``: prompts go to
+            the purpose's fallbacks, skipping its routed model.
+    """
+
+    usd: float
+    per: BudgetPeriod = "month"
+    then: Literal["refuse", "fallback"] = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSettings:
+    """Where the usage ledger is kept.
+
+    Attributes:
+        enabled: Whether a row is recorded for every attempt.
+        database: The database the table goes in, or ``None`` for Datasette's internal one.
+        retention_days: Rows older than this are deleted, or ``None`` to keep every row.
+    """
+
+    enabled: bool = True
+    database: str | None = None
+    retention_days: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurposeConfig:
+    """Configuration under ``purposes.<name>``.
+
+    Attributes:
+        model: The model for this purpose, or ``None``.
+        models: The purpose's allowlist (added to the global one), or ``None``.
+        blocked_models: Models this purpose may never use.
+        fallbacks: The purpose's fallbacks, or ``None`` for the global ``fallbacks``.
+        retries: The purpose's ``retries``, or ``None`` for the global value.
+        timeout: The purpose's ``timeout``, or ``None`` for the global value.
+        deadline: The purpose's ``deadline``, or ``None`` for the global value.
+        fallback_on: The purpose's ``fallback_on``, or ``None`` for the global value.
+        budget: What the purpose may spend, or ``None`` for no limit.
+        locked: Whether datasette.yaml alone decides it: no override (``/-/llm``) may change it.
+    """
+
+    model: ModelRef | None = None
+    models: tuple[ModelRef, ...] | None = None
+    blocked_models: frozenset[str] = frozenset()
+    fallbacks: tuple[ModelRef, ...] | None = None
+    retries: int | None = None
+    timeout: float | None = None
+    deadline: float | None = None
+    fallback_on: tuple[ErrorKind, ...] | None = None
+    budget: Budget | None = None
+    locked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LLMConfig:
+    """The whole parsed ``datasette-llm`` configuration.
+
+    Attributes:
+        default_model: The model used when nothing more specific is configured.
+        models: The global allowlist, or ``None`` for every installed model.
+        blocked_models: Models nobody may be routed to.
+        require_keys: Whether a model with no API key available is left out of routing and
+            ``models()``.
+        purposes: Per-purpose configuration by purpose name.
+        strict: Whether suspicious configuration stops startup instead of logging a warning.
+        resilience: What routing does when a provider fails, unless a purpose says otherwise
+            (``fallbacks``, ``retries``, ``timeout``, ``deadline``, ``fallback_on``).
+        pricing: The price of each model id, in dollars per million tokens.
+        usage: Where the usage ledger is kept.
+    """
+
+    default_model: ModelRef | None = None
+    models: tuple[str, ...] | None = None
+    blocked_models: frozenset[str] = frozenset()
+    require_keys: bool = True
+    purposes: Mapping[str, PurposeConfig] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False
+    )
+    strict: bool = False
+    resilience: Resilience = Resilience()
+    pricing: Mapping[str, Price] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False
+    )
+    usage: UsageSettings = UsageSettings()
+
+    def purpose(self, name: str | None) -> PurposeConfig | None:
+        """Return the configuration of purpose ``name``, if any."""
+        if name is None:
+            return None
+        return self.purposes.get(name)
+
+    def resilience_for(self, name: str | None) -> Resilience:
+        """Return what routing does on failure for purpose ``name``: its settings, else global."""
+        purpose_config = self.purpose(name)
+        base = self.resilience
+        if purpose_config is None:
+            return base
+        return Resilience(
+            fallbacks=base.fallbacks
+            if purpose_config.fallbacks is None
+            else purpose_config.fallbacks,
+            retries=base.retries if purpose_config.retries is None else purpose_config.retries,
+            timeout=base.timeout if purpose_config.timeout is None else purpose_config.timeout,
+            deadline=base.deadline if purpose_config.deadline is None else purpose_config.deadline,
+            fallback_on=(
+                base.fallback_on
+                if purpose_config.fallback_on is None
+                else purpose_config.fallback_on
+            ),
+        )
+
+    def all_refs(self) -> Iterator[tuple[str, ModelRef]]:
+        """Yield ``(config_path, ref)`` for every model reference in the configuration."""
+        if self.default_model is not None:
+            yield f"{CONFIG_ROOT}.default_model", self.default_model
+        for name, purpose_config in self.purposes.items():
+            if purpose_config.model is not None:
+                yield f"{CONFIG_ROOT}.purposes.{name}.model", purpose_config.model
+            for index, ref in enumerate(purpose_config.models or ()):
+                yield f"{CONFIG_ROOT}.purposes.{name}.models[{index}]", ref
+            for index, ref in enumerate(purpose_config.fallbacks or ()):
+                yield f"{CONFIG_ROOT}.purposes.{name}.fallbacks[{index}]", ref
+        for index, ref in enumerate(self.resilience.fallbacks):
+            yield f"{CONFIG_ROOT}.fallbacks[{index}]", ref

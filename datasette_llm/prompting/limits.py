@@ -1,0 +1,143 @@
+"""Client-side limits per model, and the cool-down of a model that answered ``rate_limit``.
+
+A model reference may set ``rpm`` (requests per minute, spread evenly: one every
+``60 / rpm`` seconds) and ``concurrency`` (requests at once). They hold for every prompt to
+that model from one Datasette instance, whatever purpose it serves: one ``Gate`` per model and
+limits.
+
+A model that answers ``rate_limit`` cools down, for its ``Retry-After`` or, without one, for a
+time that doubles with each rate limit in a row (1 s up to 60 s). While it cools, prompts that
+have a fallback skip it; when it has cooled, one prompt tries it before the others do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Final
+
+from aiolimiter import AsyncLimiter
+
+from ..provider_errors import ProviderError
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
+__all__ = ["Gate", "gate_for"]
+
+_FIRST_COOL_DOWN: Final = 1.0
+_LONGEST_COOL_DOWN: Final = 60.0
+
+
+def _limiter(rpm: float) -> AsyncLimiter:
+    # A bucket of one request, refilled every 60 / rpm seconds: requests leave evenly spaced,
+    # so no second ever sees more than rpm / 60 of them (aiolimiter's bucket of a whole
+    # second's requests would let that many through at once, then refill within the second).
+    return AsyncLimiter(1, 60 / rpm)
+
+
+class Gate:
+    """The limits and the cool-down of one model.
+
+    Attributes:
+        model_id: The model.
+        rpm: Requests per minute allowed, or ``None``.
+        concurrency: Requests allowed at once, or ``None``.
+    """
+
+    def __init__(self, model_id: str, rpm: float | None, concurrency: int | None) -> None:
+        self.model_id = model_id
+        self.rpm = rpm
+        self.concurrency = concurrency
+        self._limiter = _limiter(rpm) if rpm is not None else None
+        self._semaphore = asyncio.Semaphore(concurrency) if concurrency is not None else None
+        self._cool_until = 0.0
+        self._rate_limits = 0  # in a row
+        self._probing = False
+
+    def __repr__(self) -> str:
+        return f"<Gate {self.model_id!r} rpm={self.rpm} concurrency={self.concurrency}>"
+
+    def cooling(self) -> float:
+        """Seconds until the model may be tried again (0: now)."""
+        remaining = self._cool_until - time.monotonic()
+        if remaining > 0:
+            return remaining
+        if self._rate_limits and self._probing:
+            return _FIRST_COOL_DOWN  # another prompt is finding out whether it has recovered
+        return 0.0
+
+    def record(self, error: ProviderError | None) -> None:
+        """Note how an attempt ended: ``None`` for an answer."""
+        if error is None:
+            self._rate_limits = 0
+            self._probing = False
+            return
+        if error.kind != "rate_limit":
+            self._probing = False
+            return
+        self._rate_limits += 1
+        backoff = min(_LONGEST_COOL_DOWN, _FIRST_COOL_DOWN * 2 ** (self._rate_limits - 1))
+        wait = error.retry_after if error.retry_after is not None else backoff
+        self._cool_until = max(self._cool_until, time.monotonic() + wait)
+        self._probing = False
+
+    @asynccontextmanager
+    async def slot(self, within: float | None) -> AsyncIterator[None]:
+        """Hold one request's place under the limits, waiting at most ``within`` seconds.
+
+        Raises:
+            ProviderError: ``timeout``: the wait would pass the prompt's deadline.
+        """
+        if self._rate_limits and self.cooling() == 0:
+            self._probing = True
+        if self._limiter is None and self._semaphore is None:
+            yield
+            return
+        started = time.monotonic()
+        semaphore = self._semaphore
+        held = False
+        try:
+            if semaphore is not None:
+                await asyncio.wait_for(semaphore.acquire(), within)
+                held = True
+            if self._limiter is not None:
+                left = None if within is None else max(0.0, within - (time.monotonic() - started))
+                await asyncio.wait_for(self._limiter.acquire(), left)
+        except asyncio.TimeoutError:
+            if semaphore is not None and held:
+                semaphore.release()
+            raise self._late(within) from None
+        try:
+            yield
+        finally:
+            if semaphore is not None and held:
+                semaphore.release()
+
+    def _late(self, within: float | None) -> ProviderError:
+        return ProviderError(
+            "timeout",
+            self.model_id,
+            f"the prompt's deadline passed after {within or 0:.1f} s waiting for a place under "
+            f"the client-side limits of {self.model_id!r} (rpm {self.rpm}, concurrency "
+            f"{self.concurrency})",
+        )
+
+
+_gates: weakref.WeakKeyDictionary[Datasette, dict[tuple[str, float | None, int | None], Gate]]
+_gates = weakref.WeakKeyDictionary()
+
+
+def gate_for(
+    datasette: Datasette, model_id: str, rpm: float | None, concurrency: int | None
+) -> Gate:
+    """Return the gate of ``model_id`` with these limits for ``datasette``."""
+    gates = _gates.setdefault(datasette, {})
+    key = (model_id, rpm, concurrency)
+    gate = gates.get(key)
+    if gate is None:
+        gate = gates[key] = Gate(model_id, rpm, concurrency)
+    return gate

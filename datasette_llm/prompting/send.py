@@ -1,0 +1,280 @@
+"""The one prompt path: where a routed model's prompts go, and ``send``, which runs the hooks.
+
+Every prompt, and every reply to a response, takes ``send``, once per attempt
+(``datasette_llm.attempts``: retries and fallbacks): the ``llm_prompt_context`` hooks' context
+managers are entered in an ``AsyncExitStack``, the prompt is sent and completed inside them, and
+the response is recorded on the ``PromptResult`` they see. The path is the same under the
+``FakeModelRouter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import time
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import llm
+
+from ..provider_errors import classify
+from .attempts import run_attempts, within
+from .hooks import call_llm_prompt_context
+from .metering import Meter, Started
+from .results import Group, PromptResult
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from llm import AsyncConversation, AsyncModel, AsyncResponse
+
+    from ..actors import Actor
+    from ..routing.route import Resolution, Routed
+    from .results import PromptContextFactory
+
+__all__ = [
+    "GROUP_ENDED",
+    "SUPPRESSED",
+    "OpenChain",
+    "Sender",
+    "Target",
+    "in_conversation",
+    "prompt_model",
+    "send",
+]
+
+SUPPRESSED: Final = (
+    "An llm_prompt_context context manager suppressed the error the prompt raised, so there is "
+    "no response to return. Let the error propagate out of the context manager (re-raise it "
+    "after handling it)."
+)
+GROUP_ENDED: Final = (
+    "This model belongs to a group() block that has ended, so its prompts can no longer be "
+    "part of the group. Ask LLM(datasette).model() or .group() for the model again."
+)
+
+
+class Sender(Protocol):
+    """Start a prompt on ``model``: llm's response, not yet run.
+
+    The model's ``prompt``, a conversation's (on another model, a copy of the conversation
+    sharing its history), or a reply to an earlier response.
+    """
+
+    async def __call__(
+        self, model: AsyncModel, prompt: str | None, kwargs: dict[str, Any]
+    ) -> AsyncResponse: ...
+
+
+class OpenChain(Protocol):
+    """A chain whose iteration has begun and not ended."""
+
+    async def abandon(self, error: BaseException | None) -> None:
+        """End the iteration: the hooks' contexts exit with ``error`` (else ``GeneratorExit``)."""
+
+
+class Target:
+    """Where the prompts of one routed model go, who they are for, and their group.
+
+    Attributes:
+        tasks: The tasks that started prompts or chains of the group: the group's end waits
+            for them (all but its own).
+        open_chains: The iterations of the group's chains that have not ended yet.
+    """
+
+    __slots__ = (
+        "actor",
+        "datasette",
+        "ended",
+        "group",
+        "model_id",
+        "open_chains",
+        "purpose",
+        "resolution",
+        "routed",
+        "tasks",
+    )
+
+    def __init__(
+        self, datasette: Datasette, routed: Routed, actor: Actor | None, group: Group | None
+    ) -> None:
+        self.datasette = datasette
+        self.routed = routed
+        self.resolution: Resolution = routed.resolution
+        self.model_id: str = routed.resolution.model_id
+        self.purpose: str | None = routed.resolution.purpose
+        self.actor = actor
+        self.group = group
+        self.ended = False
+        self.tasks: set[asyncio.Task[object]] = set()
+        self.open_chains: set[OpenChain] = set()
+
+    def __repr__(self) -> str:
+        # Never show the key.
+        return f"<target model_id={self.model_id!r} purpose={self.purpose!r}>"
+
+    def prompt_kwargs(self, kwargs: dict[str, Any], routed: Routed | None = None) -> dict[str, Any]:
+        """Configured options under the caller's keyword arguments, plus the routed key.
+
+        ``routed``: the model of this attempt (a fallback's own key and options), else the
+        target's.
+        """
+        routed = routed or self.routed
+        if routed.key is None and not routed.reference.options:
+            return kwargs
+        merged = {**routed.reference.options, **kwargs}
+        if routed.key is not None and merged.get("key") is None:
+            merged["key"] = routed.key
+        return merged
+
+    def chain_kwargs(self, kwargs: dict[str, Any], routed: Routed | None = None) -> dict[str, Any]:
+        """The same for ``chain()``, whose model options go in one ``options=`` mapping."""
+        routed = routed or self.routed
+        merged = dict(kwargs)
+        options = routed.reference.options
+        if options:
+            merged["options"] = {**options, **(kwargs.get("options") or {})}
+        if routed.key is not None and merged.get("key") is None:
+            merged["key"] = routed.key
+        return merged
+
+    def enlist(self) -> None:
+        """Refuse a prompt once the group has ended; count the calling task in the group."""
+        if self.ended:
+            raise RuntimeError(GROUP_ENDED)
+        if self.group is not None:
+            task = asyncio.current_task()
+            if task is not None:
+                self.tasks.add(task)
+
+    def factories(
+        self, prompt: str | None, model_id: str | None = None
+    ) -> list[PromptContextFactory]:
+        """The hooks' context factories for a prompt of this target (to ``model_id``, if not
+        the target's own model)."""
+        self.enlist()
+        return call_llm_prompt_context(
+            self.datasette, model_id or self.model_id, prompt or "", self.purpose, self.actor
+        )
+
+    def result(self, is_chain: bool) -> PromptResult:
+        return PromptResult(self.purpose, self.group, is_chain, self.resolution)
+
+    def answerable(self, response: AsyncResponse) -> AsyncResponse:
+        """Make ``response.reply()`` take ``send`` too, so replies run the hooks and use the key."""
+        response.reply = functools.partial(_reply, self, response)  # type: ignore[method-assign]
+        return response
+
+
+async def prompt_model(
+    model: AsyncModel, prompt: str | None, kwargs: dict[str, Any]
+) -> AsyncResponse:
+    """Start ``prompt`` on ``model`` (a ``Sender``)."""
+    return model.prompt(prompt, **kwargs)
+
+
+def in_conversation(conversation: AsyncConversation) -> Sender:
+    """A ``Sender`` for ``conversation``: on another model, a copy sharing its history."""
+
+    async def start(model: AsyncModel, prompt: str | None, kwargs: dict[str, Any]) -> AsyncResponse:
+        if model is conversation.model:
+            return conversation.prompt(prompt, **kwargs)
+        return dataclasses.replace(conversation, model=model).prompt(prompt, **kwargs)
+
+    return start
+
+
+class _Reply:
+    """A ``Sender`` for a reply to ``response``: llm builds the reply's messages once (running
+    any pending tool calls once), and each attempt sends those messages to its model."""
+
+    __slots__ = ("_first", "_response")
+
+    def __init__(self, response: AsyncResponse) -> None:
+        self._response = response
+        self._first: AsyncResponse | None = None
+
+    async def __call__(
+        self, model: AsyncModel, prompt: str | None, kwargs: dict[str, Any]
+    ) -> AsyncResponse:
+        response = self._response
+        if self._first is None:
+            self._first = await llm.AsyncResponse.reply(response, prompt, **kwargs)
+            if model is response.model:
+                return self._first
+        if "tools" not in kwargs and response.prompt.tools:
+            kwargs = {**kwargs, "tools": response.prompt.tools}
+        kwargs.pop("options", None)
+        return model.prompt(messages=self._first.prompt.messages, **kwargs)
+
+
+async def _reply(
+    target: Target, response: AsyncResponse, prompt: str | None = None, **kwargs: Any
+) -> AsyncResponse:
+    return await send(target, _Reply(response), prompt, kwargs)
+
+
+async def _complete(response: AsyncResponse) -> float | None:
+    """Run ``response`` to its end; return when its first chunk came (``time.monotonic()``)."""
+    first: float | None = None
+    async for _ in response:
+        if first is None:
+            first = time.monotonic()
+    return first
+
+
+async def _attempt(
+    target: Target,
+    routed: Routed,
+    sender: Sender,
+    prompt: str | None,
+    kwargs: dict[str, Any],
+    meter: Meter,
+    timeout: float | None,
+    started: Started,
+) -> AsyncResponse:
+    """Send the prompt to ``routed`` once, inside the hooks' context managers.
+
+    The hooks see the provider's own exception; the caller gets it as a ``ProviderError``.
+    """
+    model_id = routed.resolution.model_id
+    factories = target.factories(prompt, model_id)
+    failure: BaseException | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            for factory in factories:
+                await stack.enter_async_context(factory(meter.result))
+            response = await sender(routed.model, prompt, target.prompt_kwargs(kwargs, routed))
+            try:
+                first_token = await within(_complete(response), timeout)
+            except Exception as error:
+                failure = error
+                raise
+            await meter.result.add_response(target.answerable(response))
+            await meter.response(routed, response, started, first_token)
+            return response
+    except Exception as error:
+        if error is not failure:
+            raise
+        provider_error = classify(error, model_id)
+        if provider_error is error:
+            raise
+        raise provider_error from error
+    raise RuntimeError(SUPPRESSED)
+
+
+async def send(
+    target: Target, sender: Sender, prompt: str | None, kwargs: dict[str, Any]
+) -> AsyncResponse:
+    """Send one prompt, retrying and falling back as configured; return its completed response.
+
+    Raises:
+        ProviderError: Every attempt failed (``attempts`` lists them).
+    """
+    target.enlist()
+    meter = Meter(target.datasette, target.routed, target.actor, target.result(is_chain=False))
+
+    async def once(routed: Routed, timeout: float | None, started: Started) -> AsyncResponse:
+        return await _attempt(target, routed, sender, prompt, kwargs, meter, timeout, started)
+
+    return await run_attempts(meter, once)

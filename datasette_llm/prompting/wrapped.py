@@ -1,0 +1,367 @@
+"""The wrapped chain: llm's ``AsyncChainResponse`` with the hooks around its whole iteration.
+
+Streamed through ``async for``, ``text()`` or ``astream_events()``, a chain is one attempt up to
+its first chunk: when a step fails before anything has reached the caller, the chain goes on,
+on the same model or the next fallback (``datasette_llm.attempts``), from that step: the first
+step starts again, a later one is sent with the messages llm built for it, so no tool runs
+twice. Once a chunk has reached the caller, a failure ends the chain: no text is repeated.
+
+The wrapped model and conversation: llm's objects whose prompts take the one prompt path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AsyncExitStack, aclosing
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+from ..provider_errors import ProviderError, classify
+from .attempts import run_attempts, within
+from .metering import Meter, Started
+from .results import Group
+from .send import (
+    Sender,
+    Target,
+    in_conversation,
+    prompt_model,
+    send,
+)
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from llm import AsyncConversation, AsyncResponse
+    from llm.models import AsyncChainResponse
+
+    from ..actors import Actor
+    from ..routing.route import Resolution, Routed
+    from .results import PromptContextFactory, PromptResult
+    from .send import Target
+
+__all__ = [
+    "ChainStarter",
+    "WrappedAsyncModel",
+    "WrappedChainResponse",
+    "WrappedConversation",
+    "wrap",
+]
+
+
+# --- from chains.py
+ITERATED_ONCE: Final = (
+    "Chain responses can only be iterated once: call model.chain() again for a new chain."
+)
+_END: Final = object()  # a stream that ended before its first item
+
+ChainStarter = Callable[["Routed", "list[Any] | None"], "AsyncChainResponse"]
+"""Start llm's chain on the routed model (of the attempt), with its key and options; given
+messages, from them (the messages of a failed later step) instead of the chain's prompt."""
+
+Item = TypeVar("Item")
+
+
+class _Primed(Generic[Item]):
+    """A stream whose first item has arrived."""
+
+    __slots__ = ("first", "rest")
+
+    def __init__(self, first: object, rest: AsyncIterator[Item]) -> None:
+        self.first = first
+        self.rest = rest
+
+
+class WrappedChainResponse:
+    """llm's ``AsyncChainResponse`` with the ``llm_prompt_context`` hooks around its iteration.
+
+    The hooks' context managers are entered when iteration starts and left after the last
+    response, or with the error that stopped it: when ``text()``, ``async for`` or
+    ``astream_events()`` fail or are cancelled mid-stream, the hooks' contexts exit with that
+    error before it reaches the caller. Those three retry and fall back until the first chunk;
+    ``responses()`` (the caller drives each response) may be iterated once and does not. Any
+    other attribute is llm's.
+    """
+
+    def __init__(self, target: Target, start: ChainStarter, prompt: str | None) -> None:
+        self._target = target
+        self._start = start
+        self._prompt = prompt
+        self._result = target.result(is_chain=True)
+        self._meter = Meter(target.datasette, target.routed, target.actor, self._result)
+        self._started = Started.now(1, None)  # of the attempt under way; then of each step
+        self._hook_error: BaseException | None = None
+        self._attach(target.routed, target.factories(prompt), None)
+
+    def _attach(
+        self, routed: Routed, factories: list[PromptContextFactory], resume: list[Any] | None
+    ) -> None:
+        """Start llm's chain on ``routed``: a new attempt, whose iteration has not begun."""
+        chain = self._start(routed, resume)
+        self._routed = routed
+        self._chain = chain
+        self._factories = factories
+        self._iteration: AsyncGenerator[AsyncResponse, None] | None = None
+        self._suspended = False  # the iteration waits at a yield: an error can be thrown in
+        self._result.chain_complete = False
+        self._inner_responses: Callable[[], AsyncGenerator[AsyncResponse, None]] = chain.responses  # type: ignore[assignment]  # llm annotates an AsyncIterator
+        # llm's own text()/__aiter__/astream_events() call self.responses(): route them here.
+        chain.responses = self.responses  # type: ignore[method-assign]  # hooks see every step
+
+    @property
+    def result(self) -> PromptResult:
+        """The ``PromptResult`` the hooks see."""
+        return self._result
+
+    def responses(self) -> AsyncIterator[AsyncResponse]:
+        """Iterate each raw ``AsyncResponse`` of the chain, hooks entered around the iteration."""
+        if self._iteration is not None:
+            raise RuntimeError(ITERATED_ONCE)
+        self._target.enlist()
+        self._iteration = self._run()
+        self._target.open_chains.add(self)
+        return self._iteration
+
+    async def _run(self) -> AsyncGenerator[AsyncResponse, None]:
+        target = self._target
+        try:
+            async with AsyncExitStack() as stack:
+                try:
+                    for factory in self._factories:
+                        await stack.enter_async_context(factory(self._result))
+                except BaseException as error:
+                    self._hook_error = error
+                    raise
+                try:
+                    async with aclosing(self._inner_responses()) as inner:
+                        step = 0
+                        async for response in inner:
+                            step += 1
+                            if step > 1:  # a later step: a request of its own
+                                begun = self._started
+                                self._started = Started.now(begun.attempt, begun.fell_back_from)
+                            await self._result.add_response(target.answerable(response))
+                            await self._meter.response(self._routed, response, self._started)
+                            self._suspended = True
+                            try:
+                                yield response
+                            finally:
+                                self._suspended = False
+                finally:
+                    # Before the hooks' contexts exit, so they see it.
+                    self._result.chain_complete = True
+        finally:
+            target.open_chains.discard(self)
+
+    async def abandon(self, error: BaseException | None) -> None:
+        """End an iteration its caller left: the hooks' contexts exit with ``error``.
+
+        ``None`` closes it (they see ``GeneratorExit``). An error a hook raises while exiting
+        propagates; the one thrown in does not.
+        """
+        iteration = self._iteration
+        if iteration is None or not self._suspended:
+            return  # not started, running (it sees its own error), or ended
+        if error is None:
+            await iteration.aclose()
+            return
+        try:
+            await iteration.athrow(error)
+        except StopAsyncIteration:
+            pass  # a hook suppressed it
+        except BaseException as raised:
+            if raised is not error:
+                raise
+
+    async def _stream(
+        self, open_stream: Callable[[AsyncChainResponse], AsyncIterator[Item]]
+    ) -> AsyncIterator[Item]:
+        """Stream llm's chain, starting it again on failure until its first item arrives."""
+
+        async def once(routed: Routed, timeout: float | None, started: Started) -> _Primed[Item]:
+            self._started = started
+            if routed is not self._routed or self._iteration is not None:
+                steps = self._result.responses
+                # A later step failed: its tools' results are in the messages llm built for it.
+                resume = list(steps[-1].prompt.messages) if len(steps) > 1 else None
+                self._result.withdraw_responses(last_only=resume is not None)
+                factories = self._target.factories(self._prompt, routed.resolution.model_id)
+                self._attach(routed, factories, resume)
+            stream = open_stream(self._chain)
+            try:
+                first = await within(_first(stream), timeout)
+            except Exception as error:
+                await self.abandon(error)
+                if error is self._hook_error or isinstance(error, ProviderError):
+                    raise
+                raise classify(error, routed.resolution.model_id) from error
+            return _Primed(first, stream)
+
+        primed = await run_attempts(self._meter, once)
+        if primed.first is _END:
+            return
+        yield primed.first  # type: ignore[misc]  # not _END: an item of the stream
+        try:
+            async for item in primed.rest:
+                yield item
+        except Exception as error:
+            await self.abandon(error)
+            failure = classify(error, self._routed.resolution.model_id)
+            self._meter.failure(self._routed, self._started, failure.kind)
+            if failure is error or failure.kind == "unknown":
+                raise
+            raise failure from error
+        except BaseException as error:
+            await self.abandon(error)
+            raise
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        """Stream the text of every response of the chain."""
+        return self._stream(lambda chain: chain.__aiter__())
+
+    def astream_events(self) -> AsyncIterator[Any]:
+        """Yield llm's ``StreamEvent`` of every response of the chain."""
+        return self._stream(_events)
+
+    async def text(self) -> str:
+        """Run the whole chain and return its text."""
+        return "".join([chunk async for chunk in self])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+    def __repr__(self) -> str:
+        return (
+            f"<WrappedChainResponse model_id={self._routed.resolution.model_id!r} "
+            f"purpose={self._target.purpose!r} started={self._iteration is not None}>"
+        )
+
+
+def _events(chain: AsyncChainResponse) -> AsyncIterator[Any]:
+    stream: Callable[[], AsyncIterator[Any]] = chain.astream_events  # llm leaves it untyped
+    return stream()
+
+
+async def _first(stream: AsyncIterator[Item]) -> object:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+# --- from wrapped.py
+class _Prompting:
+    """What the wrapped model and the wrapped conversation share: where prompts go."""
+
+    _target: Target
+    _sender: Sender
+
+    @property
+    def model_id(self) -> str:
+        """The id of the model."""
+        return self._target.model_id
+
+    @property
+    def purpose(self) -> str | None:
+        """The purpose name the model was asked for, or ``None``."""
+        return self._target.purpose
+
+    @property
+    def resolution(self) -> Resolution:
+        """How routing chose the model."""
+        return self._target.resolution
+
+    @property
+    def group(self) -> Group | None:
+        """The ``Group`` the prompts belong to, inside ``LLM.group()``; else ``None``."""
+        return self._target.group
+
+    async def prompt(self, prompt: str | None = None, **kwargs: Any) -> AsyncResponse:
+        """Run a prompt through the hooks and return llm's response once it has completed.
+
+        ``kwargs`` are passed through to llm's ``prompt()`` of the model or conversation
+        (``system=``, ``attachments=``, ``schema=``, ``tools=``, model options...), which is why
+        they are typed ``Any``. Configured ``options`` are merged in; the caller's values win.
+        The response's ``reply()`` takes the same path: hooks, routed key and options.
+        """
+        return await send(self._target, self._sender, prompt, kwargs)
+
+
+class WrappedConversation(_Prompting):
+    """llm's ``AsyncConversation``; every ``prompt()`` and ``chain()`` runs the hooks.
+
+    Attributes:
+        model_id: The id of the model this conversation talks to.
+        purpose: The purpose name, or ``None``.
+        resolution: How routing chose the model.
+        group: The ``Group`` its prompts belong to, inside ``LLM.group()``.
+    """
+
+    def __init__(self, target: Target, conversation: AsyncConversation) -> None:
+        self._target = target
+        self._conversation = conversation
+        self._sender = in_conversation(conversation)
+
+    def chain(self, prompt: str | None = None, **kwargs: Any) -> WrappedChainResponse:
+        """Start a tool-calling chain in this conversation; the hooks wrap its iteration.
+
+        ``kwargs`` are passed through to llm's ``AsyncConversation.chain`` (``tools=``,
+        ``system=``, ``options=``, ``before_call=``...), which is why they are typed ``Any``.
+        """
+        target, conversation = self._target, self._conversation
+
+        def start(routed: Routed, resume: list[Any] | None) -> AsyncChainResponse:
+            on_model = conversation
+            if routed.model is not conversation.model:
+                on_model = dataclasses.replace(conversation, model=routed.model)
+            if resume is None:
+                return on_model.chain(prompt, **target.chain_kwargs(kwargs, routed))
+            going_on = {**kwargs, "messages": resume}
+            going_on.pop("tool_results", None)  # in the messages already
+            return on_model.chain(None, **target.chain_kwargs(going_on, routed))
+
+        return WrappedChainResponse(target, start, prompt)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conversation, name)
+
+    def __repr__(self) -> str:
+        return f"<WrappedConversation {self.model_id!r} purpose={self.purpose!r}>"
+
+
+class WrappedAsyncModel(_Prompting):
+    """An llm async model whose prompts run datasette-llm's hooks.
+
+    Attributes:
+        model_id: The id of the model.
+        purpose: The purpose name the model was asked for, or ``None``.
+        resolution: How routing chose the model.
+        group: The ``Group`` its prompts belong to, inside ``LLM.group()``.
+    """
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        # Third-party code reads getattr(model, "_model", model) to reach llm's model.
+        self._model = target.routed.model
+        self._sender = prompt_model
+
+    def conversation(self) -> WrappedConversation:
+        """Start a conversation whose every prompt runs the hooks."""
+        return WrappedConversation(self._target, self._model.conversation())
+
+    def chain(self, prompt: str | None = None, **kwargs: Any) -> WrappedChainResponse:
+        """Start a tool-calling chain; the hooks wrap its whole iteration.
+
+        ``kwargs`` are passed through to llm's ``AsyncConversation.chain`` (``tools=``,
+        ``system=``, ``options=``, ``before_call=``...), which is why they are typed ``Any``.
+        """
+        return self.conversation().chain(prompt, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"<WrappedAsyncModel {self.model_id!r} purpose={self.purpose!r} "
+            f"step={self.resolution.step!r}>"
+        )
+
+
+def wrap(datasette: Datasette, routed: Routed, actor: Actor | None) -> WrappedAsyncModel:
+    """Wrap the model routing chose, so its prompts run the hooks."""
+    return WrappedAsyncModel(Target(datasette, routed, actor, None))

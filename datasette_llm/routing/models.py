@@ -1,0 +1,191 @@
+"""llm's installed models, as a snapshot rebuilt only when what it depends on changes.
+
+llm re-runs every plugin's ``register_models`` hook and re-reads ``aliases.json`` on each
+``get_async_model()``. This module does that once and reuses the result until a plugin is
+registered or unregistered on ``llm.plugins.pm``, ``aliases.json`` or
+``extra-openai-models.yaml`` change, or ``LLM_USER_PATH`` points elsewhere.
+
+A test double (``FakeModelRouter``) may stand in for every model with ``push_model_override``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, cast
+
+import llm
+from llm import plugins as llm_plugins
+
+from ..errors import Substituted, quoted
+
+if TYPE_CHECKING:
+    from llm import AsyncModel
+
+__all__ = [
+    "ModelOverride",
+    "ModelRegistry",
+    "current_registry",
+    "find_model",
+    "lookup_model",
+    "pop_model_override",
+    "push_model_override",
+]
+
+ModelOverride = Callable[[str, "AsyncModel | None"], "AsyncModel"]
+"""Given a model id or alias and the installed model (or ``None``), return the model to use."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRegistry:
+    """A snapshot of llm's async models.
+
+    Attributes:
+        models: Every async model, in llm's registry order.
+        by_name: Each model by id and by every alias.
+        sync_only: Ids and aliases that only have a synchronous model.
+        keyed: The models that need an API key (``needs_key`` set), in registry order.
+    """
+
+    models: tuple[AsyncModel, ...]
+    by_name: Mapping[str, AsyncModel]
+    sync_only: frozenset[str]
+    keyed: tuple[AsyncModel, ...] = ()
+
+    def canonical(self, name: str) -> str:
+        """Return the model id that ``name`` (an id or an alias) stands for; else ``name``."""
+        model = self.by_name.get(name)
+        return name if model is None else model.model_id
+
+
+_cached: tuple[tuple[object, ...], ModelRegistry] | None = None
+_overrides: list[ModelOverride] = []
+
+# File systems keep coarse modification times: a file rewritten twice within one tick keeps its
+# mtime. For a file modified this recently, the stamp includes its content (as git does).
+_RACY_NS: Final = 3_000_000_000
+
+
+def _file_stamp(path: str) -> tuple[object, ...] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    stamp: tuple[object, ...] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if time.time_ns() - stat.st_mtime_ns < _RACY_NS:
+        try:
+            with open(path, "rb") as file:
+                stamp += (file.read(),)
+        except OSError:
+            return None
+    return stamp
+
+
+# llm does not annotate these two.
+_user_dir = cast("Callable[[], object]", llm.user_dir)
+_load_plugins = cast("Callable[[], None]", llm_plugins.load_plugins)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_user_dir() -> str:
+    return str(_user_dir())
+
+
+@functools.lru_cache(maxsize=16)
+def _watched_files(directory: str) -> tuple[str, str]:
+    """The files in llm's user directory whose content changes the registry."""
+    return os.path.join(directory, "aliases.json"), os.path.join(
+        directory, "extra-openai-models.yaml"
+    )
+
+
+def _cache_key() -> tuple[object, ...]:
+    _load_plugins()
+    directory = os.environ.get("LLM_USER_PATH") or _default_user_dir()
+    aliases, extra_models = _watched_files(directory)
+    return (
+        tuple(llm_plugins.pm.hook.register_models.get_hookimpls()),
+        directory,
+        _file_stamp(aliases),
+        _file_stamp(extra_models),
+    )
+
+
+def _build() -> ModelRegistry:
+    models: list[AsyncModel] = []
+    by_name: dict[str, AsyncModel] = {}
+    sync_only: set[str] = set()
+    for entry in llm.get_models_with_aliases():
+        # llm annotates async_model as always set; it is None for sync-only models.
+        async_model: AsyncModel | None = entry.async_model
+        if async_model is None:
+            sync_only.update([entry.model.model_id, *entry.aliases])
+            continue
+        models.append(async_model)
+        for alias in entry.aliases:
+            by_name[alias] = async_model
+        by_name[async_model.model_id] = async_model
+    return ModelRegistry(
+        models=tuple(models),
+        by_name=by_name,
+        sync_only=frozenset(sync_only - set(by_name)),
+        keyed=tuple(model for model in models if getattr(model, "needs_key", None)),
+    )
+
+
+def current_registry() -> ModelRegistry:
+    """Return the registry snapshot, rebuilding it if a plugin, alias or path changed."""
+    global _cached
+    key = _cache_key()
+    cached = _cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    registry = _build()
+    _cached = (key, registry)
+    return registry
+
+
+def find_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel | None:
+    """Return the async model for an id or alias, or ``None`` if none is installed.
+
+    While a test double is active (``push_model_override``), it answers for every name.
+    """
+    installed = (registry or current_registry()).by_name.get(name)
+    if _overrides:
+        return _overrides[-1](name, installed)
+    return installed
+
+
+def shown_name(name: str) -> str:
+    """A model name as llm's messages show it: bare, except a ``$env``/``$file`` value."""
+    return quoted(name) if isinstance(name, Substituted) else name
+
+
+def lookup_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel:
+    """Return the async model for an id or alias, raising llm's ``UnknownModelError``."""
+    registry = registry or current_registry()
+    model = find_model(name, registry)
+    if model is not None:
+        return model
+    if name in registry.sync_only:
+        raise llm.UnknownModelError(
+            f"Unknown async model (sync model exists): {name}. "
+            "Install a plugin version that provides an async model for it."
+        )
+    raise llm.UnknownModelError(
+        f"Unknown model: {shown_name(name)}. Run 'llm models' to list installed models, or install "
+        "the llm plugin that provides it."
+    )
+
+
+def push_model_override(override: ModelOverride) -> None:
+    """Answer every model lookup with ``override`` until it is popped (for test doubles)."""
+    _overrides.append(override)
+
+
+def pop_model_override(override: ModelOverride) -> None:
+    """Remove an override added with ``push_model_override``."""
+    _overrides.remove(override)

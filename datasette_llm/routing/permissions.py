@@ -1,0 +1,228 @@
+"""Who may use a purpose, and who may change routing: datasette-llm's Datasette actions.
+
+``llm-use`` is checked on a ``PurposeResource`` (the purpose's name as the resource's parent)
+whenever ``LLM.model()``, ``models()``, ``group()`` or ``resolve()`` is given an actor. It is
+allowed by default, the way Datasette's own ``view-instance`` is: ``permission_resources_sql``
+below adds a global allow, which any rule the operator writes overrides (a deny at the same
+level wins over an allow; a per-purpose rule wins over a global one)::
+
+    permissions:
+      llm-use:
+        id: root            # only root may use any purpose
+    databases:
+      enrichments:          # Datasette reads a block under databases: <name> as the rules for
+        permissions:        # every resource whose parent is <name>: here, the purpose
+          llm-use:
+            id: [root, alice]
+
+A call without a purpose is checked with no resource: only global rules apply to it.
+
+``llm-manage-routing`` (global) is denied by default, like ``llm-view-routing``. The root actor
+of ``datasette --root`` may always do both.
+
+Datasette answers ``allowed()`` with a query of its internal database, about 30 times the cost of
+routing a call; so verdicts are kept per Datasette instance, per actor and purpose, for as long
+as Datasette's configuration (and its ``permissions`` block) is the same object, and at most
+``VERDICT_SECONDS``, so that a grant stored by a permissions plugin in a table takes effect
+soon after it changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+from datasette import Forbidden
+from datasette.permissions import PermissionSQL, Resource
+
+from ..actors import Actor, actor_id
+from ..errors import is_text, lone_surrogate
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+
+__all__ = [
+    "MANAGE_ROUTING",
+    "USE",
+    "VERDICT_LIMIT",
+    "VERDICT_SECONDS",
+    "PurposeNotAllowedError",
+    "PurposeResource",
+    "can_manage_routing",
+    "check_use",
+    "may_use",
+    "default_allow",
+]
+
+USE: Final = "llm-use"
+"""The action an actor needs to get a model for a purpose; allowed by default."""
+
+MANAGE_ROUTING: Final = "llm-manage-routing"
+"""The action that guards changing the routing (and testing a route); denied by default."""
+
+VERDICT_SECONDS: Final = 5.0
+"""How long a verdict of ``llm-use`` is reused while the configuration stays the same."""
+
+VERDICT_LIMIT: Final = 4096
+"""How many verdicts one Datasette instance keeps before it starts afresh."""
+
+
+class PurposeResource(Resource):
+    """A purpose, as Datasette's permission system sees it: ``parent`` is the purpose's name."""
+
+    name = "llm-purpose"
+    parent_class = None
+
+    def __init__(self, purpose: str) -> None:
+        super().__init__(parent=purpose, child=None)
+
+    @classmethod
+    async def resources_sql(cls, datasette: Datasette, actor: object = None) -> str:
+        """Return SQL listing every registered and configured purpose (``parent``, ``child``)."""
+        from ..errors import ConfigurationError
+        from .catalog import get_purposes
+        from .overlay import config_for
+
+        names = [purpose.name for purpose in get_purposes(datasette)]
+        try:
+            names.extend(config_for(datasette).purposes)
+        except ConfigurationError:
+            pass
+        rows = [
+            "SELECT '{}' AS parent, NULL AS child".format(name.replace("'", "''"))
+            for name in dict.fromkeys(names)
+        ]
+        return " UNION ALL ".join(rows) or "SELECT NULL AS parent, NULL AS child WHERE 0"
+
+
+def _grant(purpose: str | None, who: str) -> str:
+    if purpose is None:
+        return f"permissions: {{{USE}: {{id: {who}}}}}"
+    return f"databases: {{{purpose}: {{permissions: {{{USE}: {{id: {who}}}}}}}}}"
+
+
+class PurposeNotAllowedError(Forbidden):
+    """Raised when the actor of a call may not use its purpose (the ``llm-use`` action).
+
+    It is Datasette's ``Forbidden``: left uncaught in a view, the visitor gets a 403 page.
+
+    Attributes:
+        purpose: The purpose refused, or ``None`` for a call without one.
+        actor_id: The actor's ``id``, or ``None`` for an actor without one.
+    """
+
+    def __init__(self, purpose: str | None, actor_id: str | None) -> None:
+        self.purpose = purpose
+        self.actor_id = actor_id
+        who = "An actor without an id" if actor_id is None else f"Actor {actor_id!r}"
+        what = "a call without a purpose" if purpose is None else f"the purpose {purpose!r}"
+        grantee = "<id>" if actor_id is None else json.dumps(actor_id)
+        fix = f"grant it in datasette.yaml with {_grant(purpose, grantee)}"
+        if purpose is not None:
+            fix += f" (that purpose only) or {_grant(None, grantee)} (every purpose)"
+        super().__init__(
+            f"{who} may not use {what}: the {USE!r} action is not allowed for it. To allow it, "
+            f"{fix}, adding the id to any allow block already there."
+        )
+
+
+_Table: TypeAlias = dict[tuple[object, str | None], tuple[bool, float]]
+"""Verdicts by (actor, purpose): allowed, and until when (``time.monotonic()``)."""
+
+
+@dataclass(slots=True)
+class _Verdicts:
+    """The ``llm-use`` verdicts of one Datasette instance, for one configuration."""
+
+    config: object
+    permissions: object
+    default_deny: bool
+    verdicts: _Table = field(default_factory=dict)
+
+
+# By ``id()`` of the Datasette instance, each entry removed when its instance is collected (a
+# dict lookup costs a fraction of a ``WeakKeyDictionary`` lookup, which makes a weak reference).
+_verdicts: dict[int, _Verdicts] = {}
+
+
+def _verdicts_of(datasette: Datasette) -> _Table:
+    """Return the instance's verdicts, started afresh when its configuration changed."""
+    config = datasette.config
+    permissions = None if config is None else config.get("permissions")
+    cached = _verdicts.get(id(datasette))
+    if (
+        cached is None
+        or cached.config is not config
+        or cached.permissions is not permissions
+        or cached.default_deny != datasette.default_deny
+        or len(cached.verdicts) >= VERDICT_LIMIT
+    ):
+        if cached is None:
+            weakref.finalize(datasette, _verdicts.pop, id(datasette), None)
+        cached = _Verdicts(config, permissions, datasette.default_deny)
+        _verdicts[id(datasette)] = cached
+    return cached.verdicts
+
+
+async def check_use(datasette: Datasette, actor: Actor | None, purpose: str | None) -> None:
+    """Raise ``PurposeNotAllowedError`` unless ``actor`` may use ``purpose``; no actor: no check.
+
+    ``purpose`` ``None`` is a call without a purpose. The root actor of ``datasette --root``
+    always may; otherwise Datasette decides, and its verdict is reused as the module says.
+
+    Raises:
+        PurposeNotAllowedError: Datasette does not allow ``llm-use`` for this actor and purpose.
+    """
+    if actor is None or (actor.get("id") == "root" and datasette.root_enabled):
+        return
+    if purpose is not None and not is_text(purpose):
+        raise ValueError(lone_surrogate("purpose name", purpose))
+    verdicts = _verdicts_of(datasette)
+    key: tuple[object, str | None]
+    try:
+        key = (tuple(actor.items()), purpose)
+        verdict = verdicts.get(key)
+    except TypeError:  # a value is unhashable (a list of roles): key on the JSON instead
+        key = (json.dumps(actor, sort_keys=True, default=repr), purpose)
+        verdict = verdicts.get(key)
+    now = time.monotonic()
+    if verdict is None or now >= verdict[1]:
+        if USE not in datasette.actions:
+            await datasette.invoke_startup()  # as Datasette does on its first request
+        resource = None if purpose is None else PurposeResource(purpose)
+        allowed = await datasette.allowed(action=USE, resource=resource, actor=actor)
+        verdict = verdicts[key] = (allowed, now + VERDICT_SECONDS)
+    if not verdict[0]:
+        raise PurposeNotAllowedError(purpose, actor_id(actor))
+
+
+async def may_use(datasette: Datasette, actor: Actor | None, purpose: str | None) -> bool:
+    """Return whether ``actor`` may use ``purpose``, as ``check_use`` decides."""
+    try:
+        await check_use(datasette, actor, purpose)
+    except PurposeNotAllowedError:
+        return False
+    return True
+
+
+async def can_manage_routing(datasette: Datasette, actor: Actor | None) -> bool:
+    """Return whether ``actor`` may change the routing: root under ``--root``, or a grant.
+
+    Not cached: it guards writes, which are rare.
+    """
+    if actor is not None and actor.get("id") == "root" and datasette.root_enabled:
+        return True
+    return await datasette.allowed(action=MANAGE_ROUTING, actor=actor)
+
+
+def default_allow(datasette: Datasette, action: str) -> PermissionSQL | None:
+    """Allow ``llm-use`` by default (not under ``--default-deny``), as Datasette's view actions.
+
+    The allow is global: any ``permissions:`` rule for ``llm-use`` overrides it.
+    """
+    if action == USE and not datasette.default_deny:
+        return PermissionSQL.allow(reason=f"default allow for {USE}")
+    return None

@@ -1,0 +1,265 @@
+"""The usage ledger: one row per attempt, written off the request path in batches.
+
+``record()`` never waits: it puts the row in memory and wakes a writer task, which writes
+what has gathered, a batch at a time, through Datasette's write queue (``execute_write_many``)
+into the table ``datasette_llm_usage`` of Datasette's internal database (persistent with
+``--internal file.db``) or of the database ``usage: {database: NAME}`` names. At most
+``MAX_PENDING`` rows wait; beyond that the oldest are dropped and the loss is logged. The rows
+left are written at shutdown (Datasette's ``shutdown`` hook) or by ``flush()``; rows older than
+``usage: {retention_days: N}`` are deleted as the writer goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from operator import attrgetter
+from typing import TYPE_CHECKING, Final
+
+from ..log import logger
+from ..routing.overlay import config_for
+from .records import UsageRecord
+
+if TYPE_CHECKING:
+    from datasette.app import Datasette
+    from datasette.database import Database
+
+__all__ = [
+    "COLUMNS",
+    "MAX_PENDING",
+    "SCHEMA",
+    "TABLE",
+    "Ledger",
+    "flush_usage",
+    "ledger_for",
+    "rows",
+]
+
+TABLE: Final = "datasette_llm_usage"
+MAX_PENDING: Final = 100_000
+_BATCH: Final = 5_000  # one transaction: a write's cost is mostly reaching the write thread
+_DAY: Final = 86_400.0
+
+COLUMNS: Final = tuple(field.name for field in fields(UsageRecord))
+_TYPES: Final = {
+    "id": "TEXT PRIMARY KEY",
+    "time": "REAL NOT NULL",
+    "duration": "REAL NOT NULL",
+    "first_token": "REAL",
+    "cost": "REAL",
+    "attempt": "INTEGER NOT NULL",
+    "input_tokens": "INTEGER",
+    "output_tokens": "INTEGER",
+    "cached_tokens": "INTEGER",
+}
+SCHEMA: Final = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} (\n"
+    + ",\n".join(f"  {name} {_TYPES.get(name, 'TEXT')}" for name in COLUMNS)
+    + "\n);\n"
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE} (time);\n"
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_purpose_time ON {TABLE} (purpose, time);\n"
+)
+_ROW: Final = attrgetter(*COLUMNS)
+_INSERT: Final = (
+    f"INSERT OR IGNORE INTO {TABLE} ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
+)
+
+Listener = Callable[[UsageRecord], None]
+"""Called with each record as it is made (before it is written)."""
+
+
+class Ledger:
+    """The pending rows of one Datasette instance and the task that writes them.
+
+    Attributes:
+        database: The name of the database written to, or ``None`` for the internal one.
+        retention_days: Rows older than this many days are deleted, or ``None`` to keep all.
+        dropped: Rows dropped because ``MAX_PENDING`` were already waiting.
+        written: Rows written so far.
+    """
+
+    def __init__(
+        self, datasette: Datasette, database: str | None, retention_days: float | None
+    ) -> None:
+        self._datasette = weakref.ref(datasette)
+        self.database = database
+        self.retention_days = retention_days
+        self._pending: deque[UsageRecord] = deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._ready = False
+        self.dropped = 0
+        self.written = 0
+        self._listeners: list[Listener] = []
+        self._spent: dict[tuple[str, float], float] = {}  # (purpose, since) -> US dollars
+
+    def __repr__(self) -> str:
+        return (
+            f"<Ledger database={self.database or '(internal)'!r} pending={len(self._pending)} "
+            f"written={self.written}>"
+        )
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting to be written."""
+        return len(self._pending)
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with every record made from now on; return a function to stop."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def record(self, record: UsageRecord) -> None:
+        """Keep ``record`` to be written; never waits."""
+        if len(self._pending) >= MAX_PENDING:
+            self._pending.popleft()
+            self.dropped += 1
+        self._pending.append(record)
+        if record.cost and record.purpose is not None:
+            for (purpose, since), spent in self._spent.items():
+                if purpose == record.purpose and record.time >= since:
+                    self._spent[purpose, since] = spent + record.cost
+        for listener in list(self._listeners):
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("A usage listener failed on record %s", record.id)
+        self._wake.set()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+
+    def take_over(self, previous: Ledger) -> None:
+        """Take ``previous``'s waiting rows, listeners and counts (the settings changed)."""
+        self._pending.extend(previous._pending)
+        previous._pending.clear()
+        self._listeners.extend(previous._listeners)
+        self.dropped, self.written = previous.dropped, previous.written
+        if self._pending:
+            self._wake.set()
+            self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+
+    async def spent(self, purpose: str, since: float) -> float:
+        """US dollars recorded for ``purpose`` since ``since``: read once, then kept up to date."""
+        known = self._spent.get((purpose, since))
+        if known is not None:
+            return known
+        async with self._lock:  # no batch is on its way to the table meanwhile
+            db = await self.ensure_table()
+            query = f"SELECT coalesce(sum(cost), 0) FROM {TABLE} WHERE purpose = ? AND time >= ?"
+            written = float((await db.execute(query, [purpose, since])).first()[0])
+            waiting = sum(
+                row.cost or 0.0
+                for row in self._pending
+                if row.purpose == purpose and row.time >= since
+            )
+            for key in [key for key in self._spent if key[0] == purpose]:
+                del self._spent[key]  # an earlier period's
+            self._spent[purpose, since] = written + waiting
+        return written + waiting
+
+    async def flush(self) -> None:
+        """Write every pending row now."""
+        async with self._lock:
+            while self._pending:
+                await self._write_batch()
+
+    def database_object(self) -> Database:
+        """The database the rows go to."""
+        datasette = self._datasette()
+        if datasette is None:
+            raise RuntimeError("the Datasette instance of this ledger is gone")
+        if self.database is None:
+            return datasette.get_internal_database()
+        return datasette.get_database(self.database)
+
+    async def ensure_table(self) -> Database:
+        """Create the table and its indexes if they are missing; return its database."""
+        db = self.database_object()
+        if not self._ready:
+            await db.execute_write_script(SCHEMA)
+            self._ready = True
+        return db
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                logger.exception("Writing %d usage rows failed; they stay pending", self.pending)
+                await asyncio.sleep(1)
+            if not self._pending:
+                return
+
+    async def _write_batch(self) -> None:
+        db = await self.ensure_table()
+        batch = [self._pending.popleft() for _ in range(min(_BATCH, len(self._pending)))]
+        try:
+            await db.execute_write_many(_INSERT, [_ROW(row) for row in batch])
+        except BaseException:
+            self._pending.extendleft(reversed(batch))
+            raise
+        self.written += len(batch)
+        if self.dropped:
+            logger.warning(
+                "Dropped %d usage rows: more than %d were waiting", self.dropped, MAX_PENDING
+            )
+        if self.retention_days is not None:
+            cutoff = time.time() - self.retention_days * _DAY
+            await db.execute_write(f"DELETE FROM {TABLE} WHERE time < ?", [cutoff])
+
+
+_ledgers: weakref.WeakKeyDictionary[Datasette, Ledger] = weakref.WeakKeyDictionary()
+
+
+def ledger_for(datasette: Datasette) -> Ledger:
+    """Return the ledger of ``datasette``, with the ``usage`` settings of its configuration.
+
+    When those settings change (a new database, a new retention), the new ledger takes over
+    the rows still waiting, the listeners and the spend it knows of.
+    """
+    settings = config_for(datasette).usage
+    ledger = _ledgers.get(datasette)
+    if ledger is not None and (ledger.database, ledger.retention_days) == (
+        settings.database,
+        settings.retention_days,
+    ):
+        return ledger
+    fresh = Ledger(datasette, settings.database, settings.retention_days)
+    if ledger is not None:
+        fresh.take_over(ledger)
+    _ledgers[datasette] = fresh
+    return fresh
+
+
+async def read_records(
+    ledger: Ledger, since: float | None, purpose: str | None
+) -> list[UsageRecord]:
+    """The written records of ``ledger``'s table, oldest first, filtered as asked."""
+    db = await ledger.ensure_table()
+    where = ["time >= ?"]
+    params: list[object] = [since if since is not None else 0.0]
+    if purpose is not None:
+        where.append("purpose = ?")
+        params.append(purpose)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {' AND '.join(where)} ORDER BY time, id"
+    return [UsageRecord(*row) for row in (await db.execute(sql, params)).rows]
+
+
+async def flush_usage(datasette: Datasette) -> None:
+    """Write every pending usage row of ``datasette`` now (at shutdown, before reading)."""
+    ledger = _ledgers.get(datasette)
+    if ledger is not None:
+        await ledger.flush()
+
+
+def rows(records: Iterable[UsageRecord]) -> list[tuple[object, ...]]:
+    """The records as table rows, in ``COLUMNS`` order."""
+    return [_ROW(record) for record in records]

@@ -1,0 +1,92 @@
+"""What one attempt used and cost: ``UsageRecord``, and its cost at the operator's prices.
+
+A record never holds prompt or response text: who (the actor's id), for what (the purpose),
+on which model (asked for, and the attempt's), how many tokens, how long, how it ended, and
+what it cost at the operator's prices (``None`` when the model has no price, never 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from ..config.values import Price
+from ..provider_errors import ErrorKind
+
+__all__ = ["Outcome", "UsageRecord", "cached_tokens", "cost_of"]
+
+Outcome: TypeAlias = "Literal['ok'] | ErrorKind"
+"""How an attempt ended: ``"ok"``, or the kind of its error."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One attempt of one prompt: a response (each step of a chain is one) or a failure.
+
+    Attributes:
+        id: A unique id for the record.
+        time: When the attempt started, seconds since the epoch (UTC).
+        purpose: The purpose name, or ``None``.
+        requested_model: The model routing chose for the call.
+        model: The model this attempt went to (a fallback, when it differs).
+        actor_id: The id of the actor the call was for, or ``None``.
+        input_tokens: Input tokens, as the provider reported them (``None``: not reported).
+        output_tokens: Output tokens, likewise.
+        cached_tokens: Cached input tokens, likewise.
+        duration: Seconds from the start of the attempt to its end.
+        first_token: Seconds from the start to the first chunk, when it was measured.
+        outcome: ``"ok"`` or the error kind.
+        attempt: The attempt's number within its prompt (1 for the first).
+        fell_back_from: The model the prompt fell back from to reach this one, if any.
+        cost: Estimated US dollars at the configured price, or ``None`` without a price (or
+            without token counts).
+    """
+
+    id: str
+    time: float
+    purpose: str | None
+    requested_model: str
+    model: str
+    actor_id: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_tokens: int | None
+    duration: float
+    first_token: float | None
+    outcome: Outcome
+    attempt: int
+    fell_back_from: str | None
+    cost: float | None
+
+
+def cached_tokens(details: Mapping[str, object] | None) -> int | None:
+    """Cached input tokens from llm's usage details (OpenAI's or Anthropic's names)."""
+    if not details:
+        return None
+    for name in ("cached_tokens", "cache_read_input_tokens"):
+        value = details.get(name)
+        if isinstance(value, int):
+            return value
+    nested = details.get("prompt_tokens_details") or details.get("input_tokens_details")
+    if isinstance(nested, Mapping):
+        value = nested.get("cached_tokens")
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def cost_of(
+    price: Price | None, input_tokens: int | None, output_tokens: int | None, cached: int | None
+) -> float | None:
+    """US dollars for these tokens at ``price``; ``None`` without a price or token counts."""
+    if price is None or (input_tokens is None and output_tokens is None):
+        return None
+    fresh = input_tokens or 0
+    cost = 0.0
+    if cached and price.cached_input is not None:
+        cached_count = min(cached, fresh)
+        fresh -= cached_count
+        cost += cached_count * price.cached_input
+    cost += fresh * price.input + (output_tokens or 0) * price.output
+    return cost / 1_000_000
