@@ -1,6 +1,6 @@
 """Write docs/reference.md: every public name and hook of datasette-llm with its signature.
 
-``tests/test_docs.py`` checks that docs/reference.md is what this script writes: run
+``tests/suites/test_docs.py`` checks that docs/reference.md is what this script writes: run
 ``python scripts/api_reference.py --write`` whenever the public API changes (without
 ``--write`` it prints the reference).
 """
@@ -111,7 +111,7 @@ HEADER = """# Reference
 
 Every public name of `datasette_llm`, `datasette_llm.typing` and `datasette_llm.testing`, and
 every hook datasette-llm adds to Datasette, with its signature. Written by
-`python scripts/api_reference.py --write` from the code; `tests/test_docs.py` checks it is
+`python scripts/api_reference.py --write` from the code; `tests/suites/test_docs.py` checks it is
 current. Classes shown as "built by `LLM`" take private values: `LLM` builds them, not you.
 Docstrings in the code say what each one does.
 """

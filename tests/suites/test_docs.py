@@ -20,7 +20,7 @@ from typing import Final
 import pytest
 from mypy import api
 
-ROOT: Final = Path(__file__).resolve().parent.parent
+ROOT: Final = Path(__file__).resolve().parent.parent.parent
 PAGES: Final = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK: Final = re.compile(r"^```(?P<language>\w+)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
 LINK: Final = re.compile(r"\]\((?P<target>[^)\s]+)\)")

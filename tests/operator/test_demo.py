@@ -11,7 +11,7 @@ from datasette.app import Datasette
 from datasette.plugins import pm
 from datasette.utils import parse_metadata
 
-ROOT: Final = Path(__file__).resolve().parent.parent
+ROOT: Final = Path(__file__).resolve().parent.parent.parent
 DEMO: Final = ROOT / "demo"
 
 
