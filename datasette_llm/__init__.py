@@ -37,6 +37,7 @@ from .prompting.wrapped import WrappedAsyncModel, WrappedChainResponse, WrappedC
 from .provider_errors import Attempt, ErrorKind, ProviderError
 from .routing.catalog import get_purpose, get_purpose_collisions, get_purpose_owner, get_purposes
 from .routing.keys import KeyStatus
+from .routing.models import ModelStandIn, stand_in_for_models
 from .routing.permissions import PurposeNotAllowedError
 from .routing.purposes import Purpose, PurposeCollision
 from .routing.requirements import Requirements
@@ -60,6 +61,7 @@ __all__ = [
     "ModelBlockedError",
     "ModelNotFoundError",
     "ModelRef",
+    "ModelStandIn",
     "Outcome",
     "Price",
     "PromptResult",
@@ -82,6 +84,7 @@ __all__ = [
     "get_purpose_collisions",
     "get_purpose_owner",
     "get_purposes",
+    "stand_in_for_models",
 ]
 
 WrappedAsyncChainResponse = WrappedChainResponse

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
-from weakref import WeakKeyDictionary
 
 from .config.values import LLMConfig
 from .errors import ConfigurationError
@@ -11,6 +10,7 @@ from .routing.keys import provider_secret_name
 from .routing.models import ModelRegistry, current_registry
 from .routing.overlay import config_for
 from .routing.permissions import default_allow
+from .state import Slot, state_of
 from .typing import hookimpl
 
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ KEY_HELP_URLS: Final = {
 
 # datasette-secrets asks for every secret each time it reads one: build the list once per
 # configuration and set of installed models.
-_secrets: WeakKeyDictionary[Datasette, tuple[LLMConfig, ModelRegistry, list[Secret]]] = (
-    WeakKeyDictionary()
+_SECRETS: Final[Slot[tuple[LLMConfig, ModelRegistry, list[Secret]]]] = Slot(
+    "the secrets registered with datasette-secrets"
 )
 
 
@@ -75,15 +75,15 @@ def _secrets_of(config: LLMConfig, registry: ModelRegistry) -> list[Secret]:
 @hookimpl
 def register_secrets(datasette: Datasette) -> list[Secret]:
     """Register a secret for every provider key and every ``key`` secret named in configuration."""
-    registry = current_registry()
+    registry = current_registry(datasette)
     try:
         config = config_for(datasette)
     except ConfigurationError:
         config = LLMConfig()
-    cached = _secrets.get(datasette)
+    state = state_of(datasette)
+    cached = state.get(_SECRETS)
     if cached is None or cached[0] is not config or cached[1] is not registry:
-        cached = (config, registry, _secrets_of(config, registry))
-        _secrets[datasette] = cached
+        cached = state.put(_SECRETS, (config, registry, _secrets_of(config, registry)))
     return cached[2]
 
 

@@ -33,6 +33,10 @@ def function_line(name: str, function: object) -> str:
         # An @asynccontextmanager: show what `async with` gets.
         signature = signature.replace("-> AsyncIterator[", "-> AbstractAsyncContextManager[")
         return f"`{name}{signature}`"
+    if wrapped is not None and inspect.isgeneratorfunction(wrapped):
+        # A @contextmanager: show what `with` gets.
+        signature = signature.replace("-> Iterator[", "-> AbstractContextManager[")
+        return f"`{name}{signature}`"
     prefix = "async " if inspect.iscoroutinefunction(function) else ""
     return f"`{prefix}{name}{signature}`"
 

@@ -1,25 +1,18 @@
-"""Validation of the usage settings: prices, the ledger's database, budgets that cannot work.
-
-- a price for a model that is not installed (the nearest installed id suggested): a warning;
-- a budget while ``usage: {enabled: false}``: an error, since nothing would be counted;
-- a budget for a purpose whose models (its model, its fallbacks, ``default_model``) have no
-  price: a warning, since their attempts cost nothing it can count.
-
-Validation of fallbacks and requirements: configured models that would never be tried.
-
-A fallback the policy refuses (a blocklist, an allowlist without it), one equal to the model it
-stands behind, one listed twice, and a configured model lacking what a registered purpose
-requires (``Purpose.requires``) are each a warning naming the configuration path, the purpose,
-and the fix. A fallback that is not installed is reported with every other missing model
-(``validation.find_missing_models``).
-
-Check configuration against what is installed, for startup, ``check`` and the routing page.
+"""Check configuration against what is installed, for startup, ``check`` and the routing page.
 
 ``parse_config`` finds structural problems (wrong types, unknown keys). This module adds what can
-only be known with the installed plugins and models at hand: options a model rejects (errors),
-and purposes no plugin registered, models that are not installed, allowlists that leave a
-purpose with no model, fallbacks that would never be tried and models lacking what a purpose
-requires (warnings; errors under ``strict: true``; see ``fallback_checks``).
+only be known with the installed plugins and models at hand:
+
+- options a model rejects (errors);
+- purposes no plugin registered, models that are not installed, allowlists that leave a purpose
+  with no model (warnings; errors under ``strict: true``);
+- fallbacks the policy refuses (a blocklist, an allowlist without it), one equal to the model it
+  stands behind, one listed twice, and a configured model lacking what a registered purpose
+  requires (``Purpose.requires``): each a warning naming the configuration path, the purpose
+  and the fix;
+- the usage settings: a price for a model that is not installed (the nearest installed id
+  suggested: a warning), a budget while ``usage: {enabled: false}`` (an error, since nothing
+  would be counted), a budget for a purpose whose models have no price (a warning).
 """
 
 from __future__ import annotations
@@ -28,15 +21,15 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
-from weakref import WeakSet
 
 from ..config.parser import parse_config
 from ..config.source import raw_section, served_files_conflict
-from ..config.values import CONFIG_ROOT, LLMConfig
+from ..config.values import CONFIG_ROOT, LLMConfig, settings_for
 from ..errors import ConfigProblem, ConfigurationError, nearest, quoted, shown
 from ..routing.catalog import get_purposes
 from ..routing.models import ModelRegistry, current_registry
-from ..routing.policy import policy_for
+from ..routing.policy import Policies
+from ..state import Slot, state_of
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -61,7 +54,8 @@ __all__ = [
 ]
 
 
-# --- from _operator.usage_checks.py
+# The usage settings.
+
 WARNING: Final = "warning"
 
 
@@ -90,7 +84,7 @@ def usage_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[Confi
                 "nothing would count towards it. Remove the budget or enable usage.",
             )
             continue
-        refs = [purpose_config.model, *config.resilience_for(name).fallbacks]
+        refs = [purpose_config.model, *settings_for(config, name).resilience.fallbacks]
         if purpose_config.model is None:
             refs.append(config.default_model)
         unpriced = [
@@ -109,7 +103,7 @@ def usage_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[Confi
             )
 
 
-# --- from _operator.fallback_checks.py
+# Fallbacks and requirements.
 
 
 def _subject(name: str | None) -> str:
@@ -123,12 +117,8 @@ def _subjects(names: list[str | None]) -> str:
 
 def _fallbacks(config: LLMConfig, name: str | None) -> tuple[bool, list[tuple[str, ModelRef]]]:
     """Whether ``name`` has fallbacks of its own, and the fallbacks that apply, with paths."""
-    purpose_config = config.purpose(name)
-    if purpose_config is not None and purpose_config.fallbacks is not None:
-        base = f"{CONFIG_ROOT}.purposes.{name}.fallbacks"
-        return True, [(f"{base}[{i}]", ref) for i, ref in enumerate(purpose_config.fallbacks)]
-    base = f"{CONFIG_ROOT}.fallbacks"
-    return False, [(f"{base}[{i}]", ref) for i, ref in enumerate(config.resilience.fallbacks)]
+    settings = settings_for(config, name)
+    return settings.is_own("fallbacks"), settings.fallback_paths()
 
 
 def _primary(config: LLMConfig, name: str | None) -> tuple[str, ModelRef] | None:
@@ -169,22 +159,24 @@ def _own_list_problems(
         seen.setdefault(model_id, path)
 
 
-def fallback_problems(
-    config: LLMConfig, registry: ModelRegistry, purpose_names: list[str]
-) -> Iterator[ConfigProblem]:
+def fallback_problems(policies: Policies, purpose_names: list[str]) -> Iterator[ConfigProblem]:
     """Warn about every installed fallback that some purpose would never try (see the module)."""
+    config, registry = policies.config, policies.registry
     refused: dict[tuple[str, str, str | None], list[str | None]] = {}
     for name in [*purpose_names, None]:
         own, written = _fallbacks(config, name)
         if not written:
             continue
-        policy = policy_for(config, name, registry)
+        policy = policies.of(name)
         if own or name is None:
             yield from _own_list_problems(policy, name, written)
         for path, ref in written:
-            if ref.model_id not in registry.by_name or policy.refusal(ref.model_id) is None:
+            refusal = policy.refusal(ref.model_id)
+            if ref.model_id not in registry.by_name or refusal is None:
                 continue  # not installed (reported with every missing model), or admitted
-            blocked_at = policy.blocked.get(policy.canonical(ref.model_id))
+            blocked_at = None
+            if refusal.kind == "blocked":
+                blocked_at = policy.blocked[policy.canonical(ref.model_id)]
             refused.setdefault((path, ref.model_id, blocked_at), []).append(name)
     for (path, model_id, blocked_at), names in refused.items():
         if blocked_at is not None:
@@ -241,7 +233,8 @@ def requirement_problems(
             )
 
 
-# --- from _operator.validation.py
+# Configuration against what is installed.
+
 logger = logging.getLogger("datasette_llm")
 
 ERROR: Final = "error"
@@ -383,10 +376,9 @@ def _option_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[Con
                 yield ConfigProblem(f"{path}.options.{location}", message)
 
 
-def _allowlist_problems(
-    config: LLMConfig, registry: ModelRegistry, purpose_names: list[str]
-) -> Iterator[ConfigProblem]:
+def _allowlist_problems(policies: Policies, purpose_names: list[str]) -> Iterator[ConfigProblem]:
     """Warn about every allowlist that leaves a purpose with no installed model it may use."""
+    config, registry = policies.config, policies.registry
     checks: list[tuple[str | None, str]] = []
     if config.models is not None:
         checks.append((None, f"{CONFIG_ROOT}.models"))
@@ -397,7 +389,7 @@ def _allowlist_problems(
         elif purpose_config is not None and config.models is not None:
             checks.append((name, f"{CONFIG_ROOT}.purposes.{name}"))
     for purpose, path in checks:
-        policy = policy_for(config, purpose, registry)
+        policy = policies.of(purpose)
         if policy.allowlist is None:
             continue
         usable = [
@@ -420,30 +412,31 @@ def _allowlist_problems(
         )
 
 
-def _blocked_choice_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[ConfigProblem]:
+def _blocked_choice_problems(policies: Policies) -> Iterator[ConfigProblem]:
     """Warn about a configured default that a blocklist refuses, so it is never used.
 
     (A configured default is always in its allowlist, so only a blocklist can refuse it.)
     """
+    config = policies.config
     if config.default_model is not None:
-        reason = policy_for(config, None, registry).refusal(config.default_model.model_id)
-        if reason is not None:
+        refusal = policies.of(None).refusal(config.default_model.model_id)
+        if refusal is not None:
             yield ConfigProblem(
                 f"{CONFIG_ROOT}.default_model",
-                f"{quoted(config.default_model.model_id)} is blocked ({reason}), so it is never "
-                "used. Remove it from one of them.",
+                f"{quoted(config.default_model.model_id)} is blocked ({refusal.reason}), so it "
+                "is never used. Remove it from one of them.",
                 WARNING,
             )
     for name, purpose_config in config.purposes.items():
         model = purpose_config.model
         if model is None:
             continue
-        reason = policy_for(config, name, registry).refusal(model.model_id)
-        if reason is not None:
+        refusal = policies.of(name).refusal(model.model_id)
+        if refusal is not None:
             yield ConfigProblem(
                 f"{CONFIG_ROOT}.purposes.{name}.model",
-                f"{quoted(model.model_id)} is blocked for purpose {name!r} ({reason}), so it is "
-                "never used. Remove it from the blocklist or choose another model.",
+                f"{quoted(model.model_id)} is blocked for purpose {name!r} ({refusal.reason}), "
+                "so it is never used. Remove it from the blocklist or choose another model.",
                 WARNING,
             )
 
@@ -505,9 +498,10 @@ def validate(
     unregistered = find_unregistered_purposes(config, purposes)
     problems.extend(_unregistered_problems(unregistered, purposes, list_unregistered))
     names = list(dict.fromkeys([*(purpose.name for purpose in purposes), *config.purposes]))
-    problems.extend(_blocked_choice_problems(config, registry))
-    problems.extend(_allowlist_problems(config, registry, names))
-    problems.extend(fallback_problems(config, registry, names))
+    policies = Policies(config, registry)
+    problems.extend(_blocked_choice_problems(policies))
+    problems.extend(_allowlist_problems(policies, names))
+    problems.extend(fallback_problems(policies, names))
     problems.extend(requirement_problems(config, registry, purposes))
     problems.extend(usage_problems(config, registry))
     problems.sort(key=lambda problem: problem.severity != ERROR)
@@ -536,24 +530,24 @@ def validate_datasette(datasette: Datasette, *, list_unregistered: int | None = 
     _, _, section = raw_section(datasette)
     purposes, catalog_problem = purposes_or_problem(datasette)
     validation = validate(
-        section, purposes, current_registry(), list_unregistered=list_unregistered
+        section, purposes, current_registry(datasette), list_unregistered=list_unregistered
     )
     if catalog_problem is None:
         return validation
     return Validation((catalog_problem, *validation.problems), validation.strict, validation.config)
 
 
-_deferred: WeakSet[Datasette] = WeakSet()
+_DEFERRED: Final[Slot[bool]] = Slot("whether the CLI validates instead of the startup hook")
 
 
 def defer_startup_validation(datasette: Datasette) -> None:
     """Make the ``startup`` hook leave validation to the caller (the ``datasette llm`` CLI)."""
-    _deferred.add(datasette)
+    state_of(datasette).put(_DEFERRED, True)
 
 
 def check_at_startup(datasette: Datasette) -> None:
     """Log warnings; raise ``StartupError`` listing every error (and warning under ``strict``)."""
-    if datasette in _deferred:
+    if state_of(datasette).get(_DEFERRED):
         return
     conflict = served_files_conflict()
     if conflict is not None:

@@ -1,12 +1,8 @@
-"""What the ``datasette llm`` commands share: the Datasette ``serve`` would build, text tables.
+"""The ``datasette llm`` commands: ``purposes``, ``check`` (``--live``) and ``usage``.
 
-``datasette llm usage``: the usage ledger's sums in a terminal, or as JSON.
-
-``datasette llm check --live``: send a short prompt through each purpose's routed chain.
-
-``datasette llm purposes`` and ``datasette llm check``: the routing report in a terminal.
-
-``datasette llm usage`` is in ``usage_cli``.
+``purposes`` and ``check`` show the routing report in a terminal; ``check --live`` sends a short
+prompt through each purpose's routed chain; ``usage`` shows the usage ledger's sums, or JSON.
+Each builds the Datasette that ``datasette serve`` would build from the same options.
 """
 
 from __future__ import annotations
@@ -58,7 +54,8 @@ __all__ = [
 ]
 
 
-# --- from _operator.cli_support.py
+# What the commands share: the Datasette ``serve`` would build, text tables.
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -175,7 +172,8 @@ def format_problems(problems: Sequence[ConfigProblem], strict: bool) -> str:
     return "\n".join(lines)
 
 
-# --- from _operator.usage_cli.py
+# ``datasette llm usage``.
+
 SINCE_FORMS: Final = (
     "a number of hours, days or weeks (24h, 7d, 2w), an ISO date (2024-05-01, from midnight "
     "UTC) or an ISO time (2024-05-01T09:30, UTC unless it gives an offset)"
@@ -347,7 +345,9 @@ def add_usage_command(group: click.Group) -> None:
             click.echo(format_usage(summary), nl=False)
 
 
-# --- from _operator.live_cli.py
+# ``datasette llm check --live``.
+
+
 def live_purposes(report: RoutingReport, only: str | None) -> list[str]:
     """Return the purposes to test: every purpose of the report, or ``only``.
 
@@ -446,7 +446,9 @@ def live_json(results: Sequence[LiveResult]) -> dict[str, object]:
     }
 
 
-# --- from _operator.cli.py
+# ``datasette llm purposes`` and ``datasette llm check``.
+
+
 def _key_text(route: Route) -> str:
     key = route.key
     if key is None:
@@ -671,7 +673,9 @@ async def _check(
     if validation.config is not None:
         report = await build_report(datasette)
         config = config_for(datasette)
-        problems.extend(await serving_problems(datasette, report, config, current_registry()))
+        problems.extend(
+            await serving_problems(datasette, report, config, current_registry(datasette))
+        )
     problems.sort(key=lambda problem: problem.severity != "error")
     return problems, validation.strict, report
 

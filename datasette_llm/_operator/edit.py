@@ -1,20 +1,17 @@
-"""The fields of the routing form on ``/-/llm``: text in, a ``RouteOverride`` out, and back.
+"""Live routing edits: the form on ``/-/llm``, the check an override passes, the POST storing it.
 
-A field left as datasette.yaml has it sets nothing: only what differs becomes the override.
-
-What the routing page shows of the overrides, and the check an override passes to be stored.
-
-The models a purpose's form offers, and the models an override may name, are the installed
-models that ``datasette_llm.policy.screen`` admits for the purpose under datasette.yaml's
+The form's fields turn text into a ``RouteOverride`` and back; a field left as datasette.yaml has
+it sets nothing: only what differs becomes the override. The models a purpose's form offers, and
+the models an override may name, are the installed models that
+``datasette_llm.routing.policy.screen`` admits for the purpose under datasette.yaml's
 configuration, as a call with no actor would be screened (keys are looked at, never read).
 
-``POST /-/llm/purposes/<name>``: store a purpose's routing override, for ``llm-manage-routing``.
-
-The form on ``/-/llm`` posts here (with Datasette's CSRF token). The write is refused with a
-403 for an actor without the action or for a purpose locked in datasette.yaml, with a 400 page
-saying why for a field that cannot be read or a model the policy refuses, and with a 409 page
-when the purpose changed since the form was loaded: that page shows what changed and the
-refused edit, which can be applied over the new version deliberately. A GET changes nothing.
+``POST /-/llm/purposes/<name>`` (with Datasette's CSRF token) stores the override, for actors
+allowed ``llm-manage-routing``. The write is refused with a 403 for an actor without the action
+or for a purpose locked in datasette.yaml, with a 400 page saying why for a field that cannot be
+read or a model the policy refuses, and with a 409 page when the purpose changed since the form
+was loaded: that page shows what changed and the refused edit, which can be applied over the
+new version deliberately. A GET changes nothing.
 """
 
 from __future__ import annotations
@@ -45,12 +42,12 @@ from ..config.parser import parse_config, reference
 from ..config.source import raw_section
 from ..config.values import LLMConfig, PurposeConfig
 from ..errors import ConfigurationError, Substituted, nearest, quoted
-from ..routing.catalog import get_purpose, get_purposes
+from ..routing.catalog import get_purposes
 from ..routing.models import ModelRegistry, current_registry
 from ..routing.overlay import LOCKED, Overlaid, layers_for, overlay_section
 from ..routing.permissions import MANAGE_ROUTING, can_manage_routing
 from ..routing.policy import Screening, policy_for, screen
-from ..routing.requirements import NOTHING_REQUIRED
+from ..routing.route import requirements_for
 from .report import ROUTE_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
@@ -80,7 +77,8 @@ __all__ = [
 ]
 
 
-# --- from _operator.edit_form.py
+# The form's fields.
+
 NO_FALLBACKS: Final = "none"
 """What the fallbacks field holds for "no fallbacks at all" (empty: as datasette.yaml says)."""
 
@@ -201,7 +199,8 @@ def override_from_form(form: Mapping[str, str], written: PurposeConfig | None) -
     )
 
 
-# --- from _operator.routing_edits.py
+# What the page shows of the overrides, and the check an override passes.
+
 LayerSource: TypeAlias = Literal["datasette.yaml", "override", "not set"]
 """Where a value in effect comes from."""
 
@@ -316,14 +315,13 @@ async def allowed_choices(
     datasette: Datasette, base: LLMConfig, name: str, registry: ModelRegistry
 ) -> Screening:
     """Screen every installed model for purpose ``name`` under datasette.yaml's configuration."""
-    declared = get_purpose(datasette, name)
     return await screen(
         datasette,
-        policy_for(base, name, registry),
+        policy_for(datasette, base, name, registry),
         registry.models,
         None,
         require_keys=base.require_keys,
-        requires=NOTHING_REQUIRED if declared is None else declared.requires,
+        requires=requirements_for(datasette, name),
     )
 
 
@@ -360,9 +358,12 @@ async def check_override(
         models.append(model)
     screening = await allowed_choices(datasette, base, name, registry) if models else None
     for model in models:
-        reason = None if screening is None else screening.refused.get(model.model_id)
-        if reason is not None:
-            return f"the model {quoted(model.model_id)} may not serve purpose {name!r}: {reason}"
+        refusal = None if screening is None else screening.refused.get(model.model_id)
+        if refusal is not None:
+            return (
+                f"the model {quoted(model.model_id)} may not serve purpose {name!r}: "
+                f"{refusal.reason}"
+            )
     model_written, _, options_written = written_values(written)
     options = options_written if override.options is None else override.options
     routed = override.model or model_written
@@ -487,12 +488,13 @@ async def build_edits(
     """
     await load_overrides(datasette)
     layers = layers_for(datasette)
-    registry = current_registry()
+    registry = current_registry(datasette)
     purposes = [await purpose_edit(datasette, layers, name, registry) for name in names]
     return RoutingEdits(tuple(purposes), tuple(await audit_entries(datasette)), can_manage)
 
 
-# --- from _operator.edit.py
+# The POST that stores an override.
+
 EDIT_ROUTE_PATTERN: Final = r"^/-/llm/purposes/(?P<name>[^/]+)$"
 """Matches ``/-/llm/purposes/<name>``, the name percent-encoded."""
 
@@ -525,7 +527,7 @@ async def _refused(
     error: str,
 ) -> Response:
     edit = await purpose_edit(
-        datasette, layers, name, current_registry(), form=form, version=version
+        datasette, layers, name, current_registry(datasette), form=form, version=version
     )
     context: dict[str, object] = {"name": name, "error": error, "edit": edit}
     return await _page(datasette, request, 400, context)
@@ -584,7 +586,9 @@ async def edit_view(datasette: Datasette, request: Request) -> Response:
     except FormError as error:
         return await _refused(datasette, request, layers, name, form, version, str(error))
     if not override.empty:
-        reason = await check_override(datasette, layers, name, override, current_registry())
+        reason = await check_override(
+            datasette, layers, name, override, current_registry(datasette)
+        )
         if reason is not None:
             return await _refused(datasette, request, layers, name, form, version, reason)
     stored = overrides.get(name)
@@ -607,7 +611,7 @@ async def edit_view(datasette: Datasette, request: Request) -> Response:
             datasette,
             layers_for(datasette),
             name,
-            current_registry(),
+            current_registry(datasette),
             form=form,
             version=conflict.current.version,
         )

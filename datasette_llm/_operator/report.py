@@ -1,34 +1,25 @@
-"""Who may use each purpose (the ``llm-use`` action), as datasette.yaml configures it.
-
-Read from Datasette's configuration, where an operator writes the rules: the global block
-``permissions: {llm-use: ...}`` and a purpose's own ``databases: {<purpose>: {permissions:
-{llm-use: ...}}}`` (Datasette applies that block to every resource whose parent is the name).
-Rules that a permissions plugin adds through ``permission_resources_sql`` depend on the actor
-and are not listed; the page says so.
-
-Each purpose's chain for the routing report: the routed model, then every fallback in order.
-
-For each fallback the report says whether the policy would admit it (``policy.screen``, its key
-required, as ``routing.admit`` asks just before a prompt tries it) and, if not, why; and the
-settings that apply (``retries``, ``timeout``, ``deadline``, ``fallback_on``), each with the
-configuration path that sets it. Keys are only looked for (``key_status``), never read.
-
-The routing report: which model serves each purpose and why, as one frozen typed value.
+"""The routing report: which model serves each purpose and why, as one frozen typed value.
 
 Built once per request of ``/-/llm`` (and by ``datasette llm purposes``) from the configuration,
 the registered purposes, the installed models and a real routing of every purpose, as a call
 with no actor would be routed. It holds secret *names* only, never a key, and reading it reads
-no stored secret.
+no stored secret: keys are only looked for (``key_status``), never read.
 
-Whether every purpose can be served: what ``datasette llm check`` adds to validation.
+For each purpose it holds:
 
-Validation looks at the configuration; this looks at the routing report, which routed every
-purpose for real. A purpose (registered or configured) that no model can serve is an error:
-its calls raise ``ModelNotFoundError`` (a configured model that is not installed, every candidate
-refused, nothing configured). A configured model passed over for want of an API key (under
-``require_keys``) while another model serves the purpose is a warning: calls go elsewhere than
-configured. So is a fallback without a key, or one a filter hook removes: it is never tried.
-Keys are only looked for (``key_status``), never read: checking is not a use.
+- its chain: the routed model, then every fallback in order, each with whether the policy would
+  admit it (``policy.screen``, its key required, as ``routing.route.admit`` asks just before a
+  prompt tries it) and if not why, and the settings that apply (``retries``, ``timeout``,
+  ``deadline``, ``fallback_on``) each with the configuration path that sets it;
+- who may use it (the ``llm-use`` action), read from Datasette's configuration: the global block
+  ``permissions: {llm-use: ...}`` and a purpose's own ``databases: {<purpose>: {permissions:
+  {llm-use: ...}}}``. Rules a permissions plugin adds through ``permission_resources_sql``
+  depend on the actor and are not listed; the page says so.
+
+``serving_problems`` is what ``datasette llm check`` adds to validation: a purpose no model can
+serve is an error (its calls raise ``ModelNotFoundError``); a configured model passed over for
+want of a key while another serves the purpose, a fallback without a key or one a filter hook
+removes, is a warning.
 """
 
 from __future__ import annotations
@@ -42,7 +33,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import llm
 
-from ..config.values import CONFIG_ROOT, LLMConfig, Resilience
+from ..config.values import CONFIG_ROOT, LLMConfig, Resilience, settings_for
 from ..errors import ConfigProblem, ModelNotFoundError, Substituted, quoted, shown
 from ..prompting.attempts import client_retries, tries_of
 from ..routing.catalog import get_purpose_collisions, get_purpose_owner
@@ -50,10 +41,10 @@ from ..routing.keys import KeyStatus, key_status
 from ..routing.models import ModelRegistry, current_registry, find_model
 from ..routing.overlay import config_for
 from ..routing.permissions import USE
-from ..routing.policy import Policy, policy_for, screen
+from ..routing.policy import Policy, RefusalKind, allowlist_of, policy_for, screen
 from ..routing.purposes import Purpose, purpose_name
 from ..routing.requirements import NOTHING_REQUIRED, Requirements
-from ..routing.route import route
+from ..routing.route import requirements_for, route
 from .checks import (
     MissingModel,
     UnregisteredPurpose,
@@ -80,7 +71,7 @@ __all__ = [
     "MayUse",
     "PurposeRoute",
     "ROUTE_TIMEOUT_SECONDS",
-    "Refusal",
+    "RefusedAs",
     "Route",
     "RoutingReport",
     "Setting",
@@ -95,7 +86,9 @@ __all__ = [
 ]
 
 
-# --- from _operator.use_report.py
+# Who may use each purpose.
+
+
 @dataclass(frozen=True, slots=True)
 class UseRule:
     """One configured allow block for ``llm-use``.
@@ -182,19 +175,17 @@ def with_may_use(document: dict[str, object], may_use: Mapping[str, MayUse]) -> 
     return document
 
 
-# --- from _operator.resilience.py
-Refusal: TypeAlias = Literal[
-    "blocked",
-    "not_allowed",
-    "lacks_requirement",
-    "keyless",
-    "filtered",
+# Each purpose's chain: the routed model, then every fallback in order.
+
+RefusedAs: TypeAlias = Literal[
+    RefusalKind,
     "not_installed",
     "routed_model",
     "repeated",
     "unchecked",
 ]
-"""Why a fallback would not be tried (see ``ChainLink.refused_as``)."""
+"""Why a fallback would not be tried (see ``ChainLink.refused_as``): the policy's own kind of
+refusal (``RefusalKind``), or one about the chain itself."""
 
 SettingValue: TypeAlias = "int | float | tuple[str, ...] | None"
 _DEFAULTS: Final = Resilience()
@@ -251,7 +242,7 @@ class ChainLink:
     role: Literal["routed", "fallback"]
     path: str | None
     refusal: str | None
-    refused_as: Refusal | None
+    refused_as: RefusedAs | None
     key: KeyStatus | None
     rpm: float | None
     concurrency: int | None
@@ -322,33 +313,20 @@ class Chain:
 
 
 def _settings(policy: Policy) -> tuple[Setting, Setting, Setting, Setting]:
-    """The purpose's value of each setting, else the global one, with where it is set."""
-    config = policy.config
-    purpose_config = config.purpose(policy.purpose)
-    applied = config.resilience_for(policy.purpose)
-    found: list[Setting] = []
-    for name in ("retries", "timeout", "deadline", "fallback_on"):
-        value: SettingValue = getattr(applied, name)
-        if purpose_config is not None and getattr(purpose_config, name) is not None:
-            set_at: str | None = f"{CONFIG_ROOT}.purposes.{policy.purpose}.{name}"
-        elif getattr(config.resilience, name) != getattr(_DEFAULTS, name):
-            set_at = f"{CONFIG_ROOT}.{name}"
-        else:
-            set_at = None
-        found.append(Setting(value, set_at))
-    retries, timeout, deadline, fallback_on = found
-    return retries, timeout, deadline, fallback_on
+    """Each setting for the purpose as ``settings_for`` reads it, with where it is set."""
+    settings = settings_for(policy.config, policy.purpose)
+    applied, set_at = settings.resilience, settings.set_at
+    return (
+        Setting(applied.retries, set_at["retries"]),
+        Setting(applied.timeout, set_at["timeout"]),
+        Setting(applied.deadline, set_at["deadline"]),
+        Setting(applied.fallback_on, set_at["fallback_on"]),
+    )
 
 
 def _written(policy: Policy) -> list[tuple[str, ModelRef]]:
     """The fallbacks that apply to the purpose, as written, each with its path."""
-    purpose_config = policy.config.purpose(policy.purpose)
-    if purpose_config is not None and purpose_config.fallbacks is not None:
-        base = f"{CONFIG_ROOT}.purposes.{policy.purpose}.fallbacks"
-        refs = purpose_config.fallbacks
-    else:
-        base, refs = f"{CONFIG_ROOT}.fallbacks", policy.config.resilience.fallbacks
-    return [(f"{base}[{index}]", ref) for index, ref in enumerate(refs)]
+    return settings_for(policy.config, policy.purpose).fallback_paths()
 
 
 def _link(
@@ -356,7 +334,7 @@ def _link(
     retries: int,
     model_id: str,
     path: str | None,
-    refusal: tuple[str, Refusal] | None,
+    refusal: tuple[str, RefusedAs] | None,
     key: KeyStatus | None,
 ) -> ChainLink:
     """Build one link, its limits and the provider client's own retries read for it."""
@@ -430,7 +408,7 @@ async def _chain(
     for path, ref in _written(policy):
         model_id = policy.canonical(ref.model_id)
         model = find_model(ref.model_id, policy.registry)
-        refusal: tuple[str, Refusal] | None = None
+        refusal: tuple[str, RefusedAs] | None = None
         key: KeyStatus | None = None
         if model_id == routed_id:
             refusal = (_ROUTED_MODEL, "routed_model")
@@ -440,7 +418,7 @@ async def _chain(
             refusal = ("it is not installed", "not_installed")
         else:
             key = await key_status(datasette, policy.reference(model_id).keys, model)
-            refusal = await _screened(datasette, policy, model, requires, key)
+            refusal = await _screened(datasette, policy, model, requires)
         seen.setdefault(model_id, path)
         chain.append(_link(policy, retries, ref.model_id, path, refusal, key))
     return Chain(tuple(chain), *settings)
@@ -451,25 +429,13 @@ async def _screened(
     policy: Policy,
     model: AsyncModel,
     requires: Requirements,
-    key: KeyStatus,
-) -> tuple[str, Refusal] | None:
-    """Ask the policy about ``model`` as ``routing.admit`` does; name the kind of a refusal."""
+) -> tuple[str, RefusedAs] | None:
+    """Ask the policy about ``model`` as ``routing.admit`` does: its reason and kind, if any."""
     screening = await screen(datasette, policy, [model], None, require_keys=True, requires=requires)
     if screening.models:
         return None
-    reason = screening.refused[model.model_id]
-    kind: Refusal
-    if model.model_id in policy.blocked:
-        kind = "blocked"
-    elif policy.refusal(model.model_id) is not None:
-        kind = "not_allowed"
-    elif requires.missing(model):
-        kind = "lacks_requirement"
-    elif not key.available:
-        kind = "keyless"
-    else:
-        kind = "filtered"
-    return reason, kind
+    refusal = screening.refused[model.model_id]
+    return refusal.reason, refusal.kind
 
 
 def _unchecked_chain(policy: Policy, routed_id: str | None, reason: str) -> Chain:
@@ -484,7 +450,8 @@ def _unchecked_chain(policy: Policy, routed_id: str | None, reason: str) -> Chai
     return Chain(tuple(links), *settings)
 
 
-# --- from _operator.report.py
+# The report.
+
 ROUTE_TIMEOUT_SECONDS: float = 2.0
 """How long the report waits for one purpose's routing and the check of its fallbacks together
 (a hanging ``llm_default_model`` or ``llm_filter_models`` hook)."""
@@ -685,11 +652,10 @@ async def _route(
     """Route one purpose, then check its fallbacks, within ``ROUTE_TIMEOUT_SECONDS``."""
     started = time.monotonic()
     route_, options = await _routed(datasette, config, registry, purpose)
-    declared = purpose if isinstance(purpose, Purpose) else None
-    policy = policy_for(config, purpose_name(purpose), registry)
+    policy = policy_for(datasette, config, purpose_name(purpose), registry)
     left = max(0.0, ROUTE_TIMEOUT_SECONDS - (time.monotonic() - started))
     routed = (route_.model_id, route_.key)
-    requires = declared.requires if declared else NOTHING_REQUIRED
+    requires = requirements_for(datasette, purpose)
     chain = await build_chain(datasette, policy, routed, requires, timeout=left)
     return route_, options, chain
 
@@ -738,26 +704,19 @@ async def _routed(
 async def _allowed(
     datasette: Datasette, policy: Policy, registry: ModelRegistry
 ) -> tuple[AllowedModel, ...] | None:
-    """List the purpose's allowlist: configured defaults first, then configuration order."""
-    if policy.allowlist is None:
+    """List the purpose's allowlist as written, in its order (``allowlist_of``)."""
+    written = allowlist_of(policy.config, policy.purpose)
+    if written is None:
         return None
-    config = policy.config
-    purpose_config = config.purpose(policy.purpose)
-    written: list[str] = []
-    if purpose_config is not None and purpose_config.model is not None:
-        written.append(purpose_config.model.model_id)
-    if config.default_model is not None:
-        written.append(config.default_model.model_id)
-    if purpose_config is not None:
-        written.extend(ref.model_id for ref in purpose_config.models or ())
-    written.extend(config.models or ())
     allowed: list[AllowedModel] = []
-    for model_id in dict.fromkeys(written):
+    for model_id in written:
         model = registry.by_name.get(model_id)
         key = None
         if model is not None:
             key = await key_status(datasette, policy.reference(model_id).keys, model)
-        allowed.append(AllowedModel(model_id, model is not None, policy.refusal(model_id), key))
+        refusal = policy.refusal(model_id)
+        reason = None if refusal is None else refusal.reason
+        allowed.append(AllowedModel(model_id, model is not None, reason, key))
     return tuple(allowed)
 
 
@@ -770,7 +729,7 @@ async def _purpose_route(
 ) -> PurposeRoute:
     purpose_config = config.purpose(name)
     configured = purpose_config.model if purpose_config is not None else None
-    policy = policy_for(config, name, registry)
+    policy = policy_for(datasette, config, name, registry)
     route_, options, chain = await _route(datasette, config, registry, declared or name)
     return PurposeRoute(
         name=name,
@@ -784,7 +743,7 @@ async def _purpose_route(
         allowed=await _allowed(datasette, policy, registry),
         blocked_models=tuple(sorted(policy.blocked)),
         chain=chain,
-        requires=tuple(declared.requires.names()) if declared is not None else (),
+        requires=tuple(requirements_for(datasette, declared or name).names()),
     )
 
 
@@ -796,7 +755,7 @@ async def build_report(datasette: Datasette) -> RoutingReport:
     """
     validation = validate_datasette(datasette)
     config = config_for(datasette)
-    registry = current_registry()
+    registry = current_registry(datasette)
     purposes, catalog_problem = purposes_or_problem(datasette)
     routes = [
         await _purpose_route(datasette, config, registry, purpose.name, purpose)
@@ -824,7 +783,8 @@ async def build_report(datasette: Datasette) -> RoutingReport:
     )
 
 
-# --- from _operator.serving.py
+# Whether every purpose can be served.
+
 _ASKED: Final = frozenset({"keyless", "filtered", "unchecked"})
 """Refusals only asking the policy finds; validation reports the configuration's own."""
 
@@ -848,7 +808,7 @@ async def _key_problem(
     route: Route,
 ) -> ConfigProblem | None:
     model = registry.by_name.get(ref.model_id)
-    policy = policy_for(config, purpose, registry)
+    policy = policy_for(datasette, config, purpose, registry)
     if model is None or policy.refusal(ref.model_id) is not None:
         return None  # not installed, or blocked: validation already says so
     status = await key_status(datasette, policy.reference(ref.model_id).keys, model)

@@ -10,7 +10,7 @@ from datasette.utils.asgi import Response
 
 from ..errors import ConfigurationError
 from ..routing.overlay import config_for
-from ..routing.permissions import can_manage_routing
+from ..routing.permissions import can_manage_routing, is_root
 from ..usage.summary import build_usage
 from .chart import build_chart
 from .edit import build_edits
@@ -43,7 +43,7 @@ async def can_view_routing(datasette: Datasette, actor: Mapping[str, object] | N
     The root actor (``datasette --root``) always may, even when a ``permissions:`` block in
     datasette.yaml grants ``llm-view-routing`` only to others; otherwise Datasette decides.
     """
-    if datasette.root_enabled and actor is not None and actor.get("id") == "root":
+    if is_root(datasette, actor):
         return True
     return await datasette.allowed(action=VIEW_ROUTING, actor=actor)
 

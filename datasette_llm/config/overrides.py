@@ -6,10 +6,11 @@ every write must name (a write based on an older version is an ``OverrideConflic
 silent overwrite); ``datasette_llm_audit`` holds one row per write, who made it, when, and the
 override before and after.
 
-Each Datasette keeps its overrides in memory, loaded once (``load_overrides``, awaited by the
-``startup`` hook, and started by the first ``overrides_of`` otherwise) and replaced, as a new
-mapping, by every ``save_override``. ``datasette_llm.config_source.config_for`` lays them over
-the configuration. Another process writing the same database file is seen at its next start.
+Each Datasette keeps its overrides in memory, in its ``State``: loaded once (``load_overrides``,
+awaited by the ``startup`` hook, and started by the first ``overrides_of`` otherwise) and
+replaced, as a new mapping, by every ``save_override``. ``routing.overlay.config_for`` lays them
+over the configuration. Another process writing the same database file is seen at its next
+start.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
-from weakref import WeakKeyDictionary
 
 from ..log import logger
+from ..state import Slot, state_of
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -182,10 +183,20 @@ class OverrideConflict(Exception):
 
 NO_OVERRIDES: Final[Mapping[str, StoredOverride]] = MappingProxyType({})
 
-_loaded: WeakKeyDictionary[Datasette, Mapping[str, StoredOverride]] = WeakKeyDictionary()
-_loading: WeakKeyDictionary[Datasette, asyncio.Task[Mapping[str, StoredOverride]]] = (
-    WeakKeyDictionary()
-)
+
+@dataclass(slots=True)
+class _Held:
+    """The overrides of one Datasette held in memory, and the task reading them."""
+
+    loaded: Mapping[str, StoredOverride] | None = None
+    loading: asyncio.Task[Mapping[str, StoredOverride]] | None = None
+
+
+_HELD: Final[Slot[_Held]] = Slot("the routing overrides")
+
+
+def _held(datasette: Datasette) -> _Held:
+    return state_of(datasette).setdefault(_HELD, _Held)
 
 
 def version_of(overrides: Mapping[str, StoredOverride], purpose: str) -> int:
@@ -199,15 +210,15 @@ def overrides_of(datasette: Datasette) -> Mapping[str, StoredOverride]:
 
     Before they are loaded, return none, and start loading them if an event loop is running.
     """
-    loaded = _loaded.get(datasette)
-    if loaded is not None:
-        return loaded
-    if datasette not in _loading:
+    held = _held(datasette)
+    if held.loaded is not None:
+        return held.loaded
+    if held.loading is None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return NO_OVERRIDES
-        task = _loading[datasette] = loop.create_task(_load(datasette))
+        task = held.loading = loop.create_task(_load(datasette))
         task.add_done_callback(_retrieved)  # a failure is logged, and retried when awaited
     return NO_OVERRIDES
 
@@ -222,17 +233,17 @@ async def load_overrides(datasette: Datasette) -> Mapping[str, StoredOverride]:
 
     Once loaded they stay in memory: calling this again costs nothing.
     """
-    loaded = _loaded.get(datasette)
-    if loaded is not None:
-        return loaded
-    task = _loading.get(datasette)
+    held = _held(datasette)
+    if held.loaded is not None:
+        return held.loaded
+    task = held.loading
     loop = asyncio.get_running_loop()
     if (
         task is None
         or task.get_loop() is not loop
         or (task.done() and (task.cancelled() or task.exception() is not None))
     ):
-        task = _loading[datasette] = loop.create_task(_load(datasette))
+        task = held.loading = loop.create_task(_load(datasette))
     return await asyncio.shield(task)
 
 
@@ -247,7 +258,10 @@ async def _load(datasette: Datasette) -> Mapping[str, StoredOverride]:
         logger.warning("datasette-llm: cannot read the routing overrides: %s", error)
         raise
     overrides = {row[0]: _stored(tuple(row)) for row in result.rows}
-    return _loaded.setdefault(datasette, MappingProxyType(overrides))
+    held = _held(datasette)
+    if held.loaded is None:  # the first read to finish is kept
+        held.loaded = MappingProxyType(overrides)
+    return held.loaded
 
 
 def _stored(row: tuple[object, ...]) -> StoredOverride:
@@ -328,7 +342,8 @@ async def save_override(
 
     outcome: tuple[bool, StoredOverride] = await db.execute_write_fn(write)
     written, stored = outcome
-    _loaded[datasette] = MappingProxyType({**_loaded.get(datasette, NO_OVERRIDES), purpose: stored})
+    held = _held(datasette)
+    held.loaded = MappingProxyType({**(held.loaded or NO_OVERRIDES), purpose: stored})
     if not written:
         raise OverrideConflict(purpose, based_on, stored)
     return stored

@@ -1,16 +1,14 @@
-"""Reading single values of the ``datasette-llm`` configuration, each checked where it stands.
-
-``Reader`` collects every problem with its configuration path instead of stopping at the first;
-``datasette_llm.config_parser`` builds the whole configuration with it.
-
-Reading the usage settings: ``pricing``, ``usage`` and each purpose's ``budget``.
-
-Reading the ``plugins: datasette-llm:`` configuration from Datasette into typed values.
+"""Read the ``plugins: datasette-llm:`` configuration into typed values, each problem with its path.
 
 The configuration is read as written in ``datasette.yaml`` (or metadata, or ``config=``), before
 Datasette substitutes ``{$env: NAME}`` and ``{$file: PATH}``: those are resolved here, except
 under ``key:``, where they stay references, so that a key's value is read only when it is used
 and is never mistaken for the name of a secret.
+
+``Reader`` reads single values, each checked where it stands, and collects every problem with
+its configuration path instead of stopping at the first; ``parse_config`` and
+``parse_with_sources`` build the whole configuration with it, the usage settings (``pricing``,
+``usage``, each purpose's ``budget``) included.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, TypedDict
+from typing import Any, Final, TypedDict
 
 from ..errors import (
     ConfigProblem,
@@ -60,7 +58,8 @@ __all__ = [
 ]
 
 
-# --- from config_reader.py
+# Single values.
+
 FALLBACK_KINDS: Final = tuple(kind for kind in ERROR_KINDS if kind != "unknown")
 FAILED: Final = object()  # what value() returns when a $env or $file reference fails
 # A datasette-secrets secret is also read from the environment variable DATASETTE_SECRETS_<NAME>,
@@ -263,7 +262,8 @@ class Reader:
         return default
 
 
-# --- from config_usage.py
+# The usage settings: ``pricing``, ``usage`` and each purpose's ``budget``.
+
 _PRICE_KEYS: Final = ("input", "output", "cached_input")
 _USAGE_KEYS: Final = ("enabled", "database", "retention_days")
 _BUDGET_KEYS: Final = ("usd", "per", "then")
@@ -384,7 +384,8 @@ class UsageReader(Reader):
         return None
 
 
-# --- from config_parser.py
+# The whole configuration.
+
 _RESILIENCE_KEYS: Final = ("fallbacks", "retries", "timeout", "deadline", "fallback_on")
 _TOP_KEYS: Final = (
     "default_model",
@@ -569,8 +570,11 @@ class _Parser(UsageReader):
         default = raw.get("default_model")
         models = raw.get("models")
         purposes = self.purposes(raw.get("purposes"))
-        settings = self.resilience(raw, CONFIG_ROOT)
-        unset = Resilience()
+        # A global setting not written is the built-in default: Resilience's own field default.
+        written = self.resilience(raw, CONFIG_ROOT)
+        settings: dict[str, Any] = {
+            name: value for name, value in written.items() if value is not None
+        }
         return LLMConfig(
             default_model=(
                 None if default is None else self.model_ref(default, f"{CONFIG_ROOT}.default_model")
@@ -586,19 +590,7 @@ class _Parser(UsageReader):
             purposes=purposes,
             pricing=self.pricing(raw.get("pricing")),
             usage=self.usage(raw.get("usage")),
-            resilience=Resilience(
-                fallbacks=unset.fallbacks
-                if settings["fallbacks"] is None
-                else settings["fallbacks"],
-                retries=unset.retries if settings["retries"] is None else settings["retries"],
-                timeout=settings["timeout"],
-                deadline=settings["deadline"],
-                fallback_on=(
-                    unset.fallback_on
-                    if settings["fallback_on"] is None
-                    else settings["fallback_on"]
-                ),
-            ),
+            resilience=Resilience(**settings),
         )
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
+from typing import TYPE_CHECKING, Final
 
+from ..state import Slot, state_of
 from .parser import parse_with_sources
 from .values import PLUGIN_NAME, LLMConfig
 
@@ -133,7 +133,7 @@ def served_files_conflict() -> str | None:
     )
 
 
-_cache: WeakKeyDictionary[Datasette, _Parsed] = WeakKeyDictionary()
+_PARSED: Final[Slot[_Parsed]] = Slot("the configuration as written")
 
 
 def written_config_for(datasette: Datasette) -> LLMConfig:
@@ -148,16 +148,20 @@ def written_config_for(datasette: Datasette) -> LLMConfig:
         ConfigurationError: The configuration is malformed (``problems`` lists where).
     """
     settings, plugins, section = raw_section(datasette)
-    cached = _cache.get(datasette)
+    state = state_of(datasette)
+    cached = state.get(_PARSED)
     if cached is not None and cached.is_current(settings, plugins, section):
         return cached.config
     parsed = parse_with_sources(section)
-    _cache[datasette] = _Parsed(
-        settings,
-        plugins,
-        section,
-        tuple((name, os.environ.get(name)) for name in parsed.env_names),
-        tuple((path, _mtime(path)) for path in parsed.file_paths),
-        parsed.config,
+    state.put(
+        _PARSED,
+        _Parsed(
+            settings,
+            plugins,
+            section,
+            tuple((name, os.environ.get(name)) for name in parsed.env_names),
+            tuple((path, _mtime(path)) for path in parsed.file_paths),
+            parsed.config,
+        ),
     )
     return parsed.config

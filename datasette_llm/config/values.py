@@ -1,6 +1,8 @@
 """The ``plugins: datasette-llm:`` configuration as frozen typed values.
 
-``datasette_llm.config_parser`` reads it from Datasette into these.
+``datasette_llm.config_parser`` reads it from Datasette into these. ``settings_for`` reads what
+routing does on failure for one purpose, each value with the configuration path that sets it:
+prompts, the routing page, ``datasette llm`` and validation all read the settings there.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 from ..provider_errors import DEFAULT_FALLBACK_ON, ErrorKind
 
@@ -27,7 +29,11 @@ __all__ = [
     "BudgetPeriod",
     "PurposeConfig",
     "Resilience",
+    "SETTING_NAMES",
+    "SettingName",
+    "Settings",
     "UsageSettings",
+    "settings_for",
 ]
 
 BudgetPeriod: TypeAlias = Literal["day", "week", "month"]
@@ -220,24 +226,11 @@ class LLMConfig:
         return self.purposes.get(name)
 
     def resilience_for(self, name: str | None) -> Resilience:
-        """Return what routing does on failure for purpose ``name``: its settings, else global."""
-        purpose_config = self.purpose(name)
-        base = self.resilience
-        if purpose_config is None:
-            return base
-        return Resilience(
-            fallbacks=base.fallbacks
-            if purpose_config.fallbacks is None
-            else purpose_config.fallbacks,
-            retries=base.retries if purpose_config.retries is None else purpose_config.retries,
-            timeout=base.timeout if purpose_config.timeout is None else purpose_config.timeout,
-            deadline=base.deadline if purpose_config.deadline is None else purpose_config.deadline,
-            fallback_on=(
-                base.fallback_on
-                if purpose_config.fallback_on is None
-                else purpose_config.fallback_on
-            ),
-        )
+        """Return what routing does on failure for purpose ``name``: its settings, else global.
+
+        The values of ``settings_for(self, name)``, without where each is set.
+        """
+        return settings_for(self, name).resilience
 
     def all_refs(self) -> Iterator[tuple[str, ModelRef]]:
         """Yield ``(config_path, ref)`` for every model reference in the configuration."""
@@ -252,3 +245,64 @@ class LLMConfig:
                 yield f"{CONFIG_ROOT}.purposes.{name}.fallbacks[{index}]", ref
         for index, ref in enumerate(self.resilience.fallbacks):
             yield f"{CONFIG_ROOT}.fallbacks[{index}]", ref
+
+
+SettingName: TypeAlias = Literal["fallbacks", "retries", "timeout", "deadline", "fallback_on"]
+"""A setting of what routing does on failure, at the top level or under ``purposes.<name>``."""
+
+SETTING_NAMES: Final[tuple[SettingName, ...]] = get_args(SettingName)
+
+_BUILT_IN: Final = Resilience()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What routing does on failure for one purpose, and where each value is set.
+
+    Attributes:
+        purpose: The purpose, or ``None`` for calls without one.
+        resilience: The values in effect: the purpose's own, else the global ones, else the
+            built-in defaults.
+        set_at: For each setting, the configuration path that sets it, or ``None`` for the
+            built-in default (a global value equal to the default counts as the default).
+    """
+
+    purpose: str | None
+    resilience: Resilience
+    set_at: Mapping[SettingName, str | None]
+
+    def is_own(self, name: SettingName) -> bool:
+        """Return whether the purpose sets ``name`` itself, under ``purposes.<purpose>``."""
+        return self.purpose is not None and self.set_at[name] == _own_path(self.purpose, name)
+
+    def fallback_paths(self) -> list[tuple[str, ModelRef]]:
+        """Return each fallback with the path of its entry, e.g. ``...fallbacks[0]``."""
+        base = self.set_at["fallbacks"]
+        if base is None:
+            return []
+        return [(f"{base}[{index}]", ref) for index, ref in enumerate(self.resilience.fallbacks)]
+
+
+def settings_for(config: LLMConfig, purpose: str | None) -> Settings:
+    """Return what routing does on failure for ``purpose``, each value with where it is set.
+
+    A setting under ``purposes.<purpose>`` wins over the global one, which wins over the
+    built-in default. ``purpose`` ``None`` is a call without a purpose: the global settings.
+    """
+    own = config.purpose(purpose)
+    values: dict[str, Any] = {}
+    set_at: dict[SettingName, str | None] = {}
+    for name in SETTING_NAMES:
+        mine = None if own is None else getattr(own, name)
+        if mine is not None:
+            values[name] = mine
+            set_at[name] = _own_path(purpose, name)
+            continue
+        values[name] = written = getattr(config.resilience, name)
+        set_at[name] = None if written == getattr(_BUILT_IN, name) else f"{CONFIG_ROOT}.{name}"
+    resilience = config.resilience if own is None else Resilience(**values)
+    return Settings(purpose, resilience, MappingProxyType(set_at))
+
+
+def _own_path(purpose: str | None, name: SettingName) -> str:
+    return f"{CONFIG_ROOT}.purposes.{purpose}.{name}"

@@ -10,6 +10,9 @@ tried on the kinds in ``fallback_on``. An ``unknown`` error is raised as it is, 
 client behind llm's OpenAI models (and the ``anthropic`` client) retries twice on its own, so
 each try of such a model is up to 3 requests, and datasette-llm makes ``ceil((retries + 1) / 3)``
 tries: one with the default ``retries: 2``, never ``retries + 1`` tries of 3 requests each.
+
+Under stamina's test mode (``stamina.set_testing``, which the ``FakeModelRouter`` turns on) no
+backoff waits and stamina sets the number of tries; a wait past the deadline still gives up.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 import stamina
 
+from ..config.values import settings_for
 from ..provider_errors import (
     RETRIED_KINDS,
     Attempt,
@@ -45,10 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Once",
-    "TestMode",
     "client_retries",
     "run_attempts",
-    "set_test_mode",
     "tries_of",
     "within",
 ]
@@ -71,29 +73,6 @@ _SELF_RETRYING: Final = {
 _WAIT_INITIAL: Final = 0.5
 _WAIT_MAX: Final = 10.0
 _WAIT_JITTER: Final = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class TestMode:
-    """How attempts run under the ``FakeModelRouter``.
-
-    Attributes:
-        active: Whether a fake router is active: backoff never waits.
-        retries: Whether a model is retried (else each model is tried once, then the next).
-    """
-
-    active: bool = False
-    retries: bool = False
-
-
-_mode = TestMode()
-
-
-def set_test_mode(mode: TestMode) -> TestMode:
-    """Set how attempts run (the fake router does, while it is active); return the old mode."""
-    global _mode
-    previous, _mode = _mode, mode
-    return previous
 
 
 def tries_of(model: AsyncModel, retries: int) -> int:
@@ -162,7 +141,7 @@ async def run_attempts(meter: Meter, once: Once[T]) -> T:
     """
     datasette, primary, actor, result = meter.datasette, meter.primary, meter.actor, meter.result
     config = primary.policy.config
-    settings = config.resilience_for(primary.policy.purpose)
+    settings = settings_for(config, primary.policy.purpose).resilience
     deadline = None if settings.deadline is None else time.monotonic() + settings.deadline
     prompt = _Prompt(settings, _Clock(deadline), meter, once)
     plan: tuple[str, ...] = (primary.resolution.model_id, *primary.resolution.fallbacks)
@@ -264,10 +243,6 @@ class _Prompt(Generic[T]):
         """Try one model, retrying it while its errors allow and the deadline holds."""
         clock = self.clock
         tries = tries_of(routed.model, self.settings.retries)
-        waits = (_WAIT_INITIAL, _WAIT_MAX, _WAIT_JITTER)
-        if _mode.active:
-            tries = tries if _mode.retries else 1
-            waits = (0.0, 0.0, 0.0)
 
         def backoff(error: Exception) -> bool | float:
             if not isinstance(error, ProviderError) or error.kind not in RETRIED_KINDS:
@@ -276,17 +251,15 @@ class _Prompt(Generic[T]):
             wait = max(error.retry_after or 0.0, gate.cooling())
             if left is not None and wait >= left:
                 return False
-            if _mode.active:
-                return 0.0
             return wait if wait else True
 
         async for retry in stamina.retry_context(
             on=backoff,
             attempts=tries,
             timeout=clock.left(),
-            wait_initial=waits[0],
-            wait_max=waits[1],
-            wait_jitter=waits[2],
+            wait_initial=_WAIT_INITIAL,
+            wait_max=_WAIT_MAX,
+            wait_jitter=_WAIT_JITTER,
         ):
             with retry:
                 return await self._try(routed, gate)

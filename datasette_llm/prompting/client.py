@@ -1,6 +1,7 @@
-"""``LLM.group()``: a block whose prompts form one ``Group``, finished before ``llm_group_exit``.
+"""``LLM``: the entry point a plugin uses to get a model by purpose, a list of models, or a group.
 
-``LLM``: the entry point a plugin uses to get a model by purpose.
+``LLM.group()`` is a block whose prompts form one ``Group``, every response finished before
+``llm_group_exit`` runs.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import llm
 from ..config.values import LLMConfig
 from ..errors import ModelNotFoundError
 from ..log import logger
-from ..routing.catalog import get_purpose
 from ..routing.models import current_registry
 from ..routing.overlay import config_for
 from ..routing.permissions import check_use
 from ..routing.policy import policy_for, screen
 from ..routing.purposes import Purpose, purpose_name
-from ..routing.requirements import Requirements, combined
-from ..routing.route import route
+from ..routing.requirements import Requirements
+from ..routing.route import requirements_for, route
 from ..usage.ledger import ledger_for, read_records
 from .hooks import call_llm_group_exit
 from .results import Group
@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["LLM", "open_group"]
 
 
-# --- from groups.py
+# Groups.
+
+
 @asynccontextmanager
 async def open_group(
     datasette: Datasette, routed: Routed, actor: Actor | None
@@ -121,7 +123,9 @@ async def _group_exit(target: Target, group: Group, quiet: bool) -> None:
         # Logged by call_llm_group_exit; the exception already on its way out wins.
 
 
-# --- from client.py
+# The client.
+
+
 class LLM:
     """Get models by purpose, routed by the operator's configuration and plugins' hooks.
 
@@ -182,8 +186,9 @@ class LLM:
         """Return the model for ``purpose`` (or ``model_id``), wrapped so prompts run the hooks.
 
         An explicit ``model_id`` is used as given, unless it is blocked: allowlists and
-        requirements apply only to routing. ``requires`` adds to the purpose's own
-        ``Purpose.requires``: routing and fallbacks skip models that lack either.
+        requirements apply only to routing and to its fallbacks. ``requires`` adds to what the
+        purpose requires (``Purpose.requires``, also for a purpose given by name): routing and
+        fallbacks skip models that lack either.
 
         Raises:
             ModelBlockedError: The explicit ``model_id`` is blocked for this purpose.
@@ -242,12 +247,9 @@ class LLM:
         name = purpose_name(purpose)
         config = self.config  # a configuration error comes first
         await check_use(self._datasette, actor, name)
-        registry = current_registry()
-        policy = policy_for(config, name, registry)
-        declared = purpose if isinstance(purpose, Purpose) else None
-        if declared is None and name is not None:
-            declared = get_purpose(self._datasette, name)
-        needs = combined(declared.requires if declared is not None else None, requires)
+        registry = current_registry(self._datasette)
+        policy = policy_for(self._datasette, config, name, registry)
+        needs = requirements_for(self._datasette, purpose, requires)
         screening = await screen(
             self._datasette,
             policy,

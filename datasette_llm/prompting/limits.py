@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 from aiolimiter import AsyncLimiter
 
 from ..provider_errors import ProviderError
+from ..state import Slot, state_of
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -127,15 +127,15 @@ class Gate:
         )
 
 
-_gates: weakref.WeakKeyDictionary[Datasette, dict[tuple[str, float | None, int | None], Gate]]
-_gates = weakref.WeakKeyDictionary()
+# By model id and limits (rpm, concurrency).
+_GATES: Final[Slot[dict[tuple[str, float | None, int | None], Gate]]] = Slot("the gates")
 
 
 def gate_for(
     datasette: Datasette, model_id: str, rpm: float | None, concurrency: int | None
 ) -> Gate:
     """Return the gate of ``model_id`` with these limits for ``datasette``."""
-    gates = _gates.setdefault(datasette, {})
+    gates = state_of(datasette).setdefault(_GATES, dict)
     key = (model_id, rpm, concurrency)
     gate = gates.get(key)
     if gate is None:

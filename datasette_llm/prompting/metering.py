@@ -4,6 +4,10 @@ A record is made for each response once it has completed (each step of a chain i
 for each attempt that failed. It goes to the ledger (unless ``usage: {enabled: false}``), to
 OpenTelemetry (``datasette_llm.telemetry``), to the prompt's ``PromptResult.usage`` (which the
 ``llm_prompt_context`` hooks see) and to every ``LLM.on_usage`` listener.
+
+A prompt is priced and metered under the configuration that routed it (``Routed.policy``), which
+its fallbacks are admitted under too: a configuration changed while it runs applies to the next
+prompt routed, never to this one's price.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from ..config.values import Price
 from ..log import logger
-from ..routing.overlay import config_for
 from ..usage import telemetry
 from ..usage.ledger import ledger_for
 from ..usage.records import (
@@ -64,7 +67,8 @@ class Meter:
 
     Attributes:
         datasette: The Datasette instance.
-        primary: The model routing chose for the prompt.
+        primary: The model routing chose for the prompt; its policy's configuration prices and
+            meters every attempt.
         actor: The actor the prompt is for, or ``None``.
         result: The ``PromptResult`` the records are added to.
     """
@@ -114,7 +118,7 @@ class Meter:
         first_token: float | None,
     ) -> None:
         now = time.monotonic()
-        config = config_for(self.datasette)
+        config = self.primary.policy.config
         model_id = routed.resolution.model_id
         input_tokens, output_tokens, cached = tokens
         actor_id = self.actor.get("id") if self.actor else None

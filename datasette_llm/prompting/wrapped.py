@@ -1,12 +1,10 @@
-"""The wrapped chain: llm's ``AsyncChainResponse`` with the hooks around its whole iteration.
+"""The wrapped model, conversation and chain: llm's objects whose prompts take the one prompt path.
 
 Streamed through ``async for``, ``text()`` or ``astream_events()``, a chain is one attempt up to
 its first chunk: when a step fails before anything has reached the caller, the chain goes on,
-on the same model or the next fallback (``datasette_llm.attempts``), from that step: the first
-step starts again, a later one is sent with the messages llm built for it, so no tool runs
-twice. Once a chunk has reached the caller, a failure ends the chain: no text is repeated.
-
-The wrapped model and conversation: llm's objects whose prompts take the one prompt path.
+on the same model or the next fallback (``datasette_llm.prompting.attempts``), from that step:
+the first step starts again, a later one is sent with the messages llm built for it, so no tool
+runs twice. Once a chunk has reached the caller, a failure ends the chain: no text is repeated.
 """
 
 from __future__ import annotations
@@ -47,7 +45,8 @@ __all__ = [
 ]
 
 
-# --- from chains.py
+# The wrapped chain.
+
 ITERATED_ONCE: Final = (
     "Chain responses can only be iterated once: call model.chain() again for a new chain."
 )
@@ -247,7 +246,9 @@ async def _first(stream: AsyncIterator[Item]) -> object:
         return _END
 
 
-# --- from wrapped.py
+# The wrapped model and conversation.
+
+
 class _Prompting:
     """What the wrapped model and the wrapped conversation share: where prompts go."""
 

@@ -1,17 +1,17 @@
 """The catalog of purposes registered by installed plugins, with collisions kept visible.
 
-It is built once per Datasette and rebuilt when the ``register_llm_purposes`` implementations
-change (a plugin is registered or unregistered).
+It is built once per Datasette, kept in its ``State``, and rebuilt when the
+``register_llm_purposes`` implementations change (a plugin is registered or unregistered).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
+from typing import TYPE_CHECKING, Final
 
 from .._hooks import implementations
 from ..log import logger
+from ..state import Slot, state_of
 from .hooks import call_register_llm_purposes
 from .purposes import Purpose, PurposeCollision
 
@@ -29,8 +29,11 @@ class _Catalog:
     collisions: tuple[PurposeCollision, ...]
 
 
-_cache: WeakKeyDictionary[Datasette, tuple[tuple[object, ...], _Catalog]] = WeakKeyDictionary()
-_warned: set[tuple[str, str | None, str | None]] = set()
+# The register_llm_purposes implementations the catalog was built from, and the catalog.
+_CATALOG: Final[Slot[tuple[tuple[object, ...], _Catalog]]] = Slot("the registered purposes")
+# Each collision logged so far, (name, kept owner, ignored owner): once per process, as the
+# plugins that collide and the log are the process's (see datasette_llm.state).
+_warned: set[tuple[str, str, str]] = set()
 
 
 def _owner(purpose: Purpose, plugin_name: str) -> str:
@@ -77,12 +80,11 @@ def _build(datasette: Datasette) -> _Catalog:
 
 def _catalog(datasette: Datasette) -> _Catalog:
     key = implementations("register_llm_purposes")
-    cached = _cache.get(datasette)
+    state = state_of(datasette)
+    cached = state.get(_CATALOG)
     if cached is not None and cached[0] == key:
         return cached[1]
-    catalog = _build(datasette)
-    _cache[datasette] = (key, catalog)
-    return catalog
+    return state.put(_CATALOG, (key, _build(datasette)))[1]
 
 
 def get_purposes(datasette: Datasette) -> list[Purpose]:

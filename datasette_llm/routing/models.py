@@ -1,11 +1,12 @@
 """llm's installed models, as a snapshot rebuilt only when what it depends on changes.
 
 llm re-runs every plugin's ``register_models`` hook and re-reads ``aliases.json`` on each
-``get_async_model()``. This module does that once and reuses the result until a plugin is
-registered or unregistered on ``llm.plugins.pm``, ``aliases.json`` or
+``get_async_model()``. This module does that once per Datasette and reuses the result until a
+plugin is registered or unregistered on ``llm.plugins.pm``, ``aliases.json`` or
 ``extra-openai-models.yaml`` change, or ``LLM_USER_PATH`` points elsewhere.
 
-A test double (``FakeModelRouter``) may stand in for every model with ``push_model_override``.
+A test double (``FakeModelRouter``) may stand in for every model that routing looks up by name,
+through the public switch ``stand_in_for_models``.
 """
 
 from __future__ import annotations
@@ -13,30 +14,39 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import llm
 from llm import plugins as llm_plugins
 
 from ..errors import Substituted, quoted
+from ..state import Slot, state_of
 
 if TYPE_CHECKING:
+    from datasette.app import Datasette
     from llm import AsyncModel
 
 __all__ = [
-    "ModelOverride",
     "ModelRegistry",
+    "ModelStandIn",
+    "build_registry",
     "current_registry",
     "find_model",
     "lookup_model",
-    "pop_model_override",
-    "push_model_override",
+    "stand_in_for_models",
 ]
 
-ModelOverride = Callable[[str, "AsyncModel | None"], "AsyncModel"]
-"""Given a model id or alias and the installed model (or ``None``), return the model to use."""
+
+class ModelStandIn(Protocol):
+    """What answers for every model while ``stand_in_for_models`` is on (a test double)."""
+
+    def __call__(self, name: str, installed: AsyncModel | None, /) -> AsyncModel | None:
+        """Return the model to use for ``name`` (an id or alias), or ``None`` for none;
+        ``installed`` is llm's own model of that name, or ``None`` if none is installed."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +71,11 @@ class ModelRegistry:
         return name if model is None else model.model_id
 
 
-_cached: tuple[tuple[object, ...], ModelRegistry] | None = None
-_overrides: list[ModelOverride] = []
+# What the snapshot was built from (see _cache_key), and the snapshot.
+_REGISTRY: Final[Slot[tuple[tuple[object, ...], ModelRegistry]]] = Slot("llm's models")
+# The active stand-ins, innermost last: for the whole process, as stamina's test mode is, since a
+# test double stands in for the models of every Datasette.
+_stand_ins: list[ModelStandIn] = []
 
 # File systems keep coarse modification times: a file rewritten twice within one tick keeps its
 # mtime. For a file modified this recently, the stamp includes its content (as git does).
@@ -114,7 +127,11 @@ def _cache_key() -> tuple[object, ...]:
     )
 
 
-def _build() -> ModelRegistry:
+def build_registry() -> ModelRegistry:
+    """Return a new snapshot of llm's async models, as llm lists them now.
+
+    ``current_registry`` keeps one per Datasette; this is for code that has none.
+    """
     models: list[AsyncModel] = []
     by_name: dict[str, AsyncModel] = {}
     sync_only: set[str] = set()
@@ -136,26 +153,29 @@ def _build() -> ModelRegistry:
     )
 
 
-def current_registry() -> ModelRegistry:
-    """Return the registry snapshot, rebuilding it if a plugin, alias or path changed."""
-    global _cached
+def current_registry(datasette: Datasette) -> ModelRegistry:
+    """Return ``datasette``'s snapshot of llm's models, rebuilt if a plugin, alias or path changed.
+
+    Each Datasette keeps its own in its ``State``, collected with it, though what a snapshot is
+    built from (llm's plugins, its user directory) is the same for the whole process.
+    """
+    state = state_of(datasette)
     key = _cache_key()
-    cached = _cached
+    cached = state.get(_REGISTRY)
     if cached is not None and cached[0] == key:
         return cached[1]
-    registry = _build()
-    _cached = (key, registry)
-    return registry
+    return state.put(_REGISTRY, (key, build_registry()))[1]
 
 
-def find_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel | None:
+def find_model(name: str, registry: ModelRegistry) -> AsyncModel | None:
     """Return the async model for an id or alias, or ``None`` if none is installed.
 
-    While a test double is active (``push_model_override``), it answers for every name.
+    While a test double stands in for the models (``stand_in_for_models``), it answers for
+    every name.
     """
-    installed = (registry or current_registry()).by_name.get(name)
-    if _overrides:
-        return _overrides[-1](name, installed)
+    installed = registry.by_name.get(name)
+    if _stand_ins:
+        return _stand_ins[-1](name, installed)
     return installed
 
 
@@ -164,9 +184,8 @@ def shown_name(name: str) -> str:
     return quoted(name) if isinstance(name, Substituted) else name
 
 
-def lookup_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel:
+def lookup_model(name: str, registry: ModelRegistry) -> AsyncModel:
     """Return the async model for an id or alias, raising llm's ``UnknownModelError``."""
-    registry = registry or current_registry()
     model = find_model(name, registry)
     if model is not None:
         return model
@@ -181,11 +200,18 @@ def lookup_model(name: str, registry: ModelRegistry | None = None) -> AsyncModel
     )
 
 
-def push_model_override(override: ModelOverride) -> None:
-    """Answer every model lookup with ``override`` until it is popped (for test doubles)."""
-    _overrides.append(override)
+@contextmanager
+def stand_in_for_models(stand_in: ModelStandIn) -> Iterator[None]:
+    """Let ``stand_in`` answer for every model routing looks up, inside the ``with`` block.
 
-
-def pop_model_override(override: ModelOverride) -> None:
-    """Remove an override added with ``push_model_override``."""
-    _overrides.remove(override)
+    A switch for test doubles, as ``stamina.set_testing`` is for retries: while it is on,
+    ``LLM.model()``, ``LLM.resolve()`` and every fallback get, for each model id or alias,
+    the model ``stand_in`` returns, whether that model is installed or not; the routing rules
+    still decide which name is asked for. Blocks nest: the innermost stand-in answers.
+    ``FakeModelRouter`` is built on it.
+    """
+    _stand_ins.append(stand_in)
+    try:
+        yield
+    finally:
+        _stand_ins.remove(stand_in)

@@ -13,15 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
-from weakref import WeakKeyDictionary
 
 from ..config.overrides import RouteOverride, StoredOverride, overrides_of
 from ..config.parser import parse_config, reference
 from ..config.source import raw_section, written_config_for
 from ..config.values import LLMConfig
 from ..errors import ConfigurationError, quoted
+from ..state import Slot, state_of
 from .models import current_registry
-from .policy import policy_for
+from .policy import Policy
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -103,19 +103,21 @@ def refusal_of(
 ) -> str | None:
     """Return why datasette.yaml does not let ``override`` apply to ``purpose``, or ``None``.
 
-    Checks ``locked`` and, through ``datasette_llm.policy``, that each model it names is one
+    Checks ``locked`` and, through the purpose's ``Policy``, that each model it names is one
     datasette.yaml's configuration allows for the purpose.
     """
     purpose_config = base.purpose(purpose)
     if purpose_config is not None and purpose_config.locked:
         return LOCKED
-    policy = policy_for(base, purpose, registry)
+    policy = Policy(base, purpose, registry)
     for model_id in (override.model, *(override.fallbacks or ())):
         if model_id is None:
             continue
-        reason = policy.refusal(model_id)
-        if reason is not None:
-            return f"the model {quoted(model_id)} may not serve purpose {purpose!r}: {reason}"
+        refusal = policy.refusal(model_id)
+        if refusal is not None:
+            return (
+                f"the model {quoted(model_id)} may not serve purpose {purpose!r}: {refusal.reason}"
+            )
     return None
 
 
@@ -160,9 +162,10 @@ def _parsed(section: object, overrides: Mapping[str, StoredOverride]) -> LLMConf
     return parse_config(raw)
 
 
-_overlaid: WeakKeyDictionary[
-    Datasette, tuple[LLMConfig, Mapping[str, StoredOverride], Overlaid]
-] = WeakKeyDictionary()
+# The written configuration and the overrides that were laid, and the result.
+_OVERLAID: Final[Slot[tuple[LLMConfig, Mapping[str, StoredOverride], Overlaid]]] = Slot(
+    "the configuration in effect"
+)
 
 
 def layers_for(datasette: Datasette) -> Overlaid:
@@ -176,15 +179,16 @@ def layers_for(datasette: Datasette) -> Overlaid:
     """
     base = written_config_for(datasette)
     overrides = overrides_of(datasette)
-    cached = _overlaid.get(datasette)
+    state = state_of(datasette)
+    cached = state.get(_OVERLAID)
     if cached is not None and cached[0] is base and cached[1] is overrides:
         return cached[2]
     if overrides:
-        layers = overlay(raw_section(datasette)[2], base, overrides, current_registry())
+        registry = current_registry(datasette)
+        layers = overlay(raw_section(datasette)[2], base, overrides, registry)
     else:
         layers = Overlaid(base, base)
-    _overlaid[datasette] = (base, overrides, layers)
-    return layers
+    return state.put(_OVERLAID, (base, overrides, layers))[2]
 
 
 def config_for(datasette: Datasette) -> LLMConfig:

@@ -18,7 +18,7 @@ level wins over an allow; a per-purpose rule wins over a global one)::
 A call without a purpose is checked with no resource: only global rules apply to it.
 
 ``llm-manage-routing`` (global) is denied by default, like ``llm-view-routing``. The root actor
-of ``datasette --root`` may always do both.
+of ``datasette --root`` may always do all three: ``is_root`` is the one check of that.
 
 Datasette answers ``allowed()`` with a query of its internal database, about 30 times the cost of
 routing a call; so verdicts are kept per Datasette instance, per actor and purpose, for as long
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeAlias
 
@@ -40,6 +39,7 @@ from datasette.permissions import PermissionSQL, Resource
 
 from ..actors import Actor, actor_id
 from ..errors import is_text, lone_surrogate
+from ..state import Slot, state_of
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -53,6 +53,7 @@ __all__ = [
     "PurposeResource",
     "can_manage_routing",
     "check_use",
+    "is_root",
     "may_use",
     "default_allow",
 ]
@@ -143,16 +144,15 @@ class _Verdicts:
     verdicts: _Table = field(default_factory=dict)
 
 
-# By ``id()`` of the Datasette instance, each entry removed when its instance is collected (a
-# dict lookup costs a fraction of a ``WeakKeyDictionary`` lookup, which makes a weak reference).
-_verdicts: dict[int, _Verdicts] = {}
+_VERDICTS: Final[Slot[_Verdicts]] = Slot("the llm-use verdicts")
 
 
 def _verdicts_of(datasette: Datasette) -> _Table:
     """Return the instance's verdicts, started afresh when its configuration changed."""
     config = datasette.config
     permissions = None if config is None else config.get("permissions")
-    cached = _verdicts.get(id(datasette))
+    state = state_of(datasette)
+    cached = state.get(_VERDICTS)
     if (
         cached is None
         or cached.config is not config
@@ -160,11 +160,18 @@ def _verdicts_of(datasette: Datasette) -> _Table:
         or cached.default_deny != datasette.default_deny
         or len(cached.verdicts) >= VERDICT_LIMIT
     ):
-        if cached is None:
-            weakref.finalize(datasette, _verdicts.pop, id(datasette), None)
-        cached = _Verdicts(config, permissions, datasette.default_deny)
-        _verdicts[id(datasette)] = cached
+        cached = state.put(_VERDICTS, _Verdicts(config, permissions, datasette.default_deny))
     return cached.verdicts
+
+
+def is_root(datasette: Datasette, actor: Actor | None) -> bool:
+    """Return whether ``actor`` is the root actor of ``datasette --root``.
+
+    It may do everything datasette-llm guards (``llm-use``, ``llm-manage-routing``,
+    ``llm-view-routing``), even where a ``permissions:`` block grants an action only to others:
+    each check lets it through here before asking Datasette.
+    """
+    return actor is not None and bool(datasette.root_enabled) and actor.get("id") == "root"
 
 
 async def check_use(datasette: Datasette, actor: Actor | None, purpose: str | None) -> None:
@@ -176,7 +183,7 @@ async def check_use(datasette: Datasette, actor: Actor | None, purpose: str | No
     Raises:
         PurposeNotAllowedError: Datasette does not allow ``llm-use`` for this actor and purpose.
     """
-    if actor is None or (actor.get("id") == "root" and datasette.root_enabled):
+    if actor is None or is_root(datasette, actor):
         return
     if purpose is not None and not is_text(purpose):
         raise ValueError(lone_surrogate("purpose name", purpose))
@@ -213,7 +220,7 @@ async def can_manage_routing(datasette: Datasette, actor: Actor | None) -> bool:
 
     Not cached: it guards writes, which are rare.
     """
-    if actor is not None and actor.get("id") == "root" and datasette.root_enabled:
+    if is_root(datasette, actor):
         return True
     return await datasette.allowed(action=MANAGE_ROUTING, actor=actor)
 

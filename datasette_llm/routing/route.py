@@ -1,6 +1,4 @@
-"""``Resolution``: which model serves a call, which step of routing chose it, and why.
-
-Routing: choose the model that serves a call, asking the policy about every candidate.
+"""Routing: choose the model that serves a call, asking the policy about every candidate.
 
 Candidates, first admitted wins:
 
@@ -12,11 +10,12 @@ Candidates, first admitted wins:
    is not installed or has no key;
 5. ``default_model``: the configured global default.
 
-Every other candidate must pass the whole policy (``datasette_llm.policy``) for the
+Every other candidate must pass the whole policy (``datasette_llm.routing.policy``) for the
 purpose and actor, so the model routing picks is the first that ``LLM.models()`` offers.
 
 The purpose's ``fallbacks`` are planned (``Resolution.fallbacks``) but each is admitted
 (``admit``) only when a prompt needs it, through the same policy, its key required.
+``Resolution`` says which model serves a call, which step of routing chose it, and why.
 """
 
 from __future__ import annotations
@@ -51,10 +50,11 @@ if TYPE_CHECKING:
     from ..actors import Actor
     from ..config.values import LLMConfig
 
-__all__ = ["Resolution", "ResolutionStep", "Routed", "admit", "route"]
+__all__ = ["Resolution", "ResolutionStep", "Routed", "admit", "requirements_for", "route"]
 
 
-# --- from resolution.py
+# The resolution.
+
 ResolutionStep: TypeAlias = Literal[
     "explicit", "hook", "purpose_config", "purpose_default", "default_model", "fallback"
 ]
@@ -89,7 +89,9 @@ class Resolution:
     fallbacks: tuple[str, ...] = ()
 
 
-# --- from routing.py
+# Routing.
+
+
 @dataclass(frozen=True, slots=True)
 class Routed:
     """The model routing chose, with what a prompt to it needs.
@@ -188,6 +190,30 @@ async def _chosen(
     )
 
 
+def _declared(datasette: Datasette, purpose: str | Purpose | None) -> Purpose | None:
+    """The ``Purpose`` of a call: the one given, else the one registered under the name."""
+    if purpose is None or isinstance(purpose, Purpose):
+        return purpose
+    return get_purpose(datasette, purpose)
+
+
+def requirements_for(
+    datasette: Datasette, purpose: str | Purpose | None, requires: Requirements | None = None
+) -> Requirements:
+    """Return what a call for ``purpose`` requires of a model: the purpose's and its own.
+
+    A purpose given by name requires what its registered ``Purpose`` requires, so a ``Purpose``
+    and its name route, list and fall back alike. Routing (the routed candidates, and the
+    fallbacks of an explicit ``model_id`` too), ``LLM.models()``, the routing page and the
+    routing form all ask here.
+
+    Args:
+        requires: What the call itself requires (``model(requires=...)``), if anything.
+    """
+    declared = _declared(datasette, purpose)
+    return combined(None if declared is None else declared.requires, requires)
+
+
 async def admit(
     datasette: Datasette, primary: Routed, model_id: str, actor: Actor | None
 ) -> Routed | str:
@@ -205,7 +231,7 @@ async def admit(
         datasette, policy, [model], actor, require_keys=True, requires=primary.requires
     )
     if not screening.models:
-        return screening.refused[model.model_id]
+        return screening.refused[model.model_id].reason
     fallback: _Step = ("fallback", None, ())
     return await _chosen(datasette, policy, model, fallback, actor, True, primary.requires)
 
@@ -234,23 +260,21 @@ async def route(
             the message lists each candidate and why.
         llm.UnknownModelError: The explicit or configured model is not installed.
     """
-    registry = registry or current_registry()
+    registry = registry or current_registry(datasette)
     name = purpose.name if isinstance(purpose, Purpose) else purpose
-    policy = policy_for(config, name, registry)
+    policy = policy_for(datasette, config, name, registry)
     if model_id is not None:
         model = lookup_model(model_id, registry)
         setting = policy.blocked.get(model.model_id)
         if setting is not None:
             raise ModelBlockedError(model.model_id, name, f"{CONFIG_ROOT}.{setting}")
-        declared = purpose if isinstance(purpose, Purpose) else None
-        needs = combined(declared.requires if declared else None, requires)
+        # Not checked against requirements itself, but its fallbacks are, as for any route.
+        needs = requirements_for(datasette, purpose, requires)
         explicit: _Step = ("explicit", None, ())
         return await _chosen(datasette, policy, model, explicit, actor, read_key, needs)
 
-    declared = purpose if isinstance(purpose, Purpose) else None
-    if declared is None and name is not None:
-        declared = get_purpose(datasette, name)
-    needs = combined(declared.requires if declared is not None else None, requires)
+    declared = _declared(datasette, purpose)
+    needs = requirements_for(datasette, declared or name, requires)
     candidates = await _candidates(datasette, config, declared, name, actor)
     skipped: list[str] = []
     for candidate in candidates:
@@ -267,7 +291,7 @@ async def route(
         if screening.models:
             step = (candidate.step, candidate.chosen_by, tuple(skipped))
             return await _chosen(datasette, policy, model, step, actor, read_key, needs)
-        skipped.append(candidate.skipped(screening.refused[model.model_id]))
+        skipped.append(candidate.skipped(screening.refused[model.model_id].reason))
     raise ModelNotFoundError(_nothing_routed(name, candidates, skipped))
 
 

@@ -1,15 +1,10 @@
-"""What the fake model knows of the prompt it answers: purpose, actor, group, resolution step.
+"""``FakeAsyncModel``: a real ``llm.AsyncModel`` whose answers come from the router's script.
 
 The router registers ``ScopePlugin`` with Datasette's plugin manager; its
-``llm_prompt_context`` hook sets a context variable around each prompt that the fake model
-reads when llm asks it to answer.
-
-``FakeAsyncModel``: a real ``llm.AsyncModel`` whose answers come from the router's script.
-
-How a fake model's request is answered: recorded as a ``ModelCall``, then replied from the
-script, the call's record saying how it ended.
-
-Block every request to a real llm model while a router is active: prompts and embeddings.
+``llm_prompt_context`` hook sets a context variable around each prompt (purpose, actor, group,
+resolution step) that the fake model reads when llm asks it to answer. Each request is recorded
+as a ``ModelCall``, then replied from the script, the record saying how it ended. While a router
+is active, every request to a real llm model (prompts and embeddings) is blocked.
 """
 
 from __future__ import annotations
@@ -58,7 +53,8 @@ __all__ = [
 ]
 
 
-# --- from testing._scope.py
+# What the fake model knows of the prompt it answers.
+
 PLUGIN_NAME: Final = "datasette-llm-fake-model-router"
 
 
@@ -125,7 +121,9 @@ class ScopePlugin:
         return factory
 
 
-# --- from testing._fake_model.py
+# The fake model.
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What the fake model streams for one request.
@@ -230,7 +228,9 @@ class FakeAsyncModel(llm.AsyncModel):
             yield chunk
 
 
-# --- from testing._answering.py
+# Answering a request.
+
+
 class Responder:
     """Answer every request of the fake models of one router, recording each.
 
@@ -308,7 +308,8 @@ class Responder:
         return dataclasses.replace(tool_call, tool_call_id=f"call-{self.tool_call_count}")
 
 
-# --- from testing._guard.py
+# Blocking real models.
+
 # The two places llm 0.36 calls a model's execute(): async and sync responses.
 _ASYNC_START: tuple[type[Any], str] = (llm_models.AsyncResponse, "_ensure_async_generator")
 _SYNC_START: tuple[type[Any], str] = (llm_models.Response, "_iter_events")

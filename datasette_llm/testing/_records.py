@@ -1,6 +1,7 @@
-"""``ModelCall``: one prompt the fake model answered, recorded as an immutable value.
+"""``ModelCall``: one prompt the fake model answered, as an immutable value; and default replies.
 
-The deterministic reply given when nothing is scripted, valid JSON for a schema prompt.
+When nothing is scripted, the fake model gives a deterministic reply: valid JSON for a schema
+prompt.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ __all__ = [
 ]
 
 
-# --- from testing._records.py
+# Records.
+
+
 @dataclass(frozen=True, slots=True)
 class ToolResultRecord:
     """A tool's result sent back to the model in a chain.
@@ -151,7 +154,8 @@ def _content_type(attachment: llm.Attachment) -> str:
     return resolve_type() or "unknown"
 
 
-# --- from testing._defaults.py
+# Default replies.
+
 _STRING_FORMATS: Final[Mapping[str, str]] = {
     "date": "2024-01-01",
     "date-time": "2024-01-01T00:00:00Z",

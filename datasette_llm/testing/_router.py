@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Literal
+
+import stamina
+
+from datasette_llm import stand_in_for_models
 
 from ._fake_model import Activation, FakeAsyncModel, Responder, embedding_model_ids
 from ._records import ModelCall
@@ -28,7 +34,6 @@ if TYPE_CHECKING:
     import llm
 
     from datasette_llm import ErrorKind, Purpose
-    from datasette_llm.prompting.attempts import TestMode
 
 __all__ = ["FakeModelRouter"]
 
@@ -52,7 +57,8 @@ class FakeModelRouter:
 
     Fallbacks run as configured: each attempt of a prompt is a call (``calls``), and says how
     it ended (``ModelCall.error``). Backoff never waits, and each model is tried once per
-    prompt unless ``retries=True``.
+    prompt unless ``retries=True``: while active, the router turns on stamina's test mode
+    (``stamina.set_testing``), and puts it back as it was when it stops.
 
     Args:
         assert_all_replies_used: Fail on exit if a scripted reply (not ``is_optional``) was
@@ -86,7 +92,7 @@ class FakeModelRouter:
         self._fakes: dict[str, FakeAsyncModel] = {}
         self._activation: Activation | None = None
         self._restore_guard: Callable[[], None] | None = None
-        self._previous_mode: TestMode | None = None
+        self._switches: ExitStack | None = None
 
     # -- scripting -------------------------------------------------------------------------
 
@@ -275,16 +281,17 @@ class FakeModelRouter:
             )
         from datasette.plugins import pm
 
-        from datasette_llm.prompting.attempts import TestMode, set_test_mode
-        from datasette_llm.routing.models import push_model_override
-
         from ._fake_model import PLUGIN_NAME, ScopePlugin, block_real_requests
 
         FakeModelRouter._active = self
-        self._previous_mode = set_test_mode(TestMode(active=True, retries=self.retries))
+        switches = self._switches = ExitStack()
+        # stamina's test mode: no backoff waits; each model is tried once, or (capped at a
+        # number never reached) as often as configured.
+        tries = sys.maxsize if self.retries else 1
+        switches.enter_context(stamina.set_testing(True, attempts=tries, cap=self.retries))
         self._activation = Activation()
         self._fakes = {}
-        push_model_override(self._override)
+        switches.enter_context(stand_in_for_models(self._stand_in))
         pm.register(ScopePlugin(), name=PLUGIN_NAME)
         self._restore_guard = block_real_requests(self._refuse, self._refuse_embedding)
 
@@ -294,9 +301,6 @@ class FakeModelRouter:
             return
         from datasette.plugins import pm
 
-        from datasette_llm.prompting.attempts import set_test_mode
-        from datasette_llm.routing.models import pop_model_override
-
         from ._fake_model import PLUGIN_NAME
 
         if self._restore_guard is not None:
@@ -304,12 +308,11 @@ class FakeModelRouter:
             self._restore_guard = None
         if pm.has_plugin(PLUGIN_NAME):
             pm.unregister(name=PLUGIN_NAME)
-        pop_model_override(self._override)
+        if self._switches is not None:
+            self._switches.close()  # the stand-in, then stamina's test mode as it was
+            self._switches = None
         if self._activation is not None:
             self._activation.end()
-        if self._previous_mode is not None:
-            set_test_mode(self._previous_mode)
-            self._previous_mode = None
         FakeModelRouter._active = None
 
     def unmet_expectations(self, opt_out: str | None = None) -> str | None:
@@ -328,11 +331,11 @@ class FakeModelRouter:
 
     # -- answering ---------------------------------------------------------------------------
 
-    def _override(self, model_id: str, installed: llm.AsyncModel | None) -> FakeAsyncModel:
+    def _stand_in(self, model_id: str, installed: llm.AsyncModel | None, /) -> FakeAsyncModel:
         real_id = installed.model_id if installed is not None else model_id
         fake = self._fakes.get(real_id)
         if fake is None:
-            assert self._activation is not None, "the override is pushed only while active"
+            assert self._activation is not None, "it stands in for models only while active"
             fake = FakeAsyncModel(real_id, installed, self._responder.answer, self._activation)
             self._fakes[real_id] = fake
         return fake

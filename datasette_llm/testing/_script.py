@@ -1,14 +1,10 @@
-"""The errors the fake model router raises inside the code under test.
+"""The router's script: scripted replies and failures, which call each answers, and the errors.
 
-Which calls a scripted reply answers: purpose, model id and prompt, each optional.
-
-Scripted provider failures: ``add_exception(kind=...)``, checked when added, raised per call.
-
-Scripted replies: what the fake model says (``FakeReply``) and when (``ScriptedReply``).
-
-The text of every failure the router reports: what happened, what was scripted, the fix.
-
-The router's script: the replies in the order added, how often each was used, and choosing.
+A ``FakeReply`` says what the fake model answers and a ``ScriptedReply`` when (purpose, model id
+and prompt, each optional); ``add_exception(kind=...)`` scripts a provider failure, checked when
+added and raised per call. The ``Script`` keeps the replies in the order added and how often each
+was used. Every failure the router reports says what happened, what was scripted and the fix;
+the errors it raises inside the code under test are defined here.
 """
 
 from __future__ import annotations
@@ -57,7 +53,9 @@ __all__ = [
 ]
 
 
-# --- from testing._errors.py
+# The errors raised inside the code under test.
+
+
 class UnmatchedPromptError(AssertionError):
     """A prompt reached the fake model router and no scripted reply matches it."""
 
@@ -76,7 +74,8 @@ class RouterStoppedError(AssertionError):
     __module__ = "datasette_llm.testing"
 
 
-# --- from testing._matching.py
+# Which calls a scripted reply answers.
+
 PromptMatch: TypeAlias = "str | re.Pattern[str] | Callable[[str], bool]"
 """Match the prompt text exactly (``str``), by ``re.search`` (pattern), or by a predicate."""
 
@@ -157,7 +156,9 @@ def build_matcher(
     return Matcher(purpose=purpose, model_id=model_id, prompt=prompt)
 
 
-# --- from testing._provider.py
+# Scripted provider failures.
+
+
 @dataclass(frozen=True, slots=True)
 class ScriptedFailure:
     """A provider failure to raise, as datasette-llm raises one for a failing provider.
@@ -273,7 +274,9 @@ def _retry_after(retry_after: object) -> float | None:
     return float(retry_after)
 
 
-# --- from testing._replies.py
+# Scripted replies.
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FakeReply:
     """What the fake model answers: text, chunks or JSON, with usage and tool calls.
@@ -451,7 +454,9 @@ async def run_callback(scripted: ScriptedReply, call: ModelCall) -> FakeReply:
     )
 
 
-# --- from testing._failures.py
+# The text of every failure the router reports.
+
+
 def describe_call(call: ModelCall) -> str:
     """Describe a call in one line: purpose, model, (shortened) prompt and error, if any."""
     prompt = call.prompt if len(call.prompt) <= 60 else call.prompt[:57] + "..."
@@ -576,7 +581,9 @@ def repr_router(calls: int, replies: int, unused: int) -> str:
     return f"<FakeModelRouter: {counted}, {scripted} ({unused} unused)>"
 
 
-# --- from testing._script.py
+# The script.
+
+
 class Script:
     """The scripted replies of one router and what became of them.
 

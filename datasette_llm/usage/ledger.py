@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..log import logger
 from ..routing.overlay import config_for
+from ..state import Slot, state_of
 from .records import UsageRecord
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ class Ledger:
             await db.execute_write(f"DELETE FROM {TABLE} WHERE time < ?", [cutoff])
 
 
-_ledgers: weakref.WeakKeyDictionary[Datasette, Ledger] = weakref.WeakKeyDictionary()
+_LEDGER: Final[Slot[Ledger]] = Slot("the usage ledger")
 
 
 def ledger_for(datasette: Datasette) -> Ledger:
@@ -226,7 +227,8 @@ def ledger_for(datasette: Datasette) -> Ledger:
     the rows still waiting, the listeners and the spend it knows of.
     """
     settings = config_for(datasette).usage
-    ledger = _ledgers.get(datasette)
+    state = state_of(datasette)
+    ledger = state.get(_LEDGER)
     if ledger is not None and (ledger.database, ledger.retention_days) == (
         settings.database,
         settings.retention_days,
@@ -235,8 +237,7 @@ def ledger_for(datasette: Datasette) -> Ledger:
     fresh = Ledger(datasette, settings.database, settings.retention_days)
     if ledger is not None:
         fresh.take_over(ledger)
-    _ledgers[datasette] = fresh
-    return fresh
+    return state.put(_LEDGER, fresh)
 
 
 async def read_records(
@@ -255,7 +256,7 @@ async def read_records(
 
 async def flush_usage(datasette: Datasette) -> None:
     """Write every pending usage row of ``datasette`` now (at shutdown, before reading)."""
-    ledger = _ledgers.get(datasette)
+    ledger = state_of(datasette).get(_LEDGER)
     if ledger is not None:
         await ledger.flush()
 

@@ -1,15 +1,12 @@
-"""The usage summary as frozen typed values: totals per window, budgets, the chart's days.
-
-``usage_report.build_usage`` fills them from the ledger; the page, its JSON and
-``datasette llm usage`` show them.
-
-What was spent: the usage ledger summed in SQLite, for the page, its JSON and the CLI.
+"""Sum the usage ledger for the page, its JSON and ``datasette llm usage``, as frozen values.
 
 Every figure is an SQL aggregate over ``datasette_llm_usage`` (never a loop over its rows): per
 purpose and per model over the last 24 hours, 7 days and 30 days (the ``time`` index), each
 budgeted purpose's spend in its current period (the ``(purpose, time)`` index), and the spend
 per UTC day and purpose of the last 30 days for the chart. The pending rows are written first,
-so the summary counts every attempt made so far.
+so the summary counts every attempt made so far. ``build_usage`` fills the values
+(``UsageSummary``: totals per window, budgets, the chart's days) that the operator's surface
+shows.
 """
 
 from __future__ import annotations
@@ -52,7 +49,8 @@ __all__ = [
 ]
 
 
-# --- from _operator.usage_values.py
+# The values.
+
 DAY: Final = 86_400.0
 """Seconds in a day."""
 
@@ -342,7 +340,8 @@ class UsageSummary:
         }
 
 
-# --- from _operator.usage_report.py
+# Summing the ledger.
+
 CHART_DAYS: Final = 30
 """The chart shows this many UTC days, today the last."""
 

@@ -10,7 +10,7 @@ from datasette.utils import StartupError
 
 from datasette_llm import ConfigProblem, Purpose
 from datasette_llm._operator.checks import Validation, validate
-from datasette_llm.routing.models import current_registry
+from datasette_llm.routing.models import build_registry
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import TestModelsPlugin
@@ -27,7 +27,7 @@ class PurposesPlugin:
 
 
 def check(raw: Any) -> Validation:
-    return validate(raw, [ENRICHMENTS, EXTRACT], current_registry())
+    return validate(raw, [ENRICHMENTS, EXTRACT], build_registry())
 
 
 def paths(problems: tuple[ConfigProblem, ...]) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from datasette.cli import cli
 from datasette_llm import Purpose, Requirements
 from datasette_llm._operator import report
 from datasette_llm._operator.checks import validate
-from datasette_llm.routing.models import current_registry
+from datasette_llm.routing.models import build_registry
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import FreeModel, SyncStub, TestModelsPlugin
@@ -404,7 +404,7 @@ PLAIN: Final = [PURPOSES[0], Purpose("extract", owner="datasette-extract")]
 
 
 def validated(raw: dict[str, Any], purposes: list[Purpose] = PLAIN) -> list[tuple[str, str]]:
-    validation = validate(raw, purposes, current_registry())
+    validation = validate(raw, purposes, build_registry())
     return [(problem.path, problem.message) for problem in validation.problems]
 
 

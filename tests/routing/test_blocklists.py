@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datasette_llm import LLM, ModelBlockedError, ModelNotFoundError, Purpose
-from datasette_llm.routing.models import lookup_model
+from datasette_llm.routing.models import current_registry, lookup_model
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, registered
 from tests.llm_models import TestModelsPlugin
@@ -60,24 +60,25 @@ class FilterHook:
     behaviour: str
     is_async: bool
 
-    def answer(self, models: list[Any]) -> list[Any] | None:
+    def answer(self, datasette: Datasette, models: list[Any]) -> list[Any] | None:
         if self.behaviour == "keep":
             return None
         if self.behaviour == "drop-first":
             return models[1:]
         if self.behaviour == "add-back":
-            return [*models, *(lookup_model(model_id) for model_id in IDS)]
+            registry = current_registry(datasette)
+            return [*models, *(lookup_model(model_id, registry) for model_id in IDS)]
         if self.behaviour == "replace-all":
             return list(llm.get_async_models())
         return list(reversed(models))
 
     @hookimpl
-    def llm_filter_models(self, models: list[Any]) -> Any:
+    def llm_filter_models(self, datasette: Datasette, models: list[Any]) -> Any:
         if not self.is_async:
-            return self.answer(models)
+            return self.answer(datasette, models)
 
         async def later() -> list[Any] | None:
-            return self.answer(models)
+            return self.answer(datasette, models)
 
         return later()
 

@@ -5,7 +5,8 @@
 - every relative link in ``README.md`` and ``docs/`` resolves;
 - every ``python`` block type-checks under ``mypy --strict`` (the project's ``mypy.ini``);
 - every ``console`` example of a ``datasette llm`` command prints what it shows;
-- no page holds a machine path or a dated run.
+- no page holds a machine path or a dated run;
+- every module ``docs/architecture.md`` names exists, and it names every module.
 """
 
 from __future__ import annotations
@@ -110,3 +111,31 @@ def test_every_test_a_page_names_exists(page: Path) -> None:
     for path, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", page.read_text()):
         source = (ROOT / path).read_text()
         assert f"def {name}(" in source, f"{page.name} names {path}::{name}, which does not exist"
+
+
+def test_every_module_the_architecture_page_names_exists() -> None:
+    """docs/architecture.md names modules as ``layer/module.py`` (or bare, in its layer's row)."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    package = ROOT / "datasette_llm"
+    named = set(re.findall(r"`((?:tests/)?[\w/]+\.py)`", page))
+    assert len(named) > 30, "docs/architecture.md names too few modules to be a map"
+    missing = []
+    for path in sorted(named):
+        if path.startswith("tests/"):
+            found = (ROOT / path).exists()
+        else:
+            found = (package / path).exists() or any(package.glob(f"*/{path}"))
+        if not found:
+            missing.append(path)
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+
+
+def test_the_architecture_page_lists_every_module_of_the_package() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    package = ROOT / "datasette_llm"
+    unlisted = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "__init__.py" and f"`{path.name}`" not in page
+    ]
+    assert not unlisted, f"docs/architecture.md does not name: {unlisted}"

@@ -31,7 +31,7 @@ from datasette_llm._operator.report import build_report
 from datasette_llm.config.parser import parse_config
 from datasette_llm.config.values import LLMConfig
 from datasette_llm.errors import is_text
-from datasette_llm.routing.models import current_registry
+from datasette_llm.routing.models import build_registry
 from tests.llm_models import TestModelsPlugin
 
 pytestmark = pytest.mark.usefixtures("test_models")
@@ -245,7 +245,7 @@ def queried_purposes(raw: object) -> list[str | Purpose | None]:
 def test_parse_config_and_validate_give_a_config_or_errors_naming_paths_for_2000_configs(
     test_models: TestModelsPlugin,
 ) -> None:
-    registry = current_registry()
+    registry = build_registry()
     tally = Tally()
 
     @settings(FUZZ, max_examples=PARSE_EXAMPLES)

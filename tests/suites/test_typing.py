@@ -128,6 +128,17 @@ SNIPPETS: dict[str, tuple[str, list[str]]] = {
         """,
         ["arg-type"],
     ),
+    "model_stand_in_returning_a_name": (
+        """
+        from datasette_llm import stand_in_for_models
+
+        def stand_in(name: str, installed: llm.AsyncModel | None, /) -> str:
+            return name
+
+        SWITCH = stand_in_for_models(stand_in)
+        """,
+        ["arg-type"],
+    ),
     "requires_given_a_string": (
         """
         async def pick(datasette: Datasette) -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import llm
 import pytest
+import stamina
 from syrupy.assertion import SnapshotAssertion
 
 from datasette_llm import LLM, PromptResult, ProviderError
-from datasette_llm.prompting import attempts
 from datasette_llm.testing import FakeModelRouter
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
@@ -254,7 +256,9 @@ async def test_retries_true_retries_a_model_as_configured_without_waiting(
         kind="rate_limit", model_id="gpt-5.4", retry_after=60, is_reusable=True
     )
     fake_model_router.add_response(text="ok", model_id="claude-4.6")
+    started = time.monotonic()
     assert await ask(make_datasette, purpose(fallbacks=["claude-4.6"], retries=2)) == "ok"
+    assert time.monotonic() - started < 30  # not twice the Retry-After of 60 s
     assert routing(fake_model_router) == [
         ("gpt-5.4", "purpose_config", 1, "rate_limit"),
         ("gpt-5.4", "purpose_config", 2, "rate_limit"),
@@ -275,11 +279,68 @@ async def test_the_unknown_kind_is_never_retried(
     assert routing(fake_model_router) == [("gpt-5.4", "purpose_config", 1, "unknown")]
 
 
-def test_retries_true_sets_the_test_mode_while_the_router_is_active() -> None:
-    with FakeModelRouter(retries=True):
-        mode = attempts.set_test_mode(attempts.TestMode())  # read the mode, then put it back
-        attempts.set_test_mode(mode)
-    assert mode == attempts.TestMode(active=True, retries=True)
+@pytest.mark.asyncio
+@pytest.mark.fake_model_router(retries=True)
+async def test_a_retry_after_past_the_deadline_gives_up_on_the_model_at_once(
+    fake_model_router: FakeModelRouter, make_datasette: MakeDatasette
+) -> None:
+    fake_model_router.add_exception(
+        kind="rate_limit", model_id="gpt-5.4", retry_after=60, is_reusable=True
+    )
+    fake_model_router.add_response(text="ok", model_id="claude-4.6")
+    config = purpose(fallbacks=["claude-4.6"], retries=2, deadline=30)
+    assert await ask(make_datasette, config) == "ok"
+    assert routing(fake_model_router) == [
+        ("gpt-5.4", "purpose_config", 1, "rate_limit"),
+        ("claude-4.6", "fallback", 2, None),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_rate_limited_model_cools_down_and_the_next_prompt_skips_it(
+    fake_model_router: FakeModelRouter,
+    make_datasette: MakeDatasette,
+    register_plugin: RegisterPlugin,
+) -> None:
+    watcher = AttemptWatcher()
+    register_plugin(watcher)
+    fake_model_router.add_exception(kind="rate_limit", model_id="gpt-5.4", retry_after=60)
+    fake_model_router.add_response(text="ok", model_id="claude-4.6", is_reusable=True)
+    model = await LLM(make_datasette(WITH_FALLBACK)).model(purpose="p")
+    assert await (await model.prompt("one")).text() == "ok"
+    assert await (await model.prompt("two")).text() == "ok"
+    assert routing(fake_model_router) == [
+        ("gpt-5.4", "purpose_config", 1, "rate_limit"),
+        ("claude-4.6", "fallback", 2, None),
+        ("claude-4.6", "fallback", 1, None),
+    ]
+    assert watcher.results[-1].skipped == [
+        "'gpt-5.4' deferred: it is cooling down after rate limits"
+    ]
+
+
+def stamina_tries(attempts: int) -> int:
+    """Count the tries stamina makes of a block that always fails, allowed ``attempts``."""
+    tries = 0
+    with contextlib.suppress(ValueError):
+        for attempt in stamina.retry_context(on=ValueError, attempts=attempts, timeout=None):
+            with attempt:
+                tries += 1
+                raise ValueError(tries)
+    return tries
+
+
+def test_the_router_turns_on_stamina_test_mode_and_puts_back_the_mode_it_found() -> None:
+    assert not stamina.is_testing()
+    with FakeModelRouter():
+        assert stamina.is_testing()
+        assert stamina_tries(10) == 1
+    assert not stamina.is_testing()
+    with stamina.set_testing(True, attempts=4):  # a test suite's own test mode
+        with FakeModelRouter(retries=True):
+            assert stamina_tries(10) == 10
+        assert stamina_tries(10) == 4
+    assert not stamina.is_testing()
 
 
 # -- what add_exception() accepts --------------------------------------------------------------

@@ -7,16 +7,18 @@ answers report token usage, and the suite's own models.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 from datasette.app import Datasette
 
-from datasette_llm import LLM, BudgetExceededError, ProviderError, UsageRecord
+from datasette_llm import LLM, BudgetExceededError, PromptResult, ProviderError, UsageRecord
+from datasette_llm.typing import PromptContextFactory, hookimpl
 from datasette_llm.usage.ledger import TABLE, ledger_for
-from tests.conftest import MakeDatasette
+from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 
 NO_CLIENT_RETRY: Final = {"x-should-retry": "false"}
@@ -110,6 +112,42 @@ async def test_a_model_without_a_price_has_no_cost_not_zero(
     [row] = await records(ds)
     assert row.cost is None
     assert row.input_tokens == 3
+
+
+class Reprices:
+    """An ``llm_prompt_context`` plugin that gives Datasette a new configuration mid-prompt."""
+
+    def __init__(self, datasette: Datasette, section: dict[str, Any]) -> None:
+        self.datasette = datasette
+        self.section = section
+
+    @hookimpl
+    def llm_prompt_context(self) -> PromptContextFactory:
+        return self.reconfigure
+
+    @asynccontextmanager
+    async def reconfigure(self, result: PromptResult) -> AsyncIterator[None]:
+        self.datasette.config["plugins"]["datasette-llm"] = self.section  # type: ignore[index]
+        yield
+
+
+@pytest.mark.usefixtures("test_models")
+async def test_a_prompt_is_priced_under_the_configuration_that_routed_it(
+    make_datasette: MakeDatasette, register_plugin: RegisterPlugin
+) -> None:
+    routed_under = {
+        "pricing": {"test-a": {"input": 1.0, "output": 2.0}},
+        "purposes": {"summaries": {"model": "test-a"}},
+    }
+    ds = make_datasette(routed_under)
+    model = await LLM(ds).model(purpose="summaries")
+    repriced = {**routed_under, "pricing": {"test-a": {"input": 100.0, "output": 200.0}}}
+    register_plugin(Reprices(ds, repriced))
+    await model.prompt("Summarize this")
+    [row] = await records(ds)
+    assert (row.input_tokens, row.output_tokens) == (14, 21)  # the characters in and out
+    assert row.cost == pytest.approx((14 * 1.0 + 21 * 2.0) / 1_000_000)
+    assert LLM(ds).config.pricing["test-a"].input == 100.0  # the next prompt's price
 
 
 async def test_replies_conversations_and_chain_steps_each_make_a_row(
@@ -224,14 +262,14 @@ def test_check_reports_prices_for_missing_models_and_budgets_that_cannot_count(
     provider: Provider,
 ) -> None:
     from datasette_llm._operator.checks import validate
-    from datasette_llm.routing.models import current_registry
+    from datasette_llm.routing.models import build_registry
 
     raw = {
         "pricing": {"primary-gtp": {"input": 1, "output": 2}},
         "usage": {"enabled": False},
         "purposes": {"summaries": {"model": "primary-gpt", "budget": {"usd": 5}}},
     }
-    problems = validate(raw, [], current_registry()).problems
+    problems = validate(raw, [], build_registry()).problems
     shown = {(problem.path, problem.severity): problem.message for problem in problems}
     assert shown[("plugins.datasette-llm.pricing.primary-gtp", "warning")] == (
         "model 'primary-gtp' is not installed, so this price is never used. "
@@ -241,7 +279,7 @@ def test_check_reports_prices_for_missing_models_and_budgets_that_cannot_count(
         "a budget needs the usage ledger, which usage: {enabled: false} turns off"
     )
     raw["usage"] = {"enabled": True}
-    problems = validate(raw, [], current_registry()).problems
+    problems = validate(raw, [], build_registry()).problems
     [budget] = [p for p in problems if p.path.endswith("summaries.budget")]
     assert budget.message.startswith(
         "'primary-gpt' has no price under plugins.datasette-llm.pricing"

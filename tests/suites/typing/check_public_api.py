@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 
 import llm
 from datasette import hookimpl as datasette_hookimpl
@@ -21,6 +21,7 @@ from datasette_llm import (
     Group,
     KeyStatus,
     ModelNotFoundError,
+    ModelStandIn,
     Outcome,
     PromptResult,
     ProviderError,
@@ -36,6 +37,7 @@ from datasette_llm import (
     get_purpose,
     get_purposes,
     hookspecs,
+    stand_in_for_models,
 )
 from datasette_llm.testing import FakeModelRouter
 from datasette_llm.typing import (
@@ -221,6 +223,16 @@ async def check_resilience(datasette: Datasette, result: PromptResult) -> None:
     settings = LLM(datasette).config.resilience_for("agent")
     assert_type(settings, Resilience)
     assert_type(settings.fallback_on, tuple[ErrorKind, ...])
+
+
+def check_model_stand_in(echo: llm.AsyncModel) -> None:
+    def stand_in(name: str, installed: llm.AsyncModel | None, /) -> llm.AsyncModel | None:
+        return installed or echo
+
+    typed: ModelStandIn = stand_in
+    switch: AbstractContextManager[None] = stand_in_for_models(typed)
+    with switch:
+        pass
 
 
 def check_fake_router_failures(router: FakeModelRouter) -> None:

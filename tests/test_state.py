@@ -1,30 +1,200 @@
-"""Caches are never stale: every change that can alter routing is seen by the next call.
+"""The state of a Datasette: one object holds every cache, and no cache is ever stale.
 
-datasette-llm caches llm's model registry, the registered purposes, the parsed configuration and
-each hook's implementations. Each test warms a cache, changes one thing it depends on at run
-time, and checks the very next call sees the change.
+- ``state_of(datasette)`` makes the ``State`` on first use, one per Datasette, and it is
+  collected with its Datasette;
+- every cache of the package is a slot of the ``State``, and what stays per process is what
+  ``State``'s docstring lists, checked on the source;
+- each cache is rebuilt exactly when ``State``'s docstring says: each test below warms a cache,
+  changes one thing it depends on at run time, and checks the very next call sees the change.
 """
 
 from __future__ import annotations
 
+import ast
+import gc
 import json
 import os
+import weakref
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import llm
 import pytest
 
-from datasette_llm import LLM, Actor, PromptResult, Purpose, get_purpose, get_purposes
+import datasette_llm
+from datasette_llm import (
+    LLM,
+    Actor,
+    PromptResult,
+    Purpose,
+    get_purpose,
+    get_purposes,
+    register_secrets,
+)
+from datasette_llm.state import Slot, State, state_of
 from datasette_llm.typing import Datasette, hookimpl
+from datasette_llm.usage.ledger import flush_usage
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import FreeModel, SyncStub
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
 ROUTED = {"purposes": {"summaries": {"model": "test-a"}}}
+PACKAGE: Final = Path(datasette_llm.__file__).parent
+DOC: Final = State.__doc__ or ""
+CACHES_DOC, _, PROCESS_DOC = DOC.partition("Kept per process instead")
+NUMBERS: Final[Slot[list[int]]] = Slot("numbers")
+
+
+# The State itself
+
+
+def test_the_state_is_made_on_first_use_and_then_the_same(make_datasette: MakeDatasette) -> None:
+    datasette = make_datasette()
+    state = state_of(datasette)
+    assert state.get(NUMBERS) is None
+    state.put(NUMBERS, [1])
+    assert state_of(datasette) is state
+    assert state_of(datasette).get(NUMBERS) == [1]
+
+
+def test_each_datasette_has_its_own_state(make_datasette: MakeDatasette) -> None:
+    first, second = make_datasette(), make_datasette()
+    state_of(first).put(NUMBERS, [1])
+    assert state_of(second) is not state_of(first)
+    assert state_of(second).get(NUMBERS) is None
+
+
+def test_setdefault_builds_a_slot_s_value_once(make_datasette: MakeDatasette) -> None:
+    state = state_of(make_datasette())
+    built: list[int] = []
+
+    def build() -> list[int]:
+        built.append(len(built))
+        return []
+
+    numbers = state.setdefault(NUMBERS, build)
+    assert state.setdefault(NUMBERS, build) is numbers
+    assert built == [0]
+
+
+def test_two_slots_of_one_name_are_two_places(make_datasette: MakeDatasette) -> None:
+    state = state_of(make_datasette())
+    other: Slot[list[int]] = Slot("numbers")
+    state.put(NUMBERS, [1])
+    state.put(other, [2])
+    assert (state.get(NUMBERS), state.get(other)) == ([1], [2])
+    assert repr(state) == "<State of 2 slots: numbers, numbers>"
+
+
+async def test_the_state_is_collected_with_its_datasette_after_real_use(
+    make_datasette: MakeDatasette, tmp_path: Path
+) -> None:
+    # Every slot but the CLI's filled: configuration, overrides, llm's models, purposes, policies,
+    # verdicts, secrets, the ledger and the gates (test-a is limited to 600 rpm). Datasette
+    # itself keeps an instance alive until close() (its database threads), and one with a
+    # temporary internal database until the process exits (atexit removes the file).
+    datasette = make_datasette(
+        {"purposes": {"summaries": {"model": {"model": "test-a", "rpm": 600}}}},
+        config={"permissions": {"llm-use": {"id": "alice"}}},
+        internal=str(tmp_path / "internal.db"),
+    )
+    await datasette.invoke_startup()
+    alice = {"id": "alice"}
+    model = await LLM(datasette).model(purpose="summaries", actor=alice)
+    assert await (await model.prompt("hello")).text() == "test-a:hello"
+    assert await LLM(datasette).models(actor=alice, purpose="summaries")
+    get_purposes(datasette)
+    register_secrets(datasette)
+    await flush_usage(datasette)
+    assert repr(state_of(datasette)).startswith("<State of 10 slots: llm's models,")
+    if not hasattr(datasette, "close"):
+        pytest.skip("this Datasette has no close(): its database threads keep it alive")
+    datasette.close()
+    state = weakref.ref(state_of(datasette))
+    collected = weakref.ref(datasette)
+    del datasette, model
+    gc.collect()
+    assert collected() is None
+    assert state() is None
+
+
+# What the State holds, and what stays per process
+
+
+def _name(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Call):
+        return _name(node.func)
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.id if isinstance(node, ast.Name) else None
+
+
+MUTABLE: Final = frozenset(
+    {"dict", "set", "list", "deque", "defaultdict", "WeakKeyDictionary", "WeakSet"}
+)
+MEMOS: Final = frozenset({"cache", "lru_cache"})
+
+
+def module_state(tree: ast.Module) -> set[str]:
+    """Return the names a module keeps state in: containers, memoised functions, ``global``s.
+
+    A container annotated ``Final`` is a constant, not state.
+    """
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and "Final" in ast.unparse(node.annotation):
+            continue
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            value = node.value
+            if isinstance(value, ast.Dict | ast.List | ast.Set) or _name(value) in MUTABLE:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(ast.unparse(target) for target in targets)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            if any(_name(decorator) in MEMOS for decorator in node.decorator_list):
+                names.add(node.name)
+    names.update(n for node in ast.walk(tree) if isinstance(node, ast.Global) for n in node.names)
+    return names - {"__all__"}
+
+
+def slots_declared(tree: ast.Module) -> set[str]:
+    return {
+        ast.unparse(node.target)
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign) and "Slot[" in ast.unparse(node.annotation)
+    }
+
+
+def sources() -> Iterator[tuple[str, ast.Module]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path.relative_to(PACKAGE).as_posix(), ast.parse(path.read_text())
+
+
+# Each is one per process, whatever the number of Datasette instances; State's docstring says why.
+PER_PROCESS: Final = {
+    "_hooks.py": {"plugin_manager", "_one_by_one"},
+    "log.py": {"_known"},
+    "routing/catalog.py": {"_warned"},
+    "routing/models.py": {"_default_user_dir", "_watched_files", "_stand_ins"},
+    "usage/telemetry.py": {"_tracer", "_meter", "_token_usage", "_operation_duration"},
+}
+
+
+def test_no_module_keeps_state_but_what_is_one_per_process() -> None:
+    found = {module: names for module, tree in sources() if (names := module_state(tree))}
+    assert found == PER_PROCESS
+
+
+def test_the_state_s_docstring_lists_every_slot_and_what_stays_per_process() -> None:
+    slotted = {module for module, tree in sources() if slots_declared(tree)} - {"state.py"}
+    assert len(slotted) >= 10
+    assert [module for module in sorted(slotted) if f"``{module}``" not in CACHES_DOC] == []
+    assert [module for module in PER_PROCESS if f"``{module}``" not in PROCESS_DOC] == []
+
+
+# The caches, and what rebuilds each
 
 
 class Models:
@@ -104,7 +274,7 @@ class Records:
         return around
 
 
-# llm's model registry (llm.plugins.pm, aliases.json, extra-openai-models.yaml, LLM_USER_PATH)
+# llm's models (llm.plugins.pm, aliases.json, extra-openai-models.yaml, LLM_USER_PATH)
 
 
 async def test_an_llm_plugin_registered_after_the_first_lookup_is_found(
