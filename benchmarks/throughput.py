@@ -1,0 +1,797 @@
+"""Measure prompts per second and CPU per prompt through one process; write THROUGHPUT.md.
+
+``python3 benchmarks/throughput.py`` orchestrates, with the processes of
+``benchmarks/resilience.py``: the provider (``tests/openai_server.py``, answering at once, no
+faults) runs in its own process, so its CPU is not counted; each series runs in its own worker
+process (``--worker SPEC``) with the interpreter of a venv of ``benchmarks/run.py``, and makes
+its prompts through llm's own OpenAI plugin, ``CONCURRENCY`` at once, streaming and not:
+
+- ``bare llm``: ``llm.get_async_model(...).prompt(...)`` directly; llm builds an
+  ``openai.AsyncOpenAI`` client for every prompt.
+- ``bare llm, reused client``: the same, with llm's ``get_client`` patched in the worker to
+  build one client per endpoint and key and hand it back every time (the fair comparison).
+- ``0.1a8`` and ``0.1a8, reused client``: ``datasette-llm==0.1a8``,
+  ``await LLM(datasette).model(purpose=...)`` then ``prompt()``, without and with that patch.
+- ``today``: the same through the committed tree (``git archive HEAD``, the ``head`` venv),
+  before datasette-llm pooled its clients.
+- ``ours``: this checkout (reinstalled into ``ours`` first unless ``--skip-install``), which
+  pools the clients itself; and ``ours`` with parts switched off to see where its CPU goes:
+  the usage ledger (``usage: {enabled: false}``), OpenTelemetry (``telemetry.observe`` replaced
+  by a no-op in the worker), stamina (``stamina.set_active(False)``), and all three.
+
+Each prompt is ``await response.text()`` of a ``prompt(..., stream=...)``. A worker makes
+``WARM_UP`` prompts first, then times its prompts with ``time.perf_counter`` (wall) and
+``time.process_time`` (CPU of every thread of the process, Datasette's write thread included,
+until the ledger has written every row); it also times the garbage collector's passes
+(``gc.callbacks``). ``ours`` and ``bare llm, reused client`` run twice, first and last, to show
+how far a figure moves within one run. ``--profile`` adds one cProfile run of each of those two.
+``--render JSON`` writes THROUGHPUT.md again from a run's JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+HERE: Final = ROOT / "benchmarks"
+TEXT: Final = "hello from the local provider"
+CONCURRENCY: Final = 50
+PROMPTS: Final = 2000
+PROMPTS_CLIENT_PER_PROMPT: Final = 500  # each builds a client (~30 ms of CPU): fewer prompts
+PROFILED: Final = 1000
+WARM_UP: Final = 2 * CONCURRENCY  # every connection of the pool is open before timing
+CPU_TARGET: Final = 1.2
+SPEED_TARGET: Final = 10.0
+
+sys.path.insert(0, str(HERE))
+import resilience  # noqa: E402  the provider process, the venvs
+import run  # noqa: E402  the venvs and their pins
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the worker process ---------------------------------------------------------------------
+
+
+def reuse_clients() -> None:
+    """Make llm's OpenAI models build one async client per endpoint and key, then reuse it."""
+    from llm.default_plugins.openai_models import AsyncChat
+
+    built = AsyncChat.get_client
+    clients: dict[tuple[object, ...], object] = {}
+
+    def get_client(self: Any, key: Any = None, *, async_: bool = False) -> object:
+        if not async_:
+            return built(self, key, async_=False)
+        identity = (self.api_base, self.get_key(key) if self.needs_key else None)
+        client = clients.get(identity)
+        if client is None:
+            client = clients[identity] = built(self, key, async_=True)
+        return client
+
+    AsyncChat.get_client = get_client  # type: ignore[method-assign]
+
+
+def switch_off(parts: list[str]) -> None:
+    """Switch off parts of ours in this process (the ledger is switched off in its config)."""
+    if "telemetry" in parts:
+        from datasette_llm.usage import telemetry
+
+        telemetry.observe = lambda *args, **kwargs: None  # type: ignore[assignment]
+    if "stamina" in parts:
+        import stamina
+
+        stamina.set_active(False)
+
+
+class GcTimer:
+    """Time every pass of the garbage collector."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.passes = 0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.passes += 1
+
+
+async def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    logging.disable(logging.WARNING)
+    user_dir = tempfile.mkdtemp()
+    os.environ["LLM_USER_PATH"] = user_dir
+    os.environ["OPENAI_API_KEY"] = "sk-local-benchmark"
+    entry = {"model_id": "primary", "model_name": "primary-upstream", "api_base": spec["api_base"]}
+    Path(user_dir, "extra-openai-models.yaml").write_text(json.dumps([entry]))
+    import llm
+
+    if spec["reuse"]:
+        reuse_clients()
+    stream: bool = spec["stream"]
+    if spec["routed"]:
+        from datasette.app import Datasette
+
+        from datasette_llm import LLM
+
+        switch_off(spec["off"])
+        plugin_config: dict[str, Any] = {"purposes": {"bench": {"model": "primary"}}}
+        if "ledger" in spec["off"]:
+            plugin_config["usage"] = {"enabled": False}
+        datasette = Datasette(memory=True, config={"plugins": {"datasette-llm": plugin_config}})
+        await datasette.invoke_startup()
+
+        async def one(prompt: str) -> str:
+            model = await LLM(datasette).model(purpose="bench")
+            response = await model.prompt(prompt, stream=stream)
+            text: str = await response.text()
+            return text
+
+    else:
+        bare = llm.get_async_model("primary")
+
+        async def one(prompt: str) -> str:
+            return await bare.prompt(prompt, stream=stream).text()
+
+    async def drain() -> None:
+        if not spec["routed"] or "ledger" in spec["off"]:
+            return
+        try:
+            from datasette_llm.usage.ledger import flush_usage
+        except ImportError:
+            return  # 0.1a8 keeps no ledger
+        await flush_usage(datasette)
+
+    wrong: list[str] = []
+
+    async def worker(numbers: list[int]) -> None:
+        while numbers:
+            text = await one(f"prompt {numbers.pop()}")
+            if text != TEXT:
+                wrong.append(text)
+
+    async def prompts(count: int) -> None:
+        numbers = list(range(count))
+        await asyncio.gather(*(worker(numbers) for _ in range(CONCURRENCY)))
+        await drain()
+
+    await prompts(WARM_UP)
+    gc.collect()
+    timer = GcTimer()
+    gc.callbacks.append(timer)
+    profiler = None
+    if spec.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    wall, cpu = time.perf_counter(), time.process_time()
+    await prompts(spec["prompts"])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if profiler is not None:
+        profiler.disable()
+    gc.callbacks.remove(timer)
+    report: dict[str, Any] = {
+        "prompts": spec["prompts"],
+        "wall": wall,
+        "cpu": cpu,
+        "gc": timer.seconds,
+        "gc_passes": timer.passes,
+        "wrong": len(wrong),
+        "versions": {
+            name: importlib.metadata.version(name)
+            for name in ("datasette-llm", "datasette", "llm", "openai", "httpx")
+            if _installed(name)
+        },
+    }
+    if profiler is not None:
+        report["profile"] = profile_summary(pstats.Stats(profiler), spec["prompts"])
+    return report
+
+
+BREAKDOWN: Final = (
+    "bare llm, reused client",
+    "ours",
+    "ours, ledger off",
+    "ours, telemetry off",
+    "ours, stamina off",
+    "ours, all three off",
+)
+BLOCK: Final = 250
+ROUNDS: Final = 4
+
+
+async def run_breakdown(spec: dict[str, Any]) -> dict[str, Any]:
+    """Interleave blocks of every ``BREAKDOWN`` series in this one process, in rotating order, so
+    that the machine's drift weighs on each alike; return each block's CPU and GC time."""
+    logging.disable(logging.WARNING)
+    user_dir = tempfile.mkdtemp()
+    os.environ["LLM_USER_PATH"] = user_dir
+    os.environ["OPENAI_API_KEY"] = "sk-local-benchmark"
+    entry = {"model_id": "primary", "model_name": "primary-upstream", "api_base": spec["api_base"]}
+    Path(user_dir, "extra-openai-models.yaml").write_text(json.dumps([entry]))
+    import llm
+    import stamina
+    from datasette.app import Datasette
+
+    from datasette_llm import LLM
+    from datasette_llm.usage import telemetry
+    from datasette_llm.usage.ledger import flush_usage
+
+    stream: bool = spec["stream"]
+    purposes = {"purposes": {"bench": {"model": "primary"}}}
+    on = Datasette(memory=True, config={"plugins": {"datasette-llm": purposes}})
+    off = Datasette(
+        memory=True,
+        config={"plugins": {"datasette-llm": {**purposes, "usage": {"enabled": False}}}},
+    )
+    await on.invoke_startup()
+    await off.invoke_startup()
+    bare = llm.get_async_model("primary")
+    reused = type(bare).get_client(bare, None, async_=True)
+    bare.get_client = lambda key=None, *, async_=False: reused  # type: ignore[method-assign]
+    observe = telemetry.observe
+
+    def routed(datasette: Any) -> Any:
+        async def one(prompt: str) -> str:
+            model = await LLM(datasette).model(purpose="bench")
+            response = await model.prompt(prompt, stream=stream)
+            text: str = await response.text()
+            return text
+
+        return one
+
+    async def bare_one(prompt: str) -> str:
+        return await bare.prompt(prompt, stream=stream).text()
+
+    def switched(label: str) -> None:
+        quiet = "telemetry" in label or "all three" in label
+        telemetry.observe = (lambda *args, **kwargs: None) if quiet else observe  # type: ignore[assignment]
+        stamina.set_active(not ("stamina" in label or "all three" in label))
+
+    wrong = 0
+
+    async def block(label: str, count: int) -> tuple[float, float, float]:
+        nonlocal wrong
+        switched(label)
+        datasette = off if ("ledger" in label or "all three" in label) else on
+        one = bare_one if label.startswith("bare") else routed(datasette)
+        numbers = list(range(count))
+
+        async def worker() -> None:
+            nonlocal wrong
+            while numbers:
+                wrong += await one(f"prompt {numbers.pop()}") != TEXT
+
+        timer = GcTimer()
+        gc.callbacks.append(timer)
+        wall, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        if datasette is on and not label.startswith("bare"):
+            await flush_usage(on)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        gc.callbacks.remove(timer)
+        return wall, cpu, timer.seconds
+
+    for label in BREAKDOWN:
+        await block(label, WARM_UP)
+    blocks: dict[str, list[tuple[float, float, float]]] = {label: [] for label in BREAKDOWN}
+    for number in range(spec["rounds"]):
+        shift = number % len(BREAKDOWN)
+        for label in BREAKDOWN[shift:] + BREAKDOWN[:shift]:
+            blocks[label].append(await block(label, spec["block"]))
+    switched("ours")
+    return {"stream": stream, "block": spec["block"], "blocks": blocks, "wrong": wrong}
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def area(filename: str) -> str:
+    """Where a profiled function lives: a module of datasette_llm, else a library."""
+    path = filename.replace("\\", "/")
+    if "/datasette_llm/" in path:
+        return "datasette_llm/" + path.split("/datasette_llm/", 1)[1]
+    for library in ("stamina", "opentelemetry", "openai", "httpx", "httpcore", "h11", "anyio"):
+        if f"/{library}/" in path or f"/{library}2/" in path:
+            return library
+    for library in ("llm", "datasette", "pluggy", "pydantic", "asyncio", "aiolimiter"):
+        if f"/{library}/" in path:
+            return library
+    if path.startswith("~") or path.startswith("<"):
+        return "built-ins"
+    return "other Python"
+
+
+# Where a prompt of ours spends its time: (file's path ends with, function, what it is).
+ENTRIES: Final = (
+    ("datasette_llm/prompting/client.py", "model", "`LLM(datasette).model(purpose=...)`: routing"),
+    ("datasette_llm/prompting/send.py", "send", "`prompt()`: hooks, attempts, the response"),
+    ("datasette_llm/prompting/attempts.py", "_tries", "one model's tries in stamina's context"),
+    ("datasette_llm/prompting/clients.py", "__call__", "the pooled client with the timeout"),
+    ("datasette_llm/prompting/metering.py", "_make", "an attempt's record, span and row"),
+    ("datasette_llm/usage/telemetry.py", "observe", "its span and histograms"),
+    ("datasette_llm/usage/ledger.py", "record", "its ledger row, queued"),
+    ("uuid.py", "uuid4", "the record's id"),
+)
+
+
+def profile_summary(stats: pstats.Stats, prompts: int) -> dict[str, Any]:
+    """Own time (µs per prompt) by area, the datasette_llm functions costing the most, and the
+    cumulative time of ``ENTRIES``."""
+    by_area: dict[str, float] = {}
+    functions: list[tuple[float, float, str]] = []
+    entries: dict[str, float] = {}
+    for (filename, line, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        own, cumulative = row[2], row[3]
+        for suffix, function, label in ENTRIES:
+            if filename.endswith(suffix) and name == function:
+                entries[label] = max(entries.get(label, 0.0), cumulative * 1e6 / prompts)
+        where = area(filename)
+        by_area[where] = by_area.get(where, 0.0) + own
+        if where.startswith("datasette_llm/"):
+            functions.append((own, cumulative, f"{where}:{line} {name}"))
+    per = 1e6 / prompts
+    top = sorted(functions, reverse=True)[:15]
+    return {
+        "areas": {where: own * per for where, own in sorted(by_area.items(), key=lambda i: -i[1])},
+        "functions": [
+            {"function": label, "own": own * per, "cumulative": cumulative * per}
+            for own, cumulative, label in top
+        ],
+        "entries": entries,
+    }
+
+
+# --- orchestration --------------------------------------------------------------------------
+
+# label, venv, routed, reused client, parts switched off, prompts
+SERIES: Final[list[tuple[str, str, bool, bool, list[str], int]]] = [
+    ("bare llm, reused client", "ours", False, True, [], PROMPTS),
+    ("ours", "ours", True, False, [], PROMPTS),
+    ("bare llm", "ours", False, False, [], PROMPTS_CLIENT_PER_PROMPT),
+    ("0.1a8", "anchor", True, False, [], PROMPTS_CLIENT_PER_PROMPT),
+    ("today (HEAD)", "head", True, False, [], PROMPTS_CLIENT_PER_PROMPT),
+    ("0.1a8, reused client", "anchor", True, True, [], PROMPTS),
+    ("ours, ledger off", "ours", True, False, ["ledger"], PROMPTS),
+    ("ours, telemetry off", "ours", True, False, ["telemetry"], PROMPTS),
+    ("ours, stamina off", "ours", True, False, ["stamina"], PROMPTS),
+    ("ours, all three off", "ours", True, False, ["ledger", "telemetry", "stamina"], PROMPTS),
+    ("ours", "ours", True, False, [], PROMPTS),
+    ("bare llm, reused client", "ours", False, True, [], PROMPTS),
+]
+
+
+def provider_cpu(pid: int) -> float:
+    """CPU seconds the provider process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(venv: str, spec: dict[str, Any], scale: float) -> dict[str, Any]:
+    """Run one series in its own worker process against a provider of its own."""
+    upstream = resilience.Upstream({})
+    spec = {
+        **spec,
+        "api_base": upstream.api_base,
+        "prompts": max(1, round(spec["prompts"] * scale)),
+    }
+    command = [run.python_of(venv), str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    try:
+        before = provider_cpu(upstream.process.pid)
+        with tempfile.TemporaryDirectory() as empty:  # no checkout to shadow the installed one
+            output = subprocess.run(
+                command, cwd=empty, check=True, stdout=subprocess.PIPE, text=True
+            )
+        report: dict[str, Any] = json.loads(output.stdout)
+        report["provider_cpu"] = provider_cpu(upstream.process.pid) - before
+    finally:
+        report_counts = upstream.stop()
+    report["provider"] = report_counts
+    return report
+
+
+def run_breakdowns(scale: float) -> list[dict[str, Any]]:
+    """Run the interleaved breakdown, not streaming then streaming, each in its own process."""
+    found = []
+    for stream in (False, True):
+        upstream = resilience.Upstream({})
+        spec = {
+            "api_base": upstream.api_base,
+            "stream": stream,
+            "block": max(1, round(BLOCK * scale)),
+            "rounds": ROUNDS,
+        }
+        command = [
+            run.python_of("ours"),
+            str(Path(__file__).resolve()),
+            "--breakdown",
+            json.dumps(spec),
+        ]
+        log(f"[breakdown] {'streaming' if stream else 'not streaming'}")
+        try:
+            with tempfile.TemporaryDirectory() as empty:
+                output = subprocess.run(
+                    command, cwd=empty, check=True, stdout=subprocess.PIPE, text=True
+                )
+        finally:
+            upstream.stop()
+        found.append(json.loads(output.stdout))
+    return found
+
+
+def run_profiles(scale: float) -> dict[str, Any]:
+    """One cProfile run each of bare llm with a reused client and ours, not streaming."""
+    profiles = {}
+    for label, routed in (("bare llm, reused client", False), ("ours", True)):
+        spec = {"routed": routed, "reuse": not routed, "off": [], "stream": False}
+        log(f"[profile] {label}")
+        profiles[label] = measure("ours", {**spec, "prompts": PROFILED, "profile": True}, scale)
+    return profiles
+
+
+def run_all(scale: float, profile: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {"scale": scale, "series": []}
+    for label, venv, routed, reuse, off, prompts in SERIES:
+        for stream in (False, True):
+            spec = {"routed": routed, "reuse": reuse, "off": off, "stream": stream}
+            log(f"[{label}] {'streaming' if stream else 'not streaming'}")
+            report = measure(venv, {**spec, "prompts": prompts}, scale)
+            results["series"].append({"label": label, "venv": venv, **spec, **report})
+    if profile:
+        for label, venv, routed in (
+            ("bare llm, reused client", "ours", False),
+            ("ours", "ours", True),
+        ):
+            spec = {"routed": routed, "reuse": not routed, "off": [], "stream": False}
+            log(f"[profile] {label}")
+            report = measure(venv, {**spec, "prompts": PROFILED, "profile": True}, scale)
+            results.setdefault("profiles", {})[label] = report
+    results["machine"] = f"{platform.platform()}, {os.cpu_count()} cores"
+    results["python"] = platform.python_version()
+    return results
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def figures(series: dict[str, Any]) -> tuple[float, float, float]:
+    """Prompts a second, CPU ms and garbage-collection ms per prompt."""
+    prompts = series["prompts"]
+    return prompts / series["wall"], 1000 * series["cpu"] / prompts, 1000 * series["gc"] / prompts
+
+
+def runs_of(results: dict[str, Any], label: str, stream: bool) -> list[dict[str, Any]]:
+    return [s for s in results["series"] if s["label"] == label and s["stream"] == stream]
+
+
+def mean_of(results: dict[str, Any], label: str, stream: bool) -> tuple[float, float, float]:
+    runs = [figures(s) for s in runs_of(results, label, stream)]
+    return (
+        sum(r[0] for r in runs) / len(runs),
+        sum(r[1] for r in runs) / len(runs),
+        sum(r[2] for r in runs) / len(runs),
+    )
+
+
+def spread(results: dict[str, Any], label: str, stream: bool, index: int) -> float:
+    """How far apart two runs of one series are, as a fraction of their mean."""
+    values = [figures(s)[index] for s in runs_of(results, label, stream)]
+    return (max(values) - min(values)) / (sum(values) / len(values)) if len(values) > 1 else 0.0
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "FAIL"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    versions = runs_of(results, "ours", False)[0]["versions"]
+    anchor = runs_of(results, "0.1a8", False)[0]["versions"]
+    labels = list(dict.fromkeys(s["label"] for s in results["series"]))
+    lines = [
+        "# Throughput benchmark",
+        "",
+        "Reproduce: `python3 benchmarks/throughput.py` (builds the venvs of `benchmarks/run.py`",
+        "and a `head` venv from `git archive HEAD` if missing, reinstalls this checkout into",
+        "`ours`, then writes this file and THROUGHPUT.json beside it; about 10 minutes on 2",
+        "cores). `--profile` adds the cProfile runs. One run; the figures are from that run.",
+        *(
+            [
+                "This file's breakdown and profiles were added to the run's JSON right after it "
+                "by `--extend` (the same code a `--profile` run runs)."
+            ]
+            if results.get("extended")
+            else []
+        ),
+        "",
+        f"- Machine: {results['machine']}, Python {results['python']}",
+        f"- ours: datasette-llm {versions['datasette-llm']}, datasette {versions['datasette']}, "
+        f"llm {versions['llm']}, openai {versions['openai']}; anchor: datasette-llm "
+        f"{anchor['datasette-llm']}; today: the committed tree (`git archive HEAD`)",
+        "- The provider: `tests/openai_server.py` in its own process (its CPU not counted), "
+        "answering at once, no faults",
+        f"- {CONCURRENCY} prompts at once, after {WARM_UP} warm-up prompts; each series in its "
+        "own process; CPU is the worker process's, all threads, until the ledger has written "
+        "every row; GC is the time in the garbage collector's passes (part of the CPU)",
+        f"- {PROMPTS} prompts a series; {PROMPTS_CLIENT_PER_PROMPT} for the series whose client "
+        "is built for every prompt (about 30 ms of CPU each), to keep the run short"
+        + (f"; all scaled by {results['scale']:g} in this run" if results["scale"] != 1 else ""),
+        "",
+        "| series | streaming | prompts | prompts/s | CPU ms / prompt | GC ms / prompt | "
+        "provider CPU ms / request | wrong texts |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for series in results["series"]:
+        rate, cpu, collected = figures(series)
+        provider = 1000 * series["provider_cpu"] / max(1, series["provider"]["requests"])
+        lines.append(
+            f"| {series['label']} | {'yes' if series['stream'] else 'no'} | {series['prompts']} | "
+            f"{rate:.0f} | {cpu:.2f} | {collected:.2f} | {provider:.2f} | {series['wrong']} |"
+        )
+    lines += ["", "## Targets", ""]
+    lines += [
+        "| target | streaming | figure | limit | result |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for stream in (False, True):
+        yes = "yes" if stream else "no"
+        ours_rate, ours_cpu, _ = mean_of(results, "ours", stream)
+        today_rate, _, _ = mean_of(results, "today (HEAD)", stream)
+        _, bare_cpu, _ = mean_of(results, "bare llm, reused client", stream)
+        speed, cpu_ratio = ours_rate / today_rate, ours_cpu / bare_cpu
+        lines.append(
+            f"| ours / today, prompts/s | {yes} | {speed:.1f}x | >= {SPEED_TARGET:g}x | "
+            f"{verdict(speed >= SPEED_TARGET)} |"
+        )
+        lines.append(
+            f"| ours / bare llm with a reused client, CPU per prompt | {yes} | {cpu_ratio:.2f}x "
+            f"| <= {CPU_TARGET}x | {verdict(cpu_ratio <= CPU_TARGET)} |"
+        )
+        for found in results.get("breakdown", []):
+            if found["stream"] != stream:
+                continue
+            runs = found["blocks"]
+            interleaved = sum(run[1] for run in runs["ours"]) / sum(
+                run[1] for run in runs["bare llm, reused client"]
+            )
+            lines.append(
+                f"| the same, interleaved in one process (the breakdown below) | {yes} | "
+                f"{interleaved:.2f}x | <= {CPU_TARGET}x | {verdict(interleaved <= CPU_TARGET)} |"
+            )
+    lines += [
+        "",
+        "`ours` and `bare llm, reused client` ran twice (first and last); the targets use the "
+        "mean of the two. Between those two runs, their figures moved by:",
+        "",
+    ]
+    for label in ("ours", "bare llm, reused client"):
+        for stream in (False, True):
+            lines.append(
+                f"- {label}, {'streaming' if stream else 'not streaming'}: prompts/s "
+                f"{spread(results, label, stream, 0):.1%}, CPU per prompt "
+                f"{spread(results, label, stream, 1):.1%}"
+            )
+    lines += breakdown_tables(results.get("breakdown"))
+    lines += [
+        "",
+        "The same switches as separate series of the run above (each its own process, one "
+        "after another), for comparison: CPU ms per prompt.",
+        "",
+        "| series | not streaming | streaming |",
+        "| --- | ---: | ---: |",
+    ]
+    for label in labels:
+        if label.startswith("ours") or label.startswith("bare llm, reused"):
+            plain, streamed = mean_of(results, label, False), mean_of(results, label, True)
+            lines.append(f"| {label} | {plain[1]:.2f} | {streamed[1]:.2f} |")
+    profiles = results.get("profiles")
+    if profiles:
+        lines += profile_tables(profiles)
+    lines += ["", "Notes:", "", *NOTES]
+    lines += ["", "What the provider of each series did (requests, connections):", ""]
+    for series in results["series"]:
+        counts = series["provider"]
+        lines.append(
+            f"- {series['label']}, {'streaming' if series['stream'] else 'not streaming'}: "
+            f"requests {counts['requests']} (ok {counts['ok']}), "
+            f"connections {counts['connections']}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def breakdown_tables(breakdowns: list[dict[str, Any]] | None) -> list[str]:
+    if not breakdowns:
+        return []
+    first = breakdowns[0]
+    rounds = len(first["blocks"]["ours"])
+    readings: list[str] = []
+    lines = [
+        "",
+        "## Where ours' extra CPU goes",
+        "",
+        f"One process per streaming mode runs blocks of {first['block']} prompts of each series "
+        f"below in turn, {rounds} rounds, the order rotated each round, so that the machine's "
+        "drift weighs on every series alike; each switch is flipped between blocks. CPU ms per "
+        "prompt over all its blocks (the range: its blocks' lowest and highest), and what "
+        "switching a part off saves against ours:",
+        "",
+        "| series | streaming | CPU ms / prompt | blocks' range | saved vs ours | "
+        "GC ms / prompt | / bare llm, reused |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for found in breakdowns:
+        block = found["block"]
+
+        def per_prompt(label: str, index: int, found: dict[str, Any] = found) -> float:
+            runs = found["blocks"][label]
+            return 1000 * sum(run[index] for run in runs) / (found["block"] * len(runs))
+
+        ours, bare = per_prompt("ours", 1), per_prompt("bare llm, reused client", 1)
+        ours_blocks = [1000 * run[1] / found["block"] for run in found["blocks"]["ours"]]
+        collected = per_prompt("ours", 2) - per_prompt("bare llm, reused client", 2)
+        readings.append(
+            f"- {'Streaming' if found['stream'] else 'Not streaming'}: ours costs "
+            f"{ours - bare:.2f} ms a prompt more than bare llm ({ours / bare:.2f}x); the garbage "
+            f"collector's share of that is {collected:.2f} ms. "
+            f"Ours' own blocks span {max(ours_blocks) - min(ours_blocks):.2f} ms: a saving "
+            "smaller than about half that is within the noise."
+        )
+        for label, runs in found["blocks"].items():
+            cpu = per_prompt(label, 1)
+            each = [1000 * run[1] / block for run in runs]
+            saved = "" if label == "ours" else f"{ours - cpu:+.2f}"
+            lines.append(
+                f"| {label} | {'yes' if found['stream'] else 'no'} | {cpu:.2f} | "
+                f"{min(each):.2f}-{max(each):.2f} | {saved} | {per_prompt(label, 2):.2f} | "
+                f"{cpu / bare:.2f}x |"
+            )
+    return [*lines, "", *readings]
+
+
+def profile_tables(profiles: dict[str, Any]) -> list[str]:
+    bare, ours = profiles["bare llm, reused client"], profiles["ours"]
+    lines = [
+        "",
+        f"cProfile, not streaming, {ours['prompts']} prompts each (the event loop's thread only; "
+        "profiling slows every call, so only the shares count): own time in µs per prompt, by "
+        "where the function lives.",
+        "",
+        "| area | bare llm, reused client | ours | ours - bare |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    bare_areas, ours_areas = bare["profile"]["areas"], ours["profile"]["areas"]
+    areas = sorted(
+        set(bare_areas) | set(ours_areas),
+        key=lambda a: -(ours_areas.get(a, 0.0) - bare_areas.get(a, 0.0)),
+    )
+    for where in areas:
+        b, o = bare_areas.get(where, 0.0), ours_areas.get(where, 0.0)
+        if max(b, o) >= 5:
+            lines.append(f"| {where} | {b:.0f} | {o:.0f} | {o - b:+.0f} |")
+    total_b, total_o = sum(bare_areas.values()), sum(ours_areas.values())
+    lines.append(f"| total | {total_b:.0f} | {total_o:.0f} | {total_o - total_b:+.0f} |")
+    lines += [
+        "",
+        "The datasette_llm functions with the most own time (µs per prompt, profiled):",
+        "",
+        "| function | own | cumulative |",
+        "| --- | ---: | ---: |",
+    ]
+    for row in ours["profile"]["functions"]:
+        lines.append(f"| `{row['function']}` | {row['own']:.0f} | {row['cumulative']:.0f} |")
+    entries = ours["profile"].get("entries")
+    if entries:
+        lines += [
+            "",
+            "The steps of one prompt of ours, cumulative (µs per prompt, profiled; the `prompt()` "
+            "step includes the request and llm's handling of the response, as bare llm's does):",
+            "",
+            "| step | cumulative |",
+            "| --- | ---: |",
+        ]
+        for _, _, label in ENTRIES:
+            if label in entries:
+                lines.append(f"| {label} | {entries[label]:.0f} |")
+    return lines
+
+
+NOTES: Final = [
+    "- `bare llm, reused client` and `0.1a8, reused client` patch llm's `get_client` in the",
+    "  worker to reuse one client per endpoint and key; ours pools its clients itself (and",
+    "  copies the pooled client with the attempt's timeout for every attempt).",
+    "- The switches are the benchmark's, not options of ours: `telemetry off` replaces",
+    "  `datasette_llm.usage.telemetry.observe` with a no-op; `stamina off` is",
+    "  `stamina.set_active(False)` (one try, no retry machinery); `ledger off` is the",
+    "  configuration's `usage: {enabled: false}`.",
+    "- cProfile sees the event loop's thread only: the ledger's writes in Datasette's write",
+    "  thread and the garbage collector's passes are in the CPU figures above, not in it.",
+    "- The worker and the provider share the machine's 2 cores with whatever else runs: two runs",
+    "  of one series can differ by tens of per cent (above), so the ratios of the interleaved",
+    "  breakdown, where each series meets the same drift, are the steadier ones.",
+]
+
+
+def ensure_head_venv() -> None:
+    """Build the ``head`` venv from the committed tree, if missing."""
+    if Path(run.python_of("head")).exists():
+        return
+    tree = Path(tempfile.mkdtemp(prefix="datasette-llm-head-"))
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "HEAD"], check=True, stdout=subprocess.PIPE
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    run.build("head", [str(tree), *run.PINS])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every prompt count")
+    parser.add_argument("--profile", action="store_true", help="add the cProfile runs")
+    parser.add_argument("--skip-install", action="store_true")
+    parser.add_argument("--render", metavar="JSON", help="only write the tables from a run's JSON")
+    parser.add_argument(
+        "--extend",
+        metavar="JSON",
+        help="add to a run's JSON the interleaved breakdown if it lacks one (and, with "
+        "--profile, the cProfile runs), then write the tables",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--breakdown", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(asyncio.run(run_worker(json.loads(args.worker)))))
+        return 0
+    if args.breakdown:
+        print(json.dumps(asyncio.run(run_breakdown(json.loads(args.breakdown)))))
+        return 0
+    if args.extend:
+        resilience.ensure_venvs(args.skip_install)
+        results = json.loads(Path(args.extend).read_text())
+        if "breakdown" not in results:
+            results["breakdown"] = run_breakdowns(results["scale"])
+        if args.profile:
+            results["profiles"] = run_profiles(results["scale"])
+        results["extended"] = True
+        Path(args.extend).write_text(json.dumps(results, indent=1))
+    elif args.render:
+        results = json.loads(Path(args.render).read_text())
+    else:
+        resilience.ensure_venvs(args.skip_install)
+        ensure_head_venv()
+        results = run_all(args.scale, args.profile)
+        results["breakdown"] = run_breakdowns(args.scale)
+    name = "THROUGHPUT.md" if results["scale"] == 1 else "THROUGHPUT-quick.md"
+    if not args.render and not args.extend:
+        (HERE / name).with_suffix(".json").write_text(json.dumps(results, indent=1))
+    text = markdown(results)
+    (HERE / name).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
