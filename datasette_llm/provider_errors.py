@@ -4,7 +4,9 @@ llm's provider plugins raise their client library's exceptions (``openai``, ``an
 same family of names, each with a ``status_code`` and the HTTP response), the HTTP client's own
 (``httpx``) for a dropped connection, or ``TimeoutError``. ``classify`` reads them by their
 class names and status codes, without importing any of those libraries, into a
-``ProviderError`` whose ``kind`` routing decides on; the original is its ``__cause__``.
+``ProviderError`` whose ``kind`` routing decides on; a copy of the original, every API key it
+quoted redacted (``redacted``), is its ``__cause__``: Datasette's 500 handler and logging print
+the chain.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import email.utils
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import NoneType
 from typing import Final, Literal, TypeAlias, get_args
 
 from .errors import quoted
@@ -25,7 +28,9 @@ __all__ = [
     "Attempt",
     "ErrorKind",
     "ProviderError",
+    "RedactedError",
     "classify",
+    "redacted",
 ]
 
 ErrorKind: TypeAlias = Literal[
@@ -109,7 +114,9 @@ class Attempt:
 class ProviderError(Exception):
     """A provider failed to answer a prompt, after every retry and fallback routing allows.
 
-    The provider's own exception is the ``__cause__``. The message never holds an API key.
+    The ``__cause__`` is the provider's own exception as ``redacted`` copies it: of its class,
+    with its message and plain attributes, without any API key. Neither the message nor any
+    exception of the chain holds a key.
 
     Attributes:
         kind: What kind of failure it is (``"rate_limit"``, ``"timeout"``...).
@@ -149,9 +156,16 @@ class ProviderError(Exception):
         return text
 
     def with_attempts(self, attempts: tuple[Attempt, ...]) -> ProviderError:
-        """Record every attempt of the prompt on this error (routing calls it when it gives up)."""
+        """Record every attempt of the prompt on this error (routing calls it when it gives up).
+
+        The exception being handled when this error was raised (the provider's own, under its
+        redacted copy as ``__cause__``) is redacted too.
+        """
         self.attempts = attempts
         self.args = (self._message(),)
+        context = self.__context__
+        if context is not None:
+            self.__context__ = context if context is self.__cause__ else redacted(context)
         return self
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -219,7 +233,9 @@ def _kind_of(error: BaseException, status: int | None) -> ErrorKind:
 def classify(error: BaseException, model_id: str) -> ProviderError:
     """Return the ``ProviderError`` for an exception raised while ``model_id`` ran a prompt.
 
-    A ``ProviderError`` (the fake router raises them) is returned as it is.
+    Its ``__cause__`` is ``redacted(error)``; raise it without ``from``. An ``unknown`` error is
+    not the provider's and is raised as itself, so that one keeps ``error`` as its cause. A
+    ``ProviderError`` (the fake router raises them) is returned as it is.
     """
     if isinstance(error, ProviderError):
         return error
@@ -229,6 +245,102 @@ def classify(error: BaseException, model_id: str) -> ProviderError:
     headers = getattr(response, "headers", None)
     retry_after = _retry_after(headers) if isinstance(headers, Mapping) else None
     message = str(error) or type(error).__name__
-    return ProviderError(
+    failure = ProviderError(
         _kind_of(error, status), model_id, message, status=status, retry_after=retry_after
     )
+    failure.__cause__ = error if failure.kind == "unknown" else redacted(error)
+    return failure
+
+
+# Exceptions without the keys they quote.
+
+_MAX_DEPTH: Final = 8
+
+
+class RedactedError(Exception):
+    """Stands in, in a chain, for an exception ``redacted`` could not copy as its own class.
+
+    Its message is the class's qualified name and the exception's message, keys redacted.
+
+    Attributes:
+        original_type: The qualified name of the class of the exception it stands in for.
+    """
+
+    def __init__(self, original_type: str, message: str) -> None:
+        self.original_type = original_type
+        super().__init__(f"{original_type}: {message}")
+
+
+def _plain(value: object, depth: int = 0) -> tuple[bool, object]:
+    """Whether ``value`` is plain data (text, numbers, lists and dicts of them), and a copy of
+    it with every remembered key redacted."""
+    if isinstance(value, str):
+        return True, redact(str(value))
+    if isinstance(value, bool | int | float | NoneType):
+        return True, value
+    if depth < _MAX_DEPTH and type(value) in (list, tuple):
+        assert isinstance(value, list | tuple)
+        items = [_plain(item, depth + 1) for item in value]
+        if all(ok for ok, _ in items):
+            return True, type(value)(item for _, item in items)
+    if depth < _MAX_DEPTH and type(value) is dict:
+        assert isinstance(value, dict)
+        pairs = [(_plain(key, depth + 1), _plain(item, depth + 1)) for key, item in value.items()]
+        if all(key[0] and item[0] for key, item in pairs):
+            return True, {key[1]: item[1] for key, item in pairs}
+    return False, None
+
+
+def _text(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return f"<{type(error).__name__}: str() failed>"
+
+
+def _copy(error: BaseException) -> BaseException:
+    """``error`` as its own class with its plain arguments and attributes redacted, or a
+    ``RedactedError`` when such a copy would not say what ``error`` says, keys redacted."""
+    text = redact(_text(error))
+    cls = type(error)
+    try:
+        args = tuple(value for ok, value in map(_plain, error.args) if ok)
+        copy = cls.__new__(cls, *args)
+        copy.args = args
+        for name, value in getattr(error, "__dict__", {}).items():
+            ok, clean = _plain(value)
+            if ok:
+                copy.__dict__[name] = clean
+        if str(copy) == text:
+            return copy
+    except Exception:
+        pass
+    return RedactedError(f"{cls.__module__}.{cls.__qualname__}", text)
+
+
+def redacted(error: BaseException) -> BaseException:
+    """Return a copy of ``error`` and of its chain (``__cause__``, ``__context__``) that holds
+    no API key datasette-llm has read (``log.remember``).
+
+    Each exception is copied as its own class, with its message and traceback, and the
+    attributes that are plain data (text, numbers, lists and dicts of them: an ``openai``
+    error's ``status_code``, ``body``, ``code``...), keys redacted; objects such as the HTTP
+    request and response, whose headers carry the key, are left out. One whose copy would not
+    say what it says becomes a ``RedactedError`` naming its class.
+    """
+    copies: dict[int, BaseException] = {}
+
+    def copy_of(original: BaseException) -> BaseException:
+        known = copies.get(id(original))
+        if known is not None:
+            return known
+        copy = copies[id(original)] = _copy(original)
+        copy.__traceback__ = original.__traceback__
+        if original.__cause__ is not None:
+            copy.__cause__ = copy_of(original.__cause__)
+        if original.__context__ is not None:
+            copy.__context__ = copy_of(original.__context__)
+        copy.__suppress_context__ = original.__suppress_context__
+        return copy
+
+    return copy_of(error)

@@ -45,6 +45,7 @@ class Reply:
         headers: Extra response headers, e.g. ``{"retry-after": "1"}``.
         cut_after: Cut the connection after this many chunks (not streamed: after half the body).
         delay: Seconds before the first byte of the answer (a slow provider, for timeouts).
+        interval: Seconds between the chunks of a streamed answer (tokens trickling in).
         drop: Close the connection without answering: the client sees a connection error.
     """
 
@@ -54,6 +55,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     cut_after: int | None = None
     delay: float = 0.0
+    interval: float = 0.0
     drop: bool = False
 
 
@@ -82,6 +84,8 @@ class Counts:
         cuts: Answers cut part way.
         delayed: Answers delayed by a drawn ``timeouts`` fault (counted as well as their outcome).
         abandoned: Clients that hung up before the answer was sent (e.g. timed out waiting).
+        connections: Connections the clients opened (not an outcome: kept-alive connections
+            carry many requests).
     """
 
     requests: int = 0
@@ -95,6 +99,7 @@ class Counts:
     cuts: int = 0
     delayed: int = 0
     abandoned: int = 0
+    connections: int = 0
 
 
 @dataclass(kw_only=True)
@@ -200,6 +205,7 @@ class Provider:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection: requests one after another (keep-alive) until it closes."""
+        self.counts.connections += 1
         wire = _Wire(reader, writer)
         try:
             while (received := await wire.request()) is not None:
@@ -235,7 +241,10 @@ class Provider:
         cut = reply.cut_after if reply.status == 200 else None
         if cut is not None and body:
             pieces, cut = [body[: len(body) // 2], body[len(body) // 2 :]], 1
-        for piece in pieces[:cut]:
+        for index, piece in enumerate(pieces[:cut]):
+            if index and reply.interval and not await wire.wait(reply.interval):
+                self.counts.abandoned += 1
+                return False
             await wire.send(h11.Data(data=piece))
         if cut is not None and cut < len(pieces):
             self.counts.cuts += 1

@@ -12,24 +12,31 @@ only be known with the installed plugins and models at hand:
   and the fix;
 - the usage settings: a price for a model that is not installed (the nearest installed id
   suggested: a warning), a budget while ``usage: {enabled: false}`` (an error, since nothing
-  would be counted), a budget for a purpose whose models have no price (a warning).
+  would be counted), a budget for a purpose whose models have no price (a warning), or whose
+  routed model has no ``max_tokens`` (in its options or by default) and no ``estimate_usd``:
+  its prompts reserve nothing, so concurrent ones can overspend (a warning),
+  ``usage: {database: NAME}`` naming no attached database (an error);
+- two references to one model, through llm's aliases, giving it different limits (an error:
+  ``parse_config`` sees only ids written alike).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from ..config.parser import parse_config
+from ..config.parser import limit_problems, parse_config
 from ..config.source import raw_section, served_files_conflict
 from ..config.values import CONFIG_ROOT, LLMConfig, settings_for
 from ..errors import ConfigProblem, ConfigurationError, nearest, quoted, shown
+from ..prompting.metering import MAX_TOKENS_OPTIONS
 from ..routing.catalog import get_purposes
 from ..routing.models import ModelRegistry, current_registry
 from ..routing.policy import Policies
 from ..state import Slot, state_of
+from ..usage.ledger import unknown_database
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -59,8 +66,19 @@ __all__ = [
 WARNING: Final = "warning"
 
 
-def usage_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[ConfigProblem]:
-    """Yield every problem of the ``pricing``, ``usage`` and ``budget`` settings."""
+def usage_problems(
+    config: LLMConfig, registry: ModelRegistry, databases: Collection[str] | None = None
+) -> Iterator[ConfigProblem]:
+    """Yield every problem of the ``pricing``, ``usage`` and ``budget`` settings.
+
+    Args:
+        databases: The names of the attached databases, or ``None`` not to check
+            ``usage.database``.
+    """
+    database = config.usage.database
+    if config.usage.enabled and database is not None and databases is not None:
+        if database not in databases:
+            yield unknown_database(database, databases)
     installed = [model.model_id for model in registry.models]
     for model_id in config.pricing:
         if registry.by_name.get(model_id) is None:
@@ -101,6 +119,32 @@ def usage_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[Confi
                 "attempts add nothing to this budget. Give each a price.",
                 WARNING,
             )
+        routed = purpose_config.model or config.default_model
+        if (
+            budget.estimate_usd is None
+            and routed is not None
+            and registry.canonical(routed.model_id) in priced  # else warned above
+        ):
+            installed_model = registry.by_name.get(routed.model_id)
+            if installed_model is not None and not _caps_output(routed, installed_model):
+                yield ConfigProblem(
+                    path,
+                    f"{quoted(routed.model_id)} has no max_tokens in its options nor by default, "
+                    "so its prompts reserve nothing of this budget while they run: prompts "
+                    "started at once can all be admitted and spend past it. Set "
+                    f"{path}.estimate_usd (US dollars one prompt may cost), or max_tokens in "
+                    "the model's options.",
+                    WARNING,
+                )
+
+
+def _caps_output(ref: ModelRef, model: object) -> bool:
+    """Whether ``ref``'s options or ``model``'s default cap its output tokens (``max_tokens``
+    or the names llm's plugins give it), which a prompt's estimate for a budget needs."""
+    default = getattr(model, "default_max_tokens", None)
+    if isinstance(default, int) and not isinstance(default, bool):
+        return True
+    return any(ref.options.get(name) is not None for name in MAX_TOKENS_OPTIONS)
 
 
 # Fallbacks and requirements.
@@ -472,12 +516,15 @@ def validate(
     registry: ModelRegistry,
     *,
     list_unregistered: int | None = None,
+    databases: Collection[str] | None = None,
 ) -> Validation:
     """Check raw plugin configuration against the registered purposes and installed models.
 
     Args:
         list_unregistered: Warn about at most this many purposes no plugin registers one by
             one; more make one summary warning (startup logs). ``None``: one warning each.
+        databases: The names of the attached databases, to check ``usage.database`` against
+            (``None``: not checked).
     """
     try:
         config = parse_config(raw)
@@ -485,6 +532,7 @@ def validate(
         strict = isinstance(raw, Mapping) and raw.get("strict") is True
         return Validation(error.problems, strict, None)
     problems: list[ConfigProblem] = list(_option_problems(config, registry))
+    problems.extend(limit_problems(config, registry.canonical))
     for missing in find_missing_models(config, registry):
         hint = f" Did you mean {missing.nearest!r}?" if missing.nearest else ""
         problems.append(
@@ -503,7 +551,7 @@ def validate(
     problems.extend(_allowlist_problems(policies, names))
     problems.extend(fallback_problems(policies, names))
     problems.extend(requirement_problems(config, registry, purposes))
-    problems.extend(usage_problems(config, registry))
+    problems.extend(usage_problems(config, registry, databases))
     problems.sort(key=lambda problem: problem.severity != ERROR)
     return Validation(tuple(problems), config.strict, config)
 
@@ -530,7 +578,11 @@ def validate_datasette(datasette: Datasette, *, list_unregistered: int | None = 
     _, _, section = raw_section(datasette)
     purposes, catalog_problem = purposes_or_problem(datasette)
     validation = validate(
-        section, purposes, current_registry(datasette), list_unregistered=list_unregistered
+        section,
+        purposes,
+        current_registry(datasette),
+        list_unregistered=list_unregistered,
+        databases=list(datasette.databases),
     )
     if catalog_problem is None:
         return validation

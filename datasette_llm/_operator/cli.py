@@ -186,14 +186,22 @@ def parse_since(text: str, now: float) -> Window:
     """Read ``--since``: a duration before ``now`` or an ISO date or time (see ``SINCE_FORMS``).
 
     Raises:
-        click.BadParameter: ``text`` is none of those, or is later than ``now``.
+        click.BadParameter: ``text`` is none of those, or is later than ``now`` or before 1970.
     """
     match = _DURATION.fullmatch(text.strip().lower())
     if match is not None:
         number, unit = float(match[1]), match[2]
         seconds, name = _UNITS[unit]
         plural = "s" if number != 1 else ""
-        return Window(text, f"Last {number:g} {name}{plural}", now - number * seconds)
+        since_epoch = now - number * seconds
+        if since_epoch < 0:
+            raise click.BadParameter(
+                f"{text!r} reaches back before 1970-01-01 (UTC), earlier than any usage row: "
+                f"give a shorter duration (at most {now / seconds:.0f}{unit}), or leave out "
+                "--since for the last 24 hours, 7 days and 30 days.",
+                param_hint="'--since'",
+            )
+        return Window(text, f"Last {number:g} {name}{plural}", since_epoch)
     since: datetime | None = None
     try:
         day = date.fromisoformat(text)
@@ -214,11 +222,27 @@ def parse_since(text: str, now: float) -> Window:
             f"{text!r} is in the future (it is now {utc_text(now)}): give a time before now.",
             param_hint="'--since'",
         )
+    if since.timestamp() < 0:
+        raise click.BadParameter(
+            f"{text!r} is before 1970-01-01 (UTC), earlier than any usage row: give a later "
+            "date, or leave out --since for the last 24 hours, 7 days and 30 days.",
+            param_hint="'--since'",
+        )
     return Window(text, f"Since {utc_text(since.timestamp())}", since.timestamp())
 
 
 def _line_rows(label: str, lines: tuple[UsageLine, ...]) -> list[tuple[str, ...]]:
-    header = (label, "ATTEMPTS", "OK", "FAILURES", "INPUT", "OUTPUT", "CACHED", "SPEND")
+    header = (
+        label,
+        "ATTEMPTS",
+        "OK",
+        "CANCELLED",
+        "FAILURES",
+        "INPUT",
+        "OUTPUT",
+        "CACHED",
+        "SPEND",
+    )
     rows: list[tuple[str, ...]] = [header]
     for line in lines:
         totals = line.totals
@@ -228,6 +252,7 @@ def _line_rows(label: str, lines: tuple[UsageLine, ...]) -> list[tuple[str, ...]
                 "(no purpose)" if line.name is None else line.name,
                 str(totals.attempts),
                 str(totals.ok),
+                str(totals.cancelled),
                 failures or "-",
                 f"{totals.input_tokens:,}",
                 f"{totals.output_tokens:,}",
@@ -244,8 +269,8 @@ def _window_text(window: UsageWindow) -> list[str]:
     if not total.attempts:
         return [f"{heading}: no attempts", ""]
     return [
-        f"{heading}: {total.attempts} attempts, {total.ok} ok, {total.failed} failed; "
-        f"spend {total.spend}",
+        f"{heading}: {total.attempts} attempts, {total.ok} ok, {total.cancelled} cancelled, "
+        f"{total.failed} failed; spend {total.spend}",
         "",
         text_table(_line_rows("PURPOSE", window.purposes)),
         "",
@@ -522,7 +547,7 @@ def _setting_text(name: str, setting: Setting) -> str:
         shown = "none"
     elif isinstance(value, tuple):
         shown = ", ".join(value) or "none"
-    elif name in ("timeout", "deadline"):
+    elif name in ("timeout", "deadline", "max_wait"):
         shown = f"{value:g}s"
     else:
         shown = str(value)
@@ -535,7 +560,9 @@ def _link_text(index: int, link: ChainLink) -> str:
     if link.refusal is not None:
         return text + f"NOT TRIED: {link.refusal}"
     tries = f"tries {link.tries}"
-    if link.client_retries:
+    if link.adapted:
+        tries += ", one request per try (datasette-llm owns its client's retries)"
+    elif link.client_retries:
         tries += f" of up to {1 + link.client_retries} requests (its client retries itself)"
     limits = [
         f"{name} {value:g}"
@@ -551,6 +578,7 @@ def _chain_text(name: str, chain: Chain) -> list[str]:
         ("timeout", chain.timeout),
         ("deadline", chain.deadline),
         ("fallback_on", chain.fallback_on),
+        ("max_wait", chain.max_wait),
     )
     lines = [f"  {name}: " + "; ".join(_setting_text(*setting) for setting in settings)]
     lines.extend(f"    {_link_text(index, link)}" for index, link in enumerate(chain.links, 1))
@@ -587,15 +615,25 @@ def add_commands(cli: click.Group) -> None:
     add_usage_command(llm_group)
 
     @llm_group.command(name="purposes")
+    @click.argument("files", type=click.Path(exists=True), nargs=-1)
     @datasette_options
     @click.option("--json", "as_json", is_flag=True, help="Output the report as JSON")
     def purposes(
-        config: Any, metadata: Any, plugins_dir: str | None, internal: str | None, as_json: bool
+        files: tuple[str, ...],
+        config: Any,
+        metadata: Any,
+        plugins_dir: str | None,
+        internal: str | None,
+        as_json: bool,
     ) -> None:
-        """Show every purpose, the model it resolves to, and why."""
+        """Show every purpose, the model it resolves to, and why.
+
+        Pass the database files datasette serve attaches (FILES), such as the one usage:
+        database names.
+        """
         from ..errors import ConfigurationError
 
-        datasette = datasette_from_files(config, metadata, plugins_dir, internal)
+        datasette = datasette_from_files(config, metadata, plugins_dir, internal, files)
         try:
             report = asyncio.run(_report(datasette))
         except ConfigurationError as error:
@@ -607,6 +645,7 @@ def add_commands(cli: click.Group) -> None:
             click.echo(format_table(report))
 
     @llm_group.command(name="check")
+    @click.argument("files", type=click.Path(exists=True), nargs=-1)
     @datasette_options
     @click.option("--strict", is_flag=True, help="Treat warnings as errors (like strict: true)")
     @click.option("--json", "as_json", is_flag=True, help="Output problems and routing as JSON")
@@ -615,6 +654,7 @@ def add_commands(cli: click.Group) -> None:
     )
     @click.option("--purpose", "only", metavar="NAME", help="With --live: test only this purpose")
     def check(
+        files: tuple[str, ...],
         config: Any,
         metadata: Any,
         plugins_dir: str | None,
@@ -626,12 +666,13 @@ def add_commands(cli: click.Group) -> None:
     ) -> None:
         """Validate the configuration and that every purpose can be served; exit 1 on errors.
 
-        With --live, also prompt each purpose's routed chain (real calls, recorded as usage);
-        exit 1 if any fails.
+        Pass the database files datasette serve attaches (FILES), such as the one usage:
+        database names. With --live, also prompt each purpose's routed chain (real calls,
+        recorded as usage); exit 1 if any fails.
         """
         if only is not None and not live:
             raise click.UsageError("--purpose NAME needs --live.")
-        datasette = datasette_from_files(config, metadata, plugins_dir, internal)
+        datasette = datasette_from_files(config, metadata, plugins_dir, internal, files)
         problems, config_strict, report = asyncio.run(_check(datasette))
         strict = strict or config_strict
         failing = [p for p in problems if strict or p.severity == "error"]

@@ -76,12 +76,13 @@ class LiveAttempt:
     Attributes:
         model_id: The model tried.
         duration: Seconds from its start to its answer or failure.
-        error: The kind of its failure, or ``None`` when it answered.
+        error: The kind of its failure, ``"cancelled"`` when the test's time ran out while
+            the provider had it, or ``None`` when it answered.
     """
 
     model_id: str
     duration: float
-    error: ErrorKind | None = None
+    error: ErrorKind | Literal["cancelled"] | None = None
 
     def to_json(self) -> dict[str, object]:
         """Return the attempt as JSON-ready values."""

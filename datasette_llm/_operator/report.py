@@ -10,7 +10,7 @@ For each purpose it holds:
 - its chain: the routed model, then every fallback in order, each with whether the policy would
   admit it (``policy.screen``, its key required, as ``routing.route.admit`` asks just before a
   prompt tries it) and if not why, and the settings that apply (``retries``, ``timeout``,
-  ``deadline``, ``fallback_on``) each with the configuration path that sets it;
+  ``deadline``, ``fallback_on``, ``max_wait``) each with the configuration path that sets it;
 - who may use it (the ``llm-use`` action), read from Datasette's configuration: the global block
   ``permissions: {llm-use: ...}`` and a purpose's own ``databases: {<purpose>: {permissions:
   {llm-use: ...}}}``. Rules a permissions plugin adds through ``permission_resources_sql``
@@ -36,6 +36,7 @@ import llm
 from ..config.values import CONFIG_ROOT, LLMConfig, Resilience, settings_for
 from ..errors import ConfigProblem, ModelNotFoundError, Substituted, quoted, shown
 from ..prompting.attempts import client_retries, tries_of
+from ..prompting.clients import adapt
 from ..routing.catalog import get_purpose_collisions, get_purpose_owner
 from ..routing.keys import KeyStatus, key_status
 from ..routing.models import ModelRegistry, current_registry, find_model
@@ -233,7 +234,10 @@ class ChainLink:
         key: Its key status, or ``None`` when it is not installed or not checked.
         rpm: Its requests-per-minute limit, if configured.
         concurrency: Its concurrent-requests limit, if configured.
-        client_retries: How many times the provider's client library retries by itself.
+        adapted: Whether datasette-llm owns its client's retries: each try is one request,
+            through a client pooled per endpoint and key (``prompting/clients.py``).
+        client_retries: How many times the provider's client library retries by itself (0
+            when ``adapted``).
         tries: How many times datasette-llm itself tries it (each try is up to
             ``1 + client_retries`` requests).
     """
@@ -246,6 +250,7 @@ class ChainLink:
     key: KeyStatus | None
     rpm: float | None
     concurrency: int | None
+    adapted: bool
     client_retries: int
     tries: int
 
@@ -266,6 +271,7 @@ class ChainLink:
             "key": key_json(self.key),
             "rpm": self.rpm,
             "concurrency": self.concurrency,
+            "adapted": self.adapted,
             "client_retries": self.client_retries,
             "tries": self.tries,
         }
@@ -281,6 +287,8 @@ class Chain:
         timeout: ``timeout``: seconds per attempt.
         deadline: ``deadline``: seconds for the whole prompt.
         fallback_on: ``fallback_on``: the error kinds that move on to the next fallback.
+        max_wait: ``max_wait``: without a deadline, the longest wait for a ``Retry-After`` or
+            a cool-down.
     """
 
     links: tuple[ChainLink, ...]
@@ -288,6 +296,7 @@ class Chain:
     timeout: Setting
     deadline: Setting
     fallback_on: Setting
+    max_wait: Setting
 
     @property
     def fallbacks(self) -> tuple[ChainLink, ...]:
@@ -297,7 +306,7 @@ class Chain:
     @property
     def worth_showing(self) -> bool:
         """Whether anything here differs from a bare route: fallbacks, settings or limits."""
-        settings = (self.retries, self.timeout, self.deadline, self.fallback_on)
+        settings = (self.retries, self.timeout, self.deadline, self.fallback_on, self.max_wait)
         limited = any(link.rpm is not None or link.concurrency is not None for link in self.links)
         return bool(self.fallbacks) or limited or any(s.set_at for s in settings)
 
@@ -309,10 +318,11 @@ class Chain:
             "timeout": self.timeout.to_json(),
             "deadline": self.deadline.to_json(),
             "fallback_on": self.fallback_on.to_json(),
+            "max_wait": self.max_wait.to_json(),
         }
 
 
-def _settings(policy: Policy) -> tuple[Setting, Setting, Setting, Setting]:
+def _settings(policy: Policy) -> tuple[Setting, Setting, Setting, Setting, Setting]:
     """Each setting for the purpose as ``settings_for`` reads it, with where it is set."""
     settings = settings_for(policy.config, policy.purpose)
     applied, set_at = settings.resilience, settings.set_at
@@ -321,6 +331,7 @@ def _settings(policy: Policy) -> tuple[Setting, Setting, Setting, Setting]:
         Setting(applied.timeout, set_at["timeout"]),
         Setting(applied.deadline, set_at["deadline"]),
         Setting(applied.fallback_on, set_at["fallback_on"]),
+        Setting(applied.max_wait, set_at["max_wait"]),
     )
 
 
@@ -350,6 +361,7 @@ def _link(
         key=key,
         rpm=reference.rpm,
         concurrency=reference.concurrency,
+        adapted=model is not None and adapt(model),
         client_retries=by_client,
         tries=tries_of(model, retries) if model is not None else 1 + retries,
     )

@@ -13,9 +13,10 @@ its configuration path instead of stopping at the first; ``parse_config`` and
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, TypedDict
@@ -52,9 +53,11 @@ __all__ = [
     "Reader",
     "UsageReader",
     "got",
+    "limit_problems",
     "parse_config",
     "parse_with_sources",
     "reference",
+    "retention_problems",
 ]
 
 
@@ -266,7 +269,7 @@ class Reader:
 
 _PRICE_KEYS: Final = ("input", "output", "cached_input")
 _USAGE_KEYS: Final = ("enabled", "database", "retention_days")
-_BUDGET_KEYS: Final = ("usd", "per", "then")
+_BUDGET_KEYS: Final = ("usd", "per", "then", "estimate_usd")
 _PERIODS: Final[tuple[BudgetPeriod, ...]] = ("day", "week", "month")
 _THEN: Final = ("refuse", "fallback")
 
@@ -278,8 +281,17 @@ class UsageReader(Reader):
         value = self.value(value, path)
         if value is FAILED:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            self.fail(path, f"expected dollars per million tokens (0 or more), got {got(value)}.")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            self.fail(
+                path,
+                f"expected dollars per million tokens, a finite number of 0 or more, "
+                f"got {got(value)}.",
+            )
             return None
         return float(value)
 
@@ -368,9 +380,10 @@ class UsageReader(Reader):
             self.fail(path, "a budget needs usd: the dollars the purpose may spend per period.")
         per = self.choice(value.get("per", "month"), f"{path}.per", _PERIODS)
         then = self.choice(value.get("then", "refuse"), f"{path}.then", _THEN)
+        estimate = self.number(value.get("estimate_usd"), f"{path}.estimate_usd", "US dollars")
         if usd is None or per is None or then is None:
             return None
-        return Budget(usd=usd, per=per, then=then)  # type: ignore[arg-type]
+        return Budget(usd=usd, per=per, then=then, estimate_usd=estimate)  # type: ignore[arg-type]
 
     def choice(self, value: object, path: str, choices: tuple[str, ...]) -> str | None:
         value = self.value(value, path)
@@ -386,7 +399,14 @@ class UsageReader(Reader):
 
 # The whole configuration.
 
-_RESILIENCE_KEYS: Final = ("fallbacks", "retries", "timeout", "deadline", "fallback_on")
+_RESILIENCE_KEYS: Final = (
+    "fallbacks",
+    "retries",
+    "timeout",
+    "deadline",
+    "fallback_on",
+    "max_wait",
+)
 _TOP_KEYS: Final = (
     "default_model",
     "models",
@@ -418,6 +438,7 @@ class _Settings(TypedDict):
     timeout: float | None
     deadline: float | None
     fallback_on: tuple[ErrorKind, ...] | None
+    max_wait: float | None
 
 
 class _Parser(UsageReader):
@@ -483,6 +504,7 @@ class _Parser(UsageReader):
             timeout=timeout,
             deadline=deadline,
             fallback_on=self.kinds(value.get("fallback_on"), f"{path}.fallback_on"),
+            max_wait=self.number(value.get("max_wait"), f"{path}.max_wait", "seconds"),
         )
 
     def id_list(self, value: object, path: str) -> tuple[str, ...] | None:
@@ -594,21 +616,62 @@ class _Parser(UsageReader):
         )
 
 
-def _check_limits(parser: _Parser, config: LLMConfig) -> None:
-    """A model's limits hold for every purpose: two references may not give it different ones."""
-    first: dict[str, tuple[str, float | None, int | None]] = {}
+def limit_problems(
+    config: LLMConfig, canonical: Callable[[str], str] = str
+) -> Iterator[ConfigProblem]:
+    """Yield an error for each reference giving a model other limits than an earlier one does.
+
+    A model's limits hold for every purpose, so two references to it may not disagree.
+
+    Args:
+        canonical: The model id a reference's id or alias stands for (``_operator/checks.py``
+            resolves llm's aliases with the installed models); by default, the id as written.
+    """
+    first: dict[str, tuple[str, ModelRef]] = {}
     for path, ref in config.all_refs():
         if ref.rpm is None and ref.concurrency is None:
             continue
-        seen = first.setdefault(ref.model_id, (path, ref.rpm, ref.concurrency))
-        if seen[1:] != (ref.rpm, ref.concurrency):
-            parser.fail(
-                path,
-                f"limits for {quoted(ref.model_id)} (rpm {ref.rpm}, concurrency "
-                f"{ref.concurrency}) differ from those at {seen[0]} (rpm {seen[1]}, concurrency "
-                f"{seen[2]}): a model's limits are shared by every purpose, so give them once, "
-                "or give both the same values.",
-            )
+        model_id = canonical(ref.model_id)
+        seen_path, seen = first.setdefault(model_id, (path, ref))
+        if (seen.rpm, seen.concurrency) == (ref.rpm, ref.concurrency):
+            continue
+        alias = (
+            ""
+            if seen.model_id == ref.model_id
+            else f" ({quoted(seen.model_id)} and {quoted(ref.model_id)} are the same model, "
+            f"{quoted(model_id)}, through llm's aliases)"
+        )
+        yield ConfigProblem(
+            path,
+            f"limits for {quoted(ref.model_id)} (rpm {ref.rpm}, concurrency {ref.concurrency}) "
+            f"differ from those at {seen_path} (rpm {seen.rpm}, concurrency "
+            f"{seen.concurrency}){alias}: a model's limits are shared by every purpose, so give "
+            "them once, or give both the same values.",
+        )
+
+
+_PERIOD_DAYS: Final[Mapping[BudgetPeriod, int]] = {"day": 1, "week": 7, "month": 31}
+"""The age of the oldest row a budget of each period counts, in whole days."""
+
+
+def retention_problems(config: LLMConfig) -> Iterator[ConfigProblem]:
+    """Yield an error for each budget counting rows that ``usage.retention_days`` deletes."""
+    retention = config.usage.retention_days
+    if retention is None:
+        return
+    for name, purpose_config in config.purposes.items():
+        budget = purpose_config.budget
+        if budget is None or retention >= _PERIOD_DAYS[budget.per]:
+            continue
+        days = _PERIOD_DAYS[budget.per]
+        yield ConfigProblem(
+            f"{CONFIG_ROOT}.usage.retention_days",
+            f"keeping usage rows {retention:g} days deletes rows the budget at "
+            f"{CONFIG_ROOT}.purposes.{shown(name)}.budget.per ({budget.per}) counts, so its spend "
+            f"would be forgotten and a spent budget allowed again. Raise retention_days to at "
+            f"least {days} (a {budget.per} holds up to {days} days of rows), or give the budget "
+            "a shorter period.",
+        )
 
 
 def parse_config(raw: object) -> LLMConfig:
@@ -635,7 +698,8 @@ def parse_with_sources(raw: object) -> ParsedConfig:
     """Parse like ``parse_config``, also saying which variables and files were read."""
     parser = _Parser()
     config = parser.config(raw)
-    _check_limits(parser, config)
+    parser.problems.extend(limit_problems(config))
+    parser.problems.extend(retention_problems(config))
     if parser.problems:
         raise ConfigurationError(parser.problems)
     return ParsedConfig(

@@ -118,6 +118,9 @@ class Resilience:
         deadline: Seconds the whole prompt may take, every attempt and wait included, or
             ``None`` for no limit.
         fallback_on: The error kinds that move on to the next fallback.
+        max_wait: Without a ``deadline``, the longest a prompt waits for a model's
+            ``Retry-After`` (or its cool-down); a longer one moves on to the next fallback at
+            once. With a deadline, the time left bounds each wait instead.
     """
 
     fallbacks: tuple[ModelRef, ...] = ()
@@ -125,6 +128,7 @@ class Resilience:
     timeout: float | None = None
     deadline: float | None = None
     fallback_on: tuple[ErrorKind, ...] = DEFAULT_FALLBACK_ON
+    max_wait: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +140,14 @@ class Budget:
         per: The period: ``"day"``, ``"week"`` or ``"month"`` (UTC calendar periods).
         then: ``"refuse"``: prompts raise ``BudgetExceededError``; ``"fallback"``: prompts go to
             the purpose's fallbacks, skipping its routed model.
+        estimate_usd: US dollars reserved for each prompt in flight, or ``None`` to estimate
+            it from the prompt's ``max_tokens`` (else the model's) at the configured price.
     """
 
     usd: float
     per: BudgetPeriod = "month"
     then: Literal["refuse", "fallback"] = "refuse"
+    estimate_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +178,7 @@ class PurposeConfig:
         timeout: The purpose's ``timeout``, or ``None`` for the global value.
         deadline: The purpose's ``deadline``, or ``None`` for the global value.
         fallback_on: The purpose's ``fallback_on``, or ``None`` for the global value.
+        max_wait: The purpose's ``max_wait``, or ``None`` for the global value.
         budget: What the purpose may spend, or ``None`` for no limit.
         locked: Whether datasette.yaml alone decides it: no override (``/-/llm``) may change it.
     """
@@ -183,6 +191,7 @@ class PurposeConfig:
     timeout: float | None = None
     deadline: float | None = None
     fallback_on: tuple[ErrorKind, ...] | None = None
+    max_wait: float | None = None
     budget: Budget | None = None
     locked: bool = False
 
@@ -200,7 +209,8 @@ class LLMConfig:
         purposes: Per-purpose configuration by purpose name.
         strict: Whether suspicious configuration stops startup instead of logging a warning.
         resilience: What routing does when a provider fails, unless a purpose says otherwise
-            (``fallbacks``, ``retries``, ``timeout``, ``deadline``, ``fallback_on``).
+            (``fallbacks``, ``retries``, ``timeout``, ``deadline``, ``fallback_on``,
+            ``max_wait``).
         pricing: The price of each model id, in dollars per million tokens.
         usage: Where the usage ledger is kept.
     """
@@ -247,7 +257,9 @@ class LLMConfig:
             yield f"{CONFIG_ROOT}.fallbacks[{index}]", ref
 
 
-SettingName: TypeAlias = Literal["fallbacks", "retries", "timeout", "deadline", "fallback_on"]
+SettingName: TypeAlias = Literal[
+    "fallbacks", "retries", "timeout", "deadline", "fallback_on", "max_wait"
+]
 """A setting of what routing does on failure, at the top level or under ``purposes.<name>``."""
 
 SETTING_NAMES: Final[tuple[SettingName, ...]] = get_args(SettingName)

@@ -6,10 +6,19 @@ is retried, with jittered exponential backoff that honours ``Retry-After`` (``st
 ``rate_limit``, ``timeout``, ``server_error`` and ``connection`` errors; the next fallback is
 tried on the kinds in ``fallback_on``. An ``unknown`` error is raised as it is, never retried.
 
-``retries`` counts the requests the provider's client library makes by itself: the ``openai``
-client behind llm's OpenAI models (and the ``anthropic`` client) retries twice on its own, so
-each try of such a model is up to 3 requests, and datasette-llm makes ``ceil((retries + 1) / 3)``
-tries: one with the default ``retries: 2``, never ``retries + 1`` tries of 3 requests each.
+Every wait is bounded: a ``Retry-After`` (or a model's cool-down) longer than the time left
+before the deadline, or with no deadline longer than ``max_wait``, is not waited for: the
+prompt goes on to its next fallback at once, or ends with ``rate_limit``, and the model cools
+down for it. A cooling model is skipped for the fallbacks only when ``fallback_on`` names
+``rate_limit``; otherwise its cool-down is waited for within those bounds. One try at a time
+finds out whether a cooled model has recovered; one that ends without an answer hands that on.
+
+``retries`` counts requests. A model whose client datasette-llm adapts (``clients.adapt``:
+llm's OpenAI models and the plugins subclassing them) makes exactly one request per try, so it
+is tried ``retries + 1`` times. A model whose client library retries by itself and cannot be
+adapted (the ``anthropic`` client behind llm-anthropic, a subclass of llm's OpenAI classes
+that builds its own client) makes up to 3 requests per try, and datasette-llm makes
+``ceil((retries + 1) / 3)`` tries: one with the default ``retries: 2``.
 
 Under stamina's test mode (``stamina.set_testing``, which the ``FakeModelRouter`` turns on) no
 backoff waits and stamina sets the number of tries; a wait past the deadline still gives up.
@@ -23,6 +32,7 @@ import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
@@ -36,9 +46,9 @@ from ..provider_errors import (
     ProviderError,
 )
 from ..routing.route import admit
-from ..usage.budgets import BudgetExceededError, period_start
-from ..usage.ledger import ledger_for
-from .limits import Gate, gate_for
+from ..usage.budgets import BudgetExceededError
+from .clients import adapt, client_library
+from .limits import Gate, LimitsTimeout, gate_for
 from .metering import Meter, Started
 
 if TYPE_CHECKING:
@@ -48,6 +58,7 @@ if TYPE_CHECKING:
     from ..routing.route import Routed
 
 __all__ = [
+    "Clock",
     "Once",
     "client_retries",
     "run_attempts",
@@ -65,11 +76,9 @@ answer is the completed response (for a chain: its stream, primed with the first
 It raises ``ProviderError`` for the provider's failure (any other exception is not the
 provider's, and ends the prompt as it is)."""
 
-# The module a model class comes from -> the client library that retries by itself.
-_SELF_RETRYING: Final = {
-    "llm.default_plugins.openai_models": "openai",
-    "llm_anthropic": "anthropic",
-}
+# The module of a model class whose client is built inside ``execute()`` (so no client of it
+# can be adapted) -> its client library, which retries by itself.
+_SELF_RETRYING: Final = {"llm_anthropic": "anthropic"}
 _WAIT_INITIAL: Final = 0.5
 _WAIT_MAX: Final = 10.0
 _WAIT_JITTER: Final = 1.0
@@ -77,15 +86,19 @@ _WAIT_JITTER: Final = 1.0
 
 def tries_of(model: AsyncModel, retries: int) -> int:
     """How many times datasette-llm tries ``model`` for ``retries``: enough that the requests,
-    the client library's own retries included, reach ``retries + 1`` (at least one try)."""
+    the client library's own retries included, reach ``retries + 1`` (at least one try);
+    ``retries + 1`` for a model whose client datasette-llm adapts (one request per try)."""
     per_try = 1 + client_retries(model)
     return max(1, math.ceil((retries + 1) / per_try))
 
 
 def client_retries(model: AsyncModel) -> int:
-    """How many times the client library behind ``model`` retries a request by itself."""
+    """How many times the client library behind ``model`` retries a request by itself: never
+    for a model whose client datasette-llm adapts (``clients.adapt``, which adapts it first)."""
+    if adapt(model):
+        return 0
     module = type(model).__module__
-    library = _SELF_RETRYING.get(module) or _SELF_RETRYING.get(module.partition(".")[0])
+    library = client_library(model) or _SELF_RETRYING.get(module.partition(".")[0])
     if library is None:
         return 0
     try:
@@ -110,42 +123,83 @@ async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
 
 
 @dataclass(slots=True)
-class _Clock:
-    """The prompt's deadline."""
+class Clock:
+    """A prompt's deadline (``time.monotonic()``), or ``None`` for none.
+
+    Attributes:
+        deadline: When the prompt must have ended.
+    """
 
     deadline: float | None
 
+    @classmethod
+    def start(cls, meter: Meter) -> Clock:
+        """The deadline of the prompt ``meter`` records, starting now (its ``deadline``)."""
+        primary = meter.primary
+        seconds = settings_for(primary.policy.config, primary.policy.purpose).resilience.deadline
+        return cls(None if seconds is None else time.monotonic() + seconds)
+
     def left(self) -> float | None:
+        """Seconds left before the deadline (``None``: no deadline)."""
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def passed(self) -> bool:
+        """Whether the deadline has passed."""
         left = self.left()
         return left is not None and left <= 0
 
     def bound(self, timeout: float | None) -> float | None:
+        """``timeout``, cut to the time left before the deadline."""
         left = self.left()
         if left is None:
             return timeout
         return max(0.0, left if timeout is None else min(timeout, left))
 
 
-async def run_attempts(meter: Meter, once: Once[T]) -> T:
+async def run_attempts(
+    meter: Meter,
+    once: Once[T],
+    clock: Clock | None = None,
+    *,
+    slots: bool = True,
+    settle: bool = True,
+) -> T:
     """Try the routed model, then its fallbacks, until one answers; record every attempt.
 
     ``meter`` holds the prompt's Datasette, routed model, actor and ``PromptResult``, and
     records the usage of each failed attempt (``once`` records those that answered).
+    ``clock``: the prompt's deadline, when the caller started it (a chain bounds its later
+    steps by it too). ``slots``: each attempt holds its place under the model's limits while
+    ``once`` runs; ``False`` when ``once`` takes them itself (a chain: one for each step, each
+    held until that step's response has completed). A
+    budgeted purpose's prompt holds its estimate of the budget until this returns or raises;
+    with ``settle=False``, until the caller settles it (``Meter.settle``) once its call has
+    ended, when it goes on after this returns (a chain's later steps). It is settled here
+    whenever this raises.
 
     Raises:
         ProviderError: The last failure, with every attempt (``attempts``), once routing has
             nothing left to try or the deadline has passed.
+        BudgetExceededError: The purpose's budget refuses, or is why nothing was tried.
     """
+    try:
+        answer = await _attempts(meter, once, clock or Clock.start(meter), slots)
+    except BaseException:
+        meter.settle()
+        raise
+    if settle:
+        meter.settle()
+    return answer
+
+
+async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T:
     datasette, primary, actor, result = meter.datasette, meter.primary, meter.actor, meter.result
     config = primary.policy.config
     settings = settings_for(config, primary.policy.purpose).resilience
-    deadline = None if settings.deadline is None else time.monotonic() + settings.deadline
-    prompt = _Prompt(settings, _Clock(deadline), meter, once)
+    prompt = _Prompt(settings, clock, meter, once, slots)
     plan: tuple[str, ...] = (primary.resolution.model_id, *primary.resolution.fallbacks)
-    if await _over_budget(meter):
+    refused = await _over_budget(meter)
+    if refused is not None:
         plan = plan[1:]  # then: fallback (then: refuse has raised)
     cooling: list[tuple[Routed, Gate]] = []
     for index, model_id in enumerate(plan):
@@ -159,7 +213,7 @@ async def run_attempts(meter: Meter, once: Once[T]) -> T:
             routed = admitted
         reference = routed.reference
         gate = gate_for(datasette, model_id, reference.rpm, reference.concurrency)
-        if gate.cooling() and index < len(plan) - 1:
+        if gate.cooling() and index < len(plan) - 1 and "rate_limit" in settings.fallback_on:
             cooling.append((routed, gate))  # tried last, if nothing after it answers
             result.skipped.append(f"{model_id!r} deferred: it is cooling down after rate limits")
             continue
@@ -168,35 +222,34 @@ async def run_attempts(meter: Meter, once: Once[T]) -> T:
     for routed, gate in cooling:
         if await prompt.model(routed, gate):
             return prompt.answer()
+    if refused is not None and prompt.last is None:
+        raise refused  # no fallback could be tried: the budget is why nothing answered
     failure = prompt.failure(primary.resolution.model_id)
     raise failure from failure.__cause__
 
 
-async def _over_budget(meter: Meter) -> bool:
-    """Whether the purpose has spent its budget and goes to its fallbacks.
+async def _over_budget(meter: Meter) -> BudgetExceededError | None:
+    """Admit the prompt under its purpose's budget (``Meter.admit``), or say why not.
+
+    Returns:
+        ``None`` once admitted (or with no budget); the refusal when the budget, with what
+        prompts in flight hold, is spent and says ``then: fallback``: go to the fallbacks.
 
     Raises:
-        BudgetExceededError: It has, and its budget says ``then: refuse`` (or it has no
-            fallback).
+        BudgetExceededError: It is spent and says ``then: refuse`` (or there is no fallback).
     """
-    purpose = meter.primary.resolution.purpose
-    config = meter.primary.policy.config
-    purpose_config = config.purpose(purpose)
-    budget = purpose_config.budget if purpose_config is not None else None
-    if budget is None or purpose is None:
-        return False
-    since = period_start(budget.per, time.time())
-    ledger = ledger_for(meter.datasette)
-    spent = await ledger.spent(purpose, since)
-    if spent < budget.usd:
-        return False
-    if budget.then == "fallback" and meter.primary.resolution.fallbacks:
+    try:
+        await meter.admit()
+    except BudgetExceededError as refused:
+        if refused.budget.then != "fallback" or not meter.primary.resolution.fallbacks:
+            raise
+        budget = refused.budget
         meter.result.skipped.append(
             f"{meter.primary.resolution.model_id!r} skipped: the purpose has spent its "
             f"${budget.usd:g} budget for this {budget.per}"
         )
-        return True
-    raise BudgetExceededError(purpose, budget, spent, since)
+        return refused
+    return None
 
 
 @dataclass(slots=True)
@@ -205,9 +258,10 @@ class _Prompt(Generic[T]):
     they have gone so far."""
 
     settings: Resilience
-    clock: _Clock
+    clock: Clock
     meter: Meter
     once: Once[T]
+    slots: bool = True
     last: ProviderError | None = None
     fell_back_from: str | None = None
     answered: tuple[T] | None = None
@@ -247,10 +301,9 @@ class _Prompt(Generic[T]):
         def backoff(error: Exception) -> bool | float:
             if not isinstance(error, ProviderError) or error.kind not in RETRIED_KINDS:
                 return False
-            left = clock.left()
             wait = max(error.retry_after or 0.0, gate.cooling())
-            if left is not None and wait >= left:
-                return False
+            if not self.may_wait(wait):
+                return False  # on to the next fallback at once; the model cools down meanwhile
             return wait if wait else True
 
         async for retry in stamina.retry_context(
@@ -258,34 +311,86 @@ class _Prompt(Generic[T]):
             attempts=tries,
             timeout=clock.left(),
             wait_initial=_WAIT_INITIAL,
-            wait_max=_WAIT_MAX,
+            wait_max=min(_WAIT_MAX, self.settings.max_wait),
             wait_jitter=_WAIT_JITTER,
         ):
             with retry:
                 return await self._try(routed, gate)
         raise AssertionError("stamina ends retrying by raising the last error")
 
+    def may_wait(self, wait: float) -> bool:
+        """Whether the prompt may wait ``wait`` seconds for a model: less than the time left
+        before its deadline; without a deadline, at most ``max_wait``."""
+        left = self.clock.left()
+        if left is not None:
+            return wait < left
+        return wait <= self.settings.max_wait
+
+    async def _cooled(self, routed: Routed, gate: Gate) -> bool:
+        """Wait until the model has cooled down, and claim its try (``Gate.claim``); return
+        whether this try is the one finding out whether it has recovered.
+
+        Raises:
+            ProviderError: ``rate_limit``, with nothing sent: it cools down for longer than
+                the prompt may wait.
+        """
+        while (wait := gate.claim()) > 0:
+            if not self.may_wait(wait):
+                model_id = routed.resolution.model_id
+                bound = "its deadline" if self.clock.deadline is not None else "max_wait"
+                raise ProviderError(
+                    "rate_limit",
+                    model_id,
+                    f"{model_id!r} cools down after rate limits for {wait:.3g} s more, longer "
+                    f"than {bound} lets the prompt wait",
+                    retry_after=wait,
+                )
+            if stamina.is_testing():
+                return False  # stamina's test mode waits for nothing; past the bound still fails
+            await asyncio.sleep(wait)
+        return gate.probing  # claim() gave 0: this try probes, if the model was rate limited
+
     async def _try(self, routed: Routed, gate: Gate) -> T:
+        probe = await self._cooled(routed, gate)
+        try:
+            return await self._send(routed, gate)
+        finally:
+            if probe:
+                gate.hand_on()  # cancelled or refused by a hook: the next try probes
+
+    async def _send(self, routed: Routed, gate: Gate) -> T:
+        """One try of ``routed``: one attempt, one ledger row, when its request is sent.
+
+        Raises:
+            ProviderError: The attempt failed. A ``timeout`` before anything was sent (the
+                deadline passed before the try, or while it waited for a place under the
+                model's limits: ``LimitsTimeout``) is no attempt: no row, not in ``attempts``.
+        """
         result = self.meter.result
         model_id = routed.resolution.model_id
         number = len(result.attempts) + 1
         begun = Started.now(number, self.fell_back_from)
         if self.clock.passed():
-            error = ProviderError(
-                "timeout", model_id, "the prompt's deadline passed before this try"
-            )
+            raise ProviderError("timeout", model_id, "the prompt's deadline passed before this try")
+        slot: AbstractAsyncContextManager[None] = nullcontext()
+        if self.slots:
+            slot = gate.slot(self.clock.left())
+        try:
+            async with slot:
+                result.model_id = model_id
+                timeout = self.clock.bound(self.settings.timeout)
+                response = await self.once(routed, timeout, begun)
+        except LimitsTimeout:
+            raise  # its wait for a place (a chain's takes it in once): nothing was sent
+        except ProviderError as raised:
+            error = raised
+        except asyncio.CancelledError:
+            self.meter.cancelled(routed, begun)  # a row, if the provider was sent it
+            raise
         else:
-            try:
-                async with gate.slot(self.clock.left()):
-                    result.model_id = model_id
-                    timeout = self.clock.bound(self.settings.timeout)
-                    response = await self.once(routed, timeout, begun)
-            except ProviderError as raised:
-                error = raised
-            else:
-                gate.record(None)
-                result.attempts.append(self._attempt(model_id, number, begun, None))
-                return response
+            gate.record(None)
+            result.attempts.append(self._attempt(model_id, number, begun, None))
+            return response
         gate.record(error)
         self.meter.failure(routed, begun, error.kind)
         result.attempts.append(self._attempt(model_id, number, begun, error.kind))

@@ -5,16 +5,21 @@ A model reference may set ``rpm`` (requests per minute, spread evenly: one every
 that model from one Datasette instance, whatever purpose it serves: one ``Gate`` per model and
 limits.
 
+A place under the limits is held until the request's response has completed: a prompt's for
+its whole attempt, a chain's for each of its steps (``acquire`` hands back the release).
+
 A model that answers ``rate_limit`` cools down, for its ``Retry-After`` or, without one, for a
 time that doubles with each rate limit in a row (1 s up to 60 s). While it cools, prompts that
-have a fallback skip it; when it has cooled, one prompt tries it before the others do.
+may fall back on ``rate_limit`` skip it; when it has cooled, one try (``claim``) finds out
+whether it has recovered before the others go; a try that ends without an answer or a provider
+error (cancelled, refused by a hook) hands that probe on (``hand_on``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
 
@@ -26,10 +31,18 @@ from ..state import Slot, state_of
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
-__all__ = ["Gate", "gate_for"]
+__all__ = ["Gate", "LimitsTimeout", "Release", "gate_for"]
+
+Release = Callable[[], None]
+"""Give back a place held under a model's limits (a second call does nothing)."""
 
 _FIRST_COOL_DOWN: Final = 1.0
 _LONGEST_COOL_DOWN: Final = 60.0
+
+
+class LimitsTimeout(ProviderError):
+    """A ``timeout``: the prompt's deadline passed while it waited for a place under a model's
+    limits. Nothing was sent, so it is no attempt of the model's and leaves no ledger row."""
 
 
 def _limiter(rpm: float) -> AsyncLimiter:
@@ -61,6 +74,11 @@ class Gate:
     def __repr__(self) -> str:
         return f"<Gate {self.model_id!r} rpm={self.rpm} concurrency={self.concurrency}>"
 
+    @property
+    def probing(self) -> bool:
+        """Whether a try is finding out whether the model has recovered from its rate limits."""
+        return self._probing
+
     def cooling(self) -> float:
         """Seconds until the model may be tried again (0: now)."""
         remaining = self._cool_until - time.monotonic()
@@ -70,61 +88,103 @@ class Gate:
             return _FIRST_COOL_DOWN  # another prompt is finding out whether it has recovered
         return 0.0
 
+    def claim(self) -> float:
+        """Return the seconds the model still cools down, or 0: a try may go now.
+
+        When the model has been rate limited, the try that gets 0 is the probe (``probing``):
+        the others wait until ``record`` or ``hand_on`` ends it.
+        """
+        wait = self.cooling()
+        if wait == 0 and self._rate_limits:
+            self._probing = True
+        return wait
+
+    def hand_on(self) -> None:
+        """End a probe that ended without ``record`` (cancelled, refused by a hook): the next
+        try probes instead."""
+        self._probing = False
+
     def record(self, error: ProviderError | None) -> None:
         """Note how an attempt ended: ``None`` for an answer."""
+        self._probing = False
         if error is None:
             self._rate_limits = 0
-            self._probing = False
             return
         if error.kind != "rate_limit":
-            self._probing = False
             return
         self._rate_limits += 1
         backoff = min(_LONGEST_COOL_DOWN, _FIRST_COOL_DOWN * 2 ** (self._rate_limits - 1))
         wait = error.retry_after if error.retry_after is not None else backoff
         self._cool_until = max(self._cool_until, time.monotonic() + wait)
-        self._probing = False
 
-    @asynccontextmanager
-    async def slot(self, within: float | None) -> AsyncIterator[None]:
-        """Hold one request's place under the limits, waiting at most ``within`` seconds.
+    async def acquire(self, within: float | None) -> Release:
+        """Take one request's place under the limits, waiting at most ``within`` seconds;
+        return what gives it back (once the request's response has completed).
 
         Raises:
-            ProviderError: ``timeout``: the wait would pass the prompt's deadline.
+            LimitsTimeout: The wait would pass the prompt's deadline.
         """
-        if self._rate_limits and self.cooling() == 0:
-            self._probing = True
-        if self._limiter is None and self._semaphore is None:
-            yield
-            return
+        semaphore, limiter = self._semaphore, self._limiter
+        if limiter is None and semaphore is None:
+            return _nothing
         started = time.monotonic()
-        semaphore = self._semaphore
         held = False
         try:
             if semaphore is not None:
                 await asyncio.wait_for(semaphore.acquire(), within)
                 held = True
-            if self._limiter is not None:
+            if limiter is not None:
                 left = None if within is None else max(0.0, within - (time.monotonic() - started))
-                await asyncio.wait_for(self._limiter.acquire(), left)
+                await asyncio.wait_for(limiter.acquire(), left)
         except asyncio.TimeoutError:
             if semaphore is not None and held:
                 semaphore.release()
             raise self._late(within) from None
+        except BaseException:
+            if semaphore is not None and held:
+                semaphore.release()
+            raise
+        if semaphore is None:
+            return _nothing
+        return _releaser(semaphore)
+
+    @asynccontextmanager
+    async def slot(self, within: float | None) -> AsyncIterator[None]:
+        """Hold one request's place under the limits for the block (``acquire``).
+
+        Raises:
+            LimitsTimeout: The wait would pass the prompt's deadline.
+        """
+        release = await self.acquire(within)
         try:
             yield
         finally:
-            if semaphore is not None and held:
-                semaphore.release()
+            release()
 
-    def _late(self, within: float | None) -> ProviderError:
-        return ProviderError(
+    def _late(self, within: float | None) -> LimitsTimeout:
+        return LimitsTimeout(
             "timeout",
             self.model_id,
             f"the prompt's deadline passed after {within or 0:.1f} s waiting for a place under "
             f"the client-side limits of {self.model_id!r} (rpm {self.rpm}, concurrency "
             f"{self.concurrency})",
         )
+
+
+def _nothing() -> None:
+    return None
+
+
+def _releaser(semaphore: asyncio.Semaphore) -> Release:
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            semaphore.release()
+
+    return release
 
 
 # By model id and limits (rpm, concurrency).

@@ -1,9 +1,12 @@
 """Metering: turn each attempt of a prompt into a ``UsageRecord``, and hand it on.
 
-A record is made for each response once it has completed (each step of a chain is one), and
-for each attempt that failed. It goes to the ledger (unless ``usage: {enabled: false}``), to
-OpenTelemetry (``datasette_llm.telemetry``), to the prompt's ``PromptResult.usage`` (which the
-``llm_prompt_context`` hooks see) and to every ``LLM.on_usage`` listener.
+A record is made for each response once it has completed (each step of a chain is one), for
+each attempt that failed, and for each attempt cancelled after it was sent (outcome
+``cancelled``: what it received, charged at no less than the prompt's estimate). It goes to
+the ledger (unless ``usage: {enabled: false}``), to OpenTelemetry (``datasette_llm.telemetry``),
+to the prompt's ``PromptResult.usage`` (which the ``llm_prompt_context`` hooks see) and to every
+``LLM.on_usage`` listener. A budgeted purpose's prompt holds its estimate of the budget while it
+runs (``Meter.admit``, ``Meter.settle``).
 
 A prompt is priced and metered under the configuration that routed it (``Routed.policy``), which
 its fallbacks are admitted under too: a configuration changed while it runs applies to the next
@@ -15,13 +18,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
 
 from ..config.values import Price
 from ..log import logger
 from ..usage import telemetry
-from ..usage.ledger import ledger_for
+from ..usage.budgets import admit
+from ..usage.ledger import Reservation, ledger_for
 from ..usage.records import (
     Outcome,
     UsageRecord,
@@ -37,7 +41,42 @@ if TYPE_CHECKING:
     from ..routing.route import Routed
     from .results import PromptResult
 
-__all__ = ["Meter", "Started"]
+__all__ = ["MAX_TOKENS_OPTIONS", "Meter", "Received", "Started"]
+
+# The option that caps a response's output tokens, by the names llm's plugins give it.
+MAX_TOKENS_OPTIONS: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
+
+
+@dataclass(slots=True)
+class Received:
+    """What an attempt under way has received from its provider so far.
+
+    Attributes:
+        sent: Whether the model has begun sending the prompt (its response is being run).
+        requests: Requests the attempt's client has sent (the request's body has started going
+            out), for an adapted model (``clients.OpenAttempt.watch``); ``None`` when not known.
+        chunks: Chunks of the response received (a provider streams about a token a chunk).
+        first: When the first chunk came (``time.monotonic()``), or ``None``.
+        recorded: Whether the attempt's record has been made.
+    """
+
+    sent: bool = False
+    requests: int | None = None
+    chunks: int = 0
+    first: float | None = None
+    recorded: bool = False
+
+    @property
+    def reached(self) -> bool:
+        """Whether the provider may have the request: one was sent, when the client counts
+        them; else once the model has begun sending the prompt."""
+        return self.sent if self.requests is None else self.requests > 0
+
+    def chunk(self) -> None:
+        """Count one chunk received."""
+        if self.first is None:
+            self.first = time.monotonic()
+        self.chunks += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +88,14 @@ class Started:
         clock: ``time.monotonic()`` then.
         attempt: The attempt's number within its prompt.
         fell_back_from: The model the prompt fell back from, if any.
+        received: What the attempt has sent and received so far.
     """
 
     at: float
     clock: float
     attempt: int
     fell_back_from: str | None
+    received: Received = field(default_factory=Received)
 
     @classmethod
     def now(cls, attempt: int, fell_back_from: str | None) -> Started:
@@ -63,7 +104,7 @@ class Started:
 
 
 class Meter:
-    """Makes the records of one prompt's attempts.
+    """Makes the records of one prompt's attempts, and holds its budget reservation.
 
     Attributes:
         datasette: The Datasette instance.
@@ -71,17 +112,75 @@ class Meter:
             meters every attempt.
         actor: The actor the prompt is for, or ``None``.
         result: The ``PromptResult`` the records are added to.
+        prompt: The prompt's text, when known (for its estimate).
+        options: The caller's options of the prompt (for its ``max_tokens``).
+        reservation: What the prompt holds of its purpose's budget while it runs, if anything.
     """
 
-    __slots__ = ("actor", "datasette", "primary", "result")
+    __slots__ = ("actor", "datasette", "options", "primary", "prompt", "reservation", "result")
 
     def __init__(
-        self, datasette: Datasette, primary: Routed, actor: Actor | None, result: PromptResult
+        self,
+        datasette: Datasette,
+        primary: Routed,
+        actor: Actor | None,
+        result: PromptResult,
+        *,
+        prompt: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.datasette = datasette
         self.primary = primary
         self.actor = actor
         self.result = result
+        self.prompt = prompt
+        self.options: Mapping[str, Any] = options or {}
+        self.reservation: Reservation | None = None
+
+    def estimate(self, routed: Routed) -> float | None:
+        """US dollars a prompt to ``routed`` may cost: the budget's ``estimate_usd``, else its
+        prompt (a token a byte, an upper bound) and ``max_tokens`` (the caller's option, the
+        configured one, else the model's default) at the configured price; else ``None``."""
+        config = self.primary.policy.config
+        purpose = config.purpose(self.primary.resolution.purpose)
+        budget = purpose.budget if purpose is not None else None
+        if budget is not None and budget.estimate_usd is not None:
+            return budget.estimate_usd
+        price = _price(config.pricing, routed)
+        if price is None:
+            return None
+        nested = self.options.get("options")
+        places = (self.options, nested if isinstance(nested, Mapping) else {})
+        configured = routed.reference.options
+        found = [place.get(name) for place in (*places, configured) for name in MAX_TOKENS_OPTIONS]
+        found.append(getattr(routed.model, "default_max_tokens", None))
+        output = next((n for n in found if isinstance(n, int) and not isinstance(n, bool)), None)
+        if output is None:
+            return None
+        input_tokens = len((self.prompt or "").encode())
+        return cost_of(price, input_tokens, output, None)
+
+    async def admit(self) -> None:
+        """Hold the prompt's estimate of its purpose's budget until ``settle()``.
+
+        Raises:
+            BudgetExceededError: The budget, with what prompts in flight hold, is spent.
+        """
+        config = self.primary.policy.config
+        purpose = self.primary.resolution.purpose
+        purpose_config = config.purpose(purpose)
+        budget = purpose_config.budget if purpose_config is not None else None
+        if budget is None or purpose is None or self.reservation is not None:
+            return
+        estimate = self.estimate(self.primary) or 0.0
+        ledger = ledger_for(self.datasette)
+        self.reservation = await admit(ledger, purpose, budget, estimate, time.time())
+
+    def settle(self) -> None:
+        """Release the prompt's reservation: its records count towards the spend instead."""
+        reservation, self.reservation = self.reservation, None
+        if reservation is not None:
+            reservation.release()
 
     async def response(
         self,
@@ -109,6 +208,23 @@ class Meter:
         """Record an attempt of ``routed`` that ended with an error of kind ``outcome``."""
         self._make(routed, started, outcome, (None, None, None), None)
 
+    def cancelled(self, routed: Routed, started: Started) -> None:
+        """Record an attempt of ``routed`` cancelled by its caller, if it was sent
+        (``Received.reached``) and is not recorded yet.
+
+        Its output tokens are the chunks received; its cost what they cost, and no less than
+        the prompt's estimate: the provider may bill the whole request it received.
+        """
+        received = started.received
+        if not received.reached or received.recorded:
+            return
+        output = received.chunks or None
+        price = _price(self.primary.policy.config.pricing, routed)
+        costs = [cost_of(price, None, output, None), self.estimate(routed)]
+        known = [cost for cost in costs if cost is not None]
+        tokens = (None, output, None)
+        self._make(routed, started, "cancelled", tokens, received.first, max(known, default=None))
+
     def _make(
         self,
         routed: Routed,
@@ -116,11 +232,14 @@ class Meter:
         outcome: Outcome,
         tokens: tuple[int | None, int | None, int | None],
         first_token: float | None,
+        charged: float | None = None,
     ) -> None:
         now = time.monotonic()
+        started.received.recorded = True
         config = self.primary.policy.config
         model_id = routed.resolution.model_id
         input_tokens, output_tokens, cached = tokens
+        cost = cost_of(_price(config.pricing, routed), input_tokens, output_tokens, cached)
         actor_id = self.actor.get("id") if self.actor else None
         record = UsageRecord(
             id=uuid.uuid4().hex,
@@ -137,7 +256,7 @@ class Meter:
             outcome=outcome,
             attempt=started.attempt,
             fell_back_from=started.fell_back_from,
-            cost=cost_of(_price(config.pricing, routed), input_tokens, output_tokens, cached),
+            cost=cost if charged is None else charged,
         )
         self.result.usage.append(record)
         try:

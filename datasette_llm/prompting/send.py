@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import time
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -20,8 +19,9 @@ import llm
 
 from ..provider_errors import classify
 from .attempts import run_attempts, within
+from .clients import one_attempt
 from .hooks import call_llm_prompt_context
-from .metering import Meter, Started
+from .metering import Meter, Received, Started
 from .results import Group, PromptResult
 
 if TYPE_CHECKING:
@@ -214,13 +214,13 @@ async def _reply(
     return await send(target, _Reply(response), prompt, kwargs)
 
 
-async def _complete(response: AsyncResponse) -> float | None:
-    """Run ``response`` to its end; return when its first chunk came (``time.monotonic()``)."""
-    first: float | None = None
+async def _complete(response: AsyncResponse, received: Received) -> float | None:
+    """Run ``response`` to its end, counting what it receives; return when its first chunk
+    came (``time.monotonic()``)."""
+    received.sent = True
     async for _ in response:
-        if first is None:
-            first = time.monotonic()
-    return first
+        received.chunk()
+    return received.first
 
 
 async def _attempt(
@@ -246,12 +246,15 @@ async def _attempt(
                 await stack.enter_async_context(factory(meter.result))
             response = await sender(routed.model, prompt, target.prompt_kwargs(kwargs, routed))
             try:
-                first_token = await within(_complete(response), timeout)
+                with one_attempt(timeout) as attempt:
+                    attempt.watch(started.received, routed.model)  # counts its requests
+                    first_token = await within(_complete(response, started.received), timeout)
             except Exception as error:
                 failure = error
                 raise
-            await meter.result.add_response(target.answerable(response))
+            # Recorded before anything is awaited: a cancellation now cannot lose the row.
             await meter.response(routed, response, started, first_token)
+            await meter.result.add_response(target.answerable(response))
             return response
     except Exception as error:
         if error is not failure:
@@ -259,7 +262,7 @@ async def _attempt(
         provider_error = classify(error, model_id)
         if provider_error is error:
             raise
-        raise provider_error from error
+        raise provider_error from provider_error.__cause__  # the provider's error, redacted
     raise RuntimeError(SUPPRESSED)
 
 
@@ -272,7 +275,10 @@ async def send(
         ProviderError: Every attempt failed (``attempts`` lists them).
     """
     target.enlist()
-    meter = Meter(target.datasette, target.routed, target.actor, target.result(is_chain=False))
+    result = target.result(is_chain=False)
+    meter = Meter(
+        target.datasette, target.routed, target.actor, result, prompt=prompt, options=kwargs
+    )
 
     async def once(routed: Routed, timeout: float | None, started: Started) -> AsyncResponse:
         return await _attempt(target, routed, sender, prompt, kwargs, meter, timeout, started)

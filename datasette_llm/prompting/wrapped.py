@@ -1,21 +1,27 @@
 """The wrapped model, conversation and chain: llm's objects whose prompts take the one prompt path.
 
-Streamed through ``async for``, ``text()`` or ``astream_events()``, a chain is one attempt up to
-its first chunk: when a step fails before anything has reached the caller, the chain goes on,
-on the same model or the next fallback (``datasette_llm.prompting.attempts``), from that step:
-the first step starts again, a later one is sent with the messages llm built for it, so no tool
-runs twice. Once a chunk has reached the caller, a failure ends the chain: no text is repeated.
+However it is consumed (``async for``, ``text()``, ``astream_events()``, ``responses()``), a
+chain is one attempt up to its first item: when a step fails before anything has reached the
+caller, the chain goes on, on the same model or the next fallback
+(``datasette_llm.prompting.attempts``), from that step: the first step starts again, a later one
+is sent with the messages llm built for it, so no tool runs twice. Once an item has reached the
+caller, a failure ends the chain: no text is repeated. Each step's request holds a place under
+its model's limits (``rpm``, ``concurrency``) until its response has completed; the prompt's
+deadline bounds the whole chain; a spent budget refuses it before anything is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from ..provider_errors import ProviderError, classify
-from .attempts import run_attempts, within
+from .attempts import Clock, run_attempts, within
+from .clients import OpenAttempt
+from .limits import Gate, Release, gate_for
 from .metering import Meter, Started
 from .results import Group
 from .send import (
@@ -60,13 +66,14 @@ Item = TypeVar("Item")
 
 
 class _Primed(Generic[Item]):
-    """A stream whose first item has arrived."""
+    """A stream whose first item has arrived, and the attempt its requests belong to."""
 
-    __slots__ = ("first", "rest")
+    __slots__ = ("attempt", "first", "rest")
 
-    def __init__(self, first: object, rest: AsyncIterator[Item]) -> None:
+    def __init__(self, first: object, rest: AsyncIterator[Item], attempt: OpenAttempt) -> None:
         self.first = first
         self.rest = rest
+        self.attempt = attempt
 
 
 class WrappedChainResponse:
@@ -75,19 +82,38 @@ class WrappedChainResponse:
     The hooks' context managers are entered when iteration starts and left after the last
     response, or with the error that stopped it: when ``text()``, ``async for`` or
     ``astream_events()`` fail or are cancelled mid-stream, the hooks' contexts exit with that
-    error before it reaches the caller. Those three retry and fall back until the first chunk;
-    ``responses()`` (the caller drives each response) may be iterated once and does not. Any
-    other attribute is llm's.
+    error before it reaches the caller. Those three and ``responses()`` (which yields each
+    response once it has completed, as ``prompt()`` returns one) retry and fall back until
+    the first item reaches the caller. A chain may be iterated once. Any other attribute is
+    llm's.
     """
 
-    def __init__(self, target: Target, start: ChainStarter, prompt: str | None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        start: ChainStarter,
+        prompt: str | None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self._target = target
         self._start = start
         self._prompt = prompt
         self._result = target.result(is_chain=True)
-        self._meter = Meter(target.datasette, target.routed, target.actor, self._result)
+        # The chain's prompt and options (its max_tokens) make its estimate for the budget.
+        self._meter = Meter(
+            target.datasette,
+            target.routed,
+            target.actor,
+            self._result,
+            prompt=prompt,
+            options=kwargs,
+        )
         self._started = Started.now(1, None)  # of the attempt under way; then of each step
         self._hook_error: BaseException | None = None
+        self._clock = Clock(None)  # the deadline of the call, from when its iteration starts
+        self._lease: Release | None = None  # the place the attempt took for the first step
+        self._in_flight = False  # a step's request is under way: its response has not completed
+        self._consumed = False
         self._attach(target.routed, target.factories(prompt), None)
 
     def _attach(
@@ -100,10 +126,11 @@ class WrappedChainResponse:
         self._factories = factories
         self._iteration: AsyncGenerator[AsyncResponse, None] | None = None
         self._suspended = False  # the iteration waits at a yield: an error can be thrown in
+        self._in_flight = False
         self._result.chain_complete = False
         self._inner_responses: Callable[[], AsyncGenerator[AsyncResponse, None]] = chain.responses  # type: ignore[assignment]  # llm annotates an AsyncIterator
-        # llm's own text()/__aiter__/astream_events() call self.responses(): route them here.
-        chain.responses = self.responses  # type: ignore[method-assign]  # hooks see every step
+        # llm's own text()/__aiter__/astream_events() call responses(): route them here.
+        chain.responses = self._steps  # type: ignore[method-assign]  # hooks see every step
 
     @property
     def result(self) -> PromptResult:
@@ -111,10 +138,22 @@ class WrappedChainResponse:
         return self._result
 
     def responses(self) -> AsyncIterator[AsyncResponse]:
-        """Iterate each raw ``AsyncResponse`` of the chain, hooks entered around the iteration."""
-        if self._iteration is not None:
+        """Iterate each ``AsyncResponse`` of the chain once it has completed, hooks entered
+        around the iteration; retried and fallen back as the other ways until the first."""
+        self._consume()
+        return self._stream(_completed)
+
+    def _consume(self) -> None:
+        """Refuse a second iteration; count the calling task in the group."""
+        if self._consumed:
             raise RuntimeError(ITERATED_ONCE)
         self._target.enlist()
+        self._consumed = True
+
+    def _steps(self) -> AsyncIterator[AsyncResponse]:
+        """llm's chain's ``responses()``: each step, under the hooks and the model's limits."""
+        if self._iteration is not None:
+            raise RuntimeError(ITERATED_ONCE)
         self._iteration = self._run()
         self._target.open_chains.add(self)
         return self._iteration
@@ -130,6 +169,7 @@ class WrappedChainResponse:
                     self._hook_error = error
                     raise
                 try:
+                    self._started.received.sent = True  # the hooks are in: llm sends it now
                     async with aclosing(self._inner_responses()) as inner:
                         step = 0
                         async for response in inner:
@@ -137,18 +177,49 @@ class WrappedChainResponse:
                             if step > 1:  # a later step: a request of its own
                                 begun = self._started
                                 self._started = Started.now(begun.attempt, begun.fell_back_from)
-                            await self._result.add_response(target.answerable(response))
-                            await self._meter.response(self._routed, response, self._started)
-                            self._suspended = True
+                                self._started.received.sent = True
+                            release = await self._place()
                             try:
-                                yield response
+                                # llm does not annotate on_done; the place is held until then.
+                                await response.on_done(self._step_done(release))  # type: ignore[no-untyped-call]
+                                await self._result.add_response(target.answerable(response))
+                                await self._meter.response(self._routed, response, self._started)
+                                self._in_flight = self._suspended = True
+                                try:
+                                    yield response
+                                finally:
+                                    self._suspended = False
                             finally:
-                                self._suspended = False
+                                release()
                 finally:
                     # Before the hooks' contexts exit, so they see it.
                     self._result.chain_complete = True
         finally:
             target.open_chains.discard(self)
+
+    def _gate(self, routed: Routed) -> Gate:
+        reference = routed.reference
+        model_id = routed.resolution.model_id
+        return gate_for(self._target.datasette, model_id, reference.rpm, reference.concurrency)
+
+    async def _place(self) -> Release:
+        """The place under the model's limits for the step about to be sent: the one its
+        attempt took for the first step, else a new one (each request passes rpm too).
+
+        Raises:
+            ProviderError: ``timeout``: the wait would pass the deadline.
+        """
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            return lease
+        return await self._gate(self._routed).acquire(self._clock.left())
+
+    def _step_done(self, release: Release) -> Callable[[AsyncResponse], None]:
+        def done(_response: AsyncResponse) -> None:
+            self._in_flight = False
+            release()
+
+        return done
 
     async def abandon(self, error: BaseException | None) -> None:
         """End an iteration its caller left: the hooks' contexts exit with ``error``.
@@ -184,40 +255,81 @@ class WrappedChainResponse:
                 self._result.withdraw_responses(last_only=resume is not None)
                 factories = self._target.factories(self._prompt, routed.resolution.model_id)
                 self._attach(routed, factories, resume)
+            self._lease = await self._gate(routed).acquire(self._clock.left())
+            # Every request of the attempt's steps: the attempt's timeout, its clients in use
+            # until its stream has ended (``_stream`` ends it), else until it has failed.
+            attempt = OpenAttempt(timeout)
+            primed = False
             stream = open_stream(self._chain)
             try:
-                first = await within(_first(stream), timeout)
+                with attempt.running():
+                    first = await within(_first(stream), self._clock.bound(timeout))
+                if first is not _END:
+                    started.received.chunk()
+                primed = True
             except Exception as error:
                 await self.abandon(error)
                 if error is self._hook_error or isinstance(error, ProviderError):
                     raise
-                raise classify(error, routed.resolution.model_id) from error
-            return _Primed(first, stream)
+                if not self._in_flight and not isinstance(error, TimeoutError):
+                    raise  # no request's: a tool's (llm.PauseChain...), as it is
+                failure = classify(error, routed.resolution.model_id)
+                raise failure from failure.__cause__  # the provider's error, redacted
+            finally:
+                lease, self._lease = self._lease, None
+                if lease is not None:
+                    lease()  # the first step never took it
+                if not primed:
+                    attempt.end()
+            return _Primed(first, stream, attempt)
 
-        primed = await run_attempts(self._meter, once)
-        if primed.first is _END:
-            return
-        yield primed.first  # type: ignore[misc]  # not _END: an item of the stream
+        self._clock = clock = Clock.start(self._meter)
+        # The budget's reservation is held until the whole chain has ended, every step of it.
+        primed = await run_attempts(self._meter, once, clock, slots=False, settle=False)
+        failure: ProviderError | None = None
+        rest, attempt = primed.rest, primed.attempt
         try:
-            async for item in primed.rest:
+            if primed.first is _END:
+                return
+            yield primed.first  # type: ignore[misc]  # not _END: an item of the stream
+            while True:  # the deadline bounds the whole chain, every step and chunk
+                try:
+                    with attempt.running():
+                        item = await within(rest.__anext__(), clock.left())
+                except StopAsyncIteration:
+                    break
+                self._started.received.chunk()
                 yield item
         except Exception as error:
             await self.abandon(error)
+            if not self._in_flight and not isinstance(error, TimeoutError):
+                raise  # no request's: a tool's, or a wait for a place past the deadline
             failure = classify(error, self._routed.resolution.model_id)
+            self._gate(self._routed).record(failure)
             self._meter.failure(self._routed, self._started, failure.kind)
             if failure is error or failure.kind == "unknown":
                 raise
-            raise failure from error
         except BaseException as error:
+            if isinstance(error, asyncio.CancelledError | GeneratorExit):
+                self._meter.cancelled(self._routed, self._started)  # what it received
             await self.abandon(error)
             raise
+        finally:
+            attempt.end()  # its stream has ended: its clients may be closed
+            self._meter.settle()  # its records count now, in place of what it held
+        if failure is not None:
+            # Raised here, not in the handler: the provider's own error, unredacted, is not
+            # its __context__ (its __cause__ is the redacted copy).
+            raise failure
 
     def __aiter__(self) -> AsyncIterator[str]:
         """Stream the text of every response of the chain."""
+        self._consume()
         return self._stream(lambda chain: chain.__aiter__())
 
     def astream_events(self) -> AsyncIterator[Any]:
         """Yield llm's ``StreamEvent`` of every response of the chain."""
+        self._consume()
         return self._stream(_events)
 
     async def text(self) -> str:
@@ -237,6 +349,13 @@ class WrappedChainResponse:
 def _events(chain: AsyncChainResponse) -> AsyncIterator[Any]:
     stream: Callable[[], AsyncIterator[Any]] = chain.astream_events  # llm leaves it untyped
     return stream()
+
+
+async def _completed(chain: AsyncChainResponse) -> AsyncIterator[AsyncResponse]:
+    """Each response of ``chain`` once it has completed (run by its step's attempt)."""
+    async for response in chain.responses():
+        await response.text()
+        yield response
 
 
 async def _first(stream: AsyncIterator[Item]) -> object:
@@ -319,7 +438,7 @@ class WrappedConversation(_Prompting):
             going_on.pop("tool_results", None)  # in the messages already
             return on_model.chain(None, **target.chain_kwargs(going_on, routed))
 
-        return WrappedChainResponse(target, start, prompt)
+        return WrappedChainResponse(target, start, prompt, kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conversation, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
@@ -21,6 +22,7 @@ from ._script import (
     ReplyCallback,
     Script,
     ScriptedFailure,
+    ScriptedReply,
     blocked_message,
     build_failure,
     build_matcher,
@@ -207,15 +209,19 @@ class FakeModelRouter:
         exception: BaseException | None = None,
         failure: ScriptedFailure | None = None,
     ) -> None:
+        matcher = build_matcher(purpose, model_id, prompt)
         self._script.add(
-            kind,
-            build_matcher(purpose, model_id, prompt),
-            is_reusable=is_reusable,
-            is_optional=is_optional,
-            reply=reply,
-            callback=callback,
-            exception=exception,
-            failure=failure,
+            functools.partial(
+                ScriptedReply,
+                kind=kind,
+                matcher=matcher,
+                reply=reply,
+                callback=callback,
+                exception=exception,
+                failure=failure,
+                is_reusable=is_reusable,
+                is_optional=is_optional,
+            )
         )
 
     # -- recorded calls ----------------------------------------------------------------------

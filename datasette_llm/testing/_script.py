@@ -600,33 +600,10 @@ class Script:
         self.uses: dict[int, int] = {}
         self.unmatched: list[str] = []
 
-    def add(
-        self,
-        kind: Literal["response", "callback", "exception"],
-        matcher: Matcher,
-        *,
-        is_reusable: bool,
-        is_optional: bool,
-        reply: FakeReply | None = None,
-        callback: ReplyCallback | None = None,
-        exception: BaseException | None = None,
-        failure: ScriptedFailure | None = None,
-    ) -> None:
-        """Add a reply after the others."""
+    def add(self, scripted: Callable[[int], ScriptedReply]) -> None:
+        """Add a reply after the others: ``scripted(number)`` makes it, given its number."""
         number = len(self.replies) + 1
-        self.replies.append(
-            ScriptedReply(
-                number=number,
-                kind=kind,
-                matcher=matcher,
-                reply=reply,
-                callback=callback,
-                exception=exception,
-                failure=failure,
-                is_reusable=is_reusable,
-                is_optional=is_optional,
-            )
-        )
+        self.replies.append(scripted(number))
         self.uses[number] = 0
 
     def choose(self, call: ModelCall) -> ScriptedReply | None:

@@ -20,6 +20,8 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Final
 
+from ..config.values import CONFIG_ROOT
+from ..errors import ConfigProblem, ConfigurationError, nearest, quoted
 from ..log import logger
 from ..routing.overlay import config_for
 from ..state import Slot, state_of
@@ -35,9 +37,11 @@ __all__ = [
     "SCHEMA",
     "TABLE",
     "Ledger",
+    "Reservation",
     "flush_usage",
     "ledger_for",
     "rows",
+    "unknown_database",
 ]
 
 TABLE: Final = "datasette_llm_usage"
@@ -99,6 +103,7 @@ class Ledger:
         self.written = 0
         self._listeners: list[Listener] = []
         self._spent: dict[tuple[str, float], float] = {}  # (purpose, since) -> US dollars
+        self._reserved: dict[str, float] = {}  # purpose -> US dollars held by prompts in flight
 
     def __repr__(self) -> str:
         return (
@@ -140,6 +145,7 @@ class Ledger:
         self._pending.extend(previous._pending)
         previous._pending.clear()
         self._listeners.extend(previous._listeners)
+        self._reserved = previous._reserved  # shared: prompts in flight release into it
         self.dropped, self.written = previous.dropped, previous.written
         if self._pending:
             self._wake.set()
@@ -164,6 +170,31 @@ class Ledger:
             self._spent[purpose, since] = written + waiting
         return written + waiting
 
+    async def reserve(
+        self, purpose: str, since: float, usd: float, estimate: float
+    ) -> Reservation | tuple[float, float]:
+        """Hold ``estimate`` for a prompt of ``purpose`` while spent + reserved is below ``usd``.
+
+        The check and the hold happen with nothing awaited between them, so prompts admitted
+        at once never see the same room: however many run, the spend can pass ``usd`` by at
+        most one prompt's estimate (when each costs no more than its estimate).
+
+        Returns:
+            The ``Reservation`` to release once the prompt has ended, or, when there is no
+            room, what was spent since ``since`` and what prompts in flight hold.
+        """
+        await self.spent(purpose, since)  # read once per period; kept up to date after
+        spent = self._spent.get((purpose, since), 0.0)
+        reserved = self._reserved.get(purpose, 0.0)
+        if spent + reserved >= usd:
+            return spent, reserved
+        self._reserved[purpose] = reserved + estimate
+        return Reservation(self._reserved, purpose, estimate)
+
+    def reserved(self, purpose: str) -> float:
+        """US dollars held for ``purpose``'s prompts in flight."""
+        return self._reserved.get(purpose, 0.0)
+
     async def flush(self) -> None:
         """Write every pending row now."""
         async with self._lock:
@@ -177,7 +208,11 @@ class Ledger:
             raise RuntimeError("the Datasette instance of this ledger is gone")
         if self.database is None:
             return datasette.get_internal_database()
-        return datasette.get_database(self.database)
+        try:
+            return datasette.get_database(self.database)
+        except KeyError:
+            problem = unknown_database(self.database, datasette.databases)
+            raise ConfigurationError([problem]) from None
 
     async def ensure_table(self) -> Database:
         """Create the table and its indexes if they are missing; return its database."""
@@ -215,6 +250,51 @@ class Ledger:
         if self.retention_days is not None:
             cutoff = time.time() - self.retention_days * _DAY
             await db.execute_write(f"DELETE FROM {TABLE} WHERE time < ?", [cutoff])
+
+
+def unknown_database(name: str, attached: Iterable[str]) -> ConfigProblem:
+    """The problem of ``usage: {database: NAME}`` naming none of the ``attached`` databases."""
+    names = list(attached)
+    suggestion = nearest(name, names)
+    hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+    return ConfigProblem(
+        f"{CONFIG_ROOT}.usage.database",
+        f"no attached database is named {quoted(name)}.{hint} Attached databases: "
+        f"{', '.join(names) or 'none'}. Name one of them, attach its file (datasette serve "
+        "FILE.db, datasette llm check FILE.db), or leave database out to keep usage in "
+        "Datasette's internal database.",
+    )
+
+
+class Reservation:
+    """What one prompt in flight holds of its purpose's budget, until it is released.
+
+    Attributes:
+        purpose: The purpose.
+        usd: US dollars held.
+    """
+
+    __slots__ = ("_held", "purpose", "usd")
+
+    def __init__(self, held: dict[str, float], purpose: str, usd: float) -> None:
+        self._held: dict[str, float] | None = held
+        self.purpose = purpose
+        self.usd = usd
+
+    def __repr__(self) -> str:
+        state = "held" if self._held is not None else "released"
+        return f"<Reservation purpose={self.purpose!r} usd={self.usd:g} {state}>"
+
+    def release(self) -> None:
+        """Give the amount back (once; the prompt's records count towards the spend now)."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        left = held.get(self.purpose, 0.0) - self.usd
+        if left > 1e-12:
+            held[self.purpose] = left
+        else:
+            held.pop(self.purpose, None)
 
 
 _LEDGER: Final[Slot[Ledger]] = Slot("the usage ledger")

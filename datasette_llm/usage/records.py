@@ -16,8 +16,9 @@ from ..provider_errors import ErrorKind
 
 __all__ = ["Outcome", "UsageRecord", "cached_tokens", "cost_of"]
 
-Outcome: TypeAlias = "Literal['ok'] | ErrorKind"
-"""How an attempt ended: ``"ok"``, or the kind of its error."""
+Outcome: TypeAlias = "Literal['ok', 'cancelled'] | ErrorKind"
+"""How an attempt ended: ``"ok"``, ``"cancelled"`` (sent to the provider, then cancelled by
+its caller: a timeout of the caller's, a closed connection), or the kind of its error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +37,12 @@ class UsageRecord:
         cached_tokens: Cached input tokens, likewise.
         duration: Seconds from the start of the attempt to its end.
         first_token: Seconds from the start to the first chunk, when it was measured.
-        outcome: ``"ok"`` or the error kind.
+        outcome: ``"ok"``, ``"cancelled"`` or the error kind.
         attempt: The attempt's number within its prompt (1 for the first).
         fell_back_from: The model the prompt fell back from to reach this one, if any.
         cost: Estimated US dollars at the configured price, or ``None`` without a price (or
-            without token counts).
+            without token counts). A cancelled attempt costs what it received, and no less
+            than its prompt's estimate (``estimate_usd``, or ``max_tokens`` at the price).
     """
 
     id: str

@@ -77,6 +77,8 @@ class Totals:
     Attributes:
         attempts: How many attempts.
         ok: How many ended with a response.
+        cancelled: How many their caller cancelled after they were sent (outcome
+            ``cancelled``): neither an answer nor a failure.
         failures: How many failed, by error kind (sorted by kind).
         input_tokens: Input tokens reported.
         output_tokens: Output tokens reported.
@@ -90,6 +92,7 @@ class Totals:
 
     attempts: int = 0
     ok: int = 0
+    cancelled: int = 0
     failures: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     input_tokens: int = 0
     output_tokens: int = 0
@@ -100,8 +103,8 @@ class Totals:
 
     @property
     def failed(self) -> int:
-        """How many attempts failed, of any kind."""
-        return self.attempts - self.ok
+        """How many attempts failed, of any kind (not counting those cancelled)."""
+        return self.attempts - self.ok - self.cancelled
 
     @property
     def spend(self) -> str:
@@ -119,6 +122,7 @@ class Totals:
         return {
             "attempts": self.attempts,
             "ok": self.ok,
+            "cancelled": self.cancelled,
             "failures": dict(self.failures),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
@@ -374,7 +378,8 @@ def _group(row: Any) -> Totals:
     return Totals(
         attempts=attempts,
         ok=attempts if outcome == "ok" else 0,
-        failures=MappingProxyType({} if outcome == "ok" else {outcome: attempts}),
+        cancelled=attempts if outcome == "cancelled" else 0,
+        failures=MappingProxyType({} if outcome in ("ok", "cancelled") else {outcome: attempts}),
         input_tokens=int(row[3] or 0),
         output_tokens=int(row[4] or 0),
         cached_tokens=int(row[5] or 0),
@@ -394,6 +399,7 @@ def _add(parts: Iterable[Totals]) -> Totals:
     return Totals(
         attempts=sum(part.attempts for part in parts),
         ok=sum(part.ok for part in parts),
+        cancelled=sum(part.cancelled for part in parts),
         failures=MappingProxyType(dict(sorted(failures.items()))),
         input_tokens=sum(part.input_tokens for part in parts),
         output_tokens=sum(part.output_tokens for part in parts),

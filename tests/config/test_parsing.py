@@ -58,10 +58,10 @@ def test_every_problem_is_reported_with_its_path() -> None:
     ) == [
         "plugins.datasette-llm.purpose: unknown key 'purpose'. Did you mean 'purposes'? "
         "Valid keys here: default_model, models, blocked_models, require_keys, purposes, strict, "
-        "fallbacks, retries, timeout, deadline, fallback_on, pricing, usage.",
+        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, pricing, usage.",
         "plugins.datasette-llm.purposes.enrichments.blocked: unknown key 'blocked'. "
         "Did you mean 'blocked_models'? Valid keys here: model, models, blocked_models, "
-        "fallbacks, retries, timeout, deadline, fallback_on, budget, locked.",
+        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, budget, locked.",
         "plugins.datasette-llm.purposes.enrichments.model: model reference has no 'model': "
         "add model: <model id> (key and options are optional).",
         "plugins.datasette-llm.purposes.enrichments.models[1].options: expected a mapping of "
@@ -118,7 +118,7 @@ def test_an_unknown_key_with_a_lone_surrogate_is_named_escaped() -> None:
     assert problems({"purposes": {"x": {"model": "echo", "mode\udc80l": 1}}}) == [
         "plugins.datasette-llm.purposes.x.mode\\udc80l: unknown key 'mode\\udc80l'. "
         "Did you mean 'model'? Valid keys here: model, models, blocked_models, "
-        "fallbacks, retries, timeout, deadline, fallback_on, budget, locked."
+        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, budget, locked."
     ]
 
 
@@ -169,3 +169,46 @@ async def test_configuration_changes_are_seen_on_the_next_call(
         "require_keys": False,
     }
     assert (await LLM(datasette).resolve()).model_id == "echo-needs-key"
+
+
+@pytest.mark.parametrize("price", [float("nan"), float("inf"), float("-inf"), -0.5])
+def test_a_price_that_is_not_a_finite_number_of_zero_or_more_is_refused_with_its_path(
+    price: float,
+) -> None:
+    raw = {"pricing": {"test-a": {"input": price, "output": 1.0}}}
+    assert problems(raw) == [
+        f"plugins.datasette-llm.pricing.test-a.input: expected dollars per million tokens, a "
+        f"finite number of 0 or more, got float: {price!r}."
+    ]
+
+
+@pytest.mark.parametrize(("per", "days"), [("day", 1), ("week", 7), ("month", 31)])
+def test_retention_shorter_than_a_budget_period_is_refused_naming_both_paths(
+    per: str, days: int
+) -> None:
+    budget = {"usd": 5, "per": per}
+    raw = {"usage": {"retention_days": days - 0.5}, "purposes": {"x": {"budget": budget}}}
+    [problem] = problems(raw)
+    assert problem.startswith(
+        f"plugins.datasette-llm.usage.retention_days: keeping usage rows {days - 0.5:g} days "
+        f"deletes rows the budget at plugins.datasette-llm.purposes.x.budget.per ({per}) counts"
+    )
+    assert f"Raise retention_days to at least {days}" in problem
+    kept = parse_config({**raw, "usage": {"retention_days": days}})
+    assert kept.usage.retention_days == days
+
+
+def test_retention_is_checked_against_every_budget() -> None:
+    raw = {
+        "usage": {"retention_days": 3},
+        "purposes": {
+            "daily": {"budget": {"usd": 1, "per": "day"}},
+            "weekly": {"budget": {"usd": 1, "per": "week"}},
+            "monthly": {"budget": {"usd": 1, "per": "month"}},
+        },
+    }
+    found = problems(raw)
+    assert [problem.split(" counts")[0].rsplit(" ", 2)[1] for problem in found] == [
+        "plugins.datasette-llm.purposes.weekly.budget.per",
+        "plugins.datasette-llm.purposes.monthly.budget.per",
+    ]

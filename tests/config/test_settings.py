@@ -84,6 +84,7 @@ def test_a_purposes_own_setting_wins_over_the_global_one_which_wins_over_the_def
         "timeout": f"{ROOT}.timeout",
         "deadline": f"{ROOT}.purposes.own.deadline",
         "fallback_on": f"{ROOT}.purposes.own.fallback_on",
+        "max_wait": None,  # the built-in default
     }
     assert settings.fallback_paths() == [(f"{ROOT}.purposes.own.fallbacks[0]", ModelRef("test-b"))]
     assert [name for name in SETTING_NAMES if settings.is_own(name)] == [

@@ -163,7 +163,7 @@ def test_a_second_editor_working_from_an_old_version_sees_a_conflict_and_loses_n
 
 
 def test_the_provider_answers_each_test_of_a_route(site: Site, browser: Any) -> None:
-    site.provider.script = [Reply(status=500, message="down", headers={"x-should-retry": "false"})]
+    site.provider.script = [Reply(status=500, message="down")] * 3  # retries: 2 (the default)
     page = signed_in(browser, site).new_page()
     page.goto(f"{site.base}/-/llm")
     page.locator("form.llm-test-route").first.get_by_role("button", name="Test this route").click()

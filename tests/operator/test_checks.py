@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
 from datasette.utils import StartupError
 
-from datasette_llm import ConfigProblem, Purpose
+from datasette_llm import LLM, ConfigProblem, ConfigurationError, Purpose
 from datasette_llm._operator.checks import Validation, validate
 from datasette_llm.routing.models import build_registry
 from datasette_llm.typing import Datasette, hookimpl
@@ -18,6 +21,7 @@ from tests.llm_models import TestModelsPlugin
 ENRICHMENTS: Final = Purpose("enrichments", owner="datasette-enrichments-llm")
 EXTRACT: Final = Purpose("extract", owner="datasette-extract")
 ROOT: Final = "plugins.datasette-llm"
+PRICE: Final = {"input": 0.15, "output": 0.6}
 
 
 class PurposesPlugin:
@@ -307,3 +311,103 @@ async def test_hook_startup_with_strict_stops_on_the_summary(
         "'p1', 'p2', … (and 7 more). Registered purposes: enrichments, extract. Run 'datasette "
         "llm check' to list each with the nearest registered name.",
     ]
+
+
+def test_limits_that_disagree_through_an_llm_alias_are_an_error_naming_both_paths(
+    test_models: TestModelsPlugin, llm_user_dir: Path
+) -> None:
+    (llm_user_dir / "aliases.json").write_text(json.dumps({"fast": "test-a"}))
+    raw = {
+        "default_model": {"model": "test-a", "concurrency": 1},
+        "purposes": {"enrichments": {"model": {"model": "fast", "concurrency": 50}}},
+    }
+    validation = check(raw)
+    assert paths(validation.errors) == [("error", f"{ROOT}.purposes.enrichments.model")]
+    assert validation.errors[0].message == (
+        "limits for 'fast' (rpm None, concurrency 50) differ from those at "
+        f"{ROOT}.default_model (rpm None, concurrency 1) ('test-a' and 'fast' are the same "
+        "model, 'test-a', through llm's aliases): a model's limits are shared by every purpose, "
+        "so give them once, or give both the same values."
+    )
+    agreeing = {**raw, "purposes": {"enrichments": {"model": {"model": "fast", "concurrency": 1}}}}
+    assert check(agreeing).ok
+
+
+def usage_file(directory: Path) -> str:
+    path = directory / "usage.db"
+    sqlite3.connect(path).close()
+    return str(path)
+
+
+def test_a_usage_database_that_is_not_attached_is_an_error_naming_the_nearest(
+    test_models: TestModelsPlugin,
+) -> None:
+    raw = {"usage": {"database": "usgae"}}
+    validation = validate(raw, [], build_registry(), databases=["_memory", "usage"])
+    assert [str(problem) for problem in validation.errors] == [
+        f"{ROOT}.usage.database: no attached database is named 'usgae'. Did you mean 'usage'? "
+        "Attached databases: _memory, usage. Name one of them, attach its file (datasette "
+        "serve FILE.db, datasette llm check FILE.db), or leave database out to keep usage in "
+        "Datasette's internal database."
+    ]
+    assert validate(raw, [], build_registry(), databases=["usgae"]).ok
+    assert validate(raw, [], build_registry()).ok  # no databases given: not checked
+
+
+@pytest.mark.asyncio
+async def test_hook_startup_stops_on_a_usage_database_that_is_not_attached(
+    test_models: TestModelsPlugin, make_datasette: MakeDatasette, tmp_path: Path
+) -> None:
+    datasette = make_datasette({"usage": {"database": "usgae"}}, files=[usage_file(tmp_path)])
+    with pytest.raises(StartupError) as raised:
+        await datasette.invoke_startup()
+    assert f"{ROOT}.usage.database: no attached database is named 'usgae'. Did you mean " in (
+        str(raised.value)
+    )
+    named = make_datasette({"usage": {"database": "usage"}}, files=[usage_file(tmp_path)])
+    await named.invoke_startup()
+
+
+@pytest.mark.asyncio
+async def test_a_usage_database_detached_later_is_a_configuration_error_not_a_key_error(
+    test_models: TestModelsPlugin, make_datasette: MakeDatasette, tmp_path: Path
+) -> None:
+    datasette = make_datasette(
+        {
+            "pricing": {"test-a": {"input": 1, "output": 1}},
+            "purposes": {"enrichments": {"model": "test-a", "budget": {"usd": 5}}},
+            "usage": {"database": "usage"},
+        },
+        files=[usage_file(tmp_path)],
+    )
+    await datasette.invoke_startup()
+    datasette.remove_database("usage")
+    with pytest.raises(ConfigurationError, match=rf"{ROOT}\.usage\.database: no attached"):
+        await LLM(datasette).usage_records()
+    model = await LLM(datasette).model(purpose="enrichments")
+    with pytest.raises(ConfigurationError, match=rf"{ROOT}\.usage\.database: no attached"):
+        await model.prompt("hi")
+
+
+def test_a_budget_whose_prompts_would_reserve_nothing_is_a_warning_naming_the_fix(
+    test_models: TestModelsPlugin,
+) -> None:
+    path = f"{ROOT}.purposes.enrichments.budget"
+
+    def budget_problems(model: Any, **budget: Any) -> list[ConfigProblem]:
+        purpose = {"model": model, "budget": {"usd": 5, **budget}}
+        raw = {"pricing": {"gpt-4o-mini": PRICE}, "purposes": {"enrichments": purpose}}
+        return [problem for problem in check(raw).problems if problem.path == path]
+
+    # llm's gpt-4o-mini is priced, and has no max_tokens by default.
+    [problem] = budget_problems("gpt-4o-mini")
+    assert problem.severity == "warning"
+    assert str(problem) == (
+        f"{path}: 'gpt-4o-mini' has no max_tokens in its options nor by default, so its "
+        "prompts reserve nothing of this budget while they run: prompts started at once can "
+        f"all be admitted and spend past it. Set {path}.estimate_usd (US dollars one prompt "
+        "may cost), or max_tokens in the model's options."
+    )
+    capped = {"model": "gpt-4o-mini", "options": {"max_tokens": 200}}
+    assert budget_problems(capped) == []
+    assert budget_problems("gpt-4o-mini", estimate_usd=0.01) == []

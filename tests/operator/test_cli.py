@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any, Final
 
@@ -102,7 +103,7 @@ def test_purposes_with_a_malformed_configuration_lists_the_problems_and_exits_1(
     assert result.stderr.splitlines() == [
         "error: plugins.datasette-llm.purpose: unknown key 'purpose'. Did you mean 'purposes'? "
         "Valid keys here: default_model, models, blocked_models, require_keys, purposes, strict, "
-        "fallbacks, retries, timeout, deadline, fallback_on, pricing, usage.",
+        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, pricing, usage.",
         "error: plugins.datasette-llm.default_model: expected a model id string or a mapping "
         "{model: ID, key: SECRET_NAME, options: {...}}, got int: 5.",
         "2 errors, 0 warnings",
@@ -295,3 +296,31 @@ def test_check_lists_every_unregistered_purpose_that_startup_would_summarize(
     assert [line.split(": ")[1] for line in result.output.splitlines()[:-1]] == [
         f"plugins.datasette-llm.purposes.{name}" for name in names
     ]
+
+
+def test_check_fails_on_a_usage_database_that_is_not_attached_and_passes_with_its_file(
+    tmp_path: Path,
+) -> None:
+    config = "plugins:\n  datasette-llm:\n    default_model: test-a\n    usage: {database: usage}\n"
+    result = run(tmp_path, "llm", "check", config=config)
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "error: plugins.datasette-llm.usage.database: no attached database is named 'usage'. "
+        "Attached databases: _memory. Name one of them, attach its file (datasette serve "
+        "FILE.db, datasette llm check FILE.db), or leave database out to keep usage in "
+        "Datasette's internal database.",
+        "1 error, 0 warnings",
+    ]
+    database = tmp_path / "usage.db"
+    sqlite3.connect(database).close()
+    result = run(tmp_path, "llm", "check", str(database), config=config)
+    assert (result.exit_code, result.output) == (
+        0,
+        "datasette-llm configuration OK: no problems found.\n",
+    )
+    typo = config.replace("{database: usage}", "{database: usgae}")
+    result = run(tmp_path, "llm", "check", str(database), config=typo)
+    assert result.exit_code == 1
+    assert "no attached database is named 'usgae'. Did you mean 'usage'? Attached databases: " in (
+        result.output
+    )

@@ -25,7 +25,6 @@ from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 
-NO_CLIENT_RETRY: Final = {"x-should-retry": "false"}
 SECRET_VALUE: Final = "sk-live-test-secret-never-shown"
 # Datasette 1.0a24 and later check Sec-Fetch-Site and Origin; before, asgi-csrf's token.
 HEADER_CSRF: Final = importlib.util.find_spec("datasette.csrf") is not None
@@ -35,6 +34,7 @@ CONFIG: Final[dict[str, Any]] = {
         "summaries": {
             "model": {"model": "primary-gpt", "key": "SUMMARIES_KEY"},
             "fallbacks": ["backup-gpt"],
+            "retries": 0,
         },
         "offline": {"model": "down-gpt"},
     },
@@ -135,7 +135,7 @@ async def test_a_route_test_answers_with_the_model_its_latency_and_tokens(
 async def test_a_failing_primary_shows_its_attempt_and_the_fallback_that_answered(
     datasette: Datasette, provider: Provider
 ) -> None:
-    provider.script = [Reply(status=500, message="broken", headers=NO_CLIENT_RETRY), Reply()]
+    provider.script = [Reply(status=500, message="broken"), Reply()]
     result = (await submit(datasette, "summaries")).json()
     assert result["ok"] is True
     assert (result["routed_model"], result["model"]) == ("primary-gpt", "backup-gpt")
@@ -147,7 +147,7 @@ async def test_a_failing_primary_shows_its_attempt_and_the_fallback_that_answere
 async def test_the_html_result_shows_the_attempts_and_the_fallback(
     datasette: Datasette, provider: Provider
 ) -> None:
-    provider.script = [Reply(status=500, message="broken", headers=NO_CLIENT_RETRY), Reply()]
+    provider.script = [Reply(status=500, message="broken"), Reply()]
     response = await submit(datasette, "summaries", as_json=False)
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
@@ -300,7 +300,7 @@ def test_check_live_prints_each_purposes_answer_and_exits_1_when_one_fails(
 def test_check_live_for_one_purpose_tests_only_it_and_exits_0_when_it_answers(
     tmp_path: Path, provider: Provider
 ) -> None:
-    provider.script = [Reply(status=500, message="broken", headers=NO_CLIENT_RETRY)]
+    provider.script = [Reply(status=500, message="broken")]
     result = check(tmp_path, "--live", "--purpose", "summaries")
     assert result.exit_code == 0, result.output
     assert "primary-gpt server_error" in result.stdout

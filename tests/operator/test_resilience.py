@@ -46,6 +46,7 @@ CONFIG: Final[dict[str, Any]] = {
             "model": {"model": "test-a", "rpm": 60, "concurrency": 2},
             "fallbacks": ["test-b", "test-fails", "test-keyed", "test-bb", "test-a", "gpt-4o-mini"],
             "timeout": 30,
+            "max_wait": 20,
         },
         "agent": {"model": "test-tools", "fallbacks": ["test-c", "test-tools-2"]},
     },
@@ -152,16 +153,16 @@ async def test_the_json_chain_lists_the_routed_model_then_each_fallback_and_why_
 
 
 @pytest.mark.asyncio
-async def test_each_link_shows_its_limits_its_key_and_the_tries_its_client_makes_itself(
+async def test_each_link_shows_its_limits_its_key_its_tries_and_whether_its_client_is_adapted(
     make_datasette: MakeDatasette,
 ) -> None:
     links = chains(await report_json(make_datasette(CONFIG)))["enrichments"]["models"]
     routed, gpt = links[0], links[-1]
     assert (routed["rpm"], routed["concurrency"]) == (60, 2)
-    assert (routed["client_retries"], routed["tries"]) == (0, 5)  # retries 4: 1 + 4
+    assert (routed["adapted"], routed["client_retries"], routed["tries"]) == (False, 0, 5)
     assert routed["key"] == {"source": "not_needed", "secret_name": None, "available": True}
-    # The openai client retries twice itself: retries 4 is two tries of up to three requests.
-    assert (gpt["client_retries"], gpt["tries"]) == (2, 2)
+    # llm's OpenAI model is adapted: its client never retries by itself, so retries 4 is 5 tries.
+    assert (gpt["adapted"], gpt["client_retries"], gpt["tries"]) == (True, 0, 5)
     assert gpt["key"] == {"source": "llm", "secret_name": None, "available": True}
 
 
@@ -170,7 +171,8 @@ async def test_each_setting_says_whether_the_purpose_the_global_setting_or_the_d
     make_datasette: MakeDatasette,
 ) -> None:
     chain = chains(await report_json(make_datasette(CONFIG)))["enrichments"]
-    assert {name: chain[name] for name in ("retries", "timeout", "deadline", "fallback_on")} == {
+    names = ("retries", "timeout", "deadline", "fallback_on", "max_wait")
+    assert {name: chain[name] for name in names} == {
         "retries": {"value": 4, "set_at": "plugins.datasette-llm.retries"},
         "timeout": {"value": 30, "set_at": "plugins.datasette-llm.purposes.enrichments.timeout"},
         "deadline": {"value": None, "set_at": None},
@@ -178,6 +180,7 @@ async def test_each_setting_says_whether_the_purpose_the_global_setting_or_the_d
             "value": ["rate_limit", "timeout", "server_error", "connection"],
             "set_at": None,
         },
+        "max_wait": {"value": 20, "set_at": "plugins.datasette-llm.purposes.enrichments.max_wait"},
     }
 
 
@@ -278,11 +281,14 @@ async def test_the_html_page_shows_each_chain_and_its_settings(
         "fallback at <code>plugins.datasette-llm.purposes.enrichments.fallbacks[1]</code>",
         '<span class="llm-tag llm-missing">never tried</span> '
         '<span class="llm-muted">it is in blocked_models</span>',
-        "tries 2, each of up to 3 requests (its client retries by itself)",
+        "tries 5, one request per try (datasette-llm owns its client's retries)",
         "tries 5; rpm 60; concurrency 2",
         '<code>timeout</code>: 30 s\n<span class="llm-muted">'
         "(<code>plugins.datasette-llm.purposes.enrichments.timeout</code>)</span>",
         '<code>deadline</code>: none\n<span class="llm-muted">(default)</span>',
+        '<code>max_wait</code>: 20 s\n<span class="llm-muted">'
+        "(<code>plugins.datasette-llm.purposes.enrichments.max_wait</code>)</span>",
+        '<code>max_wait</code>: 60 s\n<span class="llm-muted">(default)</span>',
         "requires: tools",
     ):
         assert text in html
@@ -302,7 +308,8 @@ CHAIN_TEXT: Final = [
     "Fallbacks and retries (tried in order):",
     "  enrichments: retries 4 (plugins.datasette-llm.retries); timeout 30s "
     "(plugins.datasette-llm.purposes.enrichments.timeout); deadline none (default); "
-    "fallback_on rate_limit, timeout, server_error, connection (default)",
+    "fallback_on rate_limit, timeout, server_error, connection (default); max_wait 20s "
+    "(plugins.datasette-llm.purposes.enrichments.max_wait)",
     "    1. test-a (routed): tries 5; rpm 60; concurrency 2",
     "    2. test-b (fallback, plugins.datasette-llm.purposes.enrichments.fallbacks[0]): tries 5",
     "    3. test-fails (fallback, plugins.datasette-llm.purposes.enrichments.fallbacks[1]): "
@@ -315,16 +322,17 @@ CHAIN_TEXT: Final = [
     "NOT TRIED: it is the routed model: a failing model is retried (retries), not tried again "
     "as its own fallback",
     "    7. gpt-4o-mini (fallback, plugins.datasette-llm.purposes.enrichments.fallbacks[5]): "
-    "tries 2 of up to 3 requests (its client retries itself)",
+    "tries 5, one request per try (datasette-llm owns its client's retries)",
     "  agent: retries 4 (plugins.datasette-llm.retries); timeout none (default); deadline none "
-    "(default); fallback_on rate_limit, timeout, server_error, connection (default)",
+    "(default); fallback_on rate_limit, timeout, server_error, connection (default); "
+    "max_wait 60s (default)",
     "    1. test-tools (routed): tries 5",
     "    2. test-c (fallback, plugins.datasette-llm.purposes.agent.fallbacks[0]): NOT TRIED: it "
     "does not support tools, which the call requires",
     "    3. test-tools-2 (fallback, plugins.datasette-llm.purposes.agent.fallbacks[1]): tries 5",
     "  (no purpose): retries 4 (plugins.datasette-llm.retries); timeout none (default); "
     "deadline none (default); fallback_on rate_limit, timeout, server_error, connection "
-    "(default)",
+    "(default); max_wait 60s (default)",
     "    1. test-a (routed): tries 5; rpm 60; concurrency 2",
     "    2. test-b (fallback, plugins.datasette-llm.fallbacks[0]): tries 5",
 ]

@@ -244,6 +244,38 @@ async def test_failures_are_counted_by_kind(
     )
 
 
+def cancelled_rows() -> list[UsageRecord]:
+    now, nothing = time.time(), (None, None, None)
+    outcomes = ["ok", "cancelled", "cancelled", "timeout"]
+    return [row(now - 60, "p", "test-a", outcome=o, tokens=nothing) for o in outcomes]
+
+
+@pytest.mark.asyncio
+async def test_cancelled_attempts_are_counted_on_their_own_not_as_a_failure(
+    test_models: object, make_datasette: MakeDatasette
+) -> None:
+    datasette = make_datasette(PRICED, config=ROOT)
+    await write(datasette, cancelled_rows())
+    window = (await usage_json(datasette))["windows"][0]
+    [line] = window["purposes"]
+    assert (line["attempts"], line["ok"], line["cancelled"]) == (4, 1, 2)
+    assert line["failures"] == {"timeout": 1}
+    html = section(await page(datasette), "Last 24 hours")
+    assert "4 attempts since " in html and ": 1 ok, 2 cancelled, 1 failed; spend:" in html
+    assert '<th class="llm-number">Cancelled</th>' in table(html, "By purpose")
+    assert "<code>cancelled</code>" not in html  # not one more kind of failure
+
+
+def test_usage_prints_cancelled_attempts_in_their_own_column(
+    test_models: object, tmp_path: Path
+) -> None:
+    config, internal = persisted(tmp_path, cancelled_rows())
+    result = invoke("-c", str(config), "--internal", str(internal))
+    assert result.exit_code == 0, result.output
+    assert "4 attempts, 1 ok, 2 cancelled, 1 failed; spend" in result.output
+    assert re.search(r"^p +4 +1 +2 +1 timeout +0 +0 +0 +no price$", result.output, re.M)
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("per", ["day", "week", "month"])
 async def test_a_budget_shows_the_spend_of_the_current_utc_period_against_the_limit(
@@ -407,14 +439,16 @@ def test_usage_prints_a_table_per_purpose_and_per_model_and_the_budgets(
         "Last 30 days",
     ]
     assert re.search(
-        r"^PURPOSE +ATTEMPTS +OK +FAILURES +INPUT +OUTPUT +CACHED +SPEND$", result.output, re.M
-    )
-    assert re.search(
-        r"^enrichments +3 +3 +- +2,500 +500 +100 +\$0\.0033 \+ 1 attempt without a price$",
+        r"^PURPOSE +ATTEMPTS +OK +CANCELLED +FAILURES +INPUT +OUTPUT +CACHED +SPEND$",
         result.output,
         re.M,
     )
-    assert re.search(r"^echo +1 +1 +- +1,000 +200 +0 +no price$", result.output, re.M)
+    assert re.search(
+        r"^enrichments +3 +3 +0 +- +2,500 +500 +100 +\$0\.0033 \+ 1 attempt without a price$",
+        result.output,
+        re.M,
+    )
+    assert re.search(r"^echo +1 +1 +0 +- +1,000 +200 +0 +no price$", result.output, re.M)
     assert "Budgets:" in result.output
     assert re.search(
         r"^extract +\$\S+ +\$5\.00 per month +\d+% +this month \(since ", result.output, re.M
@@ -469,6 +503,28 @@ def test_usage_rejects_a_since_in_the_future(test_models: object) -> None:
     result = CliRunner().invoke(cli, ["llm", "usage", "--since", "2999-01-01"])
     assert result.exit_code == 2
     assert "is in the future" in result.output
+
+
+@pytest.mark.parametrize(
+    ("since", "message"),
+    [
+        ("200000w", "'200000w' reaches back before 1970-01-01 (UTC), earlier than any usage row"),
+        ("9" * 400 + "h", "reaches back before 1970-01-01 (UTC)"),
+        ("1900-01-01", "'1900-01-01' is before 1970-01-01 (UTC), earlier than any usage row"),
+    ],
+)
+def test_usage_rejects_a_since_before_1970_with_a_click_error_not_a_traceback(
+    test_models: object, tmp_path: Path, ledger_rows: list[UsageRecord], since: str, message: str
+) -> None:
+    config, internal = persisted(tmp_path, ledger_rows)
+    result = invoke("-c", str(config), "--internal", str(internal), "--since", since)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    output = " ".join(result.output.split())
+    assert "Invalid value for '--since'" in output
+    assert message in output
+    assert "leave out --since for the last 24 hours, 7 days and 30 days" in output
+    assert "Traceback" not in result.output
 
 
 def test_usage_without_a_ledger_says_no_usage_is_recorded_yet(test_models: object) -> None:

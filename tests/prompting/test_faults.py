@@ -301,8 +301,8 @@ async def test_a_chain_failing_mid_stream_in_a_group_is_logged_when_finished_on_
 ) -> None:
     rec = recorder(register_plugin)
     async with LLM(make_datasette()).group("test-fails") as model:
-        async for _response in model.chain("x").responses():
-            break  # leave it unread: the group finishes it, and it fails
+        async for _chunk in model.chain("x"):
+            break  # leave it after its first chunk: the group finishes it, and it fails
     assert len(rec.exits) == 1
     assert "failed while being finished" in caplog.text
     assert "the provider failed mid-stream" in caplog.text
@@ -377,7 +377,7 @@ async def test_a_task_cancelled_while_the_group_finishes_responses_still_runs_gr
 
     async def body() -> None:
         async with LLM(datasette).group(GATED) as model:
-            async for _response in model.chain("wait").responses():
+            async for _chunk in model.chain("wait"):
                 break  # the group finishes it on exit, and it waits for the gate
 
     await wait_then_cancel(asyncio.ensure_future(body()), gate)

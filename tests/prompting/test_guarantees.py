@@ -323,8 +323,8 @@ async def test_log_lines_repeating_a_provider_error_redact_the_key(
     with pytest.raises(RuntimeError, match="budget plugin"):
         async with LLM(make_datasette()).group("test-leaky") as model:
             chain = model.chain("go")
-            async for _ in chain.responses():
-                break  # left unfinished: the group finishes it, and it fails
+            async for _ in chain:
+                break  # left after its first chunk: the group finishes it, and it fails
     messages = [record.getMessage() for record in caplog.records]
     assert any("failed while being finished" in message for message in messages)
     assert "api_key=[redacted]" in caplog.text

@@ -10,6 +10,7 @@ import asyncio
 import bisect
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import llm
@@ -20,6 +21,7 @@ from datasette_llm.provider_errors import ProviderError
 from datasette_llm.typing import hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import SyncStub
+from tests.openai_server import Reply, serve, write_extra_models
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
@@ -223,3 +225,34 @@ async def test_no_second_sees_more_requests_than_rpm_allows(make_datasette: Make
     sent.sort()
     busiest = max(bisect.bisect_left(sent, t + 1) - i for i, t in enumerate(sent))
     assert busiest <= 20 + 1  # 1200 a minute is 20 a second, never a burst of them at once
+
+
+@pytest.mark.parametrize("call", ["prompt", "chain"])
+async def test_a_wait_for_a_place_past_the_deadline_sends_nothing_and_leaves_no_row(
+    make_datasette: MakeDatasette, llm_user_dir: Path, call: str
+) -> None:
+    limited = {"model": "primary-gpt", "concurrency": 1}
+    purposes = {"slow": {"model": limited, "deadline": 5}, "p": {"model": limited, "deadline": 0.3}}
+    with serve() as provider:
+        write_extra_models(llm_user_dir, provider, primary_gpt=None)
+        provider.default = Reply(text="late but in time", delay=1.0)
+        ds = make_datasette({"purposes": purposes})
+        holder = asyncio.ensure_future((await LLM(ds).model(purpose="slow")).prompt("first"))
+        while not provider.requests:  # it holds the model's one place for 1 s
+            await asyncio.sleep(0.01)
+        model = await LLM(ds).model(purpose="p")
+        with pytest.raises(ProviderError) as raised:
+            if call == "prompt":
+                await model.prompt("second")
+            else:
+                await model.chain("second").text()
+        assert raised.value.kind == "timeout"
+        assert "waiting for a place under the client-side limits of 'primary-gpt'" in str(
+            raised.value
+        )
+        assert raised.value.attempts == ()  # nothing was tried: no attempt of the model's
+        assert await (await holder).text() == "late but in time"
+        # Ledger rows for the model are the requests its provider received: the first's only.
+        rows = await LLM(ds).usage_records()
+        assert [(row.purpose, row.outcome) for row in rows] == [("slow", "ok")]
+        assert provider.counts.requests == 1

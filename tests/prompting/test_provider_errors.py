@@ -6,17 +6,25 @@ OpenAI plugin and llm-anthropic raise), built as their clients build them.
 
 from __future__ import annotations
 
+import logging
 import pickle
-from typing import Any
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
 
 import anthropic
 import httpx2
 import openai
 import pytest
+from datasette.utils.asgi import Response
 
-from datasette_llm import ProviderError
+from datasette_llm import LLM, ProviderError
 from datasette_llm.log import remember
-from datasette_llm.provider_errors import classify
+from datasette_llm.provider_errors import RedactedError, classify, redacted
+from datasette_llm.typing import Datasette, hookimpl
+from tests.conftest import MakeDatasette, RegisterPlugin
+from tests.openai_server import Provider, Reply, serve, write_extra_models
 
 REQUEST = httpx2.Request("POST", "https://provider.invalid/v1/chat")
 
@@ -126,3 +134,147 @@ def test_a_provider_error_pickles_with_its_kind() -> None:
     error = ProviderError("timeout", "m", "slow", status=504, retry_after=2.0)
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.kind, copy.model_id, copy.status, copy.retry_after) == ("timeout", "m", 504, 2.0)
+
+
+# No key in any exception of the chain (the cause and its own cause and context).
+
+KEY: Final = "sk-chain-7f6e5d4c3b2a1098-provider"
+
+
+def chain_of(error: BaseException) -> list[BaseException]:
+    """Every exception reachable from ``error`` through ``__cause__`` and ``__context__``."""
+    seen: list[BaseException] = []
+    waiting = [error]
+    while waiting:
+        current = waiting.pop()
+        if any(current is known for known in seen):
+            continue
+        seen.append(current)
+        waiting.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return seen
+
+
+def shown_anywhere(error: BaseException) -> str:
+    """What a printed traceback, a repr or a walk over the chain's attributes could show."""
+    parts = ["".join(traceback.format_exception(error))]
+    for link in chain_of(error):
+        parts.extend([str(link), repr(link), repr(link.args), repr(vars(link))])
+    return "\n".join(parts)
+
+
+def test_the_cause_is_a_redacted_copy_of_the_providers_error_of_its_class() -> None:
+    remember(KEY)
+    response = httpx2.Response(
+        401, headers={"x-echo": f"Bearer {KEY}"}, request=REQUEST, json={"key": KEY}
+    )
+    raw = openai.AuthenticationError(
+        f"Incorrect API key provided: {KEY}",
+        response=response,
+        body={"error": {"message": f"bad key {KEY}", "code": "invalid_api_key"}},
+    )
+    try:
+        try:
+            raise httpx2.ConnectError(f"while sending with {KEY}")
+        except httpx2.ConnectError as inner:
+            raise raw from inner
+    except openai.AuthenticationError:
+        pass
+    raw.__context__ = ValueError(f"handled meanwhile: {KEY}")
+    error = classify(raw, "m")
+    assert (error.kind, error.status) == ("auth", 401)
+    cause = error.__cause__
+    assert isinstance(cause, openai.AuthenticationError) and cause is not raw
+    assert str(cause) == "Incorrect API key provided: [redacted]"
+    assert (cause.status_code, cause.body) == (
+        401,
+        {"error": {"message": "bad key [redacted]", "code": "invalid_api_key"}},
+    )
+    assert not hasattr(cause, "response"), "the response's headers and request carry the key"
+    assert cause.__traceback__ is raw.__traceback__
+    assert isinstance(cause.__cause__, httpx2.ConnectError)
+    assert str(cause.__cause__) == "while sending with [redacted]"
+    assert str(cause.__context__) == "handled meanwhile: [redacted]"
+    assert cause.__suppress_context__ is True
+    assert KEY not in shown_anywhere(error)
+    assert KEY in str(raw), "the provider's own error is left as it was"
+
+
+def test_an_exception_that_cannot_be_copied_as_its_class_stands_in_as_a_redacted_error() -> None:
+    class Opaque(Exception):
+        def __init__(self, secret: str, *, extra: object) -> None:
+            super().__init__(secret)
+            self.extra = extra
+
+        def __str__(self) -> str:
+            return f"opaque: {self.extra} {self.args[0]}"
+
+    remember(KEY)
+    error = classify(Opaque(KEY, extra=object()), "m")
+    assert error.kind == "unknown"  # raised as itself, so its cause stays the caller's own
+    copy = redacted(Opaque(KEY, extra="x"))
+    assert isinstance(copy, Opaque) and str(copy) == "opaque: x [redacted]"
+    standing_in = redacted(Opaque(KEY, extra=object()))
+    assert isinstance(standing_in, RedactedError)
+    assert standing_in.original_type.endswith("Opaque")
+    assert KEY not in str(standing_in) and "[redacted]" in str(standing_in)
+
+
+@pytest.fixture
+def provider(llm_user_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Provider]:
+    monkeypatch.setenv("DATASETTE_SECRETS_LOCAL_PROVIDER_KEY", KEY)
+    with serve() as running:
+        write_extra_models(llm_user_dir, running, local_gpt="local")
+        yield running
+
+
+async def test_no_key_reaches_datasettes_500_handler_its_log_or_the_raised_errors_chain(
+    make_datasette: MakeDatasette,
+    register_plugin: RegisterPlugin,
+    provider: Provider,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    provider.default = Reply(
+        status=401,
+        message=f"Incorrect API key provided: {KEY}. You can find your API key at ...",
+        headers={"x-echoed-authorization": f"Bearer {KEY}"},
+    )
+    caplog.set_level(logging.INFO)  # the provider's client logs headers at DEBUG: not ours
+    caplog.set_level(logging.DEBUG, logger="datasette_llm")
+
+    async def summarize(datasette: Datasette) -> Response:
+        model = await LLM(datasette).model(purpose="summaries")
+        return Response.text(await (await model.prompt("hi")).text())
+
+    class Routes:
+        @hookimpl
+        def register_routes(self) -> list[tuple[str, Any]]:
+            return [(r"^/-/summarize$", summarize)]
+
+    register_plugin(Routes())
+    config = {
+        "purposes": {"summaries": {"model": {"model": "local-gpt", "key": "LOCAL_PROVIDER_KEY"}}}
+    }
+    datasette = make_datasette(config)
+    response = await datasette.client.get("/-/summarize")
+    assert response.status_code == 500
+    printed = capsys.readouterr().err
+    assert "Traceback" in printed and "The above exception was the direct cause" in printed
+    assert "openai.AuthenticationError: Error code: 401" in printed
+    assert (
+        "datasette_llm.provider_errors.ProviderError: Model 'local-gpt' failed (auth, HTTP 401)"
+        in printed
+    )
+    assert "Incorrect API key provided: [redacted]" in printed
+    assert provider.requests[0].headers["authorization"] == f"Bearer {KEY}", "the key was sent"
+    assert KEY not in printed
+    assert KEY not in response.text
+    assert KEY not in caplog.text
+
+    model = await LLM(datasette).model(purpose="summaries")
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("hi")
+    assert (raised.value.kind, raised.value.status) == ("auth", 401)
+    assert isinstance(raised.value.__cause__, openai.AuthenticationError)
+    assert raised.value.__cause__.status_code == 401
+    assert KEY not in shown_anywhere(raised.value)

@@ -65,13 +65,12 @@ async def test_a_provider_error_quoting_the_key_is_redacted_in_our_log_lines(
 ) -> None:
     provider.default = Reply(status=401, message=f"Incorrect API key provided: {KEY}.")
     caplog.set_level(logging.DEBUG, logger="datasette_llm")
-    async with LLM(make_datasette(CONFIG)).group(purpose="summaries") as model:
-        chain = model.chain("go")
-        async for _ in chain.responses():
-            break  # left unfinished: the group finishes the response, and the provider fails
+    with pytest.raises(ProviderError) as raised:
+        async with LLM(make_datasette(CONFIG)).group(purpose="summaries") as model:
+            async for _ in model.chain("go").responses():
+                pass  # each response has completed: the provider's error reaches the block
     assert provider.requests[0].headers["authorization"] == f"Bearer {KEY}"
-    assert "failed while being finished" in caplog.text
-    assert "Incorrect API key provided: [redacted]" in caplog.text
+    assert "Incorrect API key provided: [redacted]" in str(raised.value)
     assert KEY not in caplog.text
 
 

@@ -17,8 +17,6 @@ from tests.llm_models import SyncStub
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 from tests.recorder import Recorder
 
-# The openai client retries 429s and 500s twice by itself, unless the provider says not to.
-NO_CLIENT_RETRY: Final = {"x-should-retry": "false"}
 EVERY_KIND: Final = [
     "rate_limit",
     "timeout",
@@ -32,7 +30,9 @@ EVERY_KIND: Final = [
 
 
 def config(**purpose: Any) -> dict[str, Any]:
-    settings = {"model": "primary-gpt", "fallbacks": ["backup-gpt"], **purpose}
+    """A purpose routed to primary-gpt, falling back to backup-gpt; one try per model unless
+    ``retries`` says otherwise (each try is one request: llm's OpenAI models are adapted)."""
+    settings = {"model": "primary-gpt", "fallbacks": ["backup-gpt"], "retries": 0, **purpose}
     return {"purposes": {"summaries": settings}}
 
 
@@ -60,8 +60,8 @@ def by_model(model_id: str, prompt: str, purpose: str | None) -> tuple[str, str]
 
 
 FAILURES: Final = {
-    "rate_limit": Reply(status=429, message="slow down", headers=NO_CLIENT_RETRY),
-    "server_error": Reply(status=500, message="the provider broke", headers=NO_CLIENT_RETRY),
+    "rate_limit": Reply(status=429, message="slow down"),
+    "server_error": Reply(status=500, message="the provider broke"),
     "auth": Reply(status=401, message="Incorrect API key provided"),
     "bad_request": Reply(status=400, message="'temperature' must be a number"),
     "context_window": Reply(status=400, message="This model's maximum context length is 8"),
@@ -123,7 +123,7 @@ async def test_by_default_rate_limits_server_errors_and_cut_streams_fall_back_bu
     assert upstream(provider) == ["primary-gpt"]
 
 
-async def test_the_openai_clients_own_two_retries_count_towards_retries(
+async def test_retries_2_is_three_tries_of_one_request_each_the_openai_client_retrying_none(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
     quick_429 = Reply(status=429, message="slow down", headers={"retry-after": "0.01"})
@@ -131,14 +131,13 @@ async def test_the_openai_clients_own_two_retries_count_towards_retries(
     model = await LLM(make_datasette(config(retries=2))).model(purpose="summaries")
     response = await model.prompt("hi")
     assert await response.text() == "from the backup"
-    # Three requests to the primary (the client's first try and its own two retries), not
-    # three times three: datasette-llm adds no tries of its own with retries: 2.
     assert upstream(provider) == ["primary-gpt"] * 3 + ["backup-gpt"]
     retry_counts = [seen.headers.get("x-stainless-retry-count") for seen in provider.requests]
-    assert retry_counts[:3] == ["0", "1", "2"]
+    assert retry_counts == ["0"] * 4  # every request is a first try of the openai client
+    assert provider.counts.retried == 0
 
 
-async def test_retries_beyond_the_clients_own_are_made_by_datasette_llm(
+async def test_every_retry_is_datasette_llm_s_own_try(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
     quick_429 = Reply(status=429, message="slow down", headers={"retry-after": "0.01"})
@@ -146,13 +145,13 @@ async def test_retries_beyond_the_clients_own_are_made_by_datasette_llm(
     ds = make_datasette(config(retries=5, fallbacks=[]))
     response = await (await LLM(ds).model(purpose="summaries")).prompt("hi")
     assert await response.text() == "sixth request"
-    # retries: 5 is six requests: two tries of datasette-llm's, each of three requests.
+    # retries: 5 is six requests: six tries of datasette-llm's, each of one request.
     assert upstream(provider) == ["primary-gpt"] * 6
     retry_counts = [seen.headers.get("x-stainless-retry-count") for seen in provider.requests]
-    assert retry_counts == ["0", "1", "2", "0", "1", "2"]
+    assert retry_counts == ["0"] * 6
 
     provider.requests.clear()
-    fail = Reply(status=500, message="broken", headers=NO_CLIENT_RETRY)
+    fail = Reply(status=500, message="broken")
     provider.script = [fail, fail, Reply(text="third try")]
     ds = make_datasette(config(retries=8, fallbacks=[]))
     response = await (await LLM(ds).model(purpose="summaries")).prompt("hi")
@@ -197,6 +196,7 @@ async def test_a_blocked_or_keyless_fallback_is_never_contacted(
                 "summaries": {
                     "model": "primary-gpt",
                     "fallbacks": ["blocked-gpt", "keyless-gpt", "backup-gpt"],
+                    "retries": 0,
                 }
             },
         }
@@ -290,9 +290,7 @@ async def test_prompts_of_a_group_fall_back_and_the_group_holds_only_the_answers
 async def test_a_retry_after_beyond_the_deadline_gives_up_at_once_instead_of_waiting(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
-    provider.default = Reply(
-        status=429, message="quota", headers={**NO_CLIENT_RETRY, "retry-after": "30"}
-    )
+    provider.default = Reply(status=429, message="quota", headers={"retry-after": "30"})
     ds = make_datasette(config(fallbacks=[], retries=5, deadline=2))
     model = await LLM(ds).model(purpose="summaries")
     with pytest.raises(ProviderError) as raised:
@@ -307,9 +305,7 @@ async def test_a_rate_limited_model_is_skipped_while_it_cools_down_and_tried_aga
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
     ds = make_datasette(config())
-    cooling = Reply(
-        status=429, message="slow down", headers={**NO_CLIENT_RETRY, "retry-after": "0.5"}
-    )
+    cooling = Reply(status=429, message="slow down", headers={"retry-after": "0.5"})
     provider.script = [cooling, Reply(text="b1"), Reply(text="b2")]
     for _ in range(2):
         await (await LLM(ds).model(purpose="summaries")).prompt("hi")
@@ -408,12 +404,12 @@ async def test_a_dropped_connection_is_a_connection_error_and_falls_back(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
     drop = Reply(drop=True)
-    provider.script = [drop, drop, drop, Reply(text="from the backup")]
+    provider.script = [drop, Reply(text="from the backup")]
     model = await LLM(make_datasette(config())).model(purpose="summaries")
     response = await model.prompt("hi")
     assert await response.text() == "from the backup"
-    # The openai client's own two retries of the dropped connection, then the fallback.
-    assert upstream(provider) == ["primary-gpt"] * 3 + ["backup-gpt"]
+    # One request to the primary (its client never retries by itself), then the fallback.
+    assert upstream(provider) == ["primary-gpt", "backup-gpt"]
 
     provider.requests.clear()
     provider.default = drop

@@ -21,7 +21,6 @@ from datasette_llm.usage.ledger import TABLE, ledger_for
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 
-NO_CLIENT_RETRY: Final = {"x-should-retry": "false"}
 PRICING: Final = {
     "primary-gpt": {"input": 2.0, "output": 8.0},
     "backup-gpt": {"input": 1.0, "output": 4.0, "cached_input": 0.5},
@@ -47,9 +46,9 @@ async def records(ds: Datasette, **filters: Any) -> list[UsageRecord]:
 async def test_every_attempt_is_one_row_with_tokens_cost_and_outcome(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
-    ds = make_datasette(config())
+    ds = make_datasette(config(retries=0))
     provider.script = [
-        Reply(status=500, message="broken", headers=NO_CLIENT_RETRY),
+        Reply(status=500, message="broken"),
         Reply(text="one two three"),
     ]
     model = await LLM(ds).model(purpose="summaries", actor={"id": "alice"})
@@ -171,7 +170,7 @@ async def test_hooks_and_listeners_see_the_records_of_the_prompt(
     ds = make_datasette(config())
     seen: list[UsageRecord] = []
     stop = LLM(ds).on_usage(seen.append)
-    provider.script = [Reply(status=429, message="slow", headers=NO_CLIENT_RETRY), Reply()]
+    provider.script = [Reply(status=429, message="slow"), Reply()]
     await (await LLM(ds).model(purpose="summaries")).prompt("hi")
     stop()
     await (await LLM(ds).model(purpose="summaries")).prompt("again")

@@ -1,0 +1,385 @@
+"""Own the HTTP behaviour of models built on the ``openai`` client: one request per attempt.
+
+llm's OpenAI plugin (``llm.default_plugins.openai_models``) builds a new ``openai.AsyncOpenAI``
+for every prompt in its models' ``get_client(key, async_=True)``, with the client's defaults:
+up to two retries of its own, which sleep through ``Retry-After`` inside one of our attempts,
+pass no limiter and are never seen by the attempts, and a new HTTP client (TLS, connection
+pool) each time. llm has no public way to hand a model a client, so this module is the one
+place that adapts one, in the one way llm's code allows: it sets ``get_client`` on the model
+instance (the class and llm are untouched) to a ``PooledClients`` that returns
+
+- the client llm itself built for the model (same base URL, key, headers), copied once with
+  ``max_retries=0`` (a public option of the client): every attempt is exactly one request,
+  and every 429 and 5xx reaches the attempts;
+- kept and reused for each (endpoint, key, headers) in the event loop that runs the prompt,
+  so connections and TLS sessions are pooled; the ``openai`` client's ``with_options`` copies
+  share the underlying HTTP client;
+- inside one attempt (``one_attempt``), a copy with the attempt's timeout as the client's own;
+- whose HTTP client (the ``openai`` client's default, ``openai.DefaultAsyncHttpxClient``) has a
+  request event hook adding httpx's public ``trace`` extension to each request of an attempt:
+  the attempt counts a request once its body starts going out (``watch``), so a cancelled
+  attempt is accounted only when its provider was sent the request, not while llm is still
+  preparing it or the client connecting.
+
+A model is adapted when it is one of llm's OpenAI classes (``AsyncChat``, ``AsyncResponses``)
+or a subclass of them that keeps llm's own ``get_client``: llm-openrouter's pattern and any
+other plugin subclassing them. A subclass that overrides ``get_client`` (Azure variants, or
+one returning a client subclass that keeps state per response) is left as it is, never
+shared: ``client_library`` still says its client is ``openai``'s, which retries by itself.
+
+Clients are kept per event loop, at most ``POOL_SIZE`` per loop (the least recently used one
+is closed when another is needed), and closed when their loop shuts down its asynchronous
+generators (``loop.shutdown_asyncgens()``, as ``asyncio.run`` and ``asyncio.Runner`` do). What
+the ``openai`` client reads from the environment when it is built stays as it was then:
+``OPENAI_BASE_URL`` (for a model without ``api_base``), ``OPENAI_ORG_ID``,
+``OPENAI_PROJECT_ID``, and the HTTP client's proxies (``HTTP_PROXY``, ``HTTPS_PROXY``,
+``ALL_PROXY``, ``NO_PROXY``) and certificates (``SSL_CERT_FILE``, ``SSL_CERT_DIR``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+
+if TYPE_CHECKING:
+    import httpx2
+    import openai
+
+__all__ = [
+    "POOL_SIZE",
+    "Counted",
+    "OpenAttempt",
+    "PooledClients",
+    "adapt",
+    "adapted",
+    "client_library",
+    "one_attempt",
+]
+
+POOL_SIZE: Final = 32
+"""The most clients kept for one event loop; each (endpoint, key, headers) has its own."""
+
+# The attempt running in this context: its timeout, and the clients it holds.
+_ATTEMPT: Final[ContextVar[_Attempt | None]] = ContextVar("datasette_llm_attempt", default=None)
+_LOCK: Final = threading.Lock()
+# The clients of each event loop, by the loop itself. One per process: a client belongs to the
+# loop whose connections it holds, whatever Datasette instance sent the prompt.
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
+
+# httpcore's trace event for a request whose body starts going out (``http11.``, ``http2.``):
+# its headers have been written, and nothing is awaited before the body is handed to the socket.
+_SENDING: Final = "send_request_body.started"
+
+# Who the client was built for: endpoint, API type, version and engine, key, headers, and
+# whether llm logs the responses (LLM_OPENAI_SHOW_RESPONSES gives it a logging HTTP client).
+_Identity = tuple[object, ...]
+
+
+def client_library(model: object) -> Literal["openai"] | None:
+    """Return ``"openai"`` when ``model`` is built on the ``openai`` client (one of llm's
+    OpenAI classes or a subclass of them), else ``None``."""
+    from llm.default_plugins.openai_models import AsyncChat, AsyncResponses
+
+    return "openai" if isinstance(model, (AsyncChat, AsyncResponses)) else None
+
+
+def adapt(model: object) -> bool:
+    """Make each of ``model``'s requests one attempt's, through a pooled client; return
+    whether ``model`` is so adapted.
+
+    Installs a ``PooledClients`` as the instance's ``get_client`` the first time, for a model
+    of llm's OpenAI classes whose class keeps llm's own ``get_client``; any other model is left
+    as it is. Calling it again is cheap and changes nothing.
+    """
+    own = vars(model).get("get_client") if hasattr(model, "__dict__") else None
+    if own is not None:
+        return isinstance(own, PooledClients) and own.model is model
+    if client_library(model) is None:
+        return False
+    from llm.default_plugins.openai_models import AsyncChat
+
+    if getattr(type(model), "get_client", None) is not AsyncChat.get_client:
+        return False  # its plugin builds its own clients: they are not ours to share
+    model.get_client = PooledClients(model)  # type: ignore[attr-defined]
+    return True
+
+
+def adapted(model: object) -> bool:
+    """Whether ``adapt`` has made ``model``'s requests one attempt's."""
+    own = vars(model).get("get_client") if hasattr(model, "__dict__") else None
+    return isinstance(own, PooledClients) and own.model is model
+
+
+class Counted(Protocol):
+    """Where an attempt's requests are counted (``metering.Received``).
+
+    Attributes:
+        requests: Requests sent, or ``None`` when the attempt's client does not report them.
+    """
+
+    requests: int | None
+
+
+@contextmanager
+def one_attempt(timeout: float | None) -> Iterator[OpenAttempt]:
+    """Mark the block as one attempt: an adapted model's client times out after ``timeout``
+    seconds (``None``: the client's default), and is not closed while the block uses it.
+
+    Yields the attempt, for ``OpenAttempt.watch``.
+    """
+    attempt = OpenAttempt(timeout)
+    try:
+        with attempt.running():
+            yield attempt
+    finally:
+        attempt.end()
+
+
+class OpenAttempt:
+    """One attempt whose stream runs in pieces, its caller's code in between (a chain consumed
+    item by item): as ``one_attempt`` inside each ``running()`` block; the clients the pieces
+    used are not closed until ``end()``, once the stream has ended."""
+
+    __slots__ = ("_attempt",)
+
+    def __init__(self, timeout: float | None) -> None:
+        self._attempt = _Attempt(timeout)
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Run the block as part of this attempt (the context is the caller's again after)."""
+        token = _ATTEMPT.set(self._attempt)
+        try:
+            yield
+        finally:
+            _ATTEMPT.reset(token)
+
+    def end(self) -> None:
+        """Let go of the clients the attempt used: one the pool has let go of is closed."""
+        self._attempt.release()
+
+    def watch(self, counted: Counted, model: object) -> None:
+        """Count in ``counted.requests`` each request the attempt sends to ``model``, from 0,
+        when ``model`` is adapted; else set it to ``None`` (not known).
+
+        A request counts once its body starts going out (its headers have been written).
+        Called again (the next step of a chain), it counts in the new ``counted`` instead.
+        """
+        self._attempt.counted = counted
+        counted.requests = 0 if adapted(model) else None
+
+
+class PooledClients:
+    """An adapted model's ``get_client``: its asynchronous clients come from the pool.
+
+    A synchronous client (``async_=False``) is llm's own, built as llm builds it.
+
+    Attributes:
+        model: The model it is installed on.
+    """
+
+    __slots__ = ("model",)
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"<PooledClients of {self.model.model_id!r}>"
+
+    def __call__(self, key: str | None = None, *, async_: bool = False) -> object:
+        model = self.model
+        build: Callable[..., object] = type(model).get_client
+        if not async_:
+            return build(model, key, async_=False)
+        identity: _Identity = (
+            model.api_base,
+            model.api_type,
+            model.api_version,
+            model.api_engine,
+            model.get_key(key) if model.needs_key else None,
+            tuple(sorted((str(k), str(v)) for k, v in (model.headers or {}).items())),
+            bool(os.environ.get("LLM_OPENAI_SHOW_RESPONSES")),
+        )
+        loop = asyncio.get_running_loop()
+        with _LOCK:
+            pool = _pools.get(loop)
+            if pool is None:
+                pool = _pools[loop] = _Pool(loop)
+        entry = pool.get(identity)
+        attempt = _ATTEMPT.get()
+        if entry is None:
+            import openai
+
+            built = build(model, key, async_=True)
+            if type(built) is not openai.AsyncOpenAI:
+                if attempt is not None:
+                    attempt.unwatch()
+                return built  # not the client this module knows: left as it is
+            entry = pool.add(identity, built, traced=not identity[-1])
+        if attempt is None:
+            return entry.client
+        attempt.hold(pool, entry)
+        if not entry.traced:
+            attempt.unwatch()  # llm's logging client: its requests are not seen going out
+        if attempt.timeout is None:
+            return entry.client
+        return entry.client.with_options(timeout=attempt.timeout)
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """One pooled client, the attempts using it, and whether the pool has let it go."""
+
+    client: openai.AsyncOpenAI
+    traced: bool
+    users: int = 0
+    evicted: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    """One attempt: its timeout, the pooled clients it uses, where its requests are counted."""
+
+    timeout: float | None
+    held: list[tuple[_Pool, _Entry]] = field(default_factory=list)
+    counted: Counted | None = None
+
+    def unwatch(self) -> None:
+        """Its client does not report its requests: they are not known."""
+        if self.counted is not None:
+            self.counted.requests = None
+            self.counted = None
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's ``trace`` extension of the attempt's requests: count each one sent."""
+        counted = self.counted
+        if event.endswith(_SENDING) and counted is not None and counted.requests is not None:
+            counted.requests += 1
+
+    def hold(self, pool: _Pool, entry: _Entry) -> None:
+        entry.users += 1
+        self.held.append((pool, entry))
+
+    def release(self) -> None:
+        for pool, entry in self.held:
+            entry.users -= 1
+            if entry.evicted and entry.users == 0:
+                pool.retire(entry)
+        self.held.clear()
+
+
+class _Pool:
+    """The clients of one event loop, least recently used first.
+
+    It refers to its loop weakly: the loop's shutdown of asynchronous generators closes every
+    client and removes the pool.
+    """
+
+    __slots__ = ("_closer", "_closing", "_loop", "_starting", "clients")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)
+        self.clients: OrderedDict[_Identity, _Entry] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closer = _close_at_loop_end(self)
+        # Run the closer to its first yield, so that the loop's shutdown runs its ``finally``.
+        self._starting: asyncio.Task[None] | None = loop.create_task(_start(self._closer))
+        self._starting.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        self._starting = None  # the task refers to the loop: let go of it
+
+    def get(self, identity: _Identity) -> _Entry | None:
+        """Return the pooled client for ``identity``, if there is one, as the most recent."""
+        entry = self.clients.get(identity)
+        if entry is not None:
+            self.clients.move_to_end(identity)
+        return entry
+
+    def add(self, identity: _Identity, built: openai.AsyncOpenAI, *, traced: bool) -> _Entry:
+        """Keep a copy of ``built`` that never retries by itself; let the oldest client go
+        when there are more than ``POOL_SIZE``.
+
+        ``traced``: the copy has an HTTP client of its own, the ``openai`` client's default
+        with ``_trace_request`` as a request event hook, and ``built``'s own, unused, is
+        closed; else (llm's logging HTTP client) it shares ``built``'s, and its requests are
+        not counted as they go out.
+        """
+        if traced:
+            import openai
+
+            http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [_trace_request]})
+            client = built.with_options(max_retries=0, http_client=http)
+            self._close(built)
+        else:
+            client = built.with_options(max_retries=0)
+        entry = self.clients[identity] = _Entry(client, traced)
+        while len(self.clients) > POOL_SIZE:
+            _, oldest = self.clients.popitem(last=False)
+            oldest.evicted = True
+            if oldest.users == 0:
+                self.retire(oldest)
+        return entry
+
+    def retire(self, entry: _Entry) -> None:
+        """Close a client the pool has let go of and no attempt uses."""
+        self._close(entry.client)
+
+    def _close(self, client: openai.AsyncOpenAI) -> None:
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            return
+        task = loop.create_task(client.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Close every client, and forget the pool."""
+        entries = list(self.clients.values())
+        self.clients.clear()
+        for entry in entries:
+            with suppress(Exception):
+                await entry.client.close()
+        loop = self._loop()
+        if loop is not None:
+            with _LOCK:
+                if _pools.get(loop) is self:
+                    del _pools[loop]
+
+
+async def _trace_request(request: httpx2.Request) -> None:
+    """The request event hook of the pooled HTTP clients: the attempt sending ``request``, if
+    it counts its requests, traces it (httpx's ``trace`` extension; one already there is kept,
+    called after it)."""
+    attempt = _ATTEMPT.get()
+    if attempt is None or attempt.counted is None:
+        return
+    theirs = request.extensions.get("trace")
+    if theirs is None:
+        request.extensions["trace"] = attempt.trace
+        return
+
+    async def both(event: str, info: dict[str, Any]) -> None:
+        await attempt.trace(event, info)
+        await theirs(event, info)
+
+    request.extensions["trace"] = both
+
+
+async def _close_at_loop_end(pool: _Pool) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+async def _start(closer: AsyncIterator[None]) -> None:
+    await closer.__anext__()

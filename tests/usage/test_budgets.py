@@ -1,0 +1,163 @@
+"""Budgets hold under concurrency: every prompt in flight holds its estimate until it ends.
+
+Against llm's own OpenAI plugin and the local provider (``tests/openai_server.py``), whose
+answers report 3 input tokens and one output token a word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from datasette.app import Datasette
+
+from datasette_llm import LLM, BudgetExceededError, ConfigurationError, ProviderError
+from datasette_llm.config.parser import parse_config
+from datasette_llm.usage.ledger import ledger_for
+from tests.conftest import MakeDatasette
+from tests.openai_server import Provider, Reply, serve, write_extra_models
+
+PRICING: Final = {
+    "primary-gpt": {"input": 2.0, "output": 8.0},
+    "backup-gpt": {"input": 1.0, "output": 4.0},
+}
+ONE_PROMPT: Final = (3 * 2.0 + 5 * 8.0) / 1_000_000  # 3 tokens in, 5 out: the default reply
+
+
+def config(budget: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    purpose = {"model": "primary-gpt", "budget": {"per": "day", **budget}}
+    return {"pricing": PRICING, "purposes": {"summaries": {**purpose, **extra}}}
+
+
+@pytest.fixture
+def provider(llm_user_dir: Path) -> Iterator[Provider]:
+    with serve() as running:
+        write_extra_models(llm_user_dir, running, primary_gpt=None, backup_gpt=None)
+        yield running
+
+
+async def spent(ds: Datasette) -> float:
+    return sum(row.cost or 0.0 for row in await LLM(ds).usage_records())
+
+
+async def prompt_at_once(ds: Datasette, count: int, **kwargs: Any) -> list[object]:
+    model = await LLM(ds).model(purpose="summaries")
+    prompts = (model.prompt(f"prompt {number}", **kwargs) for number in range(count))
+    return list(await asyncio.gather(*prompts, return_exceptions=True))
+
+
+@pytest.mark.parametrize("count", [50, 150])
+async def test_concurrent_prompts_spend_at_most_the_budget_and_one_estimate(
+    make_datasette: MakeDatasette, provider: Provider, count: int
+) -> None:
+    usd = 9.5 * ONE_PROMPT  # worth nine and a half prompts: the tenth may overspend
+    ds = make_datasette(config({"usd": usd, "estimate_usd": ONE_PROMPT}))
+    provider.latency = 0.2  # every prompt is in flight at once
+    outcomes = await prompt_at_once(ds, count)
+    refused = [error for error in outcomes if isinstance(error, BudgetExceededError)]
+    assert len(refused) == count - 10
+    assert provider.counts.requests == 10
+    assert await spent(ds) <= usd + ONE_PROMPT
+    assert ledger_for(ds).reserved("summaries") == 0
+    assert "held by prompts in flight" in str(refused[0])
+
+
+async def test_the_estimate_comes_from_max_tokens_at_the_configured_price(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    # "prompt N": 8 bytes (a token a byte at most), 50 tokens out at most.
+    estimate = (8 * 2.0 + 50 * 8.0) / 1_000_000
+    ds = make_datasette(config({"usd": 4 * estimate}))
+    provider.latency = 0.2
+    outcomes = await prompt_at_once(ds, 10, max_tokens=50)
+    assert sum(not isinstance(outcome, Exception) for outcome in outcomes) == 4
+    assert await spent(ds) <= 4 * estimate + estimate
+
+
+async def test_a_reservation_is_settled_on_failure_and_on_cancellation(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette(config({"usd": ONE_PROMPT, "estimate_usd": ONE_PROMPT}, retries=0))
+    provider.script = [Reply(status=400, message="no")]
+    model = await LLM(ds).model(purpose="summaries")
+    with pytest.raises(ProviderError):
+        await model.prompt("hi")
+    assert ledger_for(ds).reserved("summaries") == 0
+    provider.default = Reply(delay=30)
+    task = asyncio.ensure_future(model.prompt("hi"))
+    while provider.counts.requests < 2:
+        await asyncio.sleep(0.005)
+    assert ledger_for(ds).reserved("summaries") == ONE_PROMPT
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ledger_for(ds).reserved("summaries") == 0
+    assert await spent(ds) == pytest.approx(ONE_PROMPT)  # the cancelled one, at its estimate
+    with pytest.raises(BudgetExceededError):
+        await model.prompt("hi")
+
+
+async def test_the_budget_is_the_error_when_every_fallback_is_refused_at_admission(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    raw = config(
+        {"usd": ONE_PROMPT / 2, "then": "fallback"},
+        fallbacks=["backup-gpt"],
+        blocked_models=["backup-gpt"],
+    )
+    ds = make_datasette(raw)
+    model = await LLM(ds).model(purpose="summaries")
+    await model.prompt("hi")  # spends the budget
+    with pytest.raises(BudgetExceededError):
+        await model.prompt("hi")
+    assert provider.counts.requests == 1
+
+
+def test_estimate_usd_is_read_with_its_path() -> None:
+    raw = config({"usd": 5, "estimate_usd": 0.25})
+    budget = parse_config(raw).purposes["summaries"].budget
+    assert budget is not None and budget.estimate_usd == 0.25
+    with pytest.raises(ConfigurationError) as caught:
+        parse_config(config({"usd": 5, "estimate_usd": -1}))
+    assert [str(problem) for problem in caught.value.problems] == [
+        "plugins.datasette-llm.purposes.summaries.budget.estimate_usd: expected a positive "
+        "number of US dollars, got int: -1."
+    ]
+
+
+@pytest.mark.parametrize("end", ["completed", "failed", "cancelled"])
+async def test_a_chain_holds_its_reservation_until_it_ends_however_it_ends(
+    make_datasette: MakeDatasette, provider: Provider, end: str
+) -> None:
+    ds = make_datasette(config({"usd": ONE_PROMPT, "estimate_usd": ONE_PROMPT}, retries=0))
+    words = Reply(text="one two three four five", interval=0.2)  # 5 words: ONE_PROMPT
+    provider.script = [dataclasses.replace(words, cut_after=2) if end == "failed" else words]
+    model = await LLM(ds).model(purpose="summaries")
+    chunks: list[str] = []
+
+    async def consume() -> None:
+        async for chunk in model.chain("hi"):
+            chunks.append(chunk)
+
+    task = asyncio.ensure_future(consume())
+    while not chunks:
+        await asyncio.sleep(0.01)
+    # Its first chunk has reached the caller and its stream goes on: it holds its estimate.
+    assert ledger_for(ds).reserved("summaries") == ONE_PROMPT
+    with pytest.raises(BudgetExceededError):
+        await model.prompt("another")
+    if end == "completed":
+        await task
+    else:
+        if end == "cancelled":
+            task.cancel()
+        with pytest.raises(ProviderError if end == "failed" else asyncio.CancelledError):
+            await task  # a cut stream, or its task cancelled mid-stream
+    assert ledger_for(ds).reserved("summaries") == 0  # settled: its row counts instead
+    outcomes = {"completed": "ok", "failed": "connection", "cancelled": "cancelled"}
+    assert [row.outcome for row in await LLM(ds).usage_records()] == [outcomes[end]]
+    assert provider.counts.requests == 1  # the other prompt was refused, never sent
