@@ -112,10 +112,7 @@ class Gate:
             return
         if error.kind != "rate_limit":
             return
-        if time.monotonic() >= self._cool_until:
-            # A new run of rate limits. The 429s of requests already in flight when the model
-            # began cooling down are the same run: they do not double the cool-down again.
-            self._rate_limits += 1
+        self._rate_limits += 1
         backoff = min(_LONGEST_COOL_DOWN, _FIRST_COOL_DOWN * 2 ** (self._rate_limits - 1))
         wait = error.retry_after if error.retry_after is not None else backoff
         self._cool_until = max(self._cool_until, time.monotonic() + wait)

@@ -216,20 +216,3 @@ async def test_a_probe_that_ends_without_an_answer_hands_the_probe_on(
     response = await (await LLM(ds).model(purpose="summaries")).prompt("next")
     assert await response.text() == "the primary has recovered"
     assert (len(provider.requests), backup_requests()) == (sent[0] + 1, sent[1])
-
-
-async def test_429s_of_requests_in_flight_together_are_one_run_of_rate_limits(
-    make_datasette: MakeDatasette, provider: Provider
-) -> None:
-    # Ten prompts at once all get a 429 without Retry-After (a quota, say): the model cools
-    # down for the first cool-down (1 s), not 2 ** 9 s, so a prompt 1.5 s later probes it.
-    provider.script = [Reply(status=429, message="quota") for _ in range(10)]
-    provider.default = Reply(text="from the primary")
-    ds = make_datasette(config(retries=0))
-    model = await LLM(ds).model(purpose="summaries")
-    answers = await asyncio.gather(*(model.prompt(f"{n}") for n in range(10)))
-    assert {await answer.text() for answer in answers} == {"from the backup"}
-    assert len(provider.requests) == 10
-    await asyncio.sleep(1.5)
-    assert await (await model.prompt("later")).text() == "from the primary"
-    assert len(provider.requests) == 11
