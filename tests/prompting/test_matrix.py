@@ -2,8 +2,8 @@
 cancels, asserting what docs/resilience.md and docs/usage.md say happens.
 
 Against llm's own OpenAI plugin and two local providers (``tests/openai_server.py``) that answer
-as the real service does: the ``openai`` client keeps its default options, and no
-``x-should-retry`` header tells it anything. The primary fails as the cell says, once; the
+as the real service does: the ``openai`` client keeps its default options, and no header that
+only tests send tells it anything. The primary fails as the cell says, once; the
 backup (its fallback) answers. Every cell checks the ledger against the providers' request logs
 (rows for a model = requests its provider received) and that the call ended in bounded time.
 """
