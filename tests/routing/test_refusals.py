@@ -8,19 +8,19 @@ again. One purpose here has a fallback refused for every kind there is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Final
 
 import llm
 import pytest
 
-from datasette_llm import LLM, Actor, PromptResult, Purpose, Requirements
+from datasette_llm import LLM, Actor, Purpose, Requirements
 from datasette_llm.provider_errors import ProviderError
 from datasette_llm.routing.policy import REFUSAL_KINDS
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import FreeModel, KeyedModel, SyncStub
+from tests.recorder import Recorder
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
@@ -117,25 +117,12 @@ async def chain_on_the_page(datasette: Datasette) -> list[dict[str, Any]]:
 
 
 async def skipped_by_a_prompt(datasette: Datasette, register_plugin: RegisterPlugin) -> list[str]:
-    results: list[PromptResult] = []
-
-    class Keeps:
-        @hookimpl
-        def llm_prompt_context(
-            self, model_id: str, prompt: str, purpose: str | None, actor: Actor | None
-        ) -> Callable[[PromptResult], AbstractAsyncContextManager[None]]:
-            @asynccontextmanager
-            async def around(result: PromptResult) -> AsyncIterator[None]:
-                results.append(result)
-                yield
-
-            return around
-
-    register_plugin(Keeps())
+    recorder = Recorder()
+    register_plugin(recorder)
     model = await LLM(datasette).model(purpose="agent")
     response = await model.prompt("hi")
     assert await response.text() == "tool-ok:hi"
-    return results[0].skipped
+    return recorder.results[0].skipped
 
 
 async def test_the_page_shows_each_refused_fallback_under_the_kind_the_policy_gave(

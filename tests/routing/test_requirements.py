@@ -12,19 +12,19 @@ its provider fails with a server error; ``test-a`` (``tests/llm_models.py``) rea
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Final
 
 import llm
 import pytest
 
-from datasette_llm import LLM, Actor, PromptResult, Purpose, Requirements
+from datasette_llm import LLM, Purpose, Requirements
 from datasette_llm.provider_errors import ProviderError
 from datasette_llm.routing.route import requirements_for
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.llm_models import FreeModel, SyncStub
+from tests.recorder import Recorder
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
@@ -121,25 +121,12 @@ async def test_a_purpose_and_its_name_route_list_and_fall_back_alike_on_every_pa
 async def test_an_explicit_model_id_named_with_the_purposes_name_skips_an_incapable_fallback(
     make_datasette: MakeDatasette, register_plugin: RegisterPlugin
 ) -> None:
-    results: list[PromptResult] = []
-
-    class Keeps:
-        @hookimpl
-        def llm_prompt_context(
-            self, model_id: str, prompt: str, purpose: str | None, actor: Actor | None
-        ) -> Callable[[PromptResult], AbstractAsyncContextManager[None]]:
-            @asynccontextmanager
-            async def around(result: PromptResult) -> AsyncIterator[None]:
-                results.append(result)
-                yield
-
-            return around
-
-    register_plugin(Keeps())
+    recorder = Recorder()
+    register_plugin(recorder)
     model = await LLM(make_datasette(CONFIG)).model("test-eyes-down", purpose="enrich")
     response = await model.prompt("hi")
     assert await response.text() == "test-eyes:hi"
-    assert results[0].skipped == [
+    assert recorder.results[0].skipped == [
         "fallback 'test-a' skipped because it does not support attachments of type image/png, "
         "which the call requires"
     ]
