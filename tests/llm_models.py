@@ -60,6 +60,22 @@ class FreeModel(llm.AsyncModel):
         yield text[middle:]
 
 
+class ServerErrorModel(FreeModel):
+    """A keyless model whose provider always fails with a server error (``ProviderError``, 500).
+
+    Mix it in before another ``FreeModel`` subclass to make that model's provider fail too.
+    """
+
+    async def execute(
+        self, prompt: Any, stream: bool, response: Any, conversation: Any
+    ) -> AsyncGenerator[str, None]:
+        from datasette_llm import ProviderError
+
+        if prompt is not None:  # always: an async generator, as llm expects, failing at once
+            raise ProviderError("server_error", self.model_id, "the provider broke", status=500)
+        yield ""
+
+
 class KeyedModel(llm.AsyncKeyModel):
     """A model that needs a key for provider ``testprov``."""
 

@@ -8,7 +8,7 @@ validation show its values with its paths.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from typing import Any, Final
 
 import llm
@@ -20,7 +20,7 @@ from datasette_llm.config.values import SETTING_NAMES, settings_for
 from datasette_llm.provider_errors import ProviderError
 from datasette_llm.typing import Datasette
 from tests.conftest import MakeDatasette
-from tests.llm_models import FreeModel, SyncStub
+from tests.llm_models import ServerErrorModel, SyncStub
 
 ROOT: Final = "plugins.datasette-llm"
 CONFIG: Final[dict[str, Any]] = {
@@ -41,15 +41,8 @@ CONFIG: Final[dict[str, Any]] = {
 }
 
 
-class Down(FreeModel):
+class Down(ServerErrorModel):
     """A keyless model whose provider always fails with a server error."""
-
-    async def execute(
-        self, prompt: Any, stream: bool, response: Any, conversation: Any
-    ) -> AsyncGenerator[str, None]:
-        if prompt is not None:  # always: an async generator, as llm expects, failing at once
-            raise ProviderError("server_error", self.model_id, "the provider broke", status=500)
-        yield ""
 
 
 class DownPlugin:

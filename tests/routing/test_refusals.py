@@ -8,18 +8,17 @@ again. One purpose here has a fallback refused for every kind there is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from typing import Any, Final
 
 import llm
 import pytest
 
 from datasette_llm import LLM, Actor, Purpose, Requirements
-from datasette_llm.provider_errors import ProviderError
 from datasette_llm.routing.policy import REFUSAL_KINDS
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
-from tests.llm_models import FreeModel, KeyedModel, SyncStub
+from tests.llm_models import FreeModel, KeyedModel, ServerErrorModel, SyncStub
 from tests.recorder import Recorder
 
 pytestmark = pytest.mark.usefixtures("test_models")
@@ -54,15 +53,8 @@ class Tools(FreeModel):
     supports_tools = True
 
 
-class ToolsDown(Tools):
+class ToolsDown(ServerErrorModel, Tools):
     """A keyless model that supports tool calls, whose provider fails with a server error."""
-
-    async def execute(
-        self, prompt: Any, stream: bool, response: Any, conversation: Any
-    ) -> AsyncGenerator[str, None]:
-        if prompt is not None:  # always: an async generator, as llm expects, failing at once
-            raise ProviderError("server_error", self.model_id, "the provider broke", status=500)
-        yield ""
 
 
 class ToolsKeyed(KeyedModel):

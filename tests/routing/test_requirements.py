@@ -12,18 +12,17 @@ its provider fails with a server error; ``test-a`` (``tests/llm_models.py``) rea
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from typing import Any, Final
 
 import llm
 import pytest
 
 from datasette_llm import LLM, Purpose, Requirements
-from datasette_llm.provider_errors import ProviderError
 from datasette_llm.routing.route import requirements_for
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
-from tests.llm_models import FreeModel, SyncStub
+from tests.llm_models import FreeModel, ServerErrorModel, SyncStub
 from tests.recorder import Recorder
 
 pytestmark = pytest.mark.usefixtures("test_models")
@@ -42,15 +41,8 @@ class Eyes(FreeModel):
     attachment_types = frozenset({"image/png"})
 
 
-class EyesDown(Eyes):
+class EyesDown(ServerErrorModel, Eyes):
     """A keyless model that reads PNG images, whose provider fails with a server error."""
-
-    async def execute(
-        self, prompt: Any, stream: bool, response: Any, conversation: Any
-    ) -> AsyncGenerator[str, None]:
-        if prompt is not None:  # always: an async generator, as llm expects, failing at once
-            raise ProviderError("server_error", self.model_id, "the provider broke", status=500)
-        yield ""
 
 
 class EyesPlugin:
