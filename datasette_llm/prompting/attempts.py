@@ -306,6 +306,16 @@ class _Prompt(Generic[T]):
                 return False  # on to the next fallback at once; the model cools down meanwhile
             return wait if wait else True
 
+        # The first try runs outside stamina's retry context: a prompt answered at once (most
+        # of them) pays nothing for the retry machinery, whose objects are cyclic garbage. A
+        # first try that failed in a way worth retrying is handed to stamina as its first
+        # attempt (raised again inside it), so stamina counts it and waits its backoff.
+        try:
+            return await self._try(routed, gate)
+        except Exception as error:
+            if tries == 1 or backoff(error) is False:
+                raise
+            failed: Exception | None = error
         async for retry in stamina.retry_context(
             on=backoff,
             attempts=tries,
@@ -315,6 +325,9 @@ class _Prompt(Generic[T]):
             wait_jitter=_WAIT_JITTER,
         ):
             with retry:
+                if failed is not None:
+                    first, failed = failed, None
+                    raise first
                 return await self._try(routed, gate)
         raise AssertionError("stamina ends retrying by raising the last error")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
+import weakref
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -162,7 +162,7 @@ class Target:
 
     def answerable(self, response: AsyncResponse) -> AsyncResponse:
         """Make ``response.reply()`` take ``send`` too, so replies run the hooks and use the key."""
-        response.reply = functools.partial(_reply, self, response)  # type: ignore[method-assign]
+        response.reply = _Replier(self, response)  # type: ignore[method-assign]
         return response
 
 
@@ -206,6 +206,26 @@ class _Reply:
             kwargs = {**kwargs, "tools": response.prompt.tools}
         kwargs.pop("options", None)
         return model.prompt(messages=self._first.prompt.messages, **kwargs)
+
+
+class _Replier:
+    """``response.reply`` of a response of ours: a reply through ``send``. It holds the
+    response weakly, so the response and its ``reply`` make no reference cycle (every
+    response would otherwise wait for the garbage collector)."""
+
+    __slots__ = ("_response", "_target")
+
+    def __init__(self, target: Target, response: AsyncResponse) -> None:
+        self._target = target
+        self._response = weakref.ref(response)
+
+    async def __call__(self, prompt: str | None = None, **kwargs: Any) -> AsyncResponse:
+        response = self._response()
+        if response is None:
+            raise RuntimeError(
+                "reply() of a response that no longer exists: call it as response.reply(...)"
+            )
+        return await _reply(self._target, response, prompt, **kwargs)
 
 
 async def _reply(
