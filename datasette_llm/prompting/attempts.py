@@ -10,7 +10,10 @@ Every wait is bounded: a ``Retry-After`` (or a model's cool-down) longer than th
 before the deadline, or with no deadline longer than ``max_wait``, is not waited for: the
 prompt goes on to its next fallback at once, or ends with ``rate_limit``, and the model cools
 down for it. A cooling model is skipped for the fallbacks only when ``fallback_on`` names
-``rate_limit``; otherwise its cool-down is waited for within those bounds. One try at a time
+``rate_limit``; otherwise its cool-down is waited for within those bounds. When it names
+``rate_limit`` and a later model is left, a ``rate_limit`` is retried on the same model only
+after the ``Retry-After`` the provider gave: one without (an exhausted quota), or a model
+cooling down after other prompts' rate limits, goes on to the later model at once. One try at a time
 finds out whether a cooled model has recovered; one that ends without an answer hands that on.
 
 ``retries`` counts requests. A model whose client datasette-llm adapts (``clients.adapt``:
@@ -217,10 +220,10 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
             cooling.append((routed, gate))  # tried last, if nothing after it answers
             result.skipped.append(f"{model_id!r} deferred: it is cooling down after rate limits")
             continue
-        if await prompt.model(routed, gate):
+        if await prompt.model(routed, gate, onward=index < len(plan) - 1 or bool(cooling)):
             return prompt.answer()
-    for routed, gate in cooling:
-        if await prompt.model(routed, gate):
+    for index, (routed, gate) in enumerate(cooling):
+        if await prompt.model(routed, gate, onward=index < len(cooling) - 1):
             return prompt.answer()
     if refused is not None and prompt.last is None:
         raise refused  # no fallback could be tried: the budget is why nothing answered
@@ -265,13 +268,17 @@ class _Prompt(Generic[T]):
     last: ProviderError | None = None
     fell_back_from: str | None = None
     answered: tuple[T] | None = None
+    onward: bool = False  # a rate limit of the model being tried goes on to a later model
 
-    async def model(self, routed: Routed, gate: Gate) -> bool:
+    async def model(self, routed: Routed, gate: Gate, *, onward: bool = False) -> bool:
         """Try ``routed``'s model; return whether to stop (it answered, or the prompt fails).
+
+        ``onward``: a later model of the plan is left to try.
 
         Raises:
             ProviderError: It failed in a way that does not fall back, or the deadline passed.
         """
+        self.onward = onward and "rate_limit" in self.settings.fallback_on
         try:
             self.answered = (await self._tries(routed, gate),)
         except ProviderError as error:
@@ -300,6 +307,10 @@ class _Prompt(Generic[T]):
 
         def backoff(error: Exception) -> bool | float:
             if not isinstance(error, ProviderError) or error.kind not in RETRIED_KINDS:
+                return False
+            if error.kind == "rate_limit" and error.retry_after is None and self.onward:
+                # No Retry-After (an exhausted quota answers so): how long the model needs is
+                # anybody's guess, and a later model can answer now. The model cools down.
                 return False
             wait = max(error.retry_after or 0.0, gate.cooling())
             if not self.may_wait(wait):
@@ -348,6 +359,16 @@ class _Prompt(Generic[T]):
                 the prompt may wait.
         """
         while (wait := gate.claim()) > 0:
+            if self.onward:
+                # Cooling after other prompts' rate limits, or another try is finding out
+                # whether it has recovered: a later model answers meanwhile.
+                model_id = routed.resolution.model_id
+                raise ProviderError(
+                    "rate_limit",
+                    model_id,
+                    f"{model_id!r} cools down after rate limits for {wait:.3g} s more; on to "
+                    "the next model",
+                )
             if not self.may_wait(wait):
                 model_id = routed.resolution.model_id
                 bound = "its deadline" if self.clock.deadline is not None else "max_wait"

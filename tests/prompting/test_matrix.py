@@ -81,8 +81,12 @@ CELLS: Final = {
     "429 retry-after huge": Cell(too_many("86400"), cools=True),
     # As an HTTP date, 30 s ahead: longer than max_wait, read as a date.
     "429 retry-after http date": Cell(too_many(http_date(3600)), {"max_wait": 1}, cools=True),
-    # None: the backoff, on the same model.
-    "429 no retry-after": Cell(too_many(None), answer=PRIMARY),
+    # None (an exhausted quota answers so): with a fallback left, the fallback at once and the
+    # primary cools down; with none, the same model again after its cool-down (1 s).
+    "429 no retry-after": Cell(too_many(None), cools=True),
+    "429 no retry-after, no fallback": Cell(
+        too_many(None), {"fallbacks": []}, answer=PRIMARY, waited=1.0
+    ),
     # A 500 with tries left: the same model again, after the backoff (0.5 s and jitter).
     "500": Cell(
         Reply(status=500, message="The server had an error"),
