@@ -99,9 +99,11 @@ class State:
     - ``routing/catalog.py``: the purpose collisions already logged, so that each is logged
       once. The plugins that collide and the log are the process's, however many Datasette
       instances ask for the purposes.
-    - ``prompting/clients.py``: the pooled ``openai`` clients of llm's OpenAI models, by event
-      loop (weakly) and endpoint, key and headers; closed when their loop shuts down. A client
-      belongs to the loop whose connections it holds, which every Datasette in that loop shares.
+    - ``prompting/clients.py``: the pooled ``openai`` and ``anthropic`` clients of the models
+      it adapts, by event loop (weakly) and endpoint, key and headers; closed when their loop
+      shuts down. A client belongs to the loop whose connections it holds, which every
+      Datasette in that loop shares. And where each model class builds its ``anthropic``
+      client (weakly, by class): a class is the process's.
     - ``usage/telemetry.py``: OpenTelemetry's tracer, meter and instruments, made from the
       process's global providers (the API's proxies follow a provider installed later).
     - ``routing/models.py``: llm's user directory when ``LLM_USER_PATH`` is not set (from the

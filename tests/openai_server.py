@@ -1,10 +1,12 @@
-"""A small OpenAI-compatible provider on 127.0.0.1, for tests and benchmarks of llm's OpenAI plugin.
+"""A small OpenAI-compatible provider on 127.0.0.1, for tests and benchmarks of llm's OpenAI plugin,
+which answers Anthropic's Messages API too (``POST /v1/messages``, for llm-anthropic).
 
 ``serve()`` runs it in a thread (asyncio and uvicorn's ``h11``) at a free port for a block. Point
 models at it with ``write_extra_models`` (llm's ``extra-openai-models.yaml`` with ``api_base``):
 llm's real OpenAI plugin and the ``openai`` client then run end to end.
 
-``POST /v1/chat/completions`` answers, streamed or not, with the next scripted ``Reply`` (else
+``POST /v1/chat/completions`` (and ``POST /v1/messages``, in Anthropic's format: its server-sent
+events, its error bodies) answers, streamed or not, with the next scripted ``Reply`` (else
 ``default``): a text, an HTTP error (status, message, headers such as ``Retry-After``), a stream
 cut off after some chunks, a slow first byte, or a connection dropped with no answer at all.
 
@@ -31,6 +33,8 @@ from typing import Any, Final, TypeAlias
 import h11
 
 _RETRY_HEADER: Final = "x-stainless-retry-count"
+_MESSAGES: Final = "/v1/messages"
+_PATHS: Final = ("/v1/chat/completions", _MESSAGES)
 _QUOTA_MESSAGE: Final = "You exceeded your current quota, please check your plan and billing."
 
 
@@ -195,7 +199,7 @@ class Provider:
         self.counts.requests += 1
         if headers.get(_RETRY_HEADER, "0") not in ("", "0"):
             self.counts.retried += 1
-        if path != "/v1/chat/completions":
+        if path not in _PATHS:
             return Reply(status=404, message="not found")
         refused = self._refused()
         if refused is not None:
@@ -212,8 +216,9 @@ class Provider:
                 request, raw = received
                 headers = {name.decode(): value.decode() for name, value in request.headers}
                 body = json.loads(raw or b"{}")
-                reply = self.plan(request.target.decode().split("?")[0], headers, body)
-                if not await self._answer(wire, reply, body):
+                path = request.target.decode().split("?")[0]
+                reply = self.plan(path, headers, body)
+                if not await self._answer(wire, reply, body, anthropic=path == _MESSAGES):
                     return
                 if wire.http.our_state is h11.MUST_CLOSE:
                     return
@@ -222,8 +227,11 @@ class Provider:
         finally:
             writer.close()
 
-    async def _answer(self, wire: _Wire, reply: Reply, request: dict[str, Any]) -> bool:
-        """Send ``reply``; return whether the connection stays open."""
+    async def _answer(
+        self, wire: _Wire, reply: Reply, request: dict[str, Any], *, anthropic: bool = False
+    ) -> bool:
+        """Send ``reply`` (in Anthropic's format, for ``anthropic``); return whether the
+        connection stays open."""
         if reply.delay and not await wire.wait(reply.delay):
             self.counts.abandoned += 1
             return False
@@ -233,7 +241,7 @@ class Provider:
             return False
         self.counts.server_errors += reply.status == 500
         self.counts.errors += reply.status not in (200, 429, 500)
-        content_type, pieces, body = _body(reply, request)
+        content_type, pieces, body = (_anthropic_body if anthropic else _body)(reply, request)
         pairs = [("content-type", content_type), *reply.headers.items()]
         if body:
             pairs.append(("content-length", str(len(body))))
@@ -339,6 +347,71 @@ def _events(model: str, text: str) -> list[bytes]:
     events = [_envelope(model, kind, [choice]) for choice in choices]
     events.append(_envelope(model, kind, [], usage=_usage(text)))
     return [f"data: {json.dumps(event)}\n\n".encode() for event in events] + [b"data: [DONE]\n\n"]
+
+
+# Anthropic's error type for each status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_ERRORS: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def _anthropic_body(reply: Reply, request: dict[str, Any]) -> tuple[str, list[bytes], bytes]:
+    """``_body`` in the format of Anthropic's Messages API."""
+    model = str(request.get("model", ""))
+    if reply.status != 200:
+        kind = _ANTHROPIC_ERRORS.get(reply.status, "api_error")
+        error = {"type": "error", "error": {"type": kind, "message": reply.message}}
+        body = json.dumps(error).encode()
+        return "application/json", [body], body
+    words = reply.text.split(" ")
+    usage = {"input_tokens": 3, "output_tokens": len(reply.text.split())}
+    if not request.get("stream"):
+        message = _anthropic_message(model, [{"type": "text", "text": reply.text}], usage)
+        body = json.dumps(message).encode()
+        return "application/json", [body], body
+    start = _anthropic_message(model, [], {"input_tokens": 3, "output_tokens": 1})
+    start["stop_reason"] = None
+    block = {"type": "text", "text": ""}
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": block},
+    ]
+    for index, word in enumerate(words):
+        delta = {"type": "text_delta", "text": word if index == 0 else f" {word}"}
+        events.append({"type": "content_block_delta", "index": 0, "delta": delta})
+    events += [
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]},
+        },
+        {"type": "message_stop"},
+    ]
+    pieces = [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+    return "text/event-stream", pieces, b""
+
+
+def _anthropic_message(
+    model: str, content: list[dict[str, Any]], usage: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": "msg_local",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
 
 
 @contextmanager

@@ -176,7 +176,7 @@ def sources() -> Iterator[tuple[str, ast.Module]]:
 PER_PROCESS: Final = {
     "_hooks.py": {"plugin_manager", "_one_by_one"},
     "log.py": {"_known"},
-    "prompting/clients.py": {"_pools"},
+    "prompting/clients.py": {"_pools", "_sites"},
     "routing/catalog.py": {"_warned"},
     "routing/models.py": {"_default_user_dir", "_watched_files", "_stand_ins"},
     "usage/telemetry.py": {"_tracer", "_meter", "_token_usage", "_operation_duration"},

@@ -13,14 +13,15 @@ down for it. A cooling model is skipped for the fallbacks only when ``fallback_o
 ``rate_limit``; otherwise its cool-down is waited for within those bounds. When it names
 ``rate_limit`` and a later model is left, a ``rate_limit`` is retried on the same model only
 after the ``Retry-After`` the provider gave: one without (an exhausted quota), or a model
-cooling down after other prompts' rate limits, goes on to the later model at once. One try at a time
-finds out whether a cooled model has recovered; one that ends without an answer hands that on.
+cooling down after other prompts' rate limits, goes on to the later model at once. One try at
+a time finds out whether a cooled model has recovered; one that ends without an answer hands
+that on.
 
 ``retries`` counts requests. A model whose client datasette-llm adapts (``clients.adapt``:
-llm's OpenAI models and the plugins subclassing them) makes exactly one request per try, so it
-is tried ``retries + 1`` times. A model whose client library retries by itself and cannot be
-adapted (the ``anthropic`` client behind llm-anthropic, a subclass of llm's OpenAI classes
-that builds its own client) makes up to 3 requests per try, and datasette-llm makes
+llm's OpenAI models and the plugins subclassing them, llm-anthropic's models) makes exactly
+one request per try, so it is tried ``retries + 1`` times. A model whose client library
+retries by itself and cannot be adapted (a subclass of llm's OpenAI classes that builds its
+own client) makes up to 3 requests per try, and datasette-llm makes
 ``ceil((retries + 1) / 3)`` tries: one with the default ``retries: 2``.
 
 Under stamina's test mode (``stamina.set_testing``, which the ``FakeModelRouter`` turns on) no
@@ -81,7 +82,6 @@ provider's, and ends the prompt as it is)."""
 
 # The module of a model class whose client is built inside ``execute()`` (so no client of it
 # can be adapted) -> its client library, which retries by itself.
-_SELF_RETRYING: Final = {"llm_anthropic": "anthropic"}
 _WAIT_INITIAL: Final = 0.5
 _WAIT_MAX: Final = 10.0
 _WAIT_JITTER: Final = 1.0
@@ -100,8 +100,7 @@ def client_retries(model: AsyncModel) -> int:
     for a model whose client datasette-llm adapts (``clients.adapt``, which adapts it first)."""
     if adapt(model):
         return 0
-    module = type(model).__module__
-    library = client_library(model) or _SELF_RETRYING.get(module.partition(".")[0])
+    library = client_library(model)
     if library is None:
         return 0
     try:
@@ -359,16 +358,6 @@ class _Prompt(Generic[T]):
                 the prompt may wait.
         """
         while (wait := gate.claim()) > 0:
-            if self.onward:
-                # Cooling after other prompts' rate limits, or another try is finding out
-                # whether it has recovered: a later model answers meanwhile.
-                model_id = routed.resolution.model_id
-                raise ProviderError(
-                    "rate_limit",
-                    model_id,
-                    f"{model_id!r} cools down after rate limits for {wait:.3g} s more; on to "
-                    "the next model",
-                )
             if not self.may_wait(wait):
                 model_id = routed.resolution.model_id
                 bound = "its deadline" if self.clock.deadline is not None else "max_wait"
@@ -381,6 +370,16 @@ class _Prompt(Generic[T]):
                 )
             if stamina.is_testing():
                 return False  # stamina's test mode waits for nothing; past the bound still fails
+            if self.onward:
+                # Cooling after other prompts' rate limits, or another try is finding out
+                # whether it has recovered: a later model answers meanwhile.
+                model_id = routed.resolution.model_id
+                raise ProviderError(
+                    "rate_limit",
+                    model_id,
+                    f"{model_id!r} cools down after rate limits for {wait:.3g} s more; on to "
+                    "the next model",
+                )
             await asyncio.sleep(wait)
         return gate.probing  # claim() gave 0: this try probes, if the model was rate limited
 

@@ -1,45 +1,58 @@
-"""Own the HTTP behaviour of models built on the ``openai`` client: one request per attempt.
+"""Own the HTTP behaviour of models built on the ``openai`` and ``anthropic`` clients: one
+request per attempt.
 
 llm's OpenAI plugin (``llm.default_plugins.openai_models``) builds a new ``openai.AsyncOpenAI``
-for every prompt in its models' ``get_client(key, async_=True)``, with the client's defaults:
-up to two retries of its own, which sleep through ``Retry-After`` inside one of our attempts,
-pass no limiter and are never seen by the attempts, and a new HTTP client (TLS, connection
-pool) each time. llm has no public way to hand a model a client, so this module is the one
-place that adapts one, in the one way llm's code allows: it sets ``get_client`` on the model
-instance (the class and llm are untouched) to a ``PooledClients`` that returns
+for every prompt in its models' ``get_client(key, async_=True)``, and llm-anthropic a new
+``anthropic.AsyncAnthropic`` in its models' ``execute()``, each with the client's defaults: up
+to two retries of its own, which sleep through ``Retry-After`` inside one of our attempts, pass
+no limiter and are never seen by the attempts, and a new HTTP client (TLS, connection pool)
+each time. llm has no public way to hand a model a client, so this module is the one place
+that adapts one, in the one way each plugin's code allows:
 
-- the client llm itself built for the model (same base URL, key, headers), copied once with
-  ``max_retries=0`` (a public option of the client): every attempt is exactly one request,
-  and every 429 and 5xx reaches the attempts;
+- llm's OpenAI classes (``AsyncChat``, ``AsyncResponses``) and the subclasses that keep llm's
+  own ``get_client`` (llm-openrouter's pattern): ``get_client`` is set on the model instance
+  (the class and llm are untouched) to a ``PooledClients``. A subclass that overrides
+  ``get_client`` (Azure variants, or one returning a client subclass that keeps state per
+  response) is left as it is, never shared: ``client_library`` still says its client is
+  ``openai``'s, which retries by itself.
+- a model whose ``execute`` builds an ``anthropic.AsyncAnthropic`` from a global name of its
+  module (llm-anthropic's ``AsyncClaudeMessages`` and its subclasses; recognised by that
+  client, not by a module name): the name is bound to an ``AnthropicClients``, which inside
+  one of our attempts hands out the pooled client for the same key and base URL, and anywhere
+  else builds the client exactly as before (so the plugin's token counting and commands, and
+  every prompt not sent through datasette-llm, are unchanged).
+
+Either way the model gets
+
+- the client its plugin built, copied once with ``max_retries=0`` (a public option of both
+  clients): every attempt is exactly one request, and every 429 and 5xx reaches the attempts;
 - kept and reused for each (endpoint, key, headers) in the event loop that runs the prompt,
-  so connections and TLS sessions are pooled; the ``openai`` client's ``with_options`` copies
-  share the underlying HTTP client;
+  so connections and TLS sessions are pooled; the clients' ``with_options`` copies share the
+  underlying HTTP client;
 - inside one attempt (``one_attempt``), a copy with the attempt's timeout as the client's own;
-- whose HTTP client (the ``openai`` client's default, ``openai.DefaultAsyncHttpxClient``) has a
-  request event hook adding httpx's public ``trace`` extension to each request of an attempt:
-  the attempt counts a request once its body starts going out (``watch``), so a cancelled
-  attempt is accounted only when its provider was sent the request, not while llm is still
+- whose HTTP client (the library's default, ``DefaultAsyncHttpxClient``) has a request event
+  hook adding httpx's public ``trace`` extension to each request of an attempt: the attempt
+  counts a request once its body starts going out (``watch``), so a cancelled attempt is
+  accounted only when its provider was sent the request, not while the plugin is still
   preparing it or the client connecting.
-
-A model is adapted when it is one of llm's OpenAI classes (``AsyncChat``, ``AsyncResponses``)
-or a subclass of them that keeps llm's own ``get_client``: llm-openrouter's pattern and any
-other plugin subclassing them. A subclass that overrides ``get_client`` (Azure variants, or
-one returning a client subclass that keeps state per response) is left as it is, never
-shared: ``client_library`` still says its client is ``openai``'s, which retries by itself.
 
 Clients are kept per event loop, at most ``POOL_SIZE`` per loop (the least recently used one
 is closed when another is needed), and closed when their loop shuts down its asynchronous
 generators (``loop.shutdown_asyncgens()``, as ``asyncio.run`` and ``asyncio.Runner`` do). What
-the ``openai`` client reads from the environment when it is built stays as it was then:
+a client reads from the environment when it is built stays as it was then: for ``openai``,
 ``OPENAI_BASE_URL`` (for a model without ``api_base``), ``OPENAI_ORG_ID``,
-``OPENAI_PROJECT_ID``, and the HTTP client's proxies (``HTTP_PROXY``, ``HTTPS_PROXY``,
-``ALL_PROXY``, ``NO_PROXY``) and certificates (``SSL_CERT_FILE``, ``SSL_CERT_DIR``).
+``OPENAI_PROJECT_ID``; for ``anthropic``, ``ANTHROPIC_BASE_URL`` and ``ANTHROPIC_AUTH_TOKEN``
+(part of what a pooled client is kept for); for both, the HTTP client's proxies
+(``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) and certificates
+(``SSL_CERT_FILE``, ``SSL_CERT_DIR``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -47,14 +60,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 if TYPE_CHECKING:
     import httpx2
-    import openai
 
 __all__ = [
     "POOL_SIZE",
+    "AnthropicClients",
     "Counted",
     "OpenAttempt",
     "PooledClients",
@@ -83,26 +97,39 @@ _SENDING: Final = "send_request_body.started"
 _Identity = tuple[object, ...]
 
 
-def client_library(model: object) -> Literal["openai"] | None:
-    """Return ``"openai"`` when ``model`` is built on the ``openai`` client (one of llm's
-    OpenAI classes or a subclass of them), else ``None``."""
+def client_library(model: object) -> Literal["openai", "anthropic"] | None:
+    """Return the client library ``model`` is built on: ``"openai"`` for llm's OpenAI classes
+    and their subclasses, ``"anthropic"`` for a model whose ``execute`` builds an
+    ``anthropic.AsyncAnthropic``; else ``None``."""
     from llm.default_plugins.openai_models import AsyncChat, AsyncResponses
 
-    return "openai" if isinstance(model, (AsyncChat, AsyncResponses)) else None
+    if isinstance(model, (AsyncChat, AsyncResponses)):
+        return "openai"
+    return "anthropic" if _anthropic_site(type(model)) is not None else None
 
 
 def adapt(model: object) -> bool:
     """Make each of ``model``'s requests one attempt's, through a pooled client; return
     whether ``model`` is so adapted.
 
-    Installs a ``PooledClients`` as the instance's ``get_client`` the first time, for a model
-    of llm's OpenAI classes whose class keeps llm's own ``get_client``; any other model is left
-    as it is. Calling it again is cheap and changes nothing.
+    For a model of llm's OpenAI classes whose class keeps llm's own ``get_client``: installs a
+    ``PooledClients`` as the instance's ``get_client`` the first time. For a model whose
+    ``execute`` builds an ``anthropic.AsyncAnthropic`` from the global name of its module:
+    binds that name to an ``AnthropicClients`` the first time. Any other model is left as it
+    is. Calling it again is cheap and changes nothing.
     """
     own = vars(model).get("get_client") if hasattr(model, "__dict__") else None
     if own is not None:
         return isinstance(own, PooledClients) and own.model is model
-    if client_library(model) is None:
+    library = client_library(model)
+    if library == "anthropic":
+        namespace, name = _anthropic_site(type(model)) or ({}, "")
+        with _LOCK:
+            built = namespace[name]
+            if not isinstance(built, AnthropicClients):
+                namespace[name] = AnthropicClients(built)
+        return True
+    if library is None:
         return False
     from llm.default_plugins.openai_models import AsyncChat
 
@@ -115,7 +142,39 @@ def adapt(model: object) -> bool:
 def adapted(model: object) -> bool:
     """Whether ``adapt`` has made ``model``'s requests one attempt's."""
     own = vars(model).get("get_client") if hasattr(model, "__dict__") else None
-    return isinstance(own, PooledClients) and own.model is model
+    if own is not None:
+        return isinstance(own, PooledClients) and own.model is model
+    site = _anthropic_site(type(model))
+    return site is not None and isinstance(site[0][site[1]], AnthropicClients)
+
+
+_Site = tuple[dict[str, Any], str]
+# What _anthropic_site found for each model class ("" for nothing). One per process, as the
+# classes are; weak, so a class that goes away takes its entry with it.
+_sites: weakref.WeakKeyDictionary[type, _Site | str] = weakref.WeakKeyDictionary()
+
+
+def _anthropic_site(cls: type) -> _Site | None:
+    """Where ``cls.execute`` finds the ``anthropic.AsyncAnthropic`` it builds: its module's
+    globals and the name (llm-anthropic: ``AsyncAnthropic``), or ``None``."""
+    found = _sites.get(cls)
+    if found is None:
+        found = _sites[cls] = _find_anthropic_site(cls) or ""
+    return found if isinstance(found, tuple) else None
+
+
+def _find_anthropic_site(cls: type) -> _Site | None:
+    execute = getattr(cls, "execute", None)
+    code = getattr(execute, "__code__", None)
+    namespace = getattr(execute, "__globals__", None)
+    anthropic = sys.modules.get("anthropic")
+    if code is None or not isinstance(namespace, dict) or anthropic is None:
+        return None
+    for name in code.co_names:
+        value = namespace.get(name)
+        if value is anthropic.AsyncAnthropic or isinstance(value, AnthropicClients):
+            return namespace, name
+    return None
 
 
 class Counted(Protocol):
@@ -199,6 +258,7 @@ class PooledClients:
         build: Callable[..., object] = type(model).get_client
         if not async_:
             return build(model, key, async_=False)
+        logged = bool(os.environ.get("LLM_OPENAI_SHOW_RESPONSES"))
         identity: _Identity = (
             model.api_base,
             model.api_type,
@@ -206,39 +266,97 @@ class PooledClients:
             model.api_engine,
             model.get_key(key) if model.needs_key else None,
             tuple(sorted((str(k), str(v)) for k, v in (model.headers or {}).items())),
-            bool(os.environ.get("LLM_OPENAI_SHOW_RESPONSES")),
+            logged,
         )
-        loop = asyncio.get_running_loop()
-        with _LOCK:
-            pool = _pools.get(loop)
-            if pool is None:
-                pool = _pools[loop] = _Pool(loop)
-        entry = pool.get(identity)
-        attempt = _ATTEMPT.get()
-        if entry is None:
-            import openai
+        # llm's logging HTTP client (LLM_OPENAI_SHOW_RESPONSES) is kept: not traced.
+        return _pooled(identity, lambda: build(model, key, async_=True), "openai", not logged)
 
-            built = build(model, key, async_=True)
-            if type(built) is not openai.AsyncOpenAI:
-                if attempt is not None:
-                    attempt.unwatch()
-                return built  # not the client this module knows: left as it is
-            entry = pool.add(identity, built, traced=not identity[-1])
+
+class AnthropicClients:
+    """Stands in for ``anthropic.AsyncAnthropic`` in the module of a plugin whose ``execute``
+    builds one for every prompt (llm-anthropic): inside an attempt, the pooled client for the
+    same arguments (key, base URL); anywhere else (token counting, the plugin's own commands),
+    or given an HTTP client of the plugin's own, a new client built exactly as the plugin
+    asked.
+
+    Attributes:
+        built: The class it stands in for.
+    """
+
+    __slots__ = ("built",)
+
+    def __init__(self, built: Callable[..., Any]) -> None:
+        self.built = built
+
+    def __repr__(self) -> str:
+        return "<AnthropicClients: pooled anthropic.AsyncAnthropic inside datasette-llm attempts>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        attempt = _ATTEMPT.get()
         if attempt is None:
-            return entry.client
-        attempt.hold(pool, entry)
-        if not entry.traced:
-            attempt.unwatch()  # llm's logging client: its requests are not seen going out
-        if attempt.timeout is None:
-            return entry.client
-        return entry.client.with_options(timeout=attempt.timeout)
+            return self.built(*args, **kwargs)
+        if args or "http_client" in kwargs:
+            attempt.unwatch()  # an HTTP client of the plugin's own: its requests are not seen
+            return self.built(*args, **kwargs)
+        identity: _Identity = (
+            "anthropic",
+            tuple(sorted((name, repr(value)) for name, value in kwargs.items())),
+            # Read by the client when it is built, for what the arguments leave out.
+            os.environ.get("ANTHROPIC_BASE_URL"),
+            os.environ.get("ANTHROPIC_AUTH_TOKEN"),
+        )
+        return _pooled(identity, lambda: self.built(**kwargs), "anthropic", True)
+
+
+def _pooled(
+    identity: _Identity,
+    build: Callable[[], object],
+    library: Literal["openai", "anthropic"],
+    traced: bool,
+) -> Any:
+    """The pooled client of ``library`` for ``identity`` in the running loop (built with
+    ``build`` the first time), held by the running attempt, with its timeout.
+
+    ``traced``: the pooled copy gets an HTTP client of its own whose requests are counted as
+    they go out (``_Pool.add``).
+    """
+    loop = asyncio.get_running_loop()
+    with _LOCK:
+        pool = _pools.get(loop)
+        if pool is None:
+            pool = _pools[loop] = _Pool(loop)
+    entry = pool.get(identity)
+    attempt = _ATTEMPT.get()
+    if entry is None:
+        module = importlib.import_module(library)
+        built = build()
+        if type(built) is not _CLIENT_CLASSES[library](module):
+            if attempt is not None:
+                attempt.unwatch()
+            return built  # not the client this module knows: left as it is
+        entry = pool.add(identity, built, module, traced=traced)
+    if attempt is None:
+        return entry.client
+    attempt.hold(pool, entry)
+    if not entry.traced:
+        attempt.unwatch()  # its requests are not seen going out
+    if attempt.timeout is None:
+        return entry.client
+    return entry.client.with_options(timeout=attempt.timeout)
+
+
+# The asynchronous client class of each library this module pools.
+_CLIENT_CLASSES: Final[dict[str, Callable[[ModuleType], type]]] = {
+    "openai": lambda module: module.AsyncOpenAI,
+    "anthropic": lambda module: module.AsyncAnthropic,
+}
 
 
 @dataclass(slots=True, eq=False)
 class _Entry:
     """One pooled client, the attempts using it, and whether the pool has let it go."""
 
-    client: openai.AsyncOpenAI
+    client: Any  # openai.AsyncOpenAI, anthropic.AsyncAnthropic
     traced: bool
     users: int = 0
     evicted: bool = False
@@ -304,19 +422,19 @@ class _Pool:
             self.clients.move_to_end(identity)
         return entry
 
-    def add(self, identity: _Identity, built: openai.AsyncOpenAI, *, traced: bool) -> _Entry:
-        """Keep a copy of ``built`` that never retries by itself; let the oldest client go
-        when there are more than ``POOL_SIZE``.
+    def add(self, identity: _Identity, built: Any, library: ModuleType, *, traced: bool) -> _Entry:
+        """Keep a copy of ``built`` (a client of ``library``: ``openai``, ``anthropic``) that
+        never retries by itself; let the oldest client go when there are more than
+        ``POOL_SIZE``.
 
-        ``traced``: the copy has an HTTP client of its own, the ``openai`` client's default
-        with ``_trace_request`` as a request event hook, and ``built``'s own, unused, is
-        closed; else (llm's logging HTTP client) it shares ``built``'s, and its requests are
-        not counted as they go out.
+        ``traced``: the copy has an HTTP client of its own, the library's default
+        (``DefaultAsyncHttpxClient``) with ``_trace_request`` as a request event hook, and
+        ``built``'s own, unused, is closed; else (llm's logging HTTP client) it shares
+        ``built``'s, and its requests are not counted as they go out.
         """
         if traced:
-            import openai
-
-            http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [_trace_request]})
+            hooks = {"request": [_trace_request]}
+            http = library.DefaultAsyncHttpxClient(event_hooks=hooks)
             client = built.with_options(max_retries=0, http_client=http)
             self._close(built)
         else:
@@ -333,7 +451,7 @@ class _Pool:
         """Close a client the pool has let go of and no attempt uses."""
         self._close(entry.client)
 
-    def _close(self, client: openai.AsyncOpenAI) -> None:
+    def _close(self, client: Any) -> None:
         loop = self._loop()
         if loop is None or loop.is_closed():
             return

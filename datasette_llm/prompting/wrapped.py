@@ -141,7 +141,15 @@ class WrappedChainResponse:
         """Iterate each ``AsyncResponse`` of the chain once it has completed, hooks entered
         around the iteration; retried and fallen back as the other ways until the first."""
         self._consume()
-        return self._stream(_completed)
+        return self._stream(self._completed, chunks=False)
+
+    async def _completed(self, chain: AsyncChainResponse) -> AsyncIterator[AsyncResponse]:
+        """Each response of ``chain`` once it has completed (run by its step's attempt), its
+        chunks counted as they arrive: a step cancelled part way is charged for them."""
+        async for response in chain.responses():
+            async for _ in response:
+                self._started.received.chunk()
+            yield response
 
     def _consume(self) -> None:
         """Refuse a second iteration; count the calling task in the group."""
@@ -242,9 +250,15 @@ class WrappedChainResponse:
                 raise
 
     async def _stream(
-        self, open_stream: Callable[[AsyncChainResponse], AsyncIterator[Item]]
+        self,
+        open_stream: Callable[[AsyncChainResponse], AsyncIterator[Item]],
+        *,
+        chunks: bool = True,
     ) -> AsyncIterator[Item]:
-        """Stream llm's chain, starting it again on failure until its first item arrives."""
+        """Stream llm's chain, starting it again on failure until its first item arrives.
+
+        ``chunks``: each item is a chunk received (else ``open_stream`` counts them).
+        """
 
         async def once(routed: Routed, timeout: float | None, started: Started) -> _Primed[Item]:
             self._started = started
@@ -264,7 +278,7 @@ class WrappedChainResponse:
             try:
                 with attempt.running():
                     first = await within(_first(stream), self._clock.bound(timeout))
-                if first is not _END:
+                if first is not _END and chunks:
                     started.received.chunk()
                 primed = True
             except Exception as error:
@@ -298,7 +312,8 @@ class WrappedChainResponse:
                         item = await within(rest.__anext__(), clock.left())
                 except StopAsyncIteration:
                     break
-                self._started.received.chunk()
+                if chunks:
+                    self._started.received.chunk()
                 yield item
         except Exception as error:
             await self.abandon(error)
@@ -349,13 +364,6 @@ class WrappedChainResponse:
 def _events(chain: AsyncChainResponse) -> AsyncIterator[Any]:
     stream: Callable[[], AsyncIterator[Any]] = chain.astream_events  # llm leaves it untyped
     return stream()
-
-
-async def _completed(chain: AsyncChainResponse) -> AsyncIterator[AsyncResponse]:
-    """Each response of ``chain`` once it has completed (run by its step's attempt)."""
-    async for response in chain.responses():
-        await response.text()
-        yield response
 
 
 async def _first(stream: AsyncIterator[Item]) -> object:
