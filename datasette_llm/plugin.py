@@ -9,7 +9,7 @@ from .errors import ConfigurationError
 from .routing.keys import provider_secret_name
 from .routing.models import ModelRegistry, current_registry
 from .routing.overlay import config_for
-from .routing.permissions import default_allow
+from .routing.permissions import default_allow, purpose_rules
 from .state import Slot, state_of
 from .typing import hookimpl
 
@@ -174,6 +174,10 @@ def shutdown(datasette: Datasette) -> object:
 @hookimpl
 def permission_resources_sql(
     datasette: Datasette, actor: Actor | None, action: str
-) -> PermissionSQL | None:
-    """Allow ``llm-use`` by default (``datasette_llm.routing.permissions.default_allow``)."""
-    return default_allow(datasette, action)
+) -> list[PermissionSQL]:
+    """Allow ``llm-use`` by default, and apply each purpose's ``allow:`` to it.
+
+    The rules are ``datasette_llm.routing.permissions.default_allow`` and ``purpose_rules``.
+    """
+    rules = (default_allow(datasette, action), purpose_rules(datasette, actor, action))
+    return [rule for rule in rules if rule is not None]

@@ -52,8 +52,9 @@ class State:
     - The configuration as written (``config/source.py``): parsed again when
       ``datasette.config``, its ``plugins`` mapping or the ``datasette-llm`` section is replaced
       by another object, or a variable or file it names with ``$env``/``$file`` changes.
-    - The routing overrides, and the task reading them (``config/overrides.py``): read once
-      from the internal database; replaced by each write through ``save_override``.
+    - The routing overrides, and the tasks reading them (``config/overrides.py``): read from
+      the internal database; replaced by each write through ``save_override``, and read again
+      when a check, at most one a second, finds a write by another process.
     - The configuration in effect, the overrides laid over the written one
       (``routing/overlay.py``): laid again when either is replaced.
     - llm's models, by id and alias, and which need a key (``routing/models.py``): rebuilt when
@@ -69,8 +70,9 @@ class State:
       two configurations are kept: the one in effect, and the one as written that the routing
       page and the overrides are checked against.
     - The ``llm-use`` verdicts, by actor and purpose (``routing/permissions.py``): dropped when
-      ``datasette.config``, its ``permissions`` block or ``default_deny`` changes, and each
-      verdict after ``VERDICT_SECONDS``.
+      ``datasette.config``, its ``permissions`` block, the datasette-llm configuration as
+      written (each purpose's ``allow:``) or ``default_deny`` changes, and each verdict after
+      ``VERDICT_SECONDS``.
     - The secrets registered with datasette-secrets (``plugin.py``): listed again when the
       configuration or llm's models are rebuilt.
     - The usage ledger, rows waiting to be written (``usage/ledger.py``): replaced when the

@@ -33,7 +33,7 @@ from ..config.values import CONFIG_ROOT, LLMConfig, settings_for
 from ..errors import ConfigProblem, ConfigurationError, nearest, quoted, shown
 from ..prompting.metering import MAX_TOKENS_OPTIONS
 from ..routing.catalog import get_purposes
-from ..routing.models import ModelRegistry, current_registry
+from ..routing.models import ModelRegistry, current_registry, option_problems
 from ..routing.policy import Policies
 from ..state import Slot, state_of
 from ..usage.ledger import unknown_database
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from ..config.values import LLMConfig, ModelRef
     from ..routing.models import ModelRegistry
+    from ..routing.overlay import Overlaid
     from ..routing.policy import Policy
     from ..routing.purposes import Purpose
 
@@ -53,6 +54,7 @@ __all__ = [
     "fallback_problems",
     "find_missing_models",
     "find_unregistered_purposes",
+    "ignored_override_problems",
     "purposes_or_problem",
     "requirement_problems",
     "usage_problems",
@@ -389,35 +391,31 @@ def find_unregistered_purposes(
     ]
 
 
-def _option_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[ConfigProblem]:
-    from pydantic import BaseModel, ValidationError
+def ignored_override_problems(layers: Overlaid) -> list[ConfigProblem]:
+    """A warning for each routing override stored but not in effect, with the reason: calls
+    route by datasette.yaml for that purpose until it is reverted or fits again."""
+    problems = []
+    for name, reason in layers.ignored.items():
+        problems.append(
+            ConfigProblem(
+                f"{CONFIG_ROOT}.purposes.{name}",
+                f"the routing override stored for purpose {name!r} on /-/llm is ignored: "
+                f"{reason}. Calls route by datasette.yaml; revert the override on /-/llm, or "
+                "change it so that it fits.",
+                severity=WARNING,
+            )
+        )
+    return problems
 
+
+def _option_problems(config: LLMConfig, registry: ModelRegistry) -> Iterator[ConfigProblem]:
     for path, ref in config.all_refs():
         model = registry.by_name.get(ref.model_id)
         if not ref.options or model is None:
             continue
-        options_class: type[BaseModel] = model.Options
-        valid = list(options_class.model_fields)
-        try:
-            options_class(**dict(ref.options))
-        except ValidationError as error:
-            for detail in error.errors():
-                location = ".".join(str(part) for part in detail["loc"])
-                if detail["type"] == "extra_forbidden":
-                    suggestion = nearest(location, valid)
-                    hint = f" Did you mean {suggestion!r}?" if suggestion else ""
-                    accepted = ", ".join(valid) if valid else "none"
-                    message = (
-                        f"{quoted(ref.model_id)} does not accept the option {location!r}.{hint} "
-                        f"Options it accepts: {accepted}."
-                    )
-                else:
-                    message = (
-                        f"{quoted(ref.model_id)} rejects the value "
-                        f"{quoted(ref.options.get(location))} for option {location!r}: "
-                        f"{detail['msg']}."
-                    )
-                yield ConfigProblem(f"{path}.options.{location}", message)
+        for problem in option_problems(model, ref.options):
+            where = f"{path}.options.{problem.option}" if problem.option else f"{path}.options"
+            yield ConfigProblem(where, problem.message)
 
 
 def _allowlist_problems(policies: Policies, purpose_names: list[str]) -> Iterator[ConfigProblem]:

@@ -667,7 +667,9 @@ def add_commands(cli: click.Group) -> None:
         """Validate the configuration and that every purpose can be served; exit 1 on errors.
 
         Pass the database files datasette serve attaches (FILES), such as the one usage:
-        database names. With --live, also prompt each purpose's routed chain (real calls,
+        database names, and with --internal the internal database datasette serve uses: the
+        routing overrides stored there are checked as calls will use them (one that no longer
+        fits is a warning). With --live, also prompt each purpose's routed chain (real calls,
         recorded as usage); exit 1 if any fails.
         """
         if only is not None and not live:
@@ -703,19 +705,20 @@ async def _check(
 ) -> tuple[list[ConfigProblem], bool, RoutingReport | None]:
     """Validate, then route every purpose; return all problems, errors first."""
     from ..routing.models import current_registry
-    from ..routing.overlay import config_for
-    from .checks import validate_datasette
+    from ..routing.overlay import layers_for
+    from .checks import ignored_override_problems, validate_datasette
     from .report import build_report, serving_problems
 
-    await datasette.invoke_startup()
+    await datasette.invoke_startup()  # loads the overrides stored in the --internal database
     validation = validate_datasette(datasette)
     problems = list(validation.problems)
     report = None
     if validation.config is not None:
         report = await build_report(datasette)
-        config = config_for(datasette)
+        layers = layers_for(datasette)  # what calls use: datasette.yaml and the overrides
+        problems.extend(ignored_override_problems(layers))
         problems.extend(
-            await serving_problems(datasette, report, config, current_registry(datasette))
+            await serving_problems(datasette, report, layers.config, current_registry(datasette))
         )
     problems.sort(key=lambda problem: problem.severity != "error")
     return problems, validation.strict, report

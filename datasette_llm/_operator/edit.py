@@ -9,9 +9,15 @@ configuration, as a call with no actor would be screened (keys are looked at, ne
 ``POST /-/llm/purposes/<name>`` (with Datasette's CSRF token) stores the override, for actors
 allowed ``llm-manage-routing``. The write is refused with a 403 for an actor without the action
 or for a purpose locked in datasette.yaml, with a 400 page saying why for a field that cannot be
-read or a model the policy refuses, and with a 409 page when the purpose changed since the form
-was loaded: that page shows what changed and the refused edit, which can be applied over the
-new version deliberately. A GET changes nothing.
+read or a model the policy refuses, and with a 409 page when the purpose is not at the version
+the form was loaded at (another editor wrote since, or the store lost writes): that page shows
+what changed and the refused edit, which can be applied over the new version deliberately.
+A GET changes nothing.
+
+A write changes only the fields its editor changed: the form sends back, hidden, each field as
+it was loaded (``was_<field>``), and the stored override keeps every other field as it is
+(``patched``); so does the 409 page's form, based on the new version, with only the editor's
+changed fields set to theirs.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from ..config.source import raw_section
 from ..config.values import LLMConfig, PurposeConfig
 from ..errors import ConfigurationError, Substituted, nearest, quoted
 from ..routing.catalog import get_purposes
-from ..routing.models import ModelRegistry, current_registry
+from ..routing.models import ModelRegistry, current_registry, option_problems
 from ..routing.overlay import LOCKED, Overlaid, layers_for, overlay_section
 from ..routing.permissions import MANAGE_ROUTING, can_manage_routing
 from ..routing.policy import Screening, policy_for, screen
@@ -58,6 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EDIT_ROUTE_PATTERN",
+    "FIELDS",
     "FormError",
     "Layer",
     "LayerSource",
@@ -66,12 +73,15 @@ __all__ = [
     "RoutingEdits",
     "allowed_choices",
     "build_edits",
+    "changed_fields",
     "check_override",
     "edit_path",
     "edit_view",
     "fallbacks_text",
+    "field_texts",
     "options_text",
     "override_from_form",
+    "patched",
     "purpose_edit",
     "written_values",
 ]
@@ -174,6 +184,59 @@ def _options(text: str) -> dict[str, object]:
     return options
 
 
+FIELDS: Final = ("model", "fallbacks", "options")
+"""The routing form's fields, each one value of a purpose's override."""
+
+
+def field_texts(override: RouteOverride | None, written: PurposeConfig | None) -> dict[str, str]:
+    """Each field's text for ``override`` over datasette.yaml's ``written`` values (``None``:
+    as datasette.yaml says): what the form shows."""
+    _, fallbacks_written, options_written = written_values(written)
+    model = None if override is None else override.model
+    fallbacks = None if override is None else override.fallbacks
+    options = None if override is None else override.options
+    return {
+        "model": model or "",
+        "fallbacks": fallbacks_text(fallbacks_written if fallbacks is None else fallbacks),
+        "options": options_text(options_written if options is None else options),
+    }
+
+
+def _normal(field: str, text: str) -> object:
+    """A field's text as the value it stands for, so that two ways to write it compare equal."""
+    if field == "model":
+        return text.strip()
+    if field == "fallbacks":
+        return _fallbacks(text)
+    try:
+        return _options(text)
+    except FormError:
+        return text.strip()
+
+
+def changed_fields(form: Mapping[str, str]) -> frozenset[str]:
+    """The fields the editor changed: those whose value differs from the one the form was
+    loaded with (its hidden ``was_<field>``); every field, for a form without them."""
+    return frozenset(
+        field
+        for field in FIELDS
+        if f"was_{field}" not in form
+        or _normal(field, form.get(field, "")) != _normal(field, form[f"was_{field}"])
+    )
+
+
+def patched(
+    current: RouteOverride, submitted: RouteOverride, changed: frozenset[str]
+) -> RouteOverride:
+    """``current`` with the ``changed`` fields taken from ``submitted``: a write changes only
+    what its editor changed, whatever another editor wrote since the form was loaded."""
+    return RouteOverride(
+        model=submitted.model if "model" in changed else current.model,
+        fallbacks=submitted.fallbacks if "fallbacks" in changed else current.fallbacks,
+        options=submitted.options if "options" in changed else current.options,
+    )
+
+
 def override_from_form(form: Mapping[str, str], written: PurposeConfig | None) -> RouteOverride:
     """Read the submitted ``model``, ``fallbacks`` and ``options`` fields into an override.
 
@@ -238,6 +301,8 @@ class PurposeEdit:
         written_model: Its model in datasette.yaml, if any.
         fallbacks: The fallbacks field's text.
         options: The options field's text.
+        was: Each field's text as the version the form is based on has it: the form sends
+            them back (hidden), so that a write changes only the fields its editor changed.
         layers: The model, fallbacks and options in effect, each with its layer.
         stored: Its stored override, if it has one.
         ignored: Why its stored override is not in effect, if it is not.
@@ -252,6 +317,7 @@ class PurposeEdit:
     written_model: str | None
     fallbacks: str
     options: str
+    was: Mapping[str, str]
     layers: tuple[Layer, ...]
     stored: StoredOverride | None
     ignored: str | None
@@ -374,10 +440,9 @@ async def check_override(
         )
     routed_model = None if routed is None else registry.by_name.get(routed)
     if options and routed_model is not None:
-        try:
-            routed_model.Options(**options)
-        except Exception as error:  # pydantic's ValidationError, or a plugin's own
-            return f"the options do not suit the model {quoted(routed_model.model_id)}: {error}"
+        problems = option_problems(routed_model, options)
+        if problems:
+            return "options: " + " ".join(problem.message for problem in problems)
     others = {other: stored.override for other, stored in layers.applied.items() if other != name}
     try:
         parse_config(overlay_section(raw_section(datasette)[2], {**others, name: override}))
@@ -431,18 +496,22 @@ async def purpose_edit(
     *,
     form: Mapping[str, str] | None = None,
     version: int | None = None,
+    was: Mapping[str, str] | None = None,
 ) -> PurposeEdit:
     """Return what the page shows of purpose ``name``: its form filled as stored, or as ``form``.
 
     Args:
         form: Submitted fields to fill the form with (a refused or conflicting write).
         version: The version to base the form on, instead of the current one.
+        was: The fields' texts at that version (the form's baseline); by default, those
+            ``form`` was loaded with, else the current ones.
     """
     overrides = await load_overrides(datasette)
     stored = overrides.get(name)
     written = layers.base.purpose(name)
-    model_written, fallbacks_written, options_written = written_values(written)
+    model_written = written_values(written)[0]
     applied = stored.override if stored is not None and name in layers.applied else None
+    shown = field_texts(applied, written)
     try:
         # Bounded as routing is on the page: a hook that hangs or fails leaves no choices.
         screening: Screening | None = await asyncio.wait_for(
@@ -450,28 +519,21 @@ async def purpose_edit(
         )
     except Exception:  # asyncio.TimeoutError included
         screening = None
-    if form is not None:
-        model = form.get("model", "")
-        fallbacks = form.get("fallbacks", "")
-        options = form.get("options", "")
-    else:
-        model = (applied.model if applied else None) or ""
-        fallbacks = fallbacks_text(
-            applied.fallbacks if applied and applied.fallbacks is not None else fallbacks_written
-        )
-        options = options_text(
-            applied.options if applied and applied.options is not None else options_written
-        )
+    fields = shown if form is None else {field: form.get(field, "") for field in FIELDS}
+    if was is None:
+        # A refused write keeps the baseline its form was loaded with.
+        was = shown if form is None else {f: form.get(f"was_{f}", shown[f]) for f in FIELDS}
     return PurposeEdit(
         name=name,
         action=datasette.urls.path(edit_path(name)),
         version=version_of(overrides, name) if version is None else version,
         locked=written is not None and written.locked,
         choices=() if screening is None else tuple(m.model_id for m in screening.models),
-        model=model,
+        model=fields["model"],
         written_model=model_written,
-        fallbacks=fallbacks,
-        options=options,
+        fallbacks=fields["fallbacks"],
+        options=fields["options"],
+        was=MappingProxyType(dict(was)),
         layers=_layers(layers, name, stored),
         stored=stored,
         ignored=layers.ignored.get(name),
@@ -533,6 +595,45 @@ async def _refused(
     return await _page(datasette, request, 400, context)
 
 
+async def _conflict(
+    datasette: Datasette,
+    request: Request,
+    name: str,
+    form: Mapping[str, str],
+    changed: frozenset[str],
+    based_on: int,
+) -> Response:
+    """The 409 page of a write based on a version that is not the current one (behind: another
+    editor wrote since; ahead: the store lost writes): what changed since, and the form at the
+    current version with only the fields this editor changed set to theirs, so that sending it
+    again applies just those over the new version."""
+    overrides = await load_overrides(datasette)
+    stored = overrides.get(name)
+    current = version_of(overrides, name)
+    conflict = OverrideConflict(
+        name,
+        based_on,
+        stored or StoredOverride(name, RouteOverride(), 0, None, ""),
+    )
+    layers = layers_for(datasette)
+    applied = stored.override if stored is not None and name in layers.applied else None
+    now = field_texts(applied, layers.base.purpose(name))
+    retry = {**form, **{f: form.get(f, "") if f in changed else now[f] for f in FIELDS}}
+    changes = [entry for entry in await audit_entries(datasette, name) if entry.version > based_on]
+    edit = await purpose_edit(
+        datasette, layers, name, current_registry(datasette), form=retry, version=current, was=now
+    )
+    context: dict[str, object] = {
+        "name": name,
+        "error": str(conflict),
+        "conflict": conflict,
+        "changes": list(reversed(changes)),
+        "edit": edit,
+        "changed": sorted(changed),
+    }
+    return await _page(datasette, request, 409, context)
+
+
 async def edit_view(datasette: Datasette, request: Request) -> Response:
     """Store the submitted override of one purpose; 403 unless ``llm-manage-routing``."""
     if not await can_manage_routing(datasette, request.actor):
@@ -579,51 +680,34 @@ async def edit_view(datasette: Datasette, request: Request) -> Response:
         version = version_of(overrides, name)
         message = "the form has no version: reload /-/llm and make the change again."
         return await _refused(datasette, request, layers, name, form, version, message)
+    stored = overrides.get(name)
+    current = RouteOverride() if stored is None else stored.override
+    changed = changed_fields(form)
     try:
         override = (
-            RouteOverride() if form.get("action") == "revert" else override_from_form(form, written)
+            RouteOverride()
+            if form.get("action") == "revert"
+            else patched(current, override_from_form(form, written), changed)
         )
     except FormError as error:
         return await _refused(datasette, request, layers, name, form, version, str(error))
+    if version != version_of(overrides, name):
+        return await _conflict(datasette, request, name, form, changed, version)
     if not override.empty:
         reason = await check_override(
             datasette, layers, name, override, current_registry(datasette)
         )
         if reason is not None:
             return await _refused(datasette, request, layers, name, form, version, reason)
-    stored = overrides.get(name)
-    if version == version_of(overrides, name) and override == (
-        RouteOverride() if stored is None else stored.override
-    ):
+    if override == current:
         datasette.add_message(request, f"Routing of purpose {name!r}: nothing changed.")
         return Response.redirect(datasette.urls.path("/-/llm") + "#overrides")
     try:
         saved = await save_override(
             datasette, name, override, based_on=version, actor_id=actor_id(request.actor)
         )
-    except OverrideConflict as conflict:
-        changes = [
-            entry
-            for entry in await audit_entries(datasette, name)
-            if entry.version > conflict.based_on
-        ]
-        edit = await purpose_edit(
-            datasette,
-            layers_for(datasette),
-            name,
-            current_registry(datasette),
-            form=form,
-            version=conflict.current.version,
-        )
-        context: dict[str, object] = {
-            "name": name,
-            "error": str(conflict),
-            "conflict": conflict,
-            "changes": list(reversed(changes)),
-            "edit": edit,
-            "refused": override,
-        }
-        return await _page(datasette, request, 409, context)
+    except OverrideConflict:
+        return await _conflict(datasette, request, name, form, changed, version)
     what = "reverted to datasette.yaml" if override.empty else "saved"
     datasette.add_message(request, f"Routing of purpose {name!r} {what} (version {saved.version}).")
     return Response.redirect(datasette.urls.path("/-/llm") + "#overrides")

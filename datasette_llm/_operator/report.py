@@ -11,10 +11,10 @@ For each purpose it holds:
   admit it (``policy.screen``, its key required, as ``routing.route.admit`` asks just before a
   prompt tries it) and if not why, and the settings that apply (``retries``, ``timeout``,
   ``deadline``, ``fallback_on``, ``max_wait``) each with the configuration path that sets it;
-- who may use it (the ``llm-use`` action), read from Datasette's configuration: the global block
-  ``permissions: {llm-use: ...}`` and a purpose's own ``databases: {<purpose>: {permissions:
-  {llm-use: ...}}}``. Rules a permissions plugin adds through ``permission_resources_sql``
-  depend on the actor and are not listed; the page says so.
+- who may use it (the ``llm-use`` action), read from the configuration: the global block
+  ``permissions: {llm-use: ...}``, the purpose's own ``allow:`` and the deprecated
+  ``databases: {<purpose>: {permissions: {llm-use: ...}}}``. Rules a permissions plugin adds
+  through ``permission_resources_sql`` depend on the actor and are not listed; the page says so.
 
 ``serving_problems`` is what ``datasette llm check`` adds to validation: a purpose no model can
 serve is an error (its calls raise ``ModelNotFoundError``); a configured model passed over for
@@ -33,8 +33,16 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import llm
 
+from ..config.source import written_config_for
 from ..config.values import CONFIG_ROOT, LLMConfig, Resilience, settings_for
-from ..errors import ConfigProblem, ModelNotFoundError, Substituted, quoted, shown
+from ..errors import (
+    ConfigProblem,
+    ConfigurationError,
+    ModelNotFoundError,
+    Substituted,
+    quoted,
+    shown,
+)
 from ..prompting.attempts import client_retries, tries_of
 from ..prompting.clients import adapt
 from ..routing.catalog import get_purpose_collisions, get_purpose_owner
@@ -118,7 +126,8 @@ class MayUse:
 
     Attributes:
         everyone: No rule is configured and Datasette allows ``llm-use`` by default.
-        rules: The configured rules that apply, the purpose's own first, then the global one.
+        rules: The configured rules that apply: the purpose's own first (its ``allow:``, then
+            the deprecated ``databases:`` block), then the global one.
     """
 
     everyone: bool
@@ -154,14 +163,22 @@ def who_may_use(datasette: Datasette, names: Iterable[str]) -> dict[str, MayUse]
     databases = config.get("databases")
     databases = databases if isinstance(databases, Mapping) else {}
     global_rule = _rule(config.get("permissions"), "permissions")
+    try:
+        written = written_config_for(datasette)
+    except ConfigurationError:  # the page reports it
+        written = LLMConfig()
     default_deny = bool(datasette.default_deny)
     report: dict[str, MayUse] = {}
     for name in names:
+        purpose = written.purposes.get(name)
+        allow = None
+        if purpose is not None and purpose.allow is not None:
+            allow = UseRule(f"{CONFIG_ROOT}.purposes.{name}.allow", purpose.allow_block())
         database = databases.get(name)
         own = None
         if isinstance(database, Mapping):
             own = _rule(database.get("permissions"), f"databases.{name}.permissions")
-        rules = tuple(rule for rule in (own, global_rule) if rule is not None)
+        rules = tuple(rule for rule in (allow, own, global_rule) if rule is not None)
         report[name] = MayUse(everyone=not rules and not default_deny, rules=rules)
     return report
 

@@ -9,8 +9,11 @@ override before and after.
 Each Datasette keeps its overrides in memory, in its ``State``: loaded once (``load_overrides``,
 awaited by the ``startup`` hook, and started by the first ``overrides_of`` otherwise) and
 replaced, as a new mapping, by every ``save_override``. ``routing.overlay.config_for`` lays them
-over the configuration. Another process writing the same database file is seen at its next
-start.
+over the configuration. Every process sharing the database file sees a write within a second:
+when what it holds was last checked ``REFRESH_SECONDS`` ago, ``overrides_of`` starts one check
+in the background, which reads the id of the latest audit row (every write adds one, in its
+transaction) and, only when that id moved, every override again. So a check costs one small read
+a second per Datasette, however many calls route; ``freshness_of`` counts them.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import asyncio
 import datetime
 import json
 import sqlite3
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..log import logger
 from ..state import Slot, state_of
@@ -34,12 +38,15 @@ __all__ = [
     "AUDIT_TABLE",
     "NO_OVERRIDES",
     "OVERRIDES_TABLE",
+    "REFRESH_SECONDS",
     "SCHEMA",
     "AuditEntry",
+    "Freshness",
     "OverrideConflict",
     "RouteOverride",
     "StoredOverride",
     "audit_entries",
+    "freshness_of",
     "load_overrides",
     "overrides_of",
     "save_override",
@@ -174,22 +181,74 @@ class OverrideConflict(Exception):
         self.purpose = purpose
         self.based_on = based_on
         self.current = current
+        if current.version == 0:
+            # A form from before a restart that lost the overrides (no --internal file).
+            now = (
+                "no override is stored for it (version 0): the overrides were lost, e.g. by a "
+                "restart without --internal"
+            )
+        else:
+            now = (
+                f"it is at version {current.version}, written by "
+                f"{current.updated_by or 'an anonymous actor'} at {current.updated_at}"
+            )
         super().__init__(
-            f"The routing of purpose {purpose!r} changed since version {based_on}: it is at "
-            f"version {current.version}, written by {current.updated_by or 'an anonymous actor'}"
-            f" at {current.updated_at}. Reload it, then make the change again."
+            f"The routing of purpose {purpose!r} is not at version {based_on}, which the edit "
+            f"was based on: {now}. Reload it, then make the change again."
         )
 
 
 NO_OVERRIDES: Final[Mapping[str, StoredOverride]] = MappingProxyType({})
 
+REFRESH_SECONDS: Final = 1.0
+"""How old the last check of the overrides held in memory may be before ``overrides_of`` starts
+another, in the background, to see writes by other processes sharing the internal database."""
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How current the overrides one Datasette holds in memory are, and what keeping them cost.
+
+    Attributes:
+        stamp: The id of the latest audit row when they were read (0: nothing written yet), or
+            ``None`` before they are loaded. A write of this process counts from the next check.
+        checks: How many checks for a newer write read the internal database.
+        reloads: How many of those found one, and read every override again.
+        failing: Whether the last check failed (it is logged, and retried a second later).
+    """
+
+    stamp: int | None
+    checks: int
+    reloads: int
+    failing: bool
+
 
 @dataclass(slots=True)
 class _Held:
-    """The overrides of one Datasette held in memory, and the task reading them."""
+    """The overrides of one Datasette held in memory, the tasks reading them, and their stamp.
+
+    Attributes:
+        loaded: The overrides by purpose, replaced (never changed) by each read and write.
+        loading: The task of the first read.
+        stamp: The id of the latest audit row when ``loaded`` was read (0: none).
+        checked: When (``time.monotonic()``) the last check started, or the first read ended.
+        checking: The last check started; at most one is under way in an event loop.
+        writes: How many writes of this process replaced ``loaded``: a check that began before
+            one is not applied over it.
+        checks: See ``Freshness``.
+        reloads: See ``Freshness``.
+        failing: See ``Freshness``.
+    """
 
     loaded: Mapping[str, StoredOverride] | None = None
     loading: asyncio.Task[Mapping[str, StoredOverride]] | None = None
+    stamp: int = 0
+    checked: float = 0.0
+    checking: asyncio.Task[None] | None = None
+    writes: int = 0
+    checks: int = 0
+    reloads: int = 0
+    failing: bool = False
 
 
 _HELD: Final[Slot[_Held]] = Slot("the routing overrides")
@@ -209,9 +268,17 @@ def overrides_of(datasette: Datasette) -> Mapping[str, StoredOverride]:
     """Return the overrides of ``datasette`` held in memory, by purpose. Cheap and synchronous.
 
     Before they are loaded, return none, and start loading them if an event loop is running.
+    Once loaded, when the last check is ``REFRESH_SECONDS`` old, start one in the background
+    (never awaited here): a write by another process is returned within about a second.
     """
     held = _held(datasette)
     if held.loaded is not None:
+        if _stale(held):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop: nothing can read
+                return held.loaded
+            _check_in(loop, datasette, held)
         return held.loaded
     if held.loading is None:
         try:
@@ -223,21 +290,90 @@ def overrides_of(datasette: Datasette) -> Mapping[str, StoredOverride]:
     return NO_OVERRIDES
 
 
-def _retrieved(task: asyncio.Task[Mapping[str, StoredOverride]]) -> None:
+def freshness_of(datasette: Datasette) -> Freshness:
+    """Return how current the overrides ``datasette`` holds are, and how often they were checked."""
+    held = _held(datasette)
+    stamp = None if held.loaded is None else held.stamp
+    return Freshness(stamp=stamp, checks=held.checks, reloads=held.reloads, failing=held.failing)
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _stale(held: _Held) -> bool:
+    return time.monotonic() - held.checked >= REFRESH_SECONDS
+
+
+def _check_in(
+    loop: asyncio.AbstractEventLoop, datasette: Datasette, held: _Held
+) -> asyncio.Task[None]:
+    """Return the check under way in ``loop``, first starting one if there is none."""
+    task = held.checking
+    if task is None or task.done() or task.get_loop() is not loop:
+        held.checked = time.monotonic()
+        task = held.checking = loop.create_task(_check(datasette, held))
+        task.add_done_callback(_retrieved)
+    return task
+
+
+async def _check(datasette: Datasette, held: _Held) -> None:
+    """Read the latest audit id; only if it moved, replace what is held by every override.
+
+    A failure is logged once, until a check succeeds again, and never raised.
+    """
+    writes, known = held.writes, held.stamp
+
+    def read(conn: sqlite3.Connection) -> tuple[int, Mapping[str, StoredOverride] | None]:
+        stamp = _stamp(conn)
+        return stamp, None if stamp == known else _every(conn)
+
+    db = datasette.get_internal_database()
+    held.checks += 1
+    try:
+        outcome: tuple[int, Mapping[str, StoredOverride] | None] = await db.execute_fn(read)
+    except Exception as error:
+        if not held.failing:
+            logger.warning(
+                "datasette-llm: cannot check the routing overrides for writes by other "
+                "processes (retried every %gs): %s",
+                REFRESH_SECONDS,
+                error,
+            )
+        held.failing = True
+        return
+    held.failing = False
+    stamp, overrides = outcome
+    if overrides is not None and held.writes == writes:
+        held.loaded, held.stamp = overrides, stamp
+        held.reloads += 1
+
+
+def _remember(held: _Held, purpose: str, stored: StoredOverride) -> None:
+    """Hold ``stored``, just written by this process, in a new mapping; keep the stamp.
+
+    A check under way, which may have read the database before the write, is not applied over
+    it. The stamp stays as it was, so the next check finds the write's audit row and reads
+    every override again, with any write by another process not seen yet.
+    """
+    held.loaded = MappingProxyType({**(held.loaded or NO_OVERRIDES), purpose: stored})
+    held.writes += 1
 
 
 async def load_overrides(datasette: Datasette) -> Mapping[str, StoredOverride]:
     """Create the tables if missing, read every override into memory, and return them.
 
-    Once loaded they stay in memory: calling this again costs nothing.
+    Once loaded they stay in memory: calling this again costs nothing, but when the last check
+    for writes by other processes is ``REFRESH_SECONDS`` old, it waits for one.
     """
     held = _held(datasette)
+    loop = asyncio.get_running_loop()
     if held.loaded is not None:
+        if _stale(held):
+            await asyncio.shield(_check_in(loop, datasette, held))
         return held.loaded
     task = held.loading
-    loop = asyncio.get_running_loop()
     if (
         task is None
         or task.get_loop() is not loop
@@ -251,17 +387,31 @@ async def _load(datasette: Datasette) -> Mapping[str, StoredOverride]:
     db = datasette.get_internal_database()
     try:
         await db.execute_write_script(SCHEMA)
-        result = await db.execute(
-            f"SELECT purpose, override, version, updated_by, updated_at FROM {OVERRIDES_TABLE}"
-        )
+        stamp, overrides = await db.execute_fn(_read)
     except Exception as error:
         logger.warning("datasette-llm: cannot read the routing overrides: %s", error)
         raise
-    overrides = {row[0]: _stored(tuple(row)) for row in result.rows}
     held = _held(datasette)
     if held.loaded is None:  # the first read to finish is kept
-        held.loaded = MappingProxyType(overrides)
+        held.loaded, held.stamp, held.checked = overrides, stamp, time.monotonic()
     return held.loaded
+
+
+def _stamp(conn: sqlite3.Connection) -> int:
+    """Return the id of the latest audit row (0: none): every write adds one, in its transaction."""
+    return int(conn.execute(f"SELECT max(id) FROM {AUDIT_TABLE}").fetchone()[0] or 0)
+
+
+def _every(conn: sqlite3.Connection) -> Mapping[str, StoredOverride]:
+    rows = conn.execute(
+        f"SELECT purpose, override, version, updated_by, updated_at FROM {OVERRIDES_TABLE}"
+    ).fetchall()
+    return MappingProxyType({str(row[0]): _stored(tuple(row)) for row in rows})
+
+
+def _read(conn: sqlite3.Connection) -> tuple[int, Mapping[str, StoredOverride]]:
+    """Return the stamp, then every override (a write between the two is read at the next check)."""
+    return _stamp(conn), _every(conn)
 
 
 def _stored(row: tuple[object, ...]) -> StoredOverride:
@@ -316,8 +466,8 @@ async def save_override(
         current = None if row is None else _stored(tuple(row))
         version = 0 if current is None else current.version
         if version != based_on:
-            assert current is not None  # version 0 always matches a purpose never written
-            return False, current
+            # Behind (someone wrote since) or ahead (the store lost writes): never a write.
+            return False, current or StoredOverride(purpose, _NOTHING, 0, None, at)
         stored = StoredOverride(purpose, override, version + 1, actor_id, at)
         conn.execute(
             f"INSERT INTO {OVERRIDES_TABLE} (purpose, override, version, updated_by, updated_at) "
@@ -343,7 +493,8 @@ async def save_override(
     outcome: tuple[bool, StoredOverride] = await db.execute_write_fn(write)
     written, stored = outcome
     held = _held(datasette)
-    held.loaded = MappingProxyType({**(held.loaded or NO_OVERRIDES), purpose: stored})
+    if stored.version:
+        _remember(held, purpose, stored)
     if not written:
         raise OverrideConflict(purpose, based_on, stored)
     return stored

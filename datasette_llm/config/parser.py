@@ -301,6 +301,7 @@ _PURPOSE_KEYS: Final = (
     *_RESILIENCE_KEYS,
     "budget",
     "locked",
+    "allow",
 )
 _REF_KEYS: Final = ("model", "key", "options", "rpm", "concurrency")
 _MAX_RETRIES: Final = 10
@@ -435,7 +436,57 @@ class _Parser(Reader):
             **self.resilience(value, path),
             budget=self.budget(value.get("budget"), f"{path}.budget"),
             locked=self.boolean(value.get("locked", False), f"{path}.locked", False),
+            allow=self.allow(value.get("allow"), f"{path}.allow"),
         )
+
+    def allow(self, value: object, path: str) -> bool | Mapping[str, object] | None:
+        """Read a purpose's ``allow:``: a Datasette allow block, frozen (lists become tuples).
+
+        ``true`` or ``false``, or a mapping of actor key to a value or a list of values
+        (``{id: [alice, bob]}``, ``{id: "*"}``, ``{roles: [staff]}``), as Datasette's
+        ``actor_matches_allow`` reads it; ``None`` when not set.
+        """
+        if value is None or isinstance(value, bool):
+            return value
+        if not isinstance(value, Mapping):
+            self.fail(
+                path,
+                "expected a Datasette allow block: true, false, or a mapping of actor key to "
+                f"the values allowed, such as {{id: [alice, bob]}}, got {got(value)}.",
+            )
+            return None
+        block: dict[str, object] = {}
+        for key, values in value.items():
+            where = f"{path}.{shown(key)}"
+            if not isinstance(key, str) or not key:
+                self.fail(where, f"actor keys must be non-empty strings, got {key!r}.")
+                continue
+            if isinstance(values, list | tuple):
+                found = [
+                    self.allowed_value(item, f"{where}[{index}]")
+                    for index, item in enumerate(values)
+                ]
+                if all(item is not FAILED for item in found):
+                    block[key] = tuple(found)
+            else:
+                one = self.allowed_value(values, where)
+                if one is not FAILED:
+                    block[key] = one
+        return MappingProxyType(block)
+
+    def allowed_value(self, value: object, path: str) -> object:
+        """Read one value an allow block matches: a string (``"*"``: any) or a number."""
+        value = self.value(value, path)
+        if value is FAILED:
+            return FAILED
+        if isinstance(value, str | int | float):  # bool is an int
+            return value
+        self.fail(
+            path,
+            f"expected an actor value (a string, {quoted('*')} for any, or a number), "
+            f"or a list of them, got {got(value)}.",
+        )
+        return FAILED
 
     def purposes(self, value: object) -> Mapping[str, PurposeConfig]:
         path = f"{CONFIG_ROOT}.purposes"

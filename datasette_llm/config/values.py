@@ -181,6 +181,10 @@ class PurposeConfig:
         max_wait: The purpose's ``max_wait``, or ``None`` for the global value.
         budget: What the purpose may spend, or ``None`` for no limit.
         locked: Whether datasette.yaml alone decides it: no override (``/-/llm``) may change it.
+        allow: Who may use it (the ``llm-use`` action): a Datasette allow block (``True``,
+            ``False``, or a mapping such as ``{"id": ("alice", "bob")}``, lists frozen as
+            tuples), or ``None`` for the rules of Datasette's own configuration only. Left
+            out of comparison and hashing, as ``ModelRef.options`` is.
     """
 
     model: ModelRef | None = None
@@ -194,6 +198,16 @@ class PurposeConfig:
     max_wait: float | None = None
     budget: Budget | None = None
     locked: bool = False
+    allow: bool | Mapping[str, object] | None = field(default=None, compare=False)
+
+    def allow_block(self) -> bool | dict[str, object] | None:
+        """Return ``allow`` as Datasette's ``actor_matches_allow`` reads it (lists, not tuples)."""
+        if isinstance(self.allow, Mapping):
+            return {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in self.allow.items()
+            }
+        return self.allow
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +227,10 @@ class LLMConfig:
             ``max_wait``).
         pricing: The price of each model id, in dollars per million tokens.
         usage: Where the usage ledger is kept.
+        carried_limits: datasette.yaml's model references that give limits, kept by the
+            configuration that routing overrides are laid over (``routing.overlay``): a
+            model's limits hold wherever they are written, even where an override has routed
+            a purpose away from the reference that gives them.
     """
 
     default_model: ModelRef | None = None
@@ -228,6 +246,7 @@ class LLMConfig:
         default_factory=lambda: MappingProxyType({}), compare=False
     )
     usage: UsageSettings = UsageSettings()
+    carried_limits: tuple[ModelRef, ...] = field(default=(), compare=False)
 
     def purpose(self, name: str | None) -> PurposeConfig | None:
         """Return the configuration of purpose ``name``, if any."""
@@ -241,6 +260,14 @@ class LLMConfig:
         The values of ``settings_for(self, name)``, without where each is set.
         """
         return settings_for(self, name).resilience
+
+    def limit_refs(self) -> Iterator[ModelRef]:
+        """Yield every model reference that gives a model limits (``rpm``, ``concurrency``):
+        those of ``all_refs``, then ``carried_limits``."""
+        for _, ref in self.all_refs():
+            if ref.rpm is not None or ref.concurrency is not None:
+                yield ref
+        yield from self.carried_limits
 
     def all_refs(self) -> Iterator[tuple[str, ModelRef]]:
         """Yield ``(config_path, ref)`` for every model reference in the configuration."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 import llm
 from llm import plugins as llm_plugins
 
-from ..errors import Substituted, quoted
+from ..errors import Substituted, nearest, quoted
 from ..state import Slot, state_of
 
 if TYPE_CHECKING:
@@ -32,10 +32,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ModelRegistry",
     "ModelStandIn",
+    "OptionProblem",
     "build_registry",
     "current_registry",
     "find_model",
     "lookup_model",
+    "option_problems",
     "stand_in_for_models",
 ]
 
@@ -215,3 +217,72 @@ def stand_in_for_models(stand_in: ModelStandIn) -> Iterator[None]:
         yield
     finally:
         _stand_ins.remove(stand_in)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionProblem:
+    """Why a model does not take one of the options given for it.
+
+    Attributes:
+        option: The option's name (a dotted path for a nested value), or ``""`` for the whole.
+        message: What is wrong, naming the model, and the options it accepts with their types.
+    """
+
+    option: str
+    message: str
+
+
+def option_problems(model: AsyncModel, options: Mapping[str, object]) -> list[OptionProblem]:
+    """Check ``options`` against ``model``'s options (its pydantic ``Options`` class, as llm
+    builds them for every prompt); return what is wrong, or ``[]``.
+
+    The one check of a model's options: datasette.yaml's at startup and in ``datasette llm
+    check``, the routing form's before it is stored, and a stored override's whenever what it
+    lies over changes.
+    """
+    from pydantic import ValidationError
+
+    options_class = model.Options
+    fields = options_class.model_fields
+    accepted = ", ".join(
+        f"{name} ({_type_name(field.annotation)})" for name, field in fields.items()
+    )
+    try:
+        options_class(**dict(options))
+    except ValidationError as error:
+        problems = []
+        for detail in error.errors():
+            location = ".".join(str(part) for part in detail["loc"])
+            if detail["type"] == "extra_forbidden":
+                suggestion = nearest(location, list(fields))
+                hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+                message = (
+                    f"{quoted(model.model_id)} does not accept the option {location!r}.{hint} "
+                    f"Options it accepts: {accepted or 'none'}."
+                )
+            else:
+                field = fields.get(location.split(".")[0])
+                expected = "" if field is None else f" (expected {_type_name(field.annotation)})"
+                message = (
+                    f"{quoted(model.model_id)} rejects the value "
+                    f"{quoted(options.get(location))} for option {location!r}{expected}: "
+                    f"{detail['msg']}."
+                )
+            problems.append(OptionProblem(location, message))
+        return problems
+    except Exception as error:  # a plugin's own validation
+        return [OptionProblem("", f"{quoted(model.model_id)} rejects the options: {error}")]
+    return []
+
+
+def _type_name(annotation: object) -> str:
+    """A field's type as the messages show it: ``float or none``, ``int``."""
+    import types
+    import typing
+
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "none"
+    name = getattr(annotation, "__name__", None)
+    return name if isinstance(name, str) else str(annotation)

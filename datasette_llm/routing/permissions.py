@@ -2,18 +2,25 @@
 
 ``llm-use`` is checked on a ``PurposeResource`` (the purpose's name as the resource's parent)
 whenever ``LLM.model()``, ``models()``, ``group()`` or ``resolve()`` is given an actor. It is
-allowed by default, the way Datasette's own ``view-instance`` is: ``permission_resources_sql``
-below adds a global allow, which any rule the operator writes overrides (a deny at the same
-level wins over an allow; a per-purpose rule wins over a global one)::
+allowed by default, the way Datasette's own ``view-instance`` is: ``default_allow`` adds a
+global allow, which any rule the operator writes overrides (a deny at the same level wins over
+an allow; a per-purpose rule wins over a global one)::
 
     permissions:
       llm-use:
         id: root            # only root may use any purpose
-    databases:
-      enrichments:          # Datasette reads a block under databases: <name> as the rules for
-        permissions:        # every resource whose parent is <name>: here, the purpose
-          llm-use:
-            id: [root, alice]
+    plugins:
+      datasette-llm:
+        purposes:
+          enrichments:
+            allow:          # who may use this purpose, whatever the global rule says
+              id: [root, alice]
+
+``purpose_rules`` turns each purpose's ``allow:`` into a rule on that purpose, matched by
+Datasette's own ``actor_matches_allow``: an allow for an actor it matches, a deny for any other.
+The older form, a block under ``databases: <purpose>: permissions: llm-use:`` (Datasette reads
+it as the rules of every resource whose parent is ``<purpose>``), still works, but is
+deprecated: a purpose is not a database. A purpose with both allows only actors both match.
 
 A call without a purpose is checked with no resource: only global rules apply to it.
 
@@ -22,7 +29,8 @@ of ``datasette --root`` may always do all three: ``is_root`` is the one check of
 
 Datasette answers ``allowed()`` with a query of its internal database, about 30 times the cost of
 routing a call; so verdicts are kept per Datasette instance, per actor and purpose, for as long
-as Datasette's configuration (and its ``permissions`` block) is the same object, and at most
+as Datasette's configuration (its ``permissions`` block, and the datasette-llm configuration as
+written, ``config.source.written_config_for``) is the same object, and at most
 ``VERDICT_SECONDS``, so that a grant stored by a permissions plugin in a table takes effect
 soon after it changes.
 """
@@ -36,9 +44,12 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 
 from datasette import Forbidden
 from datasette.permissions import PermissionSQL, Resource
+from datasette.utils import actor_matches_allow
 
 from ..actors import Actor, actor_id
-from ..errors import is_text, lone_surrogate
+from ..config.source import written_config_for
+from ..config.values import CONFIG_ROOT, PLUGIN_NAME, LLMConfig
+from ..errors import ConfigurationError, is_text, lone_surrogate
 from ..state import Slot, state_of
 
 if TYPE_CHECKING:
@@ -56,6 +67,7 @@ __all__ = [
     "is_root",
     "may_use",
     "default_allow",
+    "purpose_rules",
 ]
 
 USE: Final = "llm-use"
@@ -100,9 +112,10 @@ class PurposeResource(Resource):
 
 
 def _grant(purpose: str | None, who: str) -> str:
+    """Return the datasette.yaml block granting ``llm-use`` to ``who``: on ``purpose``, or all."""
     if purpose is None:
         return f"permissions: {{{USE}: {{id: {who}}}}}"
-    return f"databases: {{{purpose}: {{permissions: {{{USE}: {{id: {who}}}}}}}}}"
+    return f"plugins: {{{PLUGIN_NAME}: {{purposes: {{{purpose}: {{allow: {{id: {who}}}}}}}}}}}"
 
 
 class PurposeNotAllowedError(Forbidden):
@@ -140,6 +153,7 @@ class _Verdicts:
 
     config: object
     permissions: object
+    written: LLMConfig | None
     default_deny: bool
     verdicts: _Table = field(default_factory=dict)
 
@@ -147,20 +161,32 @@ class _Verdicts:
 _VERDICTS: Final[Slot[_Verdicts]] = Slot("the llm-use verdicts")
 
 
+def _written(datasette: Datasette) -> LLMConfig | None:
+    """Return the datasette-llm configuration as written, or ``None`` if it is malformed."""
+    try:
+        return written_config_for(datasette)
+    except ConfigurationError:  # startup and the routing page report it
+        return None
+
+
 def _verdicts_of(datasette: Datasette) -> _Table:
     """Return the instance's verdicts, started afresh when its configuration changed."""
     config = datasette.config
     permissions = None if config is None else config.get("permissions")
+    written = _written(datasette)
     state = state_of(datasette)
     cached = state.get(_VERDICTS)
     if (
         cached is None
         or cached.config is not config
         or cached.permissions is not permissions
+        or cached.written is not written
         or cached.default_deny != datasette.default_deny
         or len(cached.verdicts) >= VERDICT_LIMIT
     ):
-        cached = state.put(_VERDICTS, _Verdicts(config, permissions, datasette.default_deny))
+        cached = state.put(
+            _VERDICTS, _Verdicts(config, permissions, written, datasette.default_deny)
+        )
     return cached.verdicts
 
 
@@ -228,8 +254,45 @@ async def can_manage_routing(datasette: Datasette, actor: Actor | None) -> bool:
 def default_allow(datasette: Datasette, action: str) -> PermissionSQL | None:
     """Allow ``llm-use`` by default (not under ``--default-deny``), as Datasette's view actions.
 
-    The allow is global: any ``permissions:`` rule for ``llm-use`` overrides it.
+    The allow is global: any ``permissions:`` rule for ``llm-use`` overrides it, and so does a
+    purpose's ``allow:`` (``purpose_rules``) for that purpose.
     """
     if action == USE and not datasette.default_deny:
         return PermissionSQL.allow(reason=f"default allow for {USE}")
     return None
+
+
+def purpose_rules(datasette: Datasette, actor: Actor | None, action: str) -> PermissionSQL | None:
+    """Turn each purpose's ``allow:`` into a rule for ``llm-use`` on that purpose.
+
+    The rule is at the purpose's level (``parent`` the purpose, ``child`` NULL), as a
+    ``databases: <purpose>: permissions: llm-use:`` block is: an allow when Datasette's
+    ``actor_matches_allow`` matches the actor (and for root under ``--root``, as ``is_root``
+    says), a deny otherwise, so it overrides the global default and any global rule. A
+    malformed configuration gives no rules: startup reports it.
+    """
+    if action != USE:
+        return None
+    written = _written(datasette)
+    if written is None:
+        return None
+    root = is_root(datasette, actor)
+    selects: list[str] = []
+    params: dict[str, object] = {}
+    for index, (name, purpose) in enumerate(written.purposes.items()):
+        if purpose.allow is None:
+            continue
+        allowed = root or actor_matches_allow(actor, purpose.allow_block())
+        key = f"datasette_llm_allow_{index}"
+        selects.append(
+            f"SELECT :{key}_parent AS parent, NULL AS child, :{key}_allow AS allow, "
+            f":{key}_reason AS reason"
+        )
+        params[f"{key}_parent"] = name
+        params[f"{key}_allow"] = 1 if allowed else 0
+        params[f"{key}_reason"] = (
+            f"{CONFIG_ROOT}.purposes.{name}.allow {'allows' if allowed else 'denies'} {USE}"
+        )
+    if not selects:
+        return None
+    return PermissionSQL(sql="\nUNION ALL\n".join(selects), params=params)

@@ -187,9 +187,8 @@ class Policy:
             if ref.options and model_id not in options:
                 options[model_id] = ref.options
         limits: dict[str, tuple[float | None, int | None]] = {}
-        for _, ref in config.all_refs():
-            if ref.rpm is not None or ref.concurrency is not None:
-                limits.setdefault(self.canonical(ref.model_id), (ref.rpm, ref.concurrency))
+        for ref in config.limit_refs():
+            limits.setdefault(self.canonical(ref.model_id), (ref.rpm, ref.concurrency))
         references = {
             model_id: Reference(
                 tuple(settings),

@@ -215,7 +215,11 @@ async def test_a_model_not_installed_is_refused_naming_the_nearest(ds: Datasette
 async def test_options_the_model_does_not_take_are_refused(ds: Datasette) -> None:
     response = await post(ds, "summaries", options='{"no_such_option": 1}')
     assert response.status_code == 400
-    assert "the options do not suit the model" in response.text
+    # Named with the model and the options it takes, with their types, never pydantic's text.
+    text = unescape(response.text)
+    assert "'test-a' does not accept the option 'no_such_option'" in text
+    assert "Options it accepts: temperature (float or none), style (str or none)." in text
+    assert "errors.pydantic.dev" not in text
 
 
 # Conflicts

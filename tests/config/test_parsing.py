@@ -61,7 +61,8 @@ def test_every_problem_is_reported_with_its_path() -> None:
         "fallbacks, retries, timeout, deadline, fallback_on, max_wait, pricing, usage.",
         "plugins.datasette-llm.purposes.enrichments.blocked: unknown key 'blocked'. "
         "Did you mean 'blocked_models'? Valid keys here: model, models, blocked_models, "
-        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, budget, locked.",
+        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, budget, locked, "
+        "allow.",
         "plugins.datasette-llm.purposes.enrichments.model: model reference has no 'model': "
         "add model: <model id> (key and options are optional).",
         "plugins.datasette-llm.purposes.enrichments.models[1].options: expected a mapping of "
@@ -118,7 +119,8 @@ def test_an_unknown_key_with_a_lone_surrogate_is_named_escaped() -> None:
     assert problems({"purposes": {"x": {"model": "echo", "mode\udc80l": 1}}}) == [
         "plugins.datasette-llm.purposes.x.mode\\udc80l: unknown key 'mode\\udc80l'. "
         "Did you mean 'model'? Valid keys here: model, models, blocked_models, "
-        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, budget, locked."
+        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, budget, locked, "
+        "allow."
     ]
 
 

@@ -161,6 +161,21 @@ def test_a_second_editor_working_from_an_old_version_sees_a_conflict_and_loses_n
     assert "primary-gpt" in model and "datasette.yaml" in model  # the second edit was not saved
     assert "override by editor" in fallbacks  # the first edit was kept
 
+    # The conflict page's form is the new version with only the second editor's field set to
+    # theirs: sending it applies that over the first edit, which stays.
+    retry = second.locator("form.llm-override-form")
+    assert retry.locator("select[name=model]").input_value() == "backup-gpt"
+    assert retry.locator("textarea[name=fallbacks]").input_value() == "none"
+    with second.expect_response(lambda response: response.request.method == "POST") as posted:
+        retry.get_by_role("button", name="Save").click()
+    assert posted.value.status == 302
+    first.reload()
+    layers = override_form(first, "summaries").locator("ul > li").all_inner_texts()
+    [model] = [layer for layer in layers if layer.startswith("model:")]
+    [fallbacks] = [layer for layer in layers if layer.startswith("fallbacks:")]
+    assert "backup-gpt" in model and "override by editor" in model  # the second edit, applied
+    assert fallbacks.startswith("fallbacks: none") and "override by editor" in fallbacks  # kept
+
 
 def test_the_provider_answers_each_test_of_a_route(site: Site, browser: Any) -> None:
     site.provider.script = [Reply(status=500, message="down")] * 3  # retries: 2 (the default)

@@ -86,7 +86,7 @@ def test_an_option_the_model_does_not_accept_is_an_error_naming_the_nearest_opti
     assert problem.path == f"{ROOT}.purposes.enrichments.models[1].options.temprature"
     assert problem.message == (
         "'test-b' does not accept the option 'temprature'. Did you mean 'temperature'? "
-        "Options it accepts: temperature, style."
+        "Options it accepts: temperature (float or none), style (str or none)."
     )
 
 

@@ -161,7 +161,7 @@ def test_check_fails_on_options_the_model_rejects_naming_the_path(tmp_path: Path
     assert result.output.splitlines() == [
         "error: plugins.datasette-llm.purposes.enrichments.models[1].options.temprature: "
         "'test-b' does not accept the option 'temprature'. Did you mean 'temperature'? "
-        "Options it accepts: temperature, style.",
+        "Options it accepts: temperature (float or none), style (str or none).",
         "1 error, 0 warnings",
     ]
 

@@ -213,9 +213,9 @@ async def test_the_refusal_names_the_purpose_the_actor_and_the_fix(make: Any) ->
     assert str(raised.value) == (
         "Actor 'alice' may not use the purpose 'enrichments': the 'llm-use' action is not "
         "allowed for it. To allow it, grant it in datasette.yaml with "
-        'databases: {enrichments: {permissions: {llm-use: {id: "alice"}}}} (that purpose only) '
-        'or permissions: {llm-use: {id: "alice"}} (every purpose), adding the id to any allow '
-        "block already there."
+        'plugins: {datasette-llm: {purposes: {enrichments: {allow: {id: "alice"}}}}} '
+        '(that purpose only) or permissions: {llm-use: {id: "alice"}} (every purpose), adding '
+        "the id to any allow block already there."
     )
 
 

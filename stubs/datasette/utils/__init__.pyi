@@ -1,7 +1,9 @@
+from collections.abc import Mapping
 from typing import Any
 
 class StartupError(Exception): ...
 def parse_metadata(content: str) -> Any: ...
+def actor_matches_allow(actor: Mapping[str, Any] | None, allow: object) -> bool: ...
 
 
 # Partial stub: names not declared here are typed ``Any`` rather than reported as missing.
