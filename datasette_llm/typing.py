@@ -113,10 +113,48 @@ class LlmGroupExitHook(Protocol):
 
 
 def __getattr__(name: str) -> object:
-    # Not imported with this module: a plugin imports it while Datasette is still loading plugins,
-    # and importing datasette.app then fails (datasette.plugins is half-imported).
+    # ``Datasette`` is not imported with this module. A plugin imports it at the top of its
+    # module, and Datasette imports plugins while ``datasette.app`` itself is still importing
+    # (it loads them as it starts): ``datasette.app.Datasette`` does not exist yet then, and
+    # ``from datasette.app import Datasette`` would fail. So it is looked up when asked for, and
+    # while ``datasette.app`` is still importing, a stand-in that is that class on every use.
     if name == "Datasette":
+        import importlib
+        import sys
+
+        # While it imports, the module is in sys.modules but not yet an attribute of datasette.
+        app = sys.modules.get("datasette.app") or importlib.import_module("datasette.app")
+        found: object = getattr(app, "Datasette", None)
+        return _DeferredDatasette if found is None else found
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Deferred(type):
+    """The stand-in's type: every use of the stand-in is a use of ``datasette.app.Datasette``."""
+
+    @staticmethod
+    def _real() -> type:
         from datasette.app import Datasette
 
         return Datasette
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __call__(cls, *args: object, **kwargs: object) -> object:
+        return cls._real()(*args, **kwargs)
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        return isinstance(instance, cls._real())
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, cls._real())
+
+    def __getattr__(cls, name: str) -> object:
+        return getattr(cls._real(), name)
+
+    def __repr__(cls) -> str:
+        return "<class 'datasette.app.Datasette' (imported while Datasette loaded its plugins)>"
+
+
+class _DeferredDatasette(metaclass=_Deferred):
+    """``datasette.app.Datasette`` for a plugin that imported it while Datasette was loading its
+    plugins: an annotation, ``isinstance``, a call and its attributes all reach the real class
+    (which exists by the time any of them runs)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 import time
@@ -81,9 +82,11 @@ def datasette_options(function: F) -> F:
         ),
         click.option(
             "--internal",
-            type=click.Path(exists=True, dir_okay=False),
+            type=click.Path(dir_okay=False),
             help="Path to the internal database datasette serve --internal uses "
-            "(where datasette-secrets keeps its encrypted store and the usage ledger is kept)",
+            "(where datasette-secrets keeps its encrypted store, the usage ledger and the "
+            "routing overrides are kept); one that does not exist yet (before the first "
+            "datasette serve) is read as empty, and not created",
         ),
     ]
     for option in reversed(options):
@@ -116,7 +119,9 @@ def datasette_from_files(
 ) -> Datasette:
     """Build the Datasette ``datasette serve FILES -c ... -m ...`` would, without serving it.
 
-    Startup validation is deferred: the command reports problems itself.
+    Startup validation is deferred: the command reports problems itself. An ``internal``
+    database that does not exist yet (a deploy pipeline checks before the first ``datasette
+    serve``) is read as empty: an in-memory one stands in, and no file is created.
     """
     from datasette.app import Datasette
 
@@ -129,6 +134,9 @@ def datasette_from_files(
         conflict = metadata_replaces_config(config_data, metadata_data, config.name, metadata.name)
         if conflict is not None:
             raise click.ClickException(conflict)
+    if internal is not None and not os.path.exists(internal):
+        click.echo(f"{internal} does not exist yet: read as an empty internal database.", err=True)
+        internal = None
     datasette = Datasette(
         list(files),
         memory=True,

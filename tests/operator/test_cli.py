@@ -324,3 +324,16 @@ def test_check_fails_on_a_usage_database_that_is_not_attached_and_passes_with_it
     assert "no attached database is named 'usgae'. Did you mean 'usage'? Attached databases: " in (
         result.output
     )
+
+
+def test_check_with_an_internal_database_not_created_yet_reads_it_as_empty(
+    tmp_path: Path,
+) -> None:
+    # A deploy pipeline checks before the first datasette serve has made the file.
+    missing = tmp_path / "internal.db"
+    without = run(tmp_path, "llm", "check", "--json")
+    result = run(tmp_path, "llm", "check", "--json", "--internal", str(missing))
+    assert result.exit_code == without.exit_code, result.output
+    assert json.loads(result.stdout) == json.loads(without.stdout)
+    assert "does not exist yet: read as an empty internal database" in result.stderr
+    assert not missing.exists()
