@@ -51,7 +51,10 @@ def _secrets_of(config: LLMConfig, registry: ModelRegistry) -> list[Secret]:
     from datasette_secrets import Secret
 
     secrets: dict[str, Secret] = {}
+    blocked = {registry.canonical(name) for name in config.blocked_models}
     for model in registry.keyed:
+        if model.model_id in blocked:
+            continue  # nobody is routed to it: its provider's key is not asked for
         needs_key = str(model.needs_key)
         name = provider_secret_name(needs_key)
         url, label = KEY_HELP_URLS.get(needs_key, (None, None))

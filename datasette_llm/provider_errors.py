@@ -230,12 +230,14 @@ def _kind_of(error: BaseException, status: int | None) -> ErrorKind:
     return kind or "unknown"
 
 
-def classify(error: BaseException, model_id: str) -> ProviderError:
+def classify(error: BaseException, model_id: str, key_from: str | None = None) -> ProviderError:
     """Return the ``ProviderError`` for an exception raised while ``model_id`` ran a prompt.
 
     Its ``__cause__`` is ``redacted(error)``; raise it without ``from``. An ``unknown`` error is
     not the provider's and is raised as itself, so that one keeps ``error`` as its cause. A
-    ``ProviderError`` (the fake router raises them) is returned as it is.
+    ``ProviderError`` (the fake router raises them) is returned as it is. ``key_from``: where
+    the key sent came from, in words, which an ``auth`` error names (never the key). A
+    ``connection`` or ``timeout`` error names the address it could not reach.
     """
     if isinstance(error, ProviderError):
         return error
@@ -245,11 +247,33 @@ def classify(error: BaseException, model_id: str) -> ProviderError:
     headers = getattr(response, "headers", None)
     retry_after = _retry_after(headers) if isinstance(headers, Mapping) else None
     message = str(error) or type(error).__name__
-    failure = ProviderError(
-        _kind_of(error, status), model_id, message, status=status, retry_after=retry_after
-    )
+    kind = _kind_of(error, status)
+    if kind in ("connection", "timeout"):
+        where = _address(error)
+        if where is not None and where not in message:
+            message = f"{message.rstrip('.')} ({where})."  # "Connection error." names no host
+    if kind == "auth" and key_from is not None:
+        message = f"{message.rstrip('.')}. The key sent came from {key_from}: check it there."
+    failure = ProviderError(kind, model_id, message, status=status, retry_after=retry_after)
     failure.__cause__ = error if failure.kind == "unknown" else redacted(error)
     return failure
+
+
+def _address(error: BaseException) -> str | None:
+    """Where the failed request went, ``scheme://host:port/path`` (never its query string,
+    where some providers take the key), from the client's own ``request``, if it has one."""
+    try:
+        request = getattr(error, "request", None)
+    except Exception:  # httpx raises RuntimeError for an error that has no request
+        return None
+    url = getattr(request, "url", None)
+    scheme, host = getattr(url, "scheme", None), getattr(url, "host", None)
+    if not isinstance(scheme, str) or not isinstance(host, str) or not host:
+        return None
+    port = getattr(url, "port", None)
+    path = getattr(url, "path", "")
+    at = "" if port is None else f":{port}"
+    return redact(f"{scheme}://{host}{at}{path if isinstance(path, str) else ''}")
 
 
 # Exceptions without the keys they quote.

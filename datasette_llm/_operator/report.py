@@ -46,7 +46,7 @@ from ..errors import (
 from ..prompting.attempts import client_retries, tries_of
 from ..prompting.clients import adapt
 from ..routing.catalog import get_purpose_collisions, get_purpose_owner
-from ..routing.keys import KeyStatus, key_status
+from ..routing.keys import KeyStatus, key_status, secret_variable
 from ..routing.models import ModelRegistry, current_registry, find_model
 from ..routing.overlay import config_for
 from ..routing.permissions import USE
@@ -850,7 +850,7 @@ async def _key_problem(
         f"{quoted(ref.model_id)} has no API key, so {calls} go to "
         f"{quoted(route.model_id)} instead. Set the secret {status.secret_name} "
         "(datasette-secrets, or the environment variable "
-        f"DATASETTE_SECRETS_{status.secret_name}), or configure another model.",
+        f"{secret_variable(status.secret_name or '')}), or configure another model.",
         "warning",
     )
 

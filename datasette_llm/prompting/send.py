@@ -279,7 +279,7 @@ async def _attempt(
     except Exception as error:
         if error is not failure:
             raise
-        provider_error = classify(error, model_id)
+        provider_error = classify(error, model_id, routed.resolution.key.described())
         if provider_error is error:
             raise
         raise provider_error from provider_error.__cause__  # the provider's error, redacted

@@ -287,7 +287,8 @@ class WrappedChainResponse:
                     raise
                 if not self._in_flight and not isinstance(error, TimeoutError):
                     raise  # no request's: a tool's (llm.PauseChain...), as it is
-                failure = classify(error, routed.resolution.model_id)
+                key_from = routed.resolution.key.described()
+                failure = classify(error, routed.resolution.model_id, key_from)
                 raise failure from failure.__cause__  # the provider's error, redacted
             finally:
                 lease, self._lease = self._lease, None
@@ -319,7 +320,8 @@ class WrappedChainResponse:
             await self.abandon(error)
             if not self._in_flight and not isinstance(error, TimeoutError):
                 raise  # no request's: a tool's, or a wait for a place past the deadline
-            failure = classify(error, self._routed.resolution.model_id)
+            resolution = self._routed.resolution
+            failure = classify(error, resolution.model_id, resolution.key.described())
             self._gate(self._routed).record(failure)
             self._meter.failure(self._routed, self._started, failure.kind)
             if failure is error or failure.kind == "unknown":

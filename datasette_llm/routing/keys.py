@@ -12,6 +12,7 @@ columns. ``key_value`` reads the key for a model about to be used.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeAlias
@@ -26,7 +27,14 @@ if TYPE_CHECKING:
     from datasette.app import Datasette
     from llm import AsyncModel
 
-__all__ = ["KeySource", "KeyStatus", "key_status", "key_value", "provider_secret_name"]
+__all__ = [
+    "KeySource",
+    "KeyStatus",
+    "key_status",
+    "key_value",
+    "provider_secret_name",
+    "secret_variable",
+]
 
 KeySource: TypeAlias = Literal["not_needed", "secret", "env", "file", "llm", "missing"]
 """Where a model's key comes from: none needed, a secret, ``$env``, ``$file``, llm, or nowhere."""
@@ -52,14 +60,34 @@ class KeyStatus:
         """Whether the model can be called: it needs no key or one was found."""
         return self.source != "missing"
 
+    def described(self) -> str:
+        """Where the key comes from, in words (an error names it: never the key itself)."""
+        name = self.secret_name
+        return {
+            "not_needed": "nowhere: the model needs none",
+            "secret": f"the secret {name} (datasette-secrets, or {secret_variable(name or '')})",
+            "env": f"the environment variable {name}",
+            "file": f"the file {name}",
+            "llm": "llm's own keys (llm keys set, or the provider's environment variable)",
+            "missing": f"nowhere: set the secret {name}",
+        }[self.source]
+
 
 def provider_secret_name(needs_key: str) -> str:
     """Return the datasette-secrets name for a provider's key, e.g. ``OPENAI_API_KEY``."""
     return f"{needs_key.upper()}_API_KEY"
 
 
+def secret_variable(name: str) -> str:
+    """The environment variable that holds secret ``name`` in place of datasette-secrets' store:
+    ``DATASETTE_SECRETS_<NAME>``, a character a variable name cannot hold (the ``-`` of a
+    provider such as ``echo-needs-key``) written as ``_``."""
+    return "DATASETTE_SECRETS_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
 def _from_environment(name: str) -> str | None:
-    return os.environ.get(f"DATASETTE_SECRETS_{name}") or None
+    # The name as written first (datasette-secrets' own variable), then one a shell can set.
+    return os.environ.get(f"DATASETTE_SECRETS_{name}") or os.environ.get(secret_variable(name))
 
 
 def _from_file(path: str) -> str | None:

@@ -54,14 +54,25 @@ def broken(test_models: TestModelsPlugin) -> Iterator[None]:
         llm.plugins.pm.unregister(name="test-broken-model")
 
 
+# Each Datasette's cookies, as a browser keeps them: the CSRF token a form carries must match
+# the cookie set with the page it came from.
+JARS: dict[int, dict[str, str]] = {}
+
+
 def root(ds: Datasette) -> dict[str, str]:
     ds.root_enabled = True
-    return {"ds_actor": ds.client.actor_cookie({"id": "root"})}
+    jar = JARS.setdefault(id(ds), {})
+    return {**jar, "ds_actor": ds.client.actor_cookie({"id": "root"})}
+
+
+def keep(ds: Datasette, response: Any) -> Any:
+    JARS.setdefault(id(ds), {}).update(dict(response.cookies))
+    return response
 
 
 async def loaded_form(ds: Datasette, purpose: str, page: str = "/-/llm") -> dict[str, str]:
     """The purpose's form as the page has it, every field a browser would send."""
-    response = await ds.client.get(page, cookies=root(ds))
+    response = keep(ds, await ds.client.get(page, cookies=root(ds)))
     return form_in(response.text, purpose)
 
 
@@ -79,12 +90,11 @@ def form_in(html: str, purpose: str) -> dict[str, str]:
 
 
 async def submit(ds: Datasette, purpose: str, fields: dict[str, str], **changes: str) -> Any:
-    page = await ds.client.get("/-/llm", cookies=root(ds))
+    """Send the form ``fields`` (as loaded) with ``changes`` made, as the browser that loaded
+    it would."""
     data = {**fields, **changes, "action": "save"}
-    cookies = {**dict(page.cookies), **root(ds)}
-    return await ds.client.post(
-        "/-/llm/purposes/" + quote(purpose, safe=""), data=data, cookies=cookies
-    )
+    path = "/-/llm/purposes/" + quote(purpose, safe="")
+    return keep(ds, await ds.client.post(path, data=data, cookies=root(ds)))
 
 
 # 1. A field the editor did not change keeps the YAML's value, with what it carries

@@ -257,3 +257,28 @@ async def test_a_plugin_building_its_own_client_is_left_unshared_and_counted_as_
     await (await LLM(ds).model(purpose="summaries")).prompt("again")
     assert len(own.built) == 2 and own.built[0] is not own.built[1]
     assert "get_client" not in vars(own)
+
+
+async def test_a_connection_error_names_the_address_it_could_not_reach(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.default = Reply(drop=True)
+    ds = make_datasette(config(fallbacks=[], retries=0))
+    with pytest.raises(ProviderError) as raised:
+        await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    assert raised.value.kind == "connection"
+    # The openai client's own message is only "Connection error.".
+    assert f"http://127.0.0.1:{provider.port}/v1/chat/completions" in str(raised.value)
+
+
+async def test_a_rejected_key_names_where_the_key_came_from_and_never_the_key(
+    make_datasette: MakeDatasette, provider: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATASETTE_SECRETS_KEYED_API_KEY", "sk-wrong-key-0123456789")
+    provider.default = Reply(status=401, message="Incorrect API key provided")
+    ds = make_datasette(config(model="keyed-gpt", fallbacks=[], retries=0))
+    with pytest.raises(ProviderError) as raised:
+        await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    assert raised.value.kind == "auth"
+    assert "The key sent came from the secret KEYED_API_KEY" in str(raised.value)
+    assert "sk-wrong-key" not in str(raised.value) + repr(raised.value)

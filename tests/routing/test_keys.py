@@ -152,6 +152,25 @@ async def test_register_secrets_lists_provider_keys_and_configured_key_names(
     )
 
 
+async def test_a_blocked_models_provider_key_is_not_asked_for_on_the_secrets_page(
+    make_datasette: MakeDatasette,
+) -> None:
+    from datasette_secrets import get_secrets
+
+    datasette = make_datasette({"blocked_models": ["echo-needs-key"]})
+    names = {secret.name for secret in await get_secrets(datasette)}
+    assert "TESTPROV_API_KEY" in names and "ECHO-NEEDS-KEY_API_KEY" not in names
+
+
+async def test_a_provider_key_whose_name_has_a_dash_is_read_from_a_variable_a_shell_can_set(
+    make_datasette: MakeDatasette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DATASETTE_SECRETS_ECHO-NEEDS-KEY_API_KEY cannot be exported from a shell.
+    monkeypatch.setenv("DATASETTE_SECRETS_ECHO_NEEDS_KEY_API_KEY", "k" * 11)
+    model = await LLM(make_datasette()).model("echo-needs-key")
+    assert await (await model.prompt("hi")).text()
+
+
 async def test_an_explicit_key_argument_wins_over_the_resolved_key(
     make_datasette: MakeDatasette, monkeypatch: pytest.MonkeyPatch
 ) -> None:
