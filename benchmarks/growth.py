@@ -5,8 +5,9 @@ does, for 0.1a8 and for this checkout); it prints JSON on stdout. Cases:
 
 - ``model(purpose)`` with N configured purposes, each naming its own ``key`` secret for a model
   that needs one (N = 10 and 3,000);
-- ``GET /-/llm.json`` with N registered and configured purposes (N = 100 and 1,000; 0.1a8 has
-  no routing page);
+- ``GET /-/llm.json`` and the page ``GET /-/llm``, every section included, with N registered
+  and configured purposes, each with a ``model`` and a ``models`` list (N = 100 and 1,000;
+  0.1a8 has no routing page);
 - ``model(purpose)`` with 5,000 installed models (the harness measures 2 and 500).
 
 Timing, environment isolation and model plugins come from the shared routing harness
@@ -86,7 +87,9 @@ async def purposes_case(bench: ModuleType, config: dict[str, Any], count: int) -
     return await timed(bench, config, lambda: LLM(datasette).model(purpose=asked))
 
 
-async def page_case(bench: ModuleType, config: dict[str, Any], count: int) -> float | None:
+async def page_case(
+    bench: ModuleType, config: dict[str, Any], count: int, path: str = "/-/llm.json"
+) -> float | None:
     from datasette.app import Datasette
     from datasette.plugins import pm
 
@@ -97,7 +100,10 @@ async def page_case(bench: ModuleType, config: dict[str, Any], count: int) -> fl
             config={
                 "plugins": {
                     "datasette-llm": {
-                        "purposes": {f"purpose-{i}": {"model": "echo"} for i in range(count)}
+                        "purposes": {
+                            f"purpose-{i}": {"model": "echo", "models": ["echo", KEYED_MODEL]}
+                            for i in range(count)
+                        }
                     }
                 }
             },
@@ -105,14 +111,13 @@ async def page_case(bench: ModuleType, config: dict[str, Any], count: int) -> fl
         datasette.root_enabled = True
         await datasette.invoke_startup()
         cookies = {"ds_actor": datasette.client.actor_cookie({"id": "root"})}
-        response = await datasette.client.get("/-/llm.json", cookies=cookies)
+        response = await datasette.client.get(path, cookies=cookies)
         if response.status_code == 404:
             return None  # no routing page (0.1a8)
         assert response.status_code == 200, response.text[:300]
-        assert len(response.json()["purposes"]) == count
-        return await timed(
-            bench, config, lambda: datasette.client.get("/-/llm.json", cookies=cookies)
-        )
+        if path.endswith(".json"):
+            assert len(response.json()["purposes"]) == count
+        return await timed(bench, config, lambda: datasette.client.get(path, cookies=cookies))
     finally:
         pm.unregister(name="bench-declares")
 
@@ -138,11 +143,13 @@ async def measure(bench: ModuleType, quick: bool) -> dict[str, float | None]:
             bench, config, count
         )
         bench.log(f"  {count} keyed purposes done")
-    for count in (100, 1000):
-        # The page takes milliseconds: fewer, shorter repeats keep the run short.
-        page_config = {**config, "repeats": 5}
-        results[f"/-/llm.json, {count} purposes"] = await page_case(bench, page_config, count)
-        bench.log(f"  /-/llm.json with {count} purposes done")
+    for path in ("/-/llm.json", "/-/llm"):
+        for count in (100, 1000):
+            # The page takes milliseconds: fewer, shorter repeats keep the run short.
+            page_config = {**config, "repeats": 5}
+            timing = await page_case(bench, page_config, count, path)
+            results[f"{path}, {count} purposes"] = timing
+            bench.log(f"  {path} with {count} purposes done")
     results["model(purpose), 5000 installed models"] = await installed_case(bench, config, 5000)
     return results
 

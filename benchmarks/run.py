@@ -122,6 +122,12 @@ TARGETS = [
         "/-/llm.json, ours: 1,000 / 100 purposes",
         _within("ours", "/-/llm.json, 1000 purposes", "/-/llm.json, 100 purposes"),
         15.0,
+        "the routing report is linear in purposes",
+    ),
+    Target(
+        "/-/llm page, ours: 1,000 / 100 purposes",
+        _within("ours", "/-/llm, 1000 purposes", "/-/llm, 100 purposes"),
+        15.0,
         "the routing page is linear in purposes",
     ),
 ]

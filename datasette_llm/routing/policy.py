@@ -58,6 +58,7 @@ __all__ = [
     "RefusalKind",
     "Screening",
     "allowlist_of",
+    "model_limits",
     "policy_for",
     "screen",
 ]
@@ -150,6 +151,9 @@ class Policy:
     config: LLMConfig
     purpose: str | None
     registry: ModelRegistry
+    limits: Mapping[str, tuple[float | None, int | None]] | None = field(
+        default=None, compare=False, repr=False
+    )
     allowlist: frozenset[str] | None = field(init=False)
     order: tuple[str, ...] = field(init=False)
     blocked: Mapping[str, str] = field(init=False)
@@ -186,9 +190,7 @@ class Policy:
                 keys[model_id].append(ref.key)
             if ref.options and model_id not in options:
                 options[model_id] = ref.options
-        limits: dict[str, tuple[float | None, int | None]] = {}
-        for ref in config.limit_refs():
-            limits.setdefault(self.canonical(ref.model_id), (ref.rpm, ref.concurrency))
+        limits = self.limits if self.limits is not None else model_limits(config, self.registry)
         references = {
             model_id: Reference(
                 tuple(settings),
@@ -237,6 +239,18 @@ class Policy:
         return list(self.order)
 
 
+def model_limits(
+    config: LLMConfig, registry: ModelRegistry
+) -> Mapping[str, tuple[float | None, int | None]]:
+    """Each model's limits (``rpm``, ``concurrency``), by model id through llm's aliases, from
+    every reference of ``config`` that gives them (the parser checks that they agree): a
+    model's limits are the same for every purpose, so ``Policies`` works them out once."""
+    limits: dict[str, tuple[float | None, int | None]] = {}
+    for ref in config.limit_refs():
+        limits.setdefault(registry.canonical(ref.model_id), (ref.rpm, ref.concurrency))
+    return MappingProxyType(limits)
+
+
 _NO_REFERENCE: Final = Reference()
 NO_LIMITS: Final = (None, None)
 _MAX_PURPOSES: Final = 4096  # purpose names are the callers': forget them all past this many
@@ -250,12 +264,13 @@ class Policies:
         registry: The installed models.
     """
 
-    __slots__ = ("_by_purpose", "config", "registry")
+    __slots__ = ("_by_purpose", "_limits", "config", "registry")
 
     def __init__(self, config: LLMConfig, registry: ModelRegistry) -> None:
         self.config = config
         self.registry = registry
         self._by_purpose: dict[str | None, Policy] = {}
+        self._limits: Mapping[str, tuple[float | None, int | None]] | None = None
 
     def of(self, purpose: str | None) -> Policy:
         """Return the policy for ``purpose`` (``None``: a call without one)."""
@@ -263,7 +278,10 @@ class Policies:
         if policy is None:
             if len(self._by_purpose) >= _MAX_PURPOSES:
                 self._by_purpose.clear()
-            policy = self._by_purpose[purpose] = Policy(self.config, purpose, self.registry)
+            if self._limits is None:  # once for every purpose: they read every reference
+                self._limits = model_limits(self.config, self.registry)
+            policy = Policy(self.config, purpose, self.registry, self._limits)
+            self._by_purpose[purpose] = policy
         return policy
 
 
