@@ -117,16 +117,18 @@ def register_actions(datasette: Datasette) -> list[Action]:
 
 @hookimpl
 def register_routes(datasette: Datasette) -> list[tuple[str, object]]:
-    """Serve the routing page (``/-/llm``, ``/-/llm.json``), route tests (``/-/llm/test/*``)
-    and routing overrides (``/-/llm/purposes/<name>``)."""
+    """Serve the routing page (``/-/llm``, ``/-/llm.json``), route tests (``/-/llm/test/*``),
+    routing overrides (``/-/llm/purposes/<name>``) and the actor check
+    (``/-/llm/check-actor``)."""
     from ._operator.edit import EDIT_ROUTE_PATTERN, edit_view
     from ._operator.live import TEST_ROUTE_PATTERN, route_test_view
-    from ._operator.views import ROUTE_PATTERN, routing_view
+    from ._operator.views import CHECK_ACTOR_PATTERN, ROUTE_PATTERN, check_actor_view, routing_view
 
     return [
         (ROUTE_PATTERN, routing_view),
         (TEST_ROUTE_PATTERN, route_test_view),
         (EDIT_ROUTE_PATTERN, edit_view),
+        (CHECK_ACTOR_PATTERN, check_actor_view),
     ]
 
 
@@ -141,14 +143,17 @@ def register_commands(cli: click.Group) -> None:
 @hookimpl
 def startup(datasette: Datasette) -> object:
     """Stop startup on configuration errors; log warnings (errors too under ``strict``); load
-    the routing overrides stored in the internal database."""
+    the routing overrides stored in the internal database; then log each configured model
+    without an API key (``report.log_key_problems_at_startup``)."""
     from ._operator.checks import check_at_startup
+    from ._operator.report import log_key_problems_at_startup
     from .config.overrides import load_overrides
 
     check_at_startup(datasette)
 
     async def inner() -> None:
         await load_overrides(datasette)
+        await log_key_problems_at_startup(datasette)
 
     return inner
 

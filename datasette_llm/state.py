@@ -79,6 +79,12 @@ class State:
       ``usage`` settings change, the new ledger taking over the rows, listeners and spend.
     - One gate per model and limits, ``rpm`` and ``concurrency`` (``prompting/limits.py``):
       never rebuilt; a gate holds the model's places under its limits and its cool-down.
+    - The purposes falling back, by purpose and routed model, with the fallback that answered
+      (``prompting/attempts.py``): an entry is made by the first prompt a fallback answers and
+      dropped by the first one its routed model answers again; each change is logged once.
+    - The budgets spent, by purpose, with the period and ``usd`` they refused under
+      (``usage/budgets.py``): an entry is made by a refusal and dropped once the budget admits
+      a prompt in a new period or with a higher ``usd``; each change is logged once.
     - Whether the ``startup`` hook leaves validation to the ``datasette llm`` commands
       (``_operator/checks.py``).
 

@@ -57,6 +57,7 @@ __all__ = [
     "ignored_override_problems",
     "purposes_or_problem",
     "requirement_problems",
+    "startup_validation_deferred",
     "usage_problems",
     "validate",
     "validate_datasette",
@@ -595,9 +596,14 @@ def defer_startup_validation(datasette: Datasette) -> None:
     state_of(datasette).put(_DEFERRED, True)
 
 
+def startup_validation_deferred(datasette: Datasette) -> bool:
+    """Whether the ``startup`` hook leaves validation to the ``datasette llm`` CLI."""
+    return state_of(datasette).get(_DEFERRED) is True
+
+
 def check_at_startup(datasette: Datasette) -> None:
     """Log warnings; raise ``StartupError`` listing every error (and warning under ``strict``)."""
-    if state_of(datasette).get(_DEFERRED):
+    if startup_validation_deferred(datasette):
         return
     conflict = served_files_conflict()
     if conflict is not None:

@@ -1,7 +1,8 @@
 """The ``datasette llm`` commands: ``purposes``, ``check`` (``--live``) and ``usage``.
 
 ``purposes`` and ``check`` show the routing report in a terminal; ``check --live`` sends a short
-prompt through each purpose's routed chain; ``usage`` shows the usage ledger's sums, or JSON.
+prompt through each purpose's routed chain; ``usage`` shows the usage ledger's sums (per purpose
+and model, or ``--by actor``), or JSON.
 Each builds the Datasette that ``datasette serve`` would build from the same options.
 """
 
@@ -21,6 +22,8 @@ import click
 
 from ..usage.summary import (
     DAY,
+    ActorLine,
+    Totals,
     UsageLine,
     UsageSummary,
     UsageWindow,
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
     from .report import Chain, ChainLink, Route, RoutingReport, Setting
 
 __all__ = [
+    "BY_DEFAULT",
+    "BY_GROUPINGS",
     "SINCE_FORMS",
     "add_commands",
     "add_usage_command",
@@ -239,7 +244,30 @@ def parse_since(text: str, now: float) -> Window:
     return Window(text, f"Since {utc_text(since.timestamp())}", since.timestamp())
 
 
-def _line_rows(label: str, lines: tuple[UsageLine, ...]) -> list[tuple[str, ...]]:
+BY_GROUPINGS: Final = ("purpose", "model", "actor")
+"""What ``datasette llm usage --by`` can sum per, in the order its tables are printed."""
+BY_DEFAULT: Final = ("purpose", "model")
+"""The tables ``datasette llm usage`` prints without ``--by``."""
+
+
+def _totals_row(name: str, totals: Totals) -> tuple[str, ...]:
+    failures = ", ".join(f"{count} {kind}" for kind, count in totals.failures.items())
+    return (
+        name,
+        str(totals.attempts),
+        str(totals.ok),
+        str(totals.cancelled),
+        failures or "-",
+        f"{totals.input_tokens:,}",
+        f"{totals.output_tokens:,}",
+        f"{totals.cached_tokens:,}",
+        totals.spend,
+    )
+
+
+def _line_rows(
+    label: str, lines: Sequence[UsageLine | ActorLine], none: str = "(no purpose)"
+) -> list[tuple[str, ...]]:
     header = (
         label,
         "ATTEMPTS",
@@ -253,42 +281,42 @@ def _line_rows(label: str, lines: tuple[UsageLine, ...]) -> list[tuple[str, ...]
     )
     rows: list[tuple[str, ...]] = [header]
     for line in lines:
-        totals = line.totals
-        failures = ", ".join(f"{count} {kind}" for kind, count in totals.failures.items())
-        rows.append(
-            (
-                "(no purpose)" if line.name is None else line.name,
-                str(totals.attempts),
-                str(totals.ok),
-                str(totals.cancelled),
-                failures or "-",
-                f"{totals.input_tokens:,}",
-                f"{totals.output_tokens:,}",
-                f"{totals.cached_tokens:,}",
-                totals.spend,
-            )
-        )
+        rows.append(_totals_row(none if line.name is None else line.name, line.totals))
+        if isinstance(line, ActorLine):  # each actor's purposes under it, indented
+            for part in line.purposes:
+                name = "(no purpose)" if part.name is None else part.name
+                rows.append(_totals_row(f"  {name}", part.totals))
     return rows
 
 
-def _window_text(window: UsageWindow) -> list[str]:
+def _window_text(window: UsageWindow, by: Sequence[str]) -> list[str]:
     total = window.total
     heading = f"{window.window.label} (since {window.window.since_text})"
     if not total.attempts:
         return [f"{heading}: no attempts", ""]
-    return [
+    tables: dict[str, tuple[str, Sequence[UsageLine | ActorLine], str]] = {
+        "purpose": ("PURPOSE", window.purposes, "(no purpose)"),
+        "model": ("MODEL", window.models, "(no purpose)"),
+        "actor": ("ACTOR", window.actors, "(no actor)"),
+    }
+    lines = [
         f"{heading}: {total.attempts} attempts, {total.ok} ok, {total.cancelled} cancelled, "
         f"{total.failed} failed; spend {total.spend}",
         "",
-        text_table(_line_rows("PURPOSE", window.purposes)),
-        "",
-        text_table(_line_rows("MODEL", window.models)),
-        "",
     ]
+    for grouping in BY_GROUPINGS:
+        if grouping in by:
+            lines.extend([text_table(_line_rows(*tables[grouping])), ""])
+    return lines
 
 
-def format_usage(summary: UsageSummary) -> str:
-    """Render the summary as the plain text ``datasette llm usage`` prints."""
+def format_usage(summary: UsageSummary, by: Sequence[str] = BY_DEFAULT) -> str:
+    """Render the summary as the plain text ``datasette llm usage`` prints.
+
+    Args:
+        summary: The sums.
+        by: The tables of each window, of ``BY_GROUPINGS`` (printed in that order).
+    """
     where = (
         f"the database {summary.database!r}"
         if summary.database
@@ -301,7 +329,7 @@ def format_usage(summary: UsageSummary) -> str:
     else:
         lines = [f"Usage recorded in {where}, as of {summary.now_text}.", ""]
         for window in summary.windows:
-            lines.extend(_window_text(window))
+            lines.extend(_window_text(window, by))
     if not summary.enabled:
         lines.extend(["Recording is off (usage: {enabled: false}).", ""])
     if summary.budgets:
@@ -347,6 +375,14 @@ def add_usage_command(group: click.Group) -> None:
         help="Sum from this time to now: 24h, 7d, 2w, or an ISO date or time (UTC). "
         "Default: the last 24 hours, 7 days and 30 days.",
     )
+    @click.option(
+        "--by",
+        type=click.Choice(BY_GROUPINGS),
+        multiple=True,
+        help="Print a table per purpose, model or actor (each actor with its purposes, the "
+        "most spent first); repeat for several. Default: --by purpose --by model. "
+        "--json has all three.",
+    )
     def usage(
         files: tuple[str, ...],
         config: Any,
@@ -355,8 +391,9 @@ def add_usage_command(group: click.Group) -> None:
         internal: str | None,
         as_json: bool,
         since: str | None,
+        by: tuple[str, ...],
     ) -> None:
-        """Show attempts, tokens and spend per purpose and per model, and each budget.
+        """Show attempts, tokens and spend per purpose, model or actor, and each budget.
 
         Reads the ledger where datasette serve keeps it: Datasette's internal database (pass
         the file of datasette serve --internal) or the database usage: database names (pass
@@ -375,7 +412,7 @@ def add_usage_command(group: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(summary.to_json(), indent=2))
         else:
-            click.echo(format_usage(summary), nl=False)
+            click.echo(format_usage(summary, by or BY_DEFAULT), nl=False)
 
 
 # ``datasette llm check --live``.

@@ -19,13 +19,14 @@ For each purpose it holds:
 ``serving_problems`` is what ``datasette llm check`` adds to validation: a purpose no model can
 serve is an error (its calls raise ``ModelNotFoundError``); a configured model passed over for
 want of a key while another serves the purpose, a fallback without a key or one a filter hook
-removes, is a warning.
+removes, is a warning. ``log_key_problems_at_startup`` logs its key warnings when
+``datasette serve`` starts, without building the report: only a configured model that needs a
+key is looked at, and its purpose routed only when that key is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,6 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import llm
 
-from ..config.source import written_config_for
 from ..config.values import CONFIG_ROOT, LLMConfig, Resilience, settings_for
 from ..errors import (
     ConfigProblem,
@@ -43,13 +43,14 @@ from ..errors import (
     quoted,
     shown,
 )
+from ..log import logger
 from ..prompting.attempts import client_retries, tries_of
 from ..prompting.clients import adapt
 from ..routing.catalog import get_purpose_collisions, get_purpose_owner
 from ..routing.keys import KeyStatus, key_status, secret_variable
 from ..routing.models import ModelRegistry, current_registry, find_model
 from ..routing.overlay import config_for
-from ..routing.permissions import USE
+from ..routing.permissions import UseRule, use_rules, who_may
 from ..routing.policy import Policy, RefusalKind, allowlist_of, policy_for, screen
 from ..routing.purposes import Purpose, purpose_name
 from ..routing.requirements import NOTHING_REQUIRED, Requirements
@@ -60,6 +61,7 @@ from .checks import (
     find_missing_models,
     find_unregistered_purposes,
     purposes_or_problem,
+    startup_validation_deferred,
     validate_datasette,
 )
 
@@ -89,6 +91,8 @@ __all__ = [
     "build_chain",
     "build_report",
     "key_json",
+    "key_problems_at_startup",
+    "log_key_problems_at_startup",
     "serving_problems",
     "who_may_use",
     "with_may_use",
@@ -99,28 +103,6 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class UseRule:
-    """One configured allow block for ``llm-use``.
-
-    Attributes:
-        path: Where it is written, e.g. ``permissions.llm-use``.
-        allow: The allow block as written (``{"id": "root"}``, ``true``, ...).
-    """
-
-    path: str
-    allow: object
-
-    @property
-    def text(self) -> str:
-        """The block as compact JSON."""
-        return json.dumps(self.allow, sort_keys=True, default=str)
-
-    def to_json(self) -> dict[str, object]:
-        """Return a JSON-ready dict."""
-        return {"path": self.path, "allow": self.allow}
-
-
-@dataclass(frozen=True, slots=True)
 class MayUse:
     """Who may use one purpose.
 
@@ -128,19 +110,13 @@ class MayUse:
         everyone: No rule is configured and Datasette allows ``llm-use`` by default.
         rules: The configured rules that apply: the purpose's own first (its ``allow:``, then
             the deprecated ``databases:`` block), then the global one.
+        text: Who may, in words ("everyone", "only the actors alice and bob", "nobody but
+            root"), derived from the rules that decide for the purpose.
     """
 
     everyone: bool
     rules: tuple[UseRule, ...]
-
-    @property
-    def text(self) -> str:
-        """One line for the page: "everyone", or each rule with where it is written."""
-        if self.everyone:
-            return "everyone"
-        if not self.rules:
-            return "nobody but root (--default-deny)"
-        return "; ".join(f"{rule.path}: {rule.text}" for rule in self.rules)
+    text: str
 
     def to_json(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
@@ -151,35 +127,13 @@ class MayUse:
         }
 
 
-def _rule(block: object, path: str) -> UseRule | None:
-    if isinstance(block, Mapping) and USE in block:
-        return UseRule(f"{path}.{USE}", block[USE])
-    return None
-
-
 def who_may_use(datasette: Datasette, names: Iterable[str]) -> dict[str, MayUse]:
     """Return, for each purpose name, who the configuration lets use it."""
-    config = datasette.config or {}
-    databases = config.get("databases")
-    databases = databases if isinstance(databases, Mapping) else {}
-    global_rule = _rule(config.get("permissions"), "permissions")
-    try:
-        written = written_config_for(datasette)
-    except ConfigurationError:  # the page reports it
-        written = LLMConfig()
-    default_deny = bool(datasette.default_deny)
     report: dict[str, MayUse] = {}
     for name in names:
-        purpose = written.purposes.get(name)
-        allow = None
-        if purpose is not None and purpose.allow is not None:
-            allow = UseRule(f"{CONFIG_ROOT}.purposes.{name}.allow", purpose.allow_block())
-        database = databases.get(name)
-        own = None
-        if isinstance(database, Mapping):
-            own = _rule(database.get("permissions"), f"databases.{name}.permissions")
-        rules = tuple(rule for rule in (allow, own, global_rule) if rule is not None)
-        report[name] = MayUse(everyone=not rules and not default_deny, rules=rules)
+        rules = use_rules(datasette, name)
+        everyone = not rules and not datasette.default_deny
+        report[name] = MayUse(everyone, rules, who_may(datasette, name))
     return report
 
 
@@ -818,38 +772,52 @@ _ASKED: Final = frozenset({"keyless", "filtered", "unchecked"})
 """Refusals only asking the policy finds; validation reports the configuration's own."""
 
 
-def _configured(config: LLMConfig, report: RoutingReport) -> Iterator[tuple[str | None, ModelRef]]:
-    """Yield ``(purpose, reference)`` for every configured model a route should start from."""
-    for purpose in report.purposes:
-        purpose_config = config.purpose(purpose.name)
+def _configured(config: LLMConfig, names: Iterable[str]) -> Iterator[tuple[str | None, ModelRef]]:
+    """Yield ``(purpose, reference)`` for every configured model a route should start from:
+    each named purpose's ``model``, then ``default_model`` (purpose ``None``)."""
+    for name in names:
+        purpose_config = config.purpose(name)
         if purpose_config is not None and purpose_config.model is not None:
-            yield purpose.name, purpose_config.model
+            yield name, purpose_config.model
     if config.default_model is not None:
         yield None, config.default_model
 
 
-async def _key_problem(
+async def _missing_key(
     datasette: Datasette,
     config: LLMConfig,
     registry: ModelRegistry,
     purpose: str | None,
     ref: ModelRef,
-    route: Route,
-) -> ConfigProblem | None:
+) -> KeyStatus | None:
+    """The key status of the configured model ``ref`` when it is installed, needs a key, is not
+    blocked (validation says so) and no key is found for it; else ``None``."""
     model = registry.by_name.get(ref.model_id)
+    if model is None or not getattr(model, "needs_key", None):
+        return None  # not installed (validation says so), or no key to look for
     policy = policy_for(datasette, config, purpose, registry)
-    if model is None or policy.refusal(ref.model_id) is not None:
-        return None  # not installed, or blocked: validation already says so
-    status = await key_status(datasette, policy.reference(ref.model_id).keys, model)
-    if status.available:
+    if policy.refusal(ref.model_id) is not None:
         return None
+    status = await key_status(datasette, policy.reference(ref.model_id).keys, model)
+    return None if status.available else status
+
+
+def _key_problem(
+    purpose: str | None, ref: ModelRef, status: KeyStatus, routed_to: str | None
+) -> ConfigProblem:
+    """The warning for a configured model without a key: its calls go to ``routed_to``, or
+    fail when routing finds no other model (``None``). It names the secret, never a key."""
     calls = f"calls for purpose {purpose!r}" if purpose is not None else "calls without a purpose"
     path = f"{CONFIG_ROOT}.purposes.{purpose}.model" if purpose else f"{CONFIG_ROOT}.default_model"
+    goes = (
+        f"{calls} fail: no other model may serve them"
+        if routed_to is None
+        else f"{calls} go to {quoted(routed_to)} instead"
+    )
     return ConfigProblem(
         path,
-        f"{quoted(ref.model_id)} has no API key, so {calls} go to "
-        f"{quoted(route.model_id)} instead. Set the secret {status.secret_name} "
-        "(datasette-secrets, or the environment variable "
+        f"{quoted(ref.model_id)} has no API key, so {goes}. Set the secret "
+        f"{status.secret_name} (datasette-secrets, or the environment variable "
         f"{secret_variable(status.secret_name or '')}), or configure another model.",
         "warning",
     )
@@ -910,11 +878,49 @@ async def serving_problems(
     if not config.require_keys:
         return problems
     routes = {purpose.name: purpose.route for purpose in report.purposes}
-    for name, ref in _configured(config, report):
+    for name, ref in _configured(config, routes):
         route = routes[name] if name is not None else default_route
         if route.model_id is None or route.model_id == registry.canonical(ref.model_id):
-            continue
-        problem = await _key_problem(datasette, config, registry, name, ref, route)
-        if problem is not None:
-            problems.append(problem)
+            continue  # cannot be served (an error above), or not passed over
+        status = await _missing_key(datasette, config, registry, name, ref)
+        if status is not None:
+            problems.append(_key_problem(name, ref, status, route.model_id))
     return problems
+
+
+async def key_problems_at_startup(datasette: Datasette) -> list[ConfigProblem]:
+    """Return the key warnings of ``serving_problems`` for the configuration in effect, and
+    one for each purpose whose configured model has no key and that no other model may serve.
+
+    Cheap where it has nothing to say: a configured model that needs no key costs no await,
+    and a purpose is routed (as a call with no actor) only when its model's key is missing.
+
+    Raises:
+        ConfigurationError: The configuration is malformed (startup validation reports it).
+    """
+    config = config_for(datasette)
+    if not config.require_keys:
+        return []
+    registry = current_registry(datasette)
+    problems: list[ConfigProblem] = []
+    for name, ref in _configured(config, config.purposes):
+        status = await _missing_key(datasette, config, registry, name, ref)
+        if status is None:
+            continue
+        route_, _ = await _routed(datasette, config, registry, name)
+        if route_.model_id != registry.canonical(ref.model_id):
+            problems.append(_key_problem(name, ref, status, route_.model_id))
+    return problems
+
+
+async def log_key_problems_at_startup(datasette: Datasette) -> None:
+    """Log each of ``key_problems_at_startup`` once, as a warning (the ``startup`` hook; not
+    when a ``datasette llm`` command, which reports them itself, starts Datasette)."""
+    if startup_validation_deferred(datasette):
+        return
+    try:
+        problems = await key_problems_at_startup(datasette)
+    except ConfigurationError:
+        return  # startup validation has reported it
+    for problem in problems:
+        logger.warning("datasette-llm: %s", problem)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
@@ -10,7 +11,7 @@ from datasette.utils.asgi import Response
 
 from ..errors import ConfigurationError
 from ..routing.overlay import config_for
-from ..routing.permissions import can_manage_routing, is_root
+from ..routing.permissions import can_manage_routing, explain, is_root, may_use
 from ..usage.summary import build_usage
 from .chart import build_chart
 from .edit import build_edits
@@ -20,13 +21,23 @@ if TYPE_CHECKING:
     from datasette.app import Datasette
     from datasette.utils.asgi import Request
 
-__all__ = ["ROUTE_PATTERN", "VIEW_ROUTING", "can_view_routing", "routing_view"]
+__all__ = [
+    "CHECK_ACTOR_PATTERN",
+    "ROUTE_PATTERN",
+    "VIEW_ROUTING",
+    "can_view_routing",
+    "check_actor_view",
+    "routing_view",
+]
 
 VIEW_ROUTING: Final = "llm-view-routing"
 """The action that guards the routing page; denied by default, granted to root."""
 
 ROUTE_PATTERN: Final = r"^/-/llm(?P<format>\.json)?$"
 """Matches ``/-/llm`` and ``/-/llm.json``."""
+
+CHECK_ACTOR_PATTERN: Final = r"^/-/llm/check-actor(?P<format>\.json)?$"
+"""Matches ``/-/llm/check-actor`` and ``/-/llm/check-actor.json``."""
 
 STEP_LABELS: Final = {
     "explicit": "explicit model_id",
@@ -76,11 +87,11 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         return Response.html(html)
     usage = await build_usage(datasette, config_for(datasette))
     names = [purpose.name for purpose in report.purposes]
-    may_use = who_may_use(datasette, names)
+    who = who_may_use(datasette, names)
     can_manage = await can_manage_routing(datasette, request.actor)
     edits = await build_edits(datasette, names, can_manage=can_manage)
     if as_json:
-        document = with_may_use(report.to_json(), may_use)
+        document = with_may_use(report.to_json(), who)
         overrides = edits.to_json()
         return Response.json(
             {"ok": True, **document, "usage": usage.to_json(), "overrides": overrides}
@@ -92,8 +103,61 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         "usage": usage,
         "chart": build_chart(usage),
         "edits": edits,
-        "may_use": may_use,
+        "may_use": who,
         "can_test_routes": can_manage,
     }
     html = await datasette.render_template("llm_routing.html", context, request=request)
     return Response.html(html)
+
+
+async def check_actor_view(datasette: Datasette, request: Request) -> Response:
+    """``GET /-/llm/check-actor?actor={"id": "alice"}&purpose=extract``: may that actor use that
+    purpose, and which rule decided, as Datasette's own permissions debug page answers for
+    its actions; for actors allowed ``llm-view-routing``. ``actor`` is the actor as JSON (an
+    empty value: no actor); no ``purpose``: a call without one. Nothing is sent, nothing
+    written.
+
+    The answer is Datasette's (``allowed``, every plugin's rules included), with the rule of
+    datasette-llm's configuration that decides (``routing.permissions.explain``); when the
+    two differ, another plugin's rule decided, and the page says so.
+    """
+    as_json = bool(request.url_vars.get("format"))
+    if not await can_view_routing(datasette, request.actor):
+        message = f"Permission denied: checking an actor needs the {VIEW_ROUTING!r} action."
+        if as_json:
+            return Response.json({"ok": False, "error": message, "status": 403}, status=403)
+        raise Forbidden(message)
+    text = request.args.get("actor", "").strip()
+    purpose = request.args.get("purpose", "").strip() or None
+    error = None
+    actor: dict[str, object] | None = None
+    if text:
+        try:
+            parsed = json.loads(text)
+        except ValueError as problem:
+            parsed = None
+            error = f'actor: not JSON ({problem}); give one such as {{"id": "alice"}}.'
+        if error is None and not isinstance(parsed, dict):
+            error = 'actor: expected a JSON object such as {"id": "alice"}.'
+        elif error is None:
+            actor = parsed
+    answer: dict[str, object] | None = None
+    if error is None and (text or purpose is not None):
+        verdict = explain(datasette, actor, purpose)
+        allowed = await may_use(datasette, actor, purpose) if actor is not None else True
+        reason = verdict.reason
+        if allowed != verdict.allowed:
+            reason = (
+                f"{'allowed' if allowed else 'refused'} by a rule another plugin adds "
+                f"(datasette-llm's configuration would say: {verdict.reason})"
+            )
+        if actor is None:
+            reason = "a call without an actor is not checked: llm-use applies to actors"
+        answer = {"allowed": allowed, "reason": reason, "rule": verdict.to_json()["rule"]}
+    if as_json:
+        status = 400 if error is not None else 200
+        body = {"ok": error is None, "actor": actor, "purpose": purpose, "error": error}
+        return Response.json({**body, "answer": answer}, status=status)
+    context = {"actor_text": text, "purpose": purpose or "", "error": error, "answer": answer}
+    html = await datasette.render_template("llm_check_actor.html", context, request=request)
+    return Response.html(html, status=400 if error is not None else 200)

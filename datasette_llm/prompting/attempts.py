@@ -26,6 +26,11 @@ own client) makes up to 3 requests per try, and datasette-llm makes
 
 Under stamina's test mode (``stamina.set_testing``, which the ``FakeModelRouter`` turns on) no
 backoff waits and stamina sets the number of tries; a wait past the deadline still gives up.
+
+Falling back is logged once per change, not once per prompt: a warning the first time a prompt
+of a purpose is answered by a fallback instead of its routed model (and why: the routed model's
+error kind, its cool-down or the budget), and when a prompt of that purpose is answered by its
+routed model again. Which purposes are falling back is kept in the Datasette's ``State``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 import stamina
 
 from ..config.values import settings_for
+from ..log import logger
 from ..provider_errors import (
     RETRIED_KINDS,
     Attempt,
@@ -50,6 +56,7 @@ from ..provider_errors import (
     ProviderError,
 )
 from ..routing.route import admit
+from ..state import Slot, state_of
 from ..usage.budgets import BudgetExceededError
 from .clients import adapt, client_library
 from .limits import Gate, LimitsTimeout, gate_for
@@ -201,8 +208,10 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
     prompt = _Prompt(settings, clock, meter, once, slots)
     plan: tuple[str, ...] = (primary.resolution.model_id, *primary.resolution.fallbacks)
     refused = await _over_budget(meter)
+    why: str | None = None  # why the routed model did not answer, once it has not
     if refused is not None:
         plan = plan[1:]  # then: fallback (then: refuse has raised)
+        why = "over budget"
     cooling: list[tuple[Routed, Gate]] = []
     for index, model_id in enumerate(plan):
         if model_id == primary.resolution.model_id:
@@ -218,16 +227,79 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
         if gate.cooling() and index < len(plan) - 1 and "rate_limit" in settings.fallback_on:
             cooling.append((routed, gate))  # tried last, if nothing after it answers
             result.skipped.append(f"{model_id!r} deferred: it is cooling down after rate limits")
+            why = why or "cooling down"
             continue
         if await prompt.model(routed, gate, onward=index < len(plan) - 1 or bool(cooling)):
+            _answered_by(meter, model_id, why)
             return prompt.answer()
+        if why is None and prompt.last is not None:
+            why = prompt.last.kind
     for index, (routed, gate) in enumerate(cooling):
         if await prompt.model(routed, gate, onward=index < len(cooling) - 1):
+            _answered_by(meter, routed.resolution.model_id, why)
             return prompt.answer()
     if refused is not None and prompt.last is None:
         raise refused  # no fallback could be tried: the budget is why nothing answered
     failure = prompt.failure(primary.resolution.model_id)
     raise failure from failure.__cause__
+
+
+# (purpose, routed model) -> the fallback that answered first; left out once it answers again.
+_FALLING_BACK: Final[Slot[dict[tuple[str | None, str], str]]] = Slot("the purposes falling back")
+
+
+_FAILED: Final = (
+    "Check the provider of {model} (its status page, its key), or route the purpose to another "
+    "model (/-/llm shows its chain)."
+)
+_RATE_LIMITED: Final = (
+    "Set rpm or concurrency on {model} to stay under its provider's rate limit, or raise that "
+    "limit."
+)
+_WHY: Final = {
+    "over budget": ("the purpose has spent its budget", "The budget's own warning says more."),
+    "cooling down": ("it is cooling down after rate limits", _RATE_LIMITED),
+    "rate_limit": ("it failed with rate_limit", _RATE_LIMITED),
+}
+"""Why the routed model did not answer, and what the operator can do, by ``why`` (the error
+kind, ``"cooling down"`` or ``"over budget"``); any other kind: it failed, ``_FAILED``."""
+
+
+def _answered_by(meter: Meter, model_id: str, why: str | None) -> None:
+    """Note that ``model_id`` answered the prompt: log when its purpose starts answering
+    from a fallback instead of its routed model (``why`` it did not answer), and when its routed
+    model answers again. Once per change: a purpose that already falls back logs nothing."""
+    resolution = meter.primary.resolution
+    routed, purpose = resolution.model_id, resolution.purpose
+    prompts = f"of purpose {purpose!r}" if purpose is not None else "without a purpose"
+    state = state_of(meter.datasette)
+    if model_id == routed:
+        falling = state.get(_FALLING_BACK)
+        fell_to = None if falling is None else falling.pop((purpose, routed), None)
+        if fell_to is not None:
+            logger.info(
+                "datasette-llm: routed model %r answers prompts %s again (they fell back to "
+                "%r). Nothing to do.",
+                routed,
+                prompts,
+                fell_to,
+            )
+        return
+    falling = state.setdefault(_FALLING_BACK, dict)
+    if (purpose, routed) in falling:
+        return
+    falling[(purpose, routed)] = model_id
+    reason, advice = _WHY.get(why or "", (f"it failed with {why or 'an error'}", _FAILED))
+    logger.warning(
+        "datasette-llm: fallback %r answers prompts %s instead of their routed model %r (%s), "
+        "until %r answers again. %s",
+        model_id,
+        prompts,
+        routed,
+        reason,
+        routed,
+        advice.format(model=repr(routed)),
+    )
 
 
 async def _over_budget(meter: Meter) -> BudgetExceededError | None:

@@ -14,6 +14,10 @@ time that doubles with each rate limit in a row (1 s up to 60 s). While it cools
 may fall back on ``rate_limit`` skip it; when it has cooled, one try (``claim``) finds out
 whether it has recovered before the others go; a try that ends without an answer or a provider
 error (cancelled, refused by a hook) hands that probe on (``hand_on``).
+
+The cool-down is logged once per change, however many prompts meet it: a warning when a model
+that was not cooling starts to (a rate limit after an answer, or its first), and once it answers
+again that it has recovered.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from aiolimiter import AsyncLimiter
 
+from ..log import logger
 from ..provider_errors import ProviderError
 from ..state import Slot, state_of
 
@@ -114,9 +119,20 @@ class Gate:
         self._probing = False
 
     def record(self, error: ProviderError | None) -> None:
-        """Note how an attempt ended: ``None`` for an answer."""
+        """Note how an attempt ended: ``None`` for an answer.
+
+        Log a warning when a ``rate_limit`` starts the model's cool-down, and when the first
+        answer after it says the model has recovered; a rate limit while it already cools
+        extends the cool-down silently.
+        """
         self._probing = False
         if error is None:
+            if self._rate_limits:
+                logger.info(
+                    "datasette-llm: model %r answers again after its rate limits: its cool-down "
+                    "is over and prompts go to it again. Nothing to do.",
+                    self.model_id,
+                )
             self._rate_limits = 0
             return
         if error.kind != "rate_limit":
@@ -125,6 +141,22 @@ class Gate:
         backoff = min(_LONGEST_COOL_DOWN, _FIRST_COOL_DOWN * 2 ** (self._rate_limits - 1))
         wait = error.retry_after if error.retry_after is not None else backoff
         self._cool_until = max(self._cool_until, time.monotonic() + wait)
+        if self._rate_limits == 1:
+            why = (
+                "its provider's Retry-After"
+                if error.retry_after is not None
+                else "no Retry-After: a backoff doubling with each rate limit in a row, up to "
+                f"{_LONGEST_COOL_DOWN:g} s"
+            )
+            logger.warning(
+                "datasette-llm: model %r is rate limited by its provider and cools down for "
+                "%s s (%s): prompts that may fall back on rate_limit go to their fallbacks "
+                "meanwhile, the others wait. If this recurs, set rpm or concurrency on the "
+                "model to stay under the provider's limit, or raise that limit.",
+                self.model_id,
+                f"{round(wait, 2):g}",
+                why,
+            )
 
     async def acquire(self, within: float | None) -> Release:
         """Take one request's place under the limits, waiting at most ``within`` seconds;

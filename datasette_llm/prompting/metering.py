@@ -173,8 +173,7 @@ class Meter:
         if budget is None or purpose is None or self.reservation is not None:
             return
         estimate = self.estimate(self.primary) or 0.0
-        ledger = ledger_for(self.datasette)
-        self.reservation = await admit(ledger, purpose, budget, estimate, time.time())
+        self.reservation = await admit(self.datasette, purpose, budget, estimate, time.time())
 
     def settle(self) -> None:
         """Release the prompt's reservation: its records count towards the spend instead."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeAlias
 
@@ -57,6 +58,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MANAGE_ROUTING",
+    "UseRule",
+    "Verdict",
+    "explain",
+    "use_rules",
+    "who_may",
     "USE",
     "VERDICT_LIMIT",
     "VERDICT_SECONDS",
@@ -118,6 +124,144 @@ def _grant(purpose: str | None, who: str) -> str:
     return f"plugins: {{{PLUGIN_NAME}: {{purposes: {{{purpose}: {{allow: {{id: {who}}}}}}}}}}}"
 
 
+@dataclass(frozen=True, slots=True)
+class UseRule:
+    """One allow block for ``llm-use`` in the configuration.
+
+    Attributes:
+        path: Where it is written, e.g. ``plugins.datasette-llm.purposes.extract.allow``.
+        allow: The allow block, as Datasette's ``actor_matches_allow`` reads it.
+        purpose: The purpose it is a rule of, or ``None`` for a rule of every purpose.
+    """
+
+    path: str
+    allow: object
+    purpose: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The block as compact JSON."""
+        return json.dumps(self.allow, sort_keys=True, default=str)
+
+    def matches(self, actor: Actor | None) -> bool:
+        """Whether the block lets ``actor`` through."""
+        return bool(actor_matches_allow(actor, self.allow))
+
+    def who(self) -> str:
+        """Who the block lets through, in words: "everyone", "the actors alice and bob"."""
+        return _who(self.allow)
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict."""
+        return {"path": self.path, "allow": self.allow, "who": self.who()}
+
+
+def _listed(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
+
+
+def _who(allow: object) -> str:
+    if allow is True:
+        return "everyone"
+    if allow is False or allow is None:
+        return "nobody but root"
+    if not isinstance(allow, Mapping) or not allow:
+        return "nobody but root"
+    parts = []
+    for key, value in allow.items():
+        values = [str(item) for item in (value if isinstance(value, list | tuple) else [value])]
+        if "*" in values:
+            parts.append("any signed-in actor" if key == "id" else f"any actor with a {key}")
+        elif key == "id":
+            parts.append(f"the actor{'s' if len(values) > 1 else ''} {_listed(values)}")
+        else:
+            parts.append(f"actors whose {key} is {_listed(values)}")
+    return " or ".join(parts)
+
+
+def use_rules(datasette: Datasette, purpose: str | None) -> tuple[UseRule, ...]:
+    """The configured rules for ``llm-use`` that apply to ``purpose``: its own first (its
+    ``allow:``, then the deprecated ``databases: <purpose>:`` block), then the global one
+    (``permissions:``). A purpose's own rules decide for it: the global one only when it has
+    none."""
+    config = datasette.config or {}
+    rules: list[UseRule] = []
+    if purpose is not None:
+        written = _written(datasette)
+        own = None if written is None else written.purposes.get(purpose)
+        if own is not None and own.allow is not None:
+            path = f"{CONFIG_ROOT}.purposes.{purpose}.allow"
+            rules.append(UseRule(path, own.allow_block(), purpose))
+        databases = config.get("databases")
+        database = databases.get(purpose) if isinstance(databases, Mapping) else None
+        block = database.get("permissions") if isinstance(database, Mapping) else None
+        if isinstance(block, Mapping) and USE in block:
+            rules.append(UseRule(f"databases.{purpose}.permissions.{USE}", block[USE], purpose))
+    block = config.get("permissions")
+    if isinstance(block, Mapping) and USE in block:
+        rules.append(UseRule(f"permissions.{USE}", block[USE]))
+    return tuple(rules)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether an actor may use a purpose, and what decided it.
+
+    Attributes:
+        allowed: Whether it may.
+        reason: What decided, in words: the rule (with where it is written), root, the default.
+        rule: The configured rule that decided, if one did.
+    """
+
+    allowed: bool
+    reason: str
+    rule: UseRule | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict."""
+        rule = None if self.rule is None else self.rule.to_json()
+        return {"allowed": self.allowed, "reason": self.reason, "rule": rule}
+
+
+def explain(datasette: Datasette, actor: Actor | None, purpose: str | None) -> Verdict:
+    """What the configuration decides for ``actor`` and ``purpose``, and which rule decides:
+    root under ``--root``; else the purpose's own rules (every one must let the actor
+    through: at one level a deny wins); else the global rule; else the default (allowed, but
+    not under ``--default-deny``). ``check_use`` asks Datasette, which other plugins may add
+    rules to; this says which of datasette-llm's configured rules applies."""
+    if is_root(datasette, actor):
+        return Verdict(True, "root under datasette --root may use every purpose")
+    rules = use_rules(datasette, purpose)
+    own = [rule for rule in rules if rule.purpose is not None]
+    for rule in own or [rule for rule in rules if rule.purpose is None]:
+        if not rule.matches(actor):
+            return Verdict(False, f"{rule.path} lets through only {rule.who()}", rule)
+    if own:
+        return Verdict(True, f"{own[0].path} lets it through ({own[0].who()})", own[0])
+    if rules:
+        return Verdict(True, f"{rules[0].path} lets it through ({rules[0].who()})", rules[0])
+    if datasette.default_deny:
+        return Verdict(False, f"no rule allows {USE} and Datasette runs with --default-deny")
+    return Verdict(True, f"{USE} is allowed by default and no rule restricts it")
+
+
+def who_may(datasette: Datasette, purpose: str | None) -> str:
+    """Who may use ``purpose``, in words, from the configured rules: "everyone", "only the
+    actors alice and bob", "nobody but root"."""
+    rules = use_rules(datasette, purpose)
+    own = [rule for rule in rules if rule.purpose is not None]
+    deciding = own or [rule for rule in rules if rule.purpose is None]
+    if not deciding:
+        return "nobody but root (--default-deny)" if datasette.default_deny else "everyone"
+    words = [rule.who() for rule in deciding]
+    if "nobody but root" in words:
+        return "nobody but root"
+    if words == ["everyone"] * len(words):
+        return "everyone"
+    text = " who are also ".join(word for word in words if word != "everyone")
+    return text if text.startswith("any ") else f"only {text}"
+
+
 class PurposeNotAllowedError(Forbidden):
     """Raised when the actor of a call may not use its purpose (the ``llm-use`` action).
 
@@ -128,19 +272,36 @@ class PurposeNotAllowedError(Forbidden):
         actor_id: The actor's ``id``, or ``None`` for an actor without one.
     """
 
-    def __init__(self, purpose: str | None, actor_id: str | None) -> None:
+    def __init__(
+        self, purpose: str | None, actor_id: str | None, verdict: Verdict | None = None
+    ) -> None:
         self.purpose = purpose
         self.actor_id = actor_id
+        self.verdict = verdict
         who = "An actor without an id" if actor_id is None else f"Actor {actor_id!r}"
         what = "a call without a purpose" if purpose is None else f"the purpose {purpose!r}"
         grantee = "<id>" if actor_id is None else json.dumps(actor_id)
-        fix = f"grant it in datasette.yaml with {_grant(purpose, grantee)}"
-        if purpose is not None:
-            fix += f" (that purpose only) or {_grant(None, grantee)} (every purpose)"
-        super().__init__(
-            f"{who} may not use {what}: the {USE!r} action is not allowed for it. To allow it, "
-            f"{fix}, adding the id to any allow block already there."
-        )
+        rule = None if verdict is None else verdict.rule
+        if verdict is None or verdict.allowed:
+            # Datasette refused on a rule datasette-llm's configuration does not hold (another
+            # plugin's): name the ways to grant it.
+            why = f"the {USE!r} action is not allowed for it"
+            fix = f"grant it in datasette.yaml with {_grant(purpose, grantee)}"
+            if purpose is not None:
+                fix += f" (that purpose only) or {_grant(None, grantee)} (every purpose)"
+            fix += ", adding the id to any allow block already there"
+        elif rule is not None:
+            why = verdict.reason
+            fix = f"add {grantee} to the block at {rule.path}"
+            if rule.purpose is None and purpose is not None:
+                fix += (
+                    f" (every purpose), or give the purpose a rule of its own with "
+                    f"{_grant(purpose, grantee)} (that purpose only)"
+                )
+        else:
+            why = verdict.reason
+            fix = f"grant it in datasette.yaml with {_grant(purpose, grantee)}"
+        super().__init__(f"{who} may not use {what}: {why}. To allow it, {fix}.")
 
 
 _Table: TypeAlias = dict[tuple[object, str | None], tuple[bool, float]]
@@ -229,7 +390,7 @@ async def check_use(datasette: Datasette, actor: Actor | None, purpose: str | No
         allowed = await datasette.allowed(action=USE, resource=resource, actor=actor)
         verdict = verdicts[key] = (allowed, now + VERDICT_SECONDS)
     if not verdict[0]:
-        raise PurposeNotAllowedError(purpose, actor_id(actor))
+        raise PurposeNotAllowedError(purpose, actor_id(actor), explain(datasette, actor, purpose))
 
 
 async def may_use(datasette: Datasette, actor: Actor | None, purpose: str | None) -> bool:

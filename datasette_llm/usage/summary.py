@@ -1,7 +1,8 @@
 """Sum the usage ledger for the page, its JSON and ``datasette llm usage``, as frozen values.
 
 Every figure is an SQL aggregate over ``datasette_llm_usage`` (never a loop over its rows): per
-purpose and per model over the last 24 hours, 7 days and 30 days (the ``time`` index), each
+purpose, per model and per actor (each actor's purposes too) over the last 24 hours, 7 days and
+30 days (the ``time`` index; one query per window and grouping, however many actors), each
 budgeted purpose's spend in its current period (the ``(purpose, time)`` index), and the spend
 per UTC day and purpose of the last 30 days for the chart. The pending rows are written first,
 so the summary counts every attempt made so far. ``build_usage`` fills the values
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from ..config.values import LLMConfig
 
 __all__ = [
+    "ACTOR_SQL",
+    "ActorLine",
     "BUDGET_SQL",
     "BudgetStatus",
     "CHART_DAYS",
@@ -148,6 +151,29 @@ class UsageLine:
 
 
 @dataclass(frozen=True, slots=True)
+class ActorLine:
+    """One actor's totals in a window, over all its purposes and per purpose.
+
+    Attributes:
+        name: The actor's ``id`` (``None``: calls made without an actor).
+        totals: Its sums over every purpose.
+        purposes: Per purpose (``None``: calls without one), the most spent first.
+    """
+
+    name: str | None
+    totals: Totals
+    purposes: tuple[UsageLine, ...]
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict: the actor's totals and its ``purposes``."""
+        return {
+            "actor_id": self.name,
+            **self.totals.to_json(),
+            "purposes": [{"purpose": line.name, **line.totals.to_json()} for line in self.purposes],
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     """A span of time to sum over, ending now.
 
@@ -178,19 +204,22 @@ def standard_windows(now: float) -> tuple[Window, ...]:
 
 @dataclass(frozen=True, slots=True)
 class UsageWindow:
-    """The sums of one window, per purpose and per model.
+    """The sums of one window, per purpose, per model and per actor.
 
     Attributes:
         window: The span.
         total: Every attempt in it.
         purposes: Per purpose, by name (calls without a purpose last).
         models: Per model the attempts went to, by id.
+        actors: Per actor, the most spent first (then the most attempts; calls without an
+            actor last among equals), each with its purposes.
     """
 
     window: Window
     total: Totals
     purposes: tuple[UsageLine, ...]
     models: tuple[UsageLine, ...]
+    actors: tuple[ActorLine, ...]
 
     def to_json(self, until: float) -> dict[str, object]:
         """Return a JSON-ready dict."""
@@ -202,6 +231,7 @@ class UsageWindow:
             "total": self.total.to_json(),
             "purposes": [{"purpose": line.name, **line.totals.to_json()} for line in self.purposes],
             "models": [{"model": line.name, **line.totals.to_json()} for line in self.models],
+            "actors": [line.to_json() for line in self.actors],
         }
 
 
@@ -361,6 +391,11 @@ WINDOW_SQL: Final = (
     "WHERE time >= :since AND time <= :until GROUP BY {column}, outcome"
 )
 """Per purpose (or model) and outcome over one window; ``{column}`` is ``purpose`` or ``model``."""
+ACTOR_SQL: Final = (
+    "SELECT actor_id, purpose, outcome, " + _SUMS + f" FROM {TABLE} "
+    "WHERE time >= :since AND time <= :until GROUP BY actor_id, purpose, outcome"
+)
+"""Per actor, purpose and outcome over one window."""
 BUDGET_SQL: Final = (
     f"SELECT TOTAL(cost), SUM({_UNPRICED}) FROM {TABLE} "
     "WHERE purpose = :purpose AND time >= :since AND time <= :until"
@@ -373,7 +408,8 @@ DAILY_SQL: Final = (
 
 
 def _group(row: Any) -> Totals:
-    """One ``(name, outcome, sums...)`` row of ``WINDOW_SQL`` as totals."""
+    """One ``(name, outcome, sums...)`` row of ``WINDOW_SQL`` (or of ``ACTOR_SQL`` from its
+    second column) as totals."""
     outcome, attempts = str(row[1]), int(row[2])
     return Totals(
         attempts=attempts,
@@ -390,7 +426,7 @@ def _group(row: Any) -> Totals:
 
 
 def _add(parts: Iterable[Totals]) -> Totals:
-    """Add up totals (one per outcome: a handful, never one per row)."""
+    """Add up totals (one per group of rows: a handful, never one per row)."""
     parts = list(parts)
     failures: dict[str, int] = {}
     for part in parts:
@@ -414,6 +450,22 @@ def _name_order(line: UsageLine) -> tuple[bool, str]:
     return line.name is None, line.name or ""
 
 
+def _spend_order(line: UsageLine | ActorLine) -> tuple[float, int, bool, str]:
+    return -line.totals.cost, -line.totals.attempts, line.name is None, line.name or ""
+
+
+async def _actors(db: Database, params: dict[str, float]) -> tuple[ActorLine, ...]:
+    groups: dict[str | None, dict[str | None, list[Totals]]] = {}
+    for row in (await db.execute(ACTOR_SQL, params)).rows:
+        groups.setdefault(row[0], {}).setdefault(row[1], []).append(_group(row[1:]))
+    actors = []
+    for actor, purposes in groups.items():
+        found = [UsageLine(name, _add(parts)) for name, parts in purposes.items()]
+        lines = tuple(sorted(found, key=_spend_order))
+        actors.append(ActorLine(actor, _add(line.totals for line in lines), lines))
+    return tuple(sorted(actors, key=_spend_order))
+
+
 async def _window(db: Database, window: Window, now: float) -> UsageWindow:
     params = {"since": window.since, "until": now}
     lines: dict[str, tuple[UsageLine, ...]] = {}
@@ -427,7 +479,8 @@ async def _window(db: Database, window: Window, now: float) -> UsageWindow:
             everything = [part for parts in groups.values() for part in parts]
         found = [UsageLine(name, _add(parts)) for name, parts in groups.items()]
         lines[column] = tuple(sorted(found, key=_name_order))
-    return UsageWindow(window, _add(everything), lines["purpose"], lines["model"])
+    actors = await _actors(db, params)
+    return UsageWindow(window, _add(everything), lines["purpose"], lines["model"], actors)
 
 
 async def _budgets(db: Database | None, config: LLMConfig, now: float) -> list[BudgetStatus]:

@@ -214,7 +214,7 @@ async def test_a_model_without_a_price_shows_no_price_never_zero_dollars(
     [line] = usage["windows"][0]["models"]
     assert (line["model"], line["cost_usd"], line["spend"]) == ("echo", None, "no price")
     shown = section(await page(datasette), "Last 24 hours")
-    assert spend_cells(shown) == {"agent": "no price", "echo": "no price"}
+    assert spend_cells(shown) == {"agent": "no price", "echo": "no price", "(no actor)": "no price"}
     assert "$0" not in shown
 
 

@@ -210,13 +210,17 @@ async def test_the_refusal_names_the_purpose_the_actor_and_the_fix(make: Any) ->
     with pytest.raises(PurposeNotAllowedError) as raised:
         await LLM(datasette).model(purpose="enrichments", actor=ALICE)
     assert (raised.value.purpose, raised.value.actor_id) == ("enrichments", "alice")
+    # The rule that refused, who it lets through, and the block to add the actor to.
     assert str(raised.value) == (
-        "Actor 'alice' may not use the purpose 'enrichments': the 'llm-use' action is not "
-        "allowed for it. To allow it, grant it in datasette.yaml with "
+        "Actor 'alice' may not use the purpose 'enrichments': permissions.llm-use lets through "
+        'only the actor root. To allow it, add "alice" to the block at permissions.llm-use '
+        "(every purpose), or give the purpose a rule of its own with "
         'plugins: {datasette-llm: {purposes: {enrichments: {allow: {id: "alice"}}}}} '
-        '(that purpose only) or permissions: {llm-use: {id: "alice"}} (every purpose), adding '
-        "the id to any allow block already there."
+        "(that purpose only)."
     )
+    verdict = raised.value.verdict
+    assert verdict is not None and verdict.rule is not None
+    assert verdict.rule.path == "permissions.llm-use"
 
 
 async def test_the_refusal_of_a_call_without_a_purpose_names_the_global_fix(make: Any) -> None:
@@ -227,7 +231,7 @@ async def test_the_refusal_of_a_call_without_a_purpose_names_the_global_fix(make
     assert str(raised.value).startswith(
         "An actor without an id may not use a call without a purpose: "
     )
-    assert "permissions: {llm-use: {id: <id>}}" in str(raised.value)
+    assert "add <id> to the block at permissions.llm-use." in str(raised.value)
 
 
 # --- the routing page shows who may use each purpose --------------------------------------------
@@ -250,15 +254,15 @@ async def test_the_page_shows_the_global_and_the_purposes_own_rule(make: Any) ->
     document = (await datasette.client.get("/-/llm.json", **cookies(datasette, ROOT))).json()
     may_use = {purpose["name"]: purpose["may_use"] for purpose in document["purposes"]}
     assert may_use["enrichments"]["rules"] == [
-        {"path": "permissions.llm-use", "allow": {"id": "root"}}
+        {"path": "permissions.llm-use", "allow": {"id": "root"}, "who": "the actor root"}
     ]
+    assert may_use["enrichments"]["text"] == "only the actor root"
     assert may_use["extract"]["everyone"] is False
-    assert may_use["extract"]["text"] == (
-        'databases.extract.permissions.llm-use: {"id": ["alice"]}; '
-        'permissions.llm-use: {"id": "root"}'
-    )
+    # The purpose's own rule decides for it: the global one does not widen or narrow it.
+    assert may_use["extract"]["text"] == "only the actor alice"
     html = (await datasette.client.get("/-/llm", **cookies(datasette, ROOT))).text
-    assert "permissions.llm-use: {&#34;id&#34;: &#34;root&#34;}" in html
+    assert "may use (<code>llm-use</code>): only the actor alice (by " in html
+    assert '<code title="{&#34;id&#34;: &#34;root&#34;}">permissions.llm-use</code>' in html
 
 
 # --- llm-manage-routing -------------------------------------------------------------------------

@@ -180,8 +180,10 @@ async def test_the_refusal_suggests_the_purposes_allow_block(make: Any) -> None:
     datasette = make({"id": ["carol"]})
     with pytest.raises(PurposeNotAllowedError) as raised:
         await LLM(datasette).model(purpose="extract", actor=ALICE)
-    assert 'plugins: {datasette-llm: {purposes: {extract: {allow: {id: "alice"}}}}}' in str(
-        raised.value
+    # The rule that refused, and the block to add the actor to.
+    assert str(raised.value) == (
+        f"Actor 'alice' may not use the purpose 'extract': {PATH}.allow lets through only the "
+        f'actor carol. To allow it, add "alice" to the block at {PATH}.allow.'
     )
 
 
@@ -200,11 +202,13 @@ async def test_the_routing_page_shows_the_block_as_the_purposes_own_rule(make: A
     cookies = {"ds_actor": datasette.client.actor_cookie(ROOT)}
     document = (await datasette.client.get("/-/llm.json", cookies=cookies)).json()
     may_use = {purpose["name"]: purpose["may_use"] for purpose in document["purposes"]}
-    assert may_use["extract"]["text"] == (
-        f'{PATH}.allow: {{"id": ["carol"]}}; permissions.llm-use: {{"id": "root"}}'
-    )
+    assert may_use["extract"]["text"] == "only the actor carol"
+    assert [rule["path"] for rule in may_use["extract"]["rules"]] == [
+        f"{PATH}.allow",
+        "permissions.llm-use",
+    ]
     assert may_use["enrichments"]["rules"] == [
-        {"path": "permissions.llm-use", "allow": {"id": "root"}}
+        {"path": "permissions.llm-use", "allow": {"id": "root"}, "who": "the actor root"}
     ]
 
 
@@ -258,3 +262,55 @@ async def test_a_malformed_configuration_does_not_break_the_permission_check(
         await datasette.invoke_startup()
     resource = PurposeResource("extract")
     assert await datasette.allowed(action=USE, resource=resource, actor=ALICE)
+
+
+# Permissions as outcomes: who may, in words, and the check of one actor.
+
+
+async def test_who_may_use_a_purpose_is_said_in_words(make: Any) -> None:
+    datasette = make({"id": ["carol", "dave"]}, permissions={USE: {"id": "*"}})
+    cookies = {"ds_actor": datasette.client.actor_cookie(ROOT)}
+    document = (await datasette.client.get("/-/llm.json", cookies=cookies)).json()
+    words = {purpose["name"]: purpose["may_use"]["text"] for purpose in document["purposes"]}
+    assert words["extract"] == "only the actors carol and dave"
+    assert words["enrichments"] == "any signed-in actor"
+
+
+async def test_checking_an_actor_answers_allowed_or_refused_and_the_rule_that_decided(
+    make: Any,
+) -> None:
+    datasette = make({"id": ["carol"]}, permissions={USE: {"id": "*"}})
+    cookies = {"ds_actor": datasette.client.actor_cookie(ROOT)}
+
+    async def check(actor: str, purpose: str) -> Any:
+        params = {"actor": actor, "purpose": purpose}
+        response = await datasette.client.get(
+            "/-/llm/check-actor.json", params=params, cookies=cookies
+        )
+        return response.json()
+
+    refused = await check('{"id": "alice"}', "extract")
+    assert refused["answer"]["allowed"] is False
+    assert refused["answer"]["rule"]["path"] == f"{PATH}.allow"
+    assert "lets through only the actor carol" in refused["answer"]["reason"]
+    allowed = await check('{"id": "alice"}', "enrichments")
+    assert allowed["answer"]["allowed"] is True
+    assert allowed["answer"]["rule"]["path"] == "permissions.llm-use"
+    # The answer agrees with what a call gets.
+    assert not await may(datasette, "extract", ALICE) and await may(datasette, "enrichments", ALICE)
+    bad = await datasette.client.get(
+        "/-/llm/check-actor.json", params={"actor": "alice"}, cookies=cookies
+    )
+    assert bad.status_code == 400 and "not JSON" in bad.json()["error"]
+    page = await datasette.client.get(
+        "/-/llm/check-actor",
+        params={"actor": '{"id": "<b>x</b>"}', "purpose": "extract"},
+        cookies=cookies,
+    )
+    assert (
+        "Refused" in page.text
+        and "&lt;b&gt;x&lt;/b&gt;" in page.text
+        and "<b>x</b>" not in page.text
+    )
+    anonymous = await datasette.client.get("/-/llm/check-actor.json", params={"actor": "{}"})
+    assert anonymous.status_code == 403
