@@ -118,16 +118,22 @@ def register_actions(datasette: Datasette) -> list[Action]:
 @hookimpl
 def register_routes(datasette: Datasette) -> list[tuple[str, object]]:
     """Serve the routing page (``/-/llm``, ``/-/llm.json``), route tests (``/-/llm/test/*``),
-    routing overrides (``/-/llm/purposes/<name>``) and the actor check
-    (``/-/llm/check-actor``)."""
-    from ._operator.edit import EDIT_ROUTE_PATTERN, edit_view
+    each purpose's page and its override form (``/-/llm/purposes/<name>``) and the actor
+    check (``/-/llm/check-actor``)."""
+    from ._operator.edit import EDIT_ROUTE_PATTERN
     from ._operator.live import TEST_ROUTE_PATTERN, route_test_view
-    from ._operator.views import CHECK_ACTOR_PATTERN, ROUTE_PATTERN, check_actor_view, routing_view
+    from ._operator.views import (
+        CHECK_ACTOR_PATTERN,
+        ROUTE_PATTERN,
+        check_actor_view,
+        purpose_view,
+        routing_view,
+    )
 
     return [
         (ROUTE_PATTERN, routing_view),
         (TEST_ROUTE_PATTERN, route_test_view),
-        (EDIT_ROUTE_PATTERN, edit_view),
+        (EDIT_ROUTE_PATTERN, purpose_view),  # a GET: its page; a POST: its override form
         (CHECK_ACTOR_PATTERN, check_actor_view),
     ]
 

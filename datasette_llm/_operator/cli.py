@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from ..errors import ConfigProblem
     from .report import Chain, ChainLink, Route, RoutingReport, Setting
+    from .status import PurposeStatus
 
 __all__ = [
     "BY_DEFAULT",
@@ -50,6 +51,7 @@ __all__ = [
     "format_chains",
     "format_live",
     "format_problems",
+    "format_statuses",
     "format_table",
     "format_usage",
     "live_json",
@@ -643,11 +645,29 @@ def format_chains(report: RoutingReport) -> str:
     return "\n".join(["Fallbacks and retries (tried in order):", *lines])
 
 
-async def _report(datasette: Datasette) -> RoutingReport:
+async def _report(datasette: Datasette) -> tuple[RoutingReport, tuple[PurposeStatus, ...]]:
+    """The routing report and each purpose's status (by the ledger, with ``--internal``)."""
+    from ..errors import ConfigurationError
+    from ..routing.overlay import config_for
+    from ..usage.summary import build_usage
     from .report import build_report
+    from .status import build_status
 
     await datasette.invoke_startup()
-    return await build_report(datasette)
+    report = await build_report(datasette)
+    config = config_for(datasette)
+    try:
+        usage = await build_usage(datasette, config)
+    except ConfigurationError:
+        return report, ()  # usage.database is not attached: check says so
+    statuses, _ = await build_status(datasette, report, config, usage)
+    return report, statuses
+
+
+def format_statuses(statuses: Sequence[PurposeStatus]) -> str:
+    """One line for each purpose whose calls are not all answered as routed: what
+    ``datasette llm purposes`` prints first (nothing when every purpose is ok)."""
+    return "\n".join(f"{status.name}: {status.text}" for status in statuses if status.kind != "ok")
 
 
 def add_commands(cli: click.Group) -> None:
@@ -680,13 +700,17 @@ def add_commands(cli: click.Group) -> None:
 
         datasette = datasette_from_files(config, metadata, plugins_dir, internal, files)
         try:
-            report = asyncio.run(_report(datasette))
+            report, statuses = asyncio.run(_report(datasette))
         except ConfigurationError as error:
             click.echo(format_problems(error.problems, False), err=True)
             raise SystemExit(1) from None
         if as_json:
-            click.echo(json.dumps(report.to_json(), indent=2))
+            status = {"status": [purpose.to_json() for purpose in statuses]}
+            click.echo(json.dumps({**status, **report.to_json()}, indent=2))
         else:
+            leading = format_statuses(statuses)
+            if leading:
+                click.echo(leading + "\n")
             click.echo(format_table(report))
 
     @llm_group.command(name="check")
@@ -753,6 +777,7 @@ async def _check(
     from ..routing.overlay import layers_for
     from .checks import ignored_override_problems, validate_datasette
     from .report import build_report, serving_problems
+    from .status import status_problems
 
     await datasette.invoke_startup()  # loads the overrides stored in the --internal database
     validation = validate_datasette(datasette)
@@ -765,6 +790,7 @@ async def _check(
         problems.extend(
             await serving_problems(datasette, report, layers.config, current_registry(datasette))
         )
+        problems.extend(await status_problems(datasette, report, layers.config))
     problems.sort(key=lambda problem: problem.severity != "error")
     return problems, validation.strict, report
 

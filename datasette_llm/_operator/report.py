@@ -93,6 +93,7 @@ __all__ = [
     "key_json",
     "key_problems_at_startup",
     "log_key_problems_at_startup",
+    "missing_key",
     "serving_problems",
     "who_may_use",
     "with_may_use",
@@ -783,7 +784,7 @@ def _configured(config: LLMConfig, names: Iterable[str]) -> Iterator[tuple[str |
         yield None, config.default_model
 
 
-async def _missing_key(
+async def missing_key(
     datasette: Datasette,
     config: LLMConfig,
     registry: ModelRegistry,
@@ -882,7 +883,7 @@ async def serving_problems(
         route = routes[name] if name is not None else default_route
         if route.model_id is None or route.model_id == registry.canonical(ref.model_id):
             continue  # cannot be served (an error above), or not passed over
-        status = await _missing_key(datasette, config, registry, name, ref)
+        status = await missing_key(datasette, config, registry, name, ref)
         if status is not None:
             problems.append(_key_problem(name, ref, status, route.model_id))
     return problems
@@ -904,7 +905,7 @@ async def key_problems_at_startup(datasette: Datasette) -> list[ConfigProblem]:
     registry = current_registry(datasette)
     problems: list[ConfigProblem] = []
     for name, ref in _configured(config, config.purposes):
-        status = await _missing_key(datasette, config, registry, name, ref)
+        status = await missing_key(datasette, config, registry, name, ref)
         if status is None:
             continue
         route_, _ = await _routed(datasette, config, registry, name)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
+from urllib.parse import unquote
 
 from datasette import Forbidden
 from datasette.utils.asgi import Response
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, nearest
 from ..routing.overlay import config_for
 from ..routing.permissions import can_manage_routing, explain, is_root, may_use
-from ..usage.summary import build_usage
+from ..usage.summary import UsageLine, UsageSummary, build_usage
 from .chart import build_chart
-from .edit import build_edits
+from .edit import build_edits, edit_view
 from .report import build_report, who_may_use, with_may_use
+from .status import build_status
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECK_ACTOR_PATTERN",
+    "purpose_view",
     "ROUTE_PATTERN",
     "VIEW_ROUTING",
     "can_view_routing",
@@ -85,7 +89,9 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
             request=request,
         )
         return Response.html(html)
-    usage = await build_usage(datasette, config_for(datasette))
+    config = config_for(datasette)
+    usage = await build_usage(datasette, config)
+    statuses, failures = await build_status(datasette, report, config, usage)
     names = [purpose.name for purpose in report.purposes]
     who = who_may_use(datasette, names)
     can_manage = await can_manage_routing(datasette, request.actor)
@@ -93,8 +99,18 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
     if as_json:
         document = with_may_use(report.to_json(), who)
         overrides = edits.to_json()
+        status = {
+            "purposes": [purpose.to_json() for purpose in statuses],
+            "recent_failures": [failure.to_json() for failure in failures],
+        }
         return Response.json(
-            {"ok": True, **document, "usage": usage.to_json(), "overrides": overrides}
+            {
+                "ok": True,
+                "status": status,
+                **document,
+                "usage": usage.to_json(),
+                "overrides": overrides,
+            }
         )
     context = {
         "report": report,
@@ -105,9 +121,20 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         "edits": edits,
         "may_use": who,
         "can_test_routes": can_manage,
+        "statuses": statuses,
+        "failures": failures,
+        "period": _period(request, usage),
     }
     html = await datasette.render_template("llm_routing.html", context, request=request)
     return Response.html(html)
+
+
+def _period(request: Request, usage: UsageSummary) -> str:
+    """The usage window the page shows (``?period=7d``): one table with a switch, the first
+    window (the last 24 hours) unless another is asked for."""
+    keys = [window.window.key for window in usage.windows]
+    asked = request.args.get("period")
+    return asked if asked in keys else (keys[0] if keys else "")
 
 
 async def check_actor_view(datasette: Datasette, request: Request) -> Response:
@@ -161,3 +188,72 @@ async def check_actor_view(datasette: Datasette, request: Request) -> Response:
     context = {"actor_text": text, "purpose": purpose or "", "error": error, "answer": answer}
     html = await datasette.render_template("llm_check_actor.html", context, request=request)
     return Response.html(html, status=400 if error is not None else 200)
+
+
+@dataclass(frozen=True, slots=True)
+class _PurposeWindow:
+    """One window of a purpose's usage, as its page shows it."""
+
+    key: str
+    label: str
+    since_text: str
+    line: UsageLine | None
+    actors: tuple[UsageLine, ...]
+
+
+async def purpose_view(datasette: Datasette, request: Request) -> Response:
+    """``/-/llm/purposes/<name>``: one purpose's page (a GET, for actors allowed
+    ``llm-view-routing``): its status and recent failures, its routing and why, its chain,
+    its usage and spend by actor, its override form and changes, "Test this route". A POST is
+    the override form's (``edit.edit_view``)."""
+    if request.method == "POST":
+        return await edit_view(datasette, request)
+    if not await can_view_routing(datasette, request.actor):
+        raise Forbidden(
+            f"Permission denied: viewing the LLM routing needs the {VIEW_ROUTING!r} action. "
+            "Sign in as root, or grant it under permissions: in datasette.yaml."
+        )
+    name = unquote(request.url_vars["name"])
+    try:
+        report = await build_report(datasette)
+    except ConfigurationError as error:
+        return Response.text(f"datasette.yaml has problems; see /-/llm. {error}", status=500)
+    purpose = next((p for p in report.purposes if p.name == name), None)
+    if purpose is None:
+        names = [p.name for p in report.purposes]
+        suggestion = nearest(name, names)
+        hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+        return Response.text(
+            f"No purpose is called {name!r}: no plugin registers it and none is configured.{hint}",
+            status=404,
+        )
+    config = config_for(datasette)
+    usage = await build_usage(datasette, config)
+    statuses, failures = await build_status(datasette, report, config, usage)
+    can_manage = await can_manage_routing(datasette, request.actor)
+    edits = await build_edits(datasette, [name], can_manage=can_manage)
+    windows = []
+    for window in usage.windows:
+        line = next((line for line in window.purposes if line.name == name), None)
+        actors = tuple(
+            UsageLine(actor.name, part.totals)
+            for actor in window.actors
+            for part in actor.purposes
+            if part.name == name
+        )
+        shown = window.window
+        windows.append(_PurposeWindow(shown.key, shown.label, shown.since_text, line, actors))
+    context = {
+        "purpose": purpose,
+        "status": next(status for status in statuses if status.name == name),
+        "failures": [failure for failure in failures if failure.purpose == name],
+        "may_use": who_may_use(datasette, [name])[name],
+        "windows": windows,
+        "period": _period(request, usage),
+        "edit": edits.purposes[0] if can_manage else None,
+        "audit": [entry for entry in edits.audit if entry.purpose == name],
+        "can_test_routes": can_manage,
+        "step_labels": STEP_LABELS,
+    }
+    html = await datasette.render_template("llm_purpose.html", context, request=request)
+    return Response.html(html)

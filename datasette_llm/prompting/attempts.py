@@ -63,12 +63,14 @@ from .limits import Gate, LimitsTimeout, gate_for
 from .metering import Meter, Started
 
 if TYPE_CHECKING:
+    from datasette.app import Datasette
     from llm import AsyncModel
 
     from ..config.values import Resilience
     from ..routing.route import Routed
 
 __all__ = [
+    "falling_back",
     "Clock",
     "Once",
     "client_retries",
@@ -246,6 +248,14 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
 
 # (purpose, routed model) -> the fallback that answered first; left out once it answers again.
 _FALLING_BACK: Final[Slot[dict[tuple[str | None, str], str]]] = Slot("the purposes falling back")
+
+
+def falling_back(datasette: Datasette) -> dict[tuple[str | None, str], str]:
+    """The purposes whose prompts a fallback answers now, instead of their routed model:
+    ``(purpose, routed model)`` to the fallback that answered first (left out once the routed
+    model answers again). A copy."""
+    held = state_of(datasette).get(_FALLING_BACK)
+    return {} if held is None else dict(held)
 
 
 _FAILED: Final = (
@@ -497,7 +507,7 @@ class _Prompt(Generic[T]):
             result.attempts.append(self._attempt(model_id, number, begun, None))
             return response
         gate.record(error)
-        self.meter.failure(routed, begun, error.kind)
+        self.meter.failure(routed, begun, error.kind, error)
         result.attempts.append(self._attempt(model_id, number, begun, error.kind))
         if error.kind == "unknown" and error.__cause__ is not None:
             raise error.__cause__  # not the provider's kind of failure: the caller's to see

@@ -37,7 +37,7 @@ from ..state import Slot, state_of
 if TYPE_CHECKING:
     from datasette.app import Datasette
 
-__all__ = ["Gate", "LimitsTimeout", "Release", "gate_for"]
+__all__ = ["Gate", "LimitsTimeout", "Release", "cooling_models", "gate_for"]
 
 Release = Callable[[], None]
 """Give back a place held under a model's limits (a second call does nothing)."""
@@ -242,3 +242,13 @@ def gate_for(
     if gate is None:
         gate = gates[key] = Gate(model_id, rpm, concurrency)
     return gate
+
+
+def cooling_models(datasette: Datasette) -> dict[str, float]:
+    """The models of ``datasette`` cooling down after rate limits now, with the seconds left."""
+    cooling: dict[str, float] = {}
+    for gate in (state_of(datasette).get(_GATES) or {}).values():
+        wait = gate.cooling()
+        if wait > 0:
+            cooling[gate.model_id] = max(wait, cooling.get(gate.model_id, 0.0))
+    return cooling

@@ -31,6 +31,7 @@ from ..usage.records import (
     UsageRecord,
     cached_tokens,
     cost_of,
+    short_error,
 )
 
 if TYPE_CHECKING:
@@ -203,9 +204,13 @@ class Meter:
         # llm does not annotate on_done; it runs the callback at once for a completed response.
         await response.on_done(completed)  # type: ignore[no-untyped-call]
 
-    def failure(self, routed: Routed, started: Started, outcome: Outcome) -> None:
-        """Record an attempt of ``routed`` that ended with an error of kind ``outcome``."""
-        self._make(routed, started, outcome, (None, None, None), None)
+    def failure(
+        self, routed: Routed, started: Started, outcome: Outcome, error: BaseException | None = None
+    ) -> None:
+        """Record an attempt of ``routed`` that ended with an error of kind ``outcome``
+        (``error``, kept in short: ``short_error``)."""
+        message = None if error is None else short_error(error)
+        self._make(routed, started, outcome, (None, None, None), None, error=message)
 
     def cancelled(self, routed: Routed, started: Started) -> None:
         """Record an attempt of ``routed`` cancelled by its caller, if it was sent
@@ -232,6 +237,8 @@ class Meter:
         tokens: tuple[int | None, int | None, int | None],
         first_token: float | None,
         charged: float | None = None,
+        *,
+        error: str | None = None,
     ) -> None:
         now = time.monotonic()
         started.received.recorded = True
@@ -256,6 +263,7 @@ class Meter:
             attempt=started.attempt,
             fell_back_from=started.fell_back_from,
             cost=cost if charged is None else charged,
+            error=error,
         )
         self.result.usage.append(record)
         try:

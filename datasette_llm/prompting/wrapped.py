@@ -323,7 +323,7 @@ class WrappedChainResponse:
             resolution = self._routed.resolution
             failure = classify(error, resolution.model_id, resolution.key.described())
             self._gate(self._routed).record(failure)
-            self._meter.failure(self._routed, self._started, failure.kind)
+            self._meter.failure(self._routed, self._started, failure.kind, failure)
             if failure is error or failure.kind == "unknown":
                 raise
         except BaseException as error:

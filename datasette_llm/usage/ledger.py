@@ -215,10 +215,16 @@ class Ledger:
             raise ConfigurationError([problem]) from None
 
     async def ensure_table(self) -> Database:
-        """Create the table and its indexes if they are missing; return its database."""
+        """Create the table and its indexes if they are missing, and add any column a table
+        written by an earlier version lacks (``error``); return its database."""
         db = self.database_object()
         if not self._ready:
             await db.execute_write_script(SCHEMA)
+            found = {row[1] for row in (await db.execute(f"PRAGMA table_info({TABLE})")).rows}
+            for name in COLUMNS:
+                if name not in found:
+                    kind = _TYPES.get(name, "TEXT")
+                    await db.execute_write(f"ALTER TABLE {TABLE} ADD COLUMN {name} {kind}")
             self._ready = True
         return db
 

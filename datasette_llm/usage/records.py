@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from ..config.values import Price
 from ..provider_errors import ErrorKind
 
-__all__ = ["Outcome", "UsageRecord", "cached_tokens", "cost_of"]
+__all__ = ["ERROR_LENGTH", "Outcome", "UsageRecord", "cached_tokens", "cost_of", "short_error"]
+
+ERROR_LENGTH: Final = 300
+"""The most characters of a failed attempt's error the ledger keeps (``UsageRecord.error``)."""
 
 Outcome: TypeAlias = "Literal['ok', 'cancelled'] | ErrorKind"
 """How an attempt ended: ``"ok"``, ``"cancelled"`` (sent to the provider, then cancelled by
@@ -43,6 +46,8 @@ class UsageRecord:
         cost: Estimated US dollars at the configured price, or ``None`` without a price (or
             without token counts). A cancelled attempt costs what it received, and no less
             than its prompt's estimate (``estimate_usd``, or ``max_tokens`` at the price).
+        error: For a failed attempt, the provider's error in short (keys redacted, at most
+            ``ERROR_LENGTH`` characters); ``None`` otherwise.
     """
 
     id: str
@@ -60,6 +65,7 @@ class UsageRecord:
     attempt: int
     fell_back_from: str | None
     cost: float | None
+    error: str | None = None
 
 
 def cached_tokens(details: Mapping[str, object] | None) -> int | None:
@@ -92,3 +98,10 @@ def cost_of(
         cost += cached_count * price.cached_input
     cost += fresh * price.input + (output_tokens or 0) * price.output
     return cost / 1_000_000
+
+
+def short_error(error: BaseException) -> str:
+    """A failed attempt's error as the ledger keeps it: its message (a ``ProviderError``'s is
+    redacted), on one line, cut to ``ERROR_LENGTH`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= ERROR_LENGTH else text[: ERROR_LENGTH - 1] + "…"

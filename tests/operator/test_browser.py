@@ -199,3 +199,27 @@ def test_an_anonymous_visitor_gets_no_forms_and_a_403_on_every_write(
     for path in ("/-/llm/purposes/summaries", "/-/llm/test/summaries"):
         answer = context.request.post(f"{site.base}{path}", form={"model": "backup-gpt"})
         assert answer.status == 403, path
+
+
+def test_the_status_shows_a_purpose_falling_back_after_its_provider_failed(
+    site: Site, browser: Any
+) -> None:
+    site.provider.script = [Reply(status=500, message="down")] * 3  # retries: 2 (the default)
+    page = signed_in(browser, site).new_page()
+    page.goto(f"{site.base}/-/llm")
+    assert "ok" in page.locator("tr.llm-status-ok", has_text="summaries").inner_text()
+    page.locator("form.llm-test-route").first.get_by_role("button", name="Test this route").click()
+    page.wait_for_load_state()
+    page.goto(f"{site.base}/-/llm")
+    row = page.locator("table.llm-status tr", has_text="summaries").inner_text()
+    assert "degraded" in row and "'backup-gpt' answers its prompts instead of 'primary-gpt'" in row
+    failures = page.locator("table.llm-failures tbody tr").all_inner_texts()
+    assert len(failures) == 3 and all("server_error" in row for row in failures)
+    site.shot(page, "governance-status")
+    # The overview links to the purpose's own page: its status, chain, usage and override.
+    page.locator("table.llm-status").get_by_role("link", name="summaries").click()
+    page.wait_for_load_state()
+    assert page.locator("h1").inner_text() == "Purpose summaries"
+    assert "degraded" in page.locator("p.llm-status-degraded").inner_text()
+    assert page.locator("form.llm-override-form").count() == 1
+    site.shot(page, "governance-purpose")

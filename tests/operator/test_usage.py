@@ -90,8 +90,9 @@ async def usage_json(datasette: Datasette) -> dict[str, Any]:
     return usage
 
 
-async def page(datasette: Datasette) -> str:
-    response = await datasette.client.get("/-/llm")
+async def page(datasette: Datasette, period: str | None = None) -> str:
+    """The routing page, showing the usage of ``period`` (by default the last 24 hours)."""
+    response = await datasette.client.get("/-/llm" + (f"?period={period}" if period else ""))
     assert response.status_code == 200
     return response.text
 
@@ -176,12 +177,12 @@ async def test_spend_on_the_page_equals_a_sum_by_hand_of_the_ledger_rows(
     datasette = make_datasette(PRICED, config=ROOT)
     await write(datasette, ledger_rows)
     usage = await usage_json(datasette)
-    html = await page(datasette)
     assert usage["recorded"] is True
     assert [window["key"] for window in usage["windows"]] == list(WINDOWS)
     for window in usage["windows"]:
         since = window["since"]
         assert window["until"] - since == pytest.approx(WINDOWS[window["key"]])
+        html = await page(datasette, window["key"])  # one window at a time, with a switch
         shown = section(html, window["label"])
         for key, lines in (("purpose", window["purposes"]), ("model", window["models"])):
             expected = by_hand(ledger_rows, since, key)
@@ -625,3 +626,18 @@ def test_the_chart_has_one_bar_per_day_with_usage_in_headless_chromium(tmp_path:
     assert len(heights) == len(expected) + 1  # the day with both purposes has two segments
     assert all(height > 0 for height in heights)
     assert "&lt;i&gt;enrichments&lt;/i&gt;" in chart and "<i>" not in chart
+
+
+@pytest.mark.asyncio
+async def test_the_page_shows_one_period_at_a_time_with_a_switch(
+    test_models: object, make_datasette: MakeDatasette, ledger_rows: list[UsageRecord]
+) -> None:
+    datasette = make_datasette(PRICED, config=ROOT)
+    await write(datasette, ledger_rows)
+    html = await page(datasette)
+    assert "<h3>Last 24 hours</h3>" in html and "<h3>Last 7 days</h3>" not in html
+    assert '<a href="/-/llm?period=7d#usage">Last 7 days</a>' in html
+    week = await page(datasette, "7d")
+    assert "<h3>Last 7 days</h3>" in week and "<h3>Last 24 hours</h3>" not in week
+    assert '<a href="/-/llm?period=24h#usage">Last 24 hours</a>' in week
+    assert "<h3>Last 24 hours</h3>" in await page(datasette, "no-such-period")

@@ -249,9 +249,10 @@ async def test_the_page_has_a_by_actor_table_per_window_each_actor_over_its_purp
 ) -> None:
     ds = make_datasette(CONFIG)
     await make_prompts(ds)
-    response = await ds.client.get("/-/llm", cookies=as_root(ds))
-    assert response.status_code == 200
-    for window in ("Last 24 hours", "Last 7 days", "Last 30 days"):
+    periods = {"24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days"}
+    for period, window in periods.items():  # one window at a time, with a switch
+        response = await ds.client.get(f"/-/llm?period={period}", cookies=as_root(ds))
+        assert response.status_code == 200
         rows = cells(actor_table(response.text, window))
         names = [row[0] for row in rows]
         assert names == [

@@ -100,6 +100,7 @@ async def test_no_row_holds_prompt_or_response_text(
         "attempt",
         "fell_back_from",
         "cost",
+        "error",  # a failed attempt's error in short, as the provider wrote it (keys redacted)
     ]
 
 
