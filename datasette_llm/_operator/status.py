@@ -30,7 +30,7 @@ from ..prompting.attempts import falling_back
 from ..prompting.limits import cooling_models
 from ..routing.models import current_registry
 from ..routing.overlay import config_for
-from ..usage.ledger import TABLE, ledger_for
+from ..usage.ledger import TABLE, ledger_for, table_exists
 from ..usage.summary import utc_text
 from .report import missing_key
 
@@ -140,7 +140,7 @@ async def _failures(datasette: Datasette) -> tuple[dict[str | None, Failure], li
     try:
         if ledger.pending:
             await ledger.flush()
-        if not await ledger.database_object().table_exists(TABLE):
+        if not await table_exists(ledger.database_object()):
             return {}, []  # nothing recorded yet: a page view creates no table
         db = await ledger.ensure_table()  # one of an earlier version gains its columns
     except ConfigurationError:

@@ -199,6 +199,7 @@ class _PurposeWindow:
     since_text: str
     line: UsageLine | None
     actors: tuple[UsageLine, ...]
+    models: tuple[UsageLine, ...]
 
 
 async def purpose_view(datasette: Datasette, request: Request) -> Response:
@@ -242,7 +243,10 @@ async def purpose_view(datasette: Datasette, request: Request) -> Response:
             if part.name == name
         )
         shown = window.window
-        windows.append(_PurposeWindow(shown.key, shown.label, shown.since_text, line, actors))
+        models = window.models_of(name)
+        windows.append(
+            _PurposeWindow(shown.key, shown.label, shown.since_text, line, actors, models)
+        )
     context = {
         "purpose": purpose,
         "status": next(status for status in statuses if status.name == name),

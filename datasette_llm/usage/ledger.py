@@ -12,6 +12,7 @@ left are written at shutdown (Datasette's ``shutdown`` hook) or by ``flush()``; 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import weakref
 from collections import deque
@@ -41,6 +42,7 @@ __all__ = [
     "flush_usage",
     "ledger_for",
     "rows",
+    "table_exists",
     "unknown_database",
 ]
 
@@ -48,6 +50,8 @@ TABLE: Final = "datasette_llm_usage"
 MAX_PENDING: Final = 100_000
 _BATCH: Final = 5_000  # one transaction: a write's cost is mostly reaching the write thread
 _DAY: Final = 86_400.0
+_LOCKED_WAITS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+"""Seconds between tries to create the table while another connection holds the schema."""
 
 COLUMNS: Final = tuple(field.name for field in fields(UsageRecord))
 _TYPES: Final = {
@@ -98,6 +102,7 @@ class Ledger:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._schema = asyncio.Lock()  # one creation of the table at a time
         self._ready = False
         self.dropped = 0
         self.written = 0
@@ -216,16 +221,28 @@ class Ledger:
 
     async def ensure_table(self) -> Database:
         """Create the table and its indexes if they are missing, and add any column a table
-        written by an earlier version lacks (``error``); return its database."""
+        written by an earlier version lacks (``error``); return its database.
+
+        Once per ledger, on Datasette's write connection (a read connection looking at the
+        schema while it changes fails with "table is locked" in a shared-cache database)."""
         db = self.database_object()
-        if not self._ready:
-            await db.execute_write_script(SCHEMA)
-            found = {row[1] for row in (await db.execute(f"PRAGMA table_info({TABLE})")).rows}
-            for name in COLUMNS:
-                if name not in found:
-                    kind = _TYPES.get(name, "TEXT")
-                    await db.execute_write(f"ALTER TABLE {TABLE} ADD COLUMN {name} {kind}")
-            self._ready = True
+        if self._ready:
+            return db
+        async with self._schema:
+            for wait in (*_LOCKED_WAITS, None):
+                if self._ready:
+                    break
+                try:
+                    await db.execute_write_fn(_create_table)
+                except sqlite3.OperationalError as error:
+                    # A shared-cache database (Datasette's in-memory internal one) answers
+                    # "table is locked" at once, with no busy timeout, while a read
+                    # connection prepares a statement: try again shortly.
+                    if wait is None or "locked" not in str(error):
+                        raise
+                    await asyncio.sleep(wait)
+                else:
+                    self._ready = True
         return db
 
     async def _write_forever(self) -> None:
@@ -256,6 +273,28 @@ class Ledger:
         if self.retention_days is not None:
             cutoff = time.time() - self.retention_days * _DAY
             await db.execute_write(f"DELETE FROM {TABLE} WHERE time < ?", [cutoff])
+
+
+def _create_table(conn: sqlite3.Connection) -> None:
+    """Create the table and its indexes if missing; add the columns an earlier version's
+    table lacks. Runs on Datasette's write connection."""
+    conn.executescript(SCHEMA)
+    found = {row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})").fetchall()}
+    for name in COLUMNS:
+        if name not in found:
+            conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {_TYPES.get(name, 'TEXT')}")
+
+
+async def table_exists(db: Database) -> bool:
+    """Whether the ledger's table is in ``db``: asked on the write connection, where the
+    schema is never changing under the question."""
+
+    def exists(conn: sqlite3.Connection) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return conn.execute(query, [TABLE]).fetchone() is not None
+
+    found: bool = await db.execute_write_fn(exists)
+    return found
 
 
 def unknown_database(name: str, attached: Iterable[str]) -> ConfigProblem:

@@ -213,6 +213,8 @@ class UsageWindow:
         models: Per model the attempts went to, by id.
         actors: Per actor, the most spent first (then the most attempts; calls without an
             actor last among equals), each with its purposes.
+        purpose_models: Per purpose, per model its attempts went to (``models_of``): a
+            purpose's own page shows them.
     """
 
     window: Window
@@ -220,6 +222,13 @@ class UsageWindow:
     purposes: tuple[UsageLine, ...]
     models: tuple[UsageLine, ...]
     actors: tuple[ActorLine, ...]
+    purpose_models: Mapping[str | None, tuple[UsageLine, ...]] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False
+    )
+
+    def models_of(self, purpose: str | None) -> tuple[UsageLine, ...]:
+        """Per model the attempts of ``purpose`` went to, the most spent first."""
+        return self.purpose_models.get(purpose, ())
 
     def to_json(self, until: float) -> dict[str, object]:
         """Return a JSON-ready dict."""
@@ -396,6 +405,11 @@ ACTOR_SQL: Final = (
     "WHERE time >= :since AND time <= :until GROUP BY actor_id, purpose, outcome"
 )
 """Per actor, purpose and outcome over one window."""
+PURPOSE_MODEL_SQL: Final = (
+    "SELECT purpose, model, outcome, " + _SUMS + f" FROM {TABLE} "
+    "WHERE time >= :since AND time <= :until GROUP BY purpose, model, outcome"
+)
+"""Per purpose, model and outcome over one window."""
 BUDGET_SQL: Final = (
     f"SELECT TOTAL(cost), SUM({_UNPRICED}) FROM {TABLE} "
     "WHERE purpose = :purpose AND time >= :since AND time <= :until"
@@ -480,7 +494,25 @@ async def _window(db: Database, window: Window, now: float) -> UsageWindow:
         found = [UsageLine(name, _add(parts)) for name, parts in groups.items()]
         lines[column] = tuple(sorted(found, key=_name_order))
     actors = await _actors(db, params)
-    return UsageWindow(window, _add(everything), lines["purpose"], lines["model"], actors)
+    by_purpose: dict[str | None, dict[str | None, list[Totals]]] = {}
+    for row in (await db.execute(PURPOSE_MODEL_SQL, params)).rows:
+        by_purpose.setdefault(row[0], {}).setdefault(row[1], []).append(_group(row[1:]))
+    purpose_models = {
+        purpose: tuple(
+            sorted(
+                (UsageLine(model, _add(parts)) for model, parts in models.items()), key=_spend_order
+            )
+        )
+        for purpose, models in by_purpose.items()
+    }
+    return UsageWindow(
+        window,
+        _add(everything),
+        lines["purpose"],
+        lines["model"],
+        actors,
+        MappingProxyType(purpose_models),
+    )
 
 
 async def _budgets(db: Database | None, config: LLMConfig, now: float) -> list[BudgetStatus]:

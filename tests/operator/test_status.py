@@ -209,6 +209,8 @@ async def test_each_purpose_has_a_page_with_its_status_routing_usage_and_overrid
     assert '<p class="llm-status-degraded">' in html and "server_error" in html
     assert "<code>test-broken</code>" in html and "<code>test-c</code>" in html  # its chain
     assert "<code>alice</code>" in html  # its usage by actor
+    by_model = html[html.index("By model") : html.index("By actor")]
+    assert "<code>test-broken</code>" in by_model and "<code>test-c</code>" in by_model
     assert 'class="llm-override-form"' in html and "Test this route" in html
     viewer = {"ds_actor": ds.client.actor_cookie({"id": "viewer"})}
     seen = await ds.client.get("/-/llm/purposes/shaky", cookies=viewer)
