@@ -50,6 +50,8 @@ TABLE: Final = "datasette_llm_usage"
 MAX_PENDING: Final = 100_000
 _BATCH: Final = 5_000  # one transaction: a write's cost is mostly reaching the write thread
 _DAY: Final = 86_400.0
+_GATHER: Final = 0.05
+"""Seconds the writer waits, once woken, for more rows to write together."""
 _LOCKED_WAITS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 """Seconds between tries to create the table while another connection holds the schema."""
 
@@ -249,6 +251,10 @@ class Ledger:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if len(self._pending) < _BATCH:
+                # Let a busy process's rows gather into one write: each write costs Datasette's
+                # write thread a transaction and its schema checks, whatever its size.
+                await asyncio.sleep(_GATHER)
             try:
                 await self.flush()
             except Exception:
