@@ -1,9 +1,10 @@
 """The usage ledger: one row per attempt, written off the request path in batches.
 
-``record()`` never waits: it puts the row in memory and wakes a writer task, which writes
-what has gathered, a batch at a time, through Datasette's write queue (``execute_write_many``)
-into the table ``datasette_llm_usage`` of Datasette's internal database (persistent with
-``--internal file.db``) or of the database ``usage: {database: NAME}`` names. At most
+``record()`` never waits: it puts the row in memory and wakes a writer task, which waits
+``_GATHER`` (50 ms) for more and then writes what has gathered, a batch at a time, through
+Datasette's write queue (``execute_write_many``) into the table ``datasette_llm_usage`` of
+Datasette's internal database (persistent with ``--internal file.db``) or of the database
+``usage: {database: NAME}`` names. At most
 ``MAX_PENDING`` rows wait; beyond that the oldest are dropped and the loss is logged. The rows
 left are written at shutdown (Datasette's ``shutdown`` hook) or by ``flush()``; rows older than
 ``usage: {retention_days: N}`` are deleted as the writer goes.
