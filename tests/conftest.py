@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 from datasette.app import Datasette  # noqa: E402
 from datasette.plugins import pm  # noqa: E402
 
-from tests.llm_models import TestModelsPlugin  # noqa: E402
+from tests.llm_models import BrokenModel, BrokenPlugin, TestModelsPlugin  # noqa: E402
 
 RegisterPlugin = Callable[..., object]
 MakeDatasette = Callable[..., Datasette]
@@ -34,6 +34,20 @@ def llm_user_dir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
     directory.mkdir()
     monkeypatch.setenv("LLM_USER_PATH", str(directory))
     yield directory
+
+
+@pytest.fixture
+def broken(test_models: TestModelsPlugin) -> Iterator[None]:
+    """Register ``test-broken`` too: a keyless model whose provider fails with a server error
+    while ``BrokenModel.failing`` (see tests/llm_models.py), which is reset after the test."""
+    import llm
+
+    llm.plugins.pm.register(BrokenPlugin(), name="datasette-llm-test-broken")
+    try:
+        yield
+    finally:
+        llm.plugins.pm.unregister(name="datasette-llm-test-broken")
+        BrokenModel.failing = True
 
 
 @pytest.fixture

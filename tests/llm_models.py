@@ -76,6 +76,33 @@ class ServerErrorModel(FreeModel):
         yield ""
 
 
+class BrokenModel(ServerErrorModel):
+    """``test-broken``: a keyless model whose provider answers with a server error while
+    ``failing`` (a class attribute: set it to ``False`` for a provider that has recovered)."""
+
+    failing = True
+
+    def __init__(self, model_id: str = "test-broken") -> None:
+        super().__init__(model_id)
+
+    async def execute(
+        self, prompt: Any, stream: bool, response: Any, conversation: Any
+    ) -> AsyncGenerator[str, None]:
+        answer = ServerErrorModel if self.failing else FreeModel
+        async for chunk in answer.execute(self, prompt, stream, response, conversation):
+            yield chunk
+
+
+class BrokenPlugin:
+    """Registers ``test-broken`` (``BrokenModel``)."""
+
+    __test__ = False
+
+    @llm.hookimpl
+    def register_models(self, register: Any) -> None:
+        register(SyncStub("test-broken"), BrokenModel())
+
+
 class KeyedModel(llm.AsyncKeyModel):
     """A model that needs a key for provider ``testprov``."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from html import unescape
 from typing import Any, Final
 from urllib.parse import quote
@@ -25,7 +24,7 @@ from datasette_llm.routing.overlay import config_for
 from datasette_llm.routing.policy import policy_for
 from datasette_llm.typing import Datasette
 from tests.conftest import MakeDatasette
-from tests.llm_models import ServerErrorModel, SyncStub, TestModelsPlugin
+from tests.llm_models import SyncStub, TestModelsPlugin
 
 FORM: Final = re.compile(
     r'<form class="llm-override-form" method="post" action="([^"]+)">(.*?)</form>', re.S
@@ -33,25 +32,6 @@ FORM: Final = re.compile(
 HIDDEN: Final = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
 TEXTAREA: Final = re.compile(r'<textarea name="([^"]+)"[^>]*>([^<]*)</textarea>')
 SELECTED: Final = re.compile(r'<select name="model">.*?<option value="([^"]*)"[^>]*selected', re.S)
-
-
-class BrokenModel(ServerErrorModel):
-    """A keyless model whose provider always answers with a server error."""
-
-
-class BrokenPlugin:
-    @llm.hookimpl
-    def register_models(self, register: Any) -> None:
-        register(SyncStub("test-broken"), BrokenModel("test-broken"))
-
-
-@pytest.fixture
-def broken(test_models: TestModelsPlugin) -> Iterator[None]:
-    llm.plugins.pm.register(BrokenPlugin(), name="test-broken-model")
-    try:
-        yield
-    finally:
-        llm.plugins.pm.unregister(name="test-broken-model")
 
 
 # Each Datasette's cookies, as a browser keeps them: the CSRF token a form carries must match

@@ -10,45 +10,14 @@ go; and the recent failures are listed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
-import llm
 import pytest
 
 from datasette_llm import LLM, BudgetExceededError
 from datasette_llm.typing import Datasette
 from tests.conftest import MakeDatasette
-from tests.llm_models import FreeModel, ServerErrorModel, SyncStub, TestModelsPlugin
-
-
-class BrokenModel(ServerErrorModel):
-    """A keyless model whose provider answers with a server error while ``failing``."""
-
-    failing = True
-
-    async def execute(
-        self, prompt: Any, stream: bool, response: Any, conversation: Any
-    ) -> AsyncGenerator[str, None]:
-        answer = ServerErrorModel if self.failing else FreeModel
-        async for chunk in answer.execute(self, prompt, stream, response, conversation):
-            yield chunk
-
-
-class BrokenPlugin:
-    @llm.hookimpl
-    def register_models(self, register: Any) -> None:
-        register(SyncStub("test-broken"), BrokenModel("test-broken"))
-
-
-@pytest.fixture
-def broken(test_models: TestModelsPlugin) -> Iterator[None]:
-    llm.plugins.pm.register(BrokenPlugin(), name="test-status-broken")
-    try:
-        yield
-    finally:
-        llm.plugins.pm.unregister(name="test-status-broken")
-
+from tests.llm_models import BrokenModel
 
 CONFIG: dict[str, Any] = {
     "pricing": {"test-a": {"input": 1_000_000, "output": 1_000_000}},
@@ -118,11 +87,8 @@ async def test_a_purpose_is_ok_again_once_its_routed_model_answers(
     assert {p["name"]: p["status"] for p in (await status_of(ds))["purposes"]}["shaky"] == (
         "degraded"
     )
-    BrokenModel.failing = False  # the provider has recovered
-    try:
-        await (await (await LLM(ds).model(purpose="shaky")).prompt("hi")).text()
-    finally:
-        BrokenModel.failing = True
+    BrokenModel.failing = False  # the provider has recovered (the fixture sets it back)
+    await (await (await LLM(ds).model(purpose="shaky")).prompt("hi")).text()
     shaky = {p["name"]: p for p in (await status_of(ds))["purposes"]}["shaky"]
     assert shaky["status"] == "ok" and shaky["answering"] is None
 
