@@ -103,6 +103,7 @@ class PurposeStatus:
         answering: The fallback answering its prompts instead, when one does.
         reasons: What makes it other than ``ok``, in words, most pressing first.
         last_failure: Its latest failed attempt in the ledger, if any.
+        missing_secret: For ``no_key``, the secret to set (the page links to its form).
     """
 
     name: str
@@ -111,6 +112,7 @@ class PurposeStatus:
     answering: str | None
     reasons: tuple[str, ...]
     last_failure: Failure | None
+    missing_secret: str | None = None
 
     @property
     def text(self) -> str:
@@ -129,6 +131,7 @@ class PurposeStatus:
             "reasons": list(self.reasons),
             "text": self.text,
             "last_failure": last,
+            "missing_secret": self.missing_secret,
         }
 
 
@@ -190,12 +193,14 @@ async def build_status(
         name, model = purpose.name, purpose.route.model_id
         reasons: list[str] = []
         kind: StatusKind = "ok"
+        secret = None
         configured = config.purpose(name)
         ref = None if configured is None else configured.model
         if ref is not None and model != registry.canonical(ref.model_id):
             status = await missing_key(datasette, config, registry, name, ref)
             if status is not None and config.require_keys:
                 kind = "no_key"
+                secret = status.secret_name
                 goes = f"its calls go to {model!r}" if model else "its calls fail"
                 reasons.append(
                     f"{ref.model_id!r} has no API key (set the secret {status.secret_name}), "
@@ -221,7 +226,9 @@ async def build_status(
         failure = last.get(name)
         if kind == "degraded" and failure is not None:
             reasons.append(f"last failure {failure.when}: {failure.kind}")
-        statuses.append(PurposeStatus(name, kind, model, answering, tuple(reasons), failure))
+        statuses.append(
+            PurposeStatus(name, kind, model, answering, tuple(reasons), failure, secret)
+        )
     return tuple(statuses), tuple(recent)
 
 

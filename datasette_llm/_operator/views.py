@@ -14,7 +14,7 @@ from datasette.utils.asgi import Response
 from ..errors import ConfigurationError, nearest
 from ..routing.overlay import config_for
 from ..routing.permissions import can_manage_routing, explain, is_root, may_use
-from ..usage.summary import UsageLine, UsageSummary, build_usage
+from ..usage.summary import Totals, UsageLine, UsageSummary, build_usage
 from .chart import build_chart
 from .edit import build_edits, edit_view
 from .report import build_report, who_may_use, with_may_use
@@ -122,11 +122,19 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         "may_use": who,
         "can_test_routes": can_manage,
         "statuses": statuses,
+        "day_spend": _day_spend(usage),
         "failures": failures,
         "period": _period(request, usage),
     }
     html = await datasette.render_template("llm_routing.html", context, request=request)
     return Response.html(html)
+
+
+def _day_spend(usage: UsageSummary) -> dict[str | None, Totals]:
+    """Each purpose's totals over the last 24 hours (the first window), for the overview."""
+    if not usage.windows:
+        return {}
+    return {line.name: line.totals for line in usage.windows[0].purposes}
 
 
 def _period(request: Request, usage: UsageSummary) -> str:

@@ -277,7 +277,7 @@ async def test_the_html_page_shows_each_chain_and_its_settings(
     datasette = make_datasette(CONFIG)
     html = (await datasette.client.get("/-/llm", **as_root(datasette))).text
     for text in (
-        "<h2>Fallbacks and retries</h2>",
+        '<h2 id="fallbacks">Fallbacks and retries</h2>',
         "fallback at <code>plugins.datasette-llm.purposes.enrichments.fallbacks[1]</code>",
         '<span class="llm-tag llm-missing">never tried</span> '
         '<span class="llm-muted">it is in blocked_models</span>',

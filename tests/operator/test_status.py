@@ -74,6 +74,7 @@ async def test_each_purpose_shows_what_its_calls_are_getting(
     assert keyless["status"] == "no_key"
     assert "set the secret TESTPROV_API_KEY" in keyless["text"]
     assert "its calls go to 'test-a'" in keyless["text"]
+    assert keyless["missing_secret"] == "TESTPROV_API_KEY"
 
     recent = status["recent_failures"]
     assert [(f["purpose"], f["kind"]) for f in recent] == [("shaky", "server_error")] * 2
@@ -99,10 +100,37 @@ async def test_the_page_leads_with_the_status_and_the_recent_failures(
     ds = make_datasette(CONFIG)
     await (await (await LLM(ds).model(purpose="shaky")).prompt("<b>x</b>")).text()
     html = (await ds.client.get("/-/llm", cookies=as_root(ds))).text
-    assert html.index('<h2 id="status">Status</h2>') < html.index("<h2>Purposes</h2>")
+    assert html.index('<h2 id="status">Status</h2>') < html.index('<h2 id="purposes">Purposes</h2>')
     row = '<tr class="llm-status-degraded"><td><a href="/-/llm/purposes/shaky">shaky</a></td>'
     assert row in html
     assert "<h3>Recent failures</h3>" in html and "server_error" in html
+
+
+async def test_the_overview_shows_each_purposes_spend_today_and_links_to_every_section(
+    make_datasette: MakeDatasette, broken: None
+) -> None:
+    ds = make_datasette(CONFIG)
+    await (await (await LLM(ds).model(purpose="spent")).prompt("hi")).text()
+    html = (await ds.client.get("/-/llm", cookies=as_root(ds))).text
+    overview = html[html.index('<table class="rows-and-columns llm-status">') :]
+    overview = overview[: overview.index("</table>")]
+    spent = overview[overview.index('<a href="/-/llm/purposes/spent">') :]
+    spent = spent[: spent.index("</tr>")]
+    assert '<td class="llm-spend">$' in spent and "(1 attempt)" in spent
+    steady = overview[overview.index('<a href="/-/llm/purposes/steady">') :]
+    assert '<td class="llm-spend"><span class="llm-muted">none</span>' in steady
+    # The table of contents: every link goes to a heading on the page.
+    toc = html[html.index('<nav class="llm-toc">') :]
+    toc = toc[: toc.index("</nav>")]
+    anchors = [part.split('"')[0] for part in toc.split('href="#')[1:]]
+    assert {"status", "purposes", "usage", "fallbacks", "globals"} <= set(anchors)
+    for anchor in anchors:
+        assert f'<h2 id="{anchor}">' in html, anchor
+    # A missing key's status row is the way to the secret's form (datasette-secrets).
+    keyless = overview[overview.index('<a href="/-/llm/purposes/keyless">') :]
+    keyless = keyless[: keyless.index("</tr>")]
+    link = '<a class="llm-set-secret" href="/-/secrets/TESTPROV_API_KEY">Set TESTPROV_API_KEY</a>'
+    assert link in keyless
 
 
 async def test_a_failed_attempt_keeps_its_error_in_short_in_the_ledger(
