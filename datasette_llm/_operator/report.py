@@ -916,12 +916,21 @@ async def key_problems_at_startup(datasette: Datasette) -> list[ConfigProblem]:
 
 async def log_key_problems_at_startup(datasette: Datasette) -> None:
     """Log each of ``key_problems_at_startup`` once, as a warning (the ``startup`` hook; not
-    when a ``datasette llm`` command, which reports them itself, starts Datasette)."""
+    when a ``datasette llm`` command, which reports them itself, starts Datasette).
+
+    Raises:
+        StartupError: ``strict: true`` is set, under which warnings stop startup.
+    """
     if startup_validation_deferred(datasette):
         return
     try:
         problems = await key_problems_at_startup(datasette)
     except ConfigurationError:
         return  # startup validation has reported it
+    if problems and config_for(datasette).strict:
+        from datasette.utils import StartupError
+
+        message = str(ConfigurationError(problems))
+        raise StartupError(f"{message}\nWarnings count as errors because strict: true is set.")
     for problem in problems:
         logger.warning("datasette-llm: %s", problem)

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import llm
 import pytest
+from datasette.utils import StartupError
 
 from datasette_llm import LLM, Actor, BudgetExceededError, ProviderError, Purpose
 from datasette_llm._operator.checks import defer_startup_validation
@@ -396,6 +397,25 @@ async def test_hook_startup_warns_when_no_other_model_may_serve_a_purpose_withou
     ds = make_datasette({"purposes": {"extract": {"model": "test-keyed"}}})
     await ds.invoke_startup()
     assert lines(logged) == [no_key("extract", "test-keyed", "fail: no other model may serve them")]
+
+
+async def test_hook_startup_with_strict_stops_on_a_configured_model_without_a_key(
+    make_datasette: MakeDatasette, routes: Routes, logged: pytest.LogCaptureFixture
+) -> None:
+    ds = make_datasette(
+        {
+            "strict": True,
+            "default_model": "test-a",
+            "purposes": {"extract": {"model": "test-keyed"}},
+        }
+    )
+    with pytest.raises(StartupError) as raised:
+        await ds.invoke_startup()
+    message = str(raised.value)
+    assert f"{ROOT}.purposes.extract.model: 'test-keyed' has no API key" in message
+    assert "Set the secret TESTPROV_API_KEY" in message
+    assert message.endswith("Warnings count as errors because strict: true is set.")
+    assert lines(logged) == []
 
 
 async def test_hook_startup_routes_nothing_when_no_configured_model_needs_a_key(
