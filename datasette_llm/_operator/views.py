@@ -17,6 +17,7 @@ from ..routing.permissions import can_manage_routing, explain, is_root, may_use
 from ..usage.summary import Totals, UsageLine, UsageSummary, build_usage
 from .chart import build_chart
 from .edit import build_edits, edit_view
+from .live import known_purposes, unknown_purpose
 from .report import build_report, who_may_use, with_may_use
 from .status import build_status
 
@@ -186,14 +187,24 @@ async def check_actor_view(datasette: Datasette, request: Request) -> Response:
                 f"{'allowed' if allowed else 'refused'} by a rule another plugin adds "
                 f"(datasette-llm's configuration would say: {verdict.reason})"
             )
-        if actor is None:
-            reason = "a call without an actor is not checked: llm-use applies to actors"
-        answer = {"allowed": allowed, "reason": reason, "rule": verdict.to_json()["rule"]}
+        rule = verdict.to_json()["rule"]
+        if actor is None:  # no rule decides: nothing is checked
+            reason, rule = "a call without an actor is not checked: llm-use applies to actors", None
+        names = known_purposes(datasette)
+        # A mistyped purpose is answered as one no rule names: say that it is unknown.
+        warning = None if purpose is None or purpose in names else unknown_purpose(purpose, names)
+        answer = {"allowed": allowed, "reason": reason, "rule": rule, "warning": warning}
     if as_json:
         status = 400 if error is not None else 200
         body = {"ok": error is None, "actor": actor, "purpose": purpose, "error": error}
         return Response.json({**body, "answer": answer}, status=status)
-    context = {"actor_text": text, "purpose": purpose or "", "error": error, "answer": answer}
+    context = {
+        "actor_text": text,
+        "purpose": purpose or "",
+        "purposes": known_purposes(datasette),
+        "error": error,
+        "answer": answer,
+    }
     html = await datasette.render_template("llm_check_actor.html", context, request=request)
     return Response.html(html, status=400 if error is not None else 200)
 

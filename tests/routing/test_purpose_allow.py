@@ -296,8 +296,17 @@ async def test_checking_an_actor_answers_allowed_or_refused_and_the_rule_that_de
     allowed = await check('{"id": "alice"}', "enrichments")
     assert allowed["answer"]["allowed"] is True
     assert allowed["answer"]["rule"]["path"] == "permissions.llm-use"
+    assert refused["answer"]["warning"] is None
     # The answer agrees with what a call gets.
     assert not await may(datasette, "extract", ALICE) and await may(datasette, "enrichments", ALICE)
+    # A mistyped purpose is answered, and said to be unknown, with the nearest name.
+    mistyped = await check('{"id": "alice"}', "extrat")
+    assert mistyped["answer"]["warning"].startswith(
+        "Unknown purpose 'extrat' — did you mean 'extract'?"
+    )
+    # No actor: nothing is checked, so no rule decides.
+    nobody = await check("", "extract")
+    assert nobody["answer"]["allowed"] is True and nobody["answer"]["rule"] is None
     bad = await datasette.client.get(
         "/-/llm/check-actor.json", params={"actor": "alice"}, cookies=cookies
     )
