@@ -34,9 +34,11 @@ from ..errors import (
 from ..provider_errors import ERROR_KINDS, ErrorKind
 from .values import (
     CONFIG_ROOT,
+    DEFAULT_PREFIX,
     EMPTY_OPTIONS,
     Budget,
     BudgetPeriod,
+    CoordinationSettings,
     KeySetting,
     LLMConfig,
     ModelRef,
@@ -271,6 +273,8 @@ _USAGE_KEYS: Final = ("enabled", "database", "retention_days")
 _BUDGET_KEYS: Final = ("usd", "per", "then", "estimate_usd")
 _PERIODS: Final[tuple[BudgetPeriod, ...]] = ("day", "week", "month")
 _THEN: Final = ("refuse", "fallback")
+_COORDINATION_KEYS: Final = ("redis", "processes", "prefix")
+_REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 
 
 # The whole configuration.
@@ -293,6 +297,7 @@ _TOP_KEYS: Final = (
     *_RESILIENCE_KEYS,
     "pricing",
     "usage",
+    "coordination",
 )
 _PURPOSE_KEYS: Final = (
     "model",
@@ -540,6 +545,7 @@ class _Parser(Reader):
             purposes=purposes,
             pricing=self.pricing(raw.get("pricing")),
             usage=self.usage(raw.get("usage")),
+            coordination=self.coordination(raw.get("coordination")),
             resilience=Resilience(**settings),
         )
 
@@ -632,6 +638,57 @@ class _Parser(Reader):
             database=database if isinstance(database, str) else None,
             retention_days=retention,
         )
+
+    def coordination(self, value: object) -> CoordinationSettings | None:
+        """Read ``coordination: {redis: URL, processes: N, prefix: TEXT}``; the URL is never
+        quoted in a message (it may hold a password)."""
+        path = f"{CONFIG_ROOT}.coordination"
+        if value is None:
+            return None
+        value = self.mapping(
+            value, path, "a mapping {redis: {$env: REDIS_URL}, processes: N}", _COORDINATION_KEYS
+        )
+        if value is None:
+            return None
+        processes = self.count(value.get("processes"), f"{path}.processes", minimum=1)
+        prefix = self.value(value.get("prefix", DEFAULT_PREFIX), f"{path}.prefix")
+        if prefix is not FAILED and (
+            not isinstance(prefix, str) or not prefix.strip() or not is_text(prefix)
+        ):
+            self.fail(
+                f"{path}.prefix",
+                f"expected the text every Redis key starts with, got {got(prefix)}.",
+            )
+            prefix = FAILED
+        if "redis" not in value:
+            self.fail(
+                path,
+                "coordination needs redis: the URL of the Redis server every process shares, "
+                "such as redis: {$env: REDIS_URL}. Leave coordination out to keep limits, "
+                "cool-downs and budgets in each process.",
+            )
+            return None
+        url = self.value(value["redis"], f"{path}.redis")
+        if url is FAILED:
+            return None
+        if not isinstance(url, str) or not url.startswith(_REDIS_SCHEMES):
+            # Never the value itself: a URL may hold a password.
+            if isinstance(url, Substituted):
+                found = f"{quoted(url)}, which does not"
+            elif isinstance(url, str):
+                found = "a string that does not"
+            else:
+                found = f"{type(url).__name__}, which does not"
+            self.fail(
+                f"{path}.redis",
+                f"expected a Redis URL starting with {', '.join(_REDIS_SCHEMES)}; got {found}. "
+                "Write it as redis://HOST:PORT/DB, or read it from the environment: "
+                "{$env: REDIS_URL}.",
+            )
+            return None
+        if prefix is FAILED or not isinstance(prefix, str):
+            return None
+        return CoordinationSettings(redis=str(url), processes=processes, prefix=str(prefix))
 
     def budget(self, value: object, path: str) -> Budget | None:
         if value is None:

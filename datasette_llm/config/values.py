@@ -14,11 +14,10 @@ from typing import Any, Final, Literal, TypeAlias, get_args
 
 from ..provider_errors import DEFAULT_FALLBACK_ON, ErrorKind
 
-pass
-
 __all__ = [
     "Price",
     "CONFIG_ROOT",
+    "DEFAULT_PREFIX",
     "EMPTY_OPTIONS",
     "PLUGIN_NAME",
     "KeySetting",
@@ -27,6 +26,7 @@ __all__ = [
     "ModelRef",
     "Budget",
     "BudgetPeriod",
+    "CoordinationSettings",
     "PurposeConfig",
     "Resilience",
     "SETTING_NAMES",
@@ -34,6 +34,7 @@ __all__ = [
     "Settings",
     "UsageSettings",
     "settings_for",
+    "shown_url",
 ]
 
 BudgetPeriod: TypeAlias = Literal["day", "week", "month"]
@@ -165,6 +166,47 @@ class UsageSettings:
     retention_days: float | None = None
 
 
+DEFAULT_PREFIX: Final = "datasette-llm"
+"""The start of every Redis key datasette-llm writes, unless ``coordination.prefix`` says."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinationSettings:
+    """Where the processes serving one Datasette share their limits, cool-downs and budgets.
+
+    Attributes:
+        redis: The Redis URL (``redis://``, ``rediss://`` or ``unix://``). It may hold a
+            password: show it with ``shown_url``, never as it is.
+        processes: How many processes share the limits: while Redis cannot be reached, each
+            keeps ``1 / processes`` of every model's ``rpm`` and ``concurrency`` to itself, or
+            ``None`` to keep the whole limits (each process alone would then allow them all).
+        prefix: The start of every key written, so that several deployments can share one
+            Redis database.
+    """
+
+    redis: str
+    processes: int | None = None
+    prefix: str = DEFAULT_PREFIX
+
+    def __repr__(self) -> str:
+        return (
+            f"CoordinationSettings(redis={shown_url(self.redis)!r}, "
+            f"processes={self.processes!r}, prefix={self.prefix!r})"
+        )
+
+
+def shown_url(url: str) -> str:
+    """Return ``url`` with any password in it replaced by ``***``."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    credentials, at, place = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{place}"
+
+
 @dataclass(frozen=True, slots=True)
 class PurposeConfig:
     """Configuration under ``purposes.<name>``.
@@ -227,6 +269,8 @@ class LLMConfig:
             ``max_wait``).
         pricing: The price of each model id, in dollars per million tokens.
         usage: Where the usage ledger is kept.
+        coordination: Where the processes serving this Datasette share their limits,
+            cool-downs and budgets, or ``None`` to keep them in each process.
         carried_limits: datasette.yaml's model references that give limits, kept by the
             configuration that routing overrides are laid over (``routing.overlay``): a
             model's limits hold wherever they are written, even where an override has routed
@@ -246,6 +290,7 @@ class LLMConfig:
         default_factory=lambda: MappingProxyType({}), compare=False
     )
     usage: UsageSettings = UsageSettings()
+    coordination: CoordinationSettings | None = None
     carried_limits: tuple[ModelRef, ...] = field(default=(), compare=False)
 
     def purpose(self, name: str | None) -> PurposeConfig | None:

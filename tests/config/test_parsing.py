@@ -58,7 +58,8 @@ def test_every_problem_is_reported_with_its_path() -> None:
     ) == [
         "plugins.datasette-llm.purpose: unknown key 'purpose'. Did you mean 'purposes'? "
         "Valid keys here: default_model, models, blocked_models, require_keys, purposes, strict, "
-        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, pricing, usage.",
+        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, pricing, usage, "
+        "coordination.",
         "plugins.datasette-llm.purposes.enrichments.blocked: unknown key 'blocked'. "
         "Did you mean 'blocked_models'? Valid keys here: model, models, blocked_models, "
         "fallbacks, retries, timeout, deadline, fallback_on, max_wait, budget, locked, "

@@ -103,7 +103,8 @@ def test_purposes_with_a_malformed_configuration_lists_the_problems_and_exits_1(
     assert result.stderr.splitlines() == [
         "error: plugins.datasette-llm.purpose: unknown key 'purpose'. Did you mean 'purposes'? "
         "Valid keys here: default_model, models, blocked_models, require_keys, purposes, strict, "
-        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, pricing, usage.",
+        "fallbacks, retries, timeout, deadline, fallback_on, max_wait, pricing, usage, "
+        "coordination.",
         "error: plugins.datasette-llm.default_model: expected a model id string or a mapping "
         "{model: ID, key: SECRET_NAME, options: {...}}, got int: 5.",
         "2 errors, 0 warnings",
