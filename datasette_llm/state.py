@@ -77,6 +77,9 @@ class State:
       configuration or llm's models are rebuilt.
     - The usage ledger, rows waiting to be written (``usage/ledger.py``): replaced when the
       ``usage`` settings change, the new ledger taking over the rows, listeners and spend.
+    - The coordinator (``coordination/backend.py``): made again when the ``coordination``
+      settings change; it keeps each model's limits and cool-down and each budget's holds, in
+      the process or through Redis.
     - One gate per model and limits, ``rpm`` and ``concurrency`` (``prompting/limits.py``):
       never rebuilt; a gate holds the model's places under its limits and its cool-down.
     - The purposes falling back, by purpose and routed model, with the fallback that answered

@@ -3,8 +3,8 @@
 - no private name (``_x``) of one of our modules is used in another;
 - no import cycle, counting imports inside functions and under ``TYPE_CHECKING``;
 - imports flow one way through the layers (``LAYERS``): the foundation, ``config/``,
-  ``routing/``, ``usage/``, ``prompting/``, ``_operator/``, the plugin's glue, then ``testing/``;
-  a module imports only from its own layer and the layers below it;
+  ``coordination/``, ``routing/``, ``usage/``, ``prompting/``, ``_operator/``, the plugin's
+  glue, then ``testing/``; a module imports only from its own layer and the layers below it;
 - only the hook modules (``_hooks.py`` and each layer's ``hooks.py``) call Datasette's hooks.
 """
 
@@ -35,6 +35,7 @@ LAYERS: Final[tuple[tuple[str, ...], ...]] = (
         "datasette_llm.state",
     ),
     ("datasette_llm.config",),
+    ("datasette_llm.coordination",),
     ("datasette_llm.routing",),
     ("datasette_llm.usage",),
     ("datasette_llm.prompting",),

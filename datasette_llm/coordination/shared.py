@@ -1,0 +1,410 @@
+"""Limits, cool-downs and budgets shared through Redis by every process that names it.
+
+Each decision is one Lua script (``coordination/scripts.py``) on Redis's clock: a request's
+turn under ``rpm`` (GCRA: each request takes the next turn, ``60 / rpm`` seconds after the one
+before, and sleeps until it), a place under ``concurrency`` (a lease that expires unless
+renewed, so a process that dies gives its places back), a cool-down (a key expiring when it
+ends; one probe once it has, claimed with ``SET NX``), and a budget's room (its spend and the
+holds of prompts in flight, each expiring unless renewed).
+
+Redis failing never fails a prompt. The first error (unreachable, timed out, refused) turns
+the coordinator local: it logs one warning, its status says why, and every call goes to a
+``LocalCoordinator`` keeping ``1 / processes`` of each limit, while a background task pings
+Redis every ``retry_seconds``; once Redis answers, it logs that limits are shared again and
+calls go back to Redis. Places and holds taken locally meanwhile are given back locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from ..config.values import CoordinationSettings, shown_url
+from ..log import logger
+from . import scripts
+from .coordinator import Claim, CoolDown, CoordinationStatus, Hold, Refused, Release
+from .local import FIRST_COOL_DOWN, LONGEST_COOL_DOWN, LocalCoordinator
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+__all__ = ["INSTALL", "RedisCoordinator", "RedisMissing"]
+
+INSTALL: Final = "pip install 'datasette-llm[redis]'"
+_LEASE_SECONDS: Final = 15.0
+"""How long a place under ``concurrency`` or a budget hold lasts unless renewed: renewed every
+third of it while held, so the places of a process that died come back within this."""
+_PROBE_SECONDS: Final = 60.0
+"""How long a probe's claim lasts if its process never ends it."""
+_STREAK_SECONDS: Final = 3600.0
+"""How long a model's rate limits in a row are remembered without a try."""
+_PERIOD_SECONDS: Final = 35 * 86_400.0
+"""How long a budget's spend in a period is kept: longer than a month."""
+_POLL_FIRST: Final = 0.01
+_POLL_LONGEST: Final = 0.1
+"""Seconds between tries for a place under ``concurrency`` held by other processes: doubling
+from the first to the longest (a place given back in this process wakes its waiters at once)."""
+_CONNECT_SECONDS: Final = 1.0
+_COMMAND_SECONDS: Final = 2.0
+
+
+class RedisMissing(ImportError):
+    """``coordination: {redis: ...}`` is configured, but redis-py is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "plugins.datasette-llm.coordination.redis is set, but the redis package is not "
+            f"installed: {INSTALL}. Or leave coordination out to keep limits, cool-downs and "
+            "budgets in each process."
+        )
+
+
+def _client(url: str) -> Redis:
+    try:
+        from redis.asyncio import Redis
+    except ImportError:
+        raise RedisMissing() from None
+    client: Redis = Redis.from_url(
+        url,
+        socket_connect_timeout=_CONNECT_SECONDS,
+        socket_timeout=_COMMAND_SECONDS,
+        decode_responses=True,
+    )
+    return client
+
+
+class _Unreachable:
+    """What a script call returns when Redis failed: the local coordinator answers instead."""
+
+
+_DOWN: Final = _Unreachable()
+
+
+class RedisCoordinator:
+    """Share every model's limits and cool-down, and every budget, through one Redis.
+
+    Attributes:
+        settings: Where Redis is, how many processes share it, and the keys' prefix.
+        local: What answers while Redis cannot be reached: ``1 / processes`` of each limit.
+        lease_seconds: How long a place or a hold lasts unless renewed.
+        retry_seconds: Seconds between tries to reach Redis again once it failed.
+    """
+
+    def __init__(
+        self,
+        settings: CoordinationSettings,
+        *,
+        lease_seconds: float = _LEASE_SECONDS,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.lease_seconds = lease_seconds
+        self.retry_seconds = retry_seconds
+        self._where = shown_url(settings.redis)
+        self._status = CoordinationStatus("redis", True, self._where, time.time())
+        self.local = LocalCoordinator(settings.processes or 1, status=self._status)
+        self._redis = _client(settings.redis)  # raises RedisMissing before anything else
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._leases: dict[str, str] = {}  # lease id -> its sorted set
+        self._holds: dict[str, tuple[str, str]] = {}  # hold id -> (its hash, its sorted set)
+        self._renewing: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._freed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        state = "shared" if self._status.shared else "local"
+        return f"<RedisCoordinator {self._where} {state}>"
+
+    @property
+    def status(self) -> CoordinationStatus:
+        """Shared while Redis answers; local, with the reason, while it does not."""
+        return self._status
+
+    # Keys and calls
+
+    def _key(self, *parts: object) -> str:
+        return ":".join([self.settings.prefix, *(str(part) for part in parts)])
+
+    def _client_now(self) -> Redis:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a client's connections belong to one event loop
+            if self._loop is not None:
+                self._redis = _client(self.settings.redis)
+            self._loop, self._scripts = loop, {}
+        return self._redis
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        """Run the script ``name`` of ``scripts``; ``_DOWN`` if Redis failed (or had)."""
+        if not self._status.shared:
+            return _DOWN
+        client = self._client_now()
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = client.register_script(getattr(scripts, name))
+        try:
+            return await script(keys=list(keys), args=[_text(arg) for arg in args])
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # ConnectionError, TimeoutError, a refused command...
+            self._lost(error)
+            return _DOWN
+
+    def _lost(self, error: Exception) -> None:
+        if not self._status.shared:
+            return
+        problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        self._status = CoordinationStatus("redis", False, self._where, time.time(), problem)
+        logger.warning(
+            "datasette-llm: Redis at %s failed (%s): until it answers again, this "
+            "process keeps %s of each model's rpm and concurrency to itself, and its own "
+            "cool-downs and budget holds. Prompts go on meanwhile; Redis is tried every %g s.",
+            self._where,
+            problem,
+            "all" if self.local.scale == 1 else f"1/{self.local.scale}",
+            self.retry_seconds,
+        )
+        self._freed.set()  # waiters for a shared place go local now
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_seconds)
+            try:
+                await self._client_now().ping()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                continue
+            break
+        down_for = time.time() - self._status.since
+        self._status = CoordinationStatus("redis", True, self._where, time.time())
+        logger.info(
+            "datasette-llm: Redis at %s answers again after %.1f s: limits, cool-downs and "
+            "budgets are shared by every process again. Nothing to do.",
+            self._where,
+            down_for,
+        )
+
+    def _later(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for the writes started in the background (places given back, holds settled)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # Limits
+
+    async def pace(self, model: str, rpm: float, within: float | None) -> bool:
+        """Take the next turn of ``model`` under ``rpm`` shared by every process, and wait."""
+        longest = -1 if within is None else max(0.0, within) * 1000
+        got = await self._run("PACE", [self._key("rpm", model)], [60_000 / rpm, longest])
+        if got is _DOWN:
+            return await self.local.pace(model, rpm, within)
+        taken, wait = int(got[0]), float(got[1]) / 1000
+        if not taken:
+            return False
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return True
+
+    async def lease(self, model: str, limit: int, within: float | None) -> Release | None:
+        """Take one of ``model``'s ``limit`` places shared by every process."""
+        key = self._key("leases", model)
+        lease_id = uuid.uuid4().hex
+        started = time.monotonic()
+        poll = _POLL_FIRST
+        while True:
+            freed = self._freed
+            got = await self._run("LEASE", [key], [limit, lease_id, _ms(self.lease_seconds)])
+            left = None if within is None else within - (time.monotonic() - started)
+            if got is _DOWN:
+                return await self.local.lease(model, limit, left)
+            if int(got) == 1:
+                self._leases[lease_id] = key
+                self._renew_while_held()
+                return self._releaser(lease_id, key)
+            if left is not None and left <= 0:
+                return None
+            nap = poll * random.uniform(0.5, 1.0)  # processes polling apart
+            try:
+                await asyncio.wait_for(freed.wait(), nap if left is None else min(nap, left))
+            except asyncio.TimeoutError:
+                pass
+            poll = min(poll * 2, _POLL_LONGEST)
+
+    def _releaser(self, lease_id: str, key: str) -> Release:
+        def release() -> None:
+            if self._leases.pop(lease_id, None) is None:
+                return
+            self._freed.set()
+            self._freed = asyncio.Event()
+            if self._status.shared:
+                self._later(self._give_back(key, lease_id))
+
+        return release
+
+    async def _give_back(self, key: str, lease_id: str) -> None:
+        try:
+            await self._client_now().zrem(key, lease_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._lost(error)  # the lease expires by itself
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+    def _renew_while_held(self) -> None:
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        while self._leases or self._holds:
+            await asyncio.sleep(self.lease_seconds / 3)
+            keys: list[str] = []
+            ids: list[str] = []
+            for lease_id, key in list(self._leases.items()):
+                keys.append(key)
+                ids.append(lease_id)
+            for hold_id, (holds, expiries) in list(self._holds.items()):
+                keys.extend((expiries, holds))
+                ids.extend((hold_id, ""))
+            if keys:
+                await self._run("RENEW", keys, [_ms(self.lease_seconds), *ids])
+
+    # Cool-downs
+
+    def _cool_keys(self, model: str) -> list[str]:
+        return [self._key("cool", model, part) for part in ("until", "streak", "probe")]
+
+    async def cool_down(self, model: str, retry_after: float | None) -> CoolDown:
+        """Start or extend ``model``'s cool-down for every process; end its probe."""
+        got = await self._run(
+            "COOL_DOWN",
+            self._cool_keys(model),
+            [
+                -1 if retry_after is None else retry_after * 1000,
+                FIRST_COOL_DOWN * 1000,
+                LONGEST_COOL_DOWN * 1000,
+                _ms(_STREAK_SECONDS),
+            ],
+        )
+        if got is _DOWN:
+            return await self.local.cool_down(model, retry_after)
+        return CoolDown(float(got[1]) / 1000, int(got[0]) == 1)
+
+    async def recovered(self, model: str) -> bool:
+        """End ``model``'s rate limits in a row and its probe, for every process."""
+        got = await self._run("RECOVERED", self._cool_keys(model)[1:], [])
+        local = await self.local.recovered(model)
+        return local if got is _DOWN else int(got) == 1 or local
+
+    async def cooling(self, model: str) -> float:
+        """Seconds until ``model`` may be tried again by any process (0: now)."""
+        got = await self._run("COOLING", self._cool_keys(model), [FIRST_COOL_DOWN * 1000])
+        if got is _DOWN:
+            return await self.local.cooling(model)
+        return float(got) / 1000
+
+    async def claim(self, model: str) -> Claim:
+        """Claim a try of ``model``; after rate limits, one try of all the processes probes."""
+        token = uuid.uuid4().hex
+        got = await self._run(
+            "CLAIM",
+            self._cool_keys(model),
+            [FIRST_COOL_DOWN * 1000, token, _ms(_PROBE_SECONDS)],
+        )
+        if got is _DOWN:
+            return await self.local.claim(model)
+        probe = int(got[0]) == 1
+        return Claim(float(got[1]) / 1000, probe, token if probe else "", shared=True)
+
+    async def hand_on(self, model: str, claim: Claim) -> None:
+        """End ``claim``'s probe, where it was claimed."""
+        if not claim.probe:
+            return
+        if not claim.shared:
+            await self.local.hand_on(model, claim)
+            return
+        await self._run("HAND_ON", self._cool_keys(model)[2:], [claim.token])
+
+    # Budgets
+
+    def _budget_keys(self, purpose: str, since: float) -> list[str]:
+        return [self._key("budget", purpose, f"{since:.0f}", part) for part in _BUDGET_PARTS]
+
+    async def reserve(
+        self, purpose: str, since: float, usd: float, estimate: float, spent: float
+    ) -> Hold | Refused:
+        """Hold ``estimate`` while the period's shared spend and holds stay below ``usd``."""
+        keys = self._budget_keys(purpose, since)
+        hold_id = uuid.uuid4().hex
+        got = await self._run(
+            "RESERVE",
+            keys,
+            [
+                usd,
+                estimate,
+                hold_id,
+                _ms(self.lease_seconds),
+                spent,
+                _ms(_PERIOD_SECONDS),
+            ],
+        )
+        if got is _DOWN:
+            return await self.local.reserve(purpose, since, usd, estimate, spent)
+        if not int(got[0]):
+            return Refused(float(got[1]), float(got[2]))
+        self._holds[hold_id] = (keys[1], keys[2])
+        self._renew_while_held()
+        return Hold(purpose, since, estimate, hold_id, shared=True)
+
+    async def settle(
+        self, purpose: str, since: float, cost: float, hold: Hold | None = None
+    ) -> None:
+        """Add ``cost`` to the period's shared spend, and release ``hold``."""
+        if hold is not None and not hold.shared:
+            await self.local.settle(purpose, since, cost, hold)
+            hold = None
+            if not cost:
+                return
+        if hold is not None:
+            self._holds.pop(hold.id, None)
+        await self._run(
+            "SETTLE",
+            self._budget_keys(purpose, since),
+            ["" if hold is None else hold.id, cost],
+        )
+
+    async def close(self) -> None:
+        """Stop renewing and reconnecting, finish the writes under way, close the client."""
+        for task in (self._renewing, self._reconnecting):
+            if task is not None:
+                task.cancel()
+        await self.drain()
+        if self._loop is not None and self._loop is asyncio.get_running_loop():
+            await self._redis.aclose()
+
+
+_BUDGET_PARTS: Final = ("spent", "holds", "expiries")
+
+
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, as Redis's expiry options take them (at least 1)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _text(value: object) -> str:
+    """An argument as a script reads it: ``repr`` for a float (every digit kept)."""
+    return repr(value) if isinstance(value, float) else str(value)
