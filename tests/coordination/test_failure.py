@@ -1,0 +1,109 @@
+"""Redis failing fails no prompt: each process keeps its share locally, logs it once, and
+shares again once Redis answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+
+import pytest
+
+from datasette_llm.config.values import CoordinationSettings
+from datasette_llm.coordination import (
+    INSTALL,
+    LocalCoordinator,
+    RedisCoordinator,
+    RedisMissing,
+    coordinator_for,
+)
+from tests.conftest import MakeDatasette
+from tests.coordination.conftest import RedisServer
+
+
+def shared(coordinator: RedisCoordinator) -> bool:
+    """Read afresh (mypy would otherwise take the status for the one asserted earlier)."""
+    return coordinator.status.shared
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+async def test_while_redis_is_down_each_process_keeps_its_share_and_says_so_once(
+    own_redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    coordinator = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        assert await coordinator.pace("m", 6000.0, None)
+        assert coordinator.status.shared
+        own_redis_server.stop()
+        # Every call still answers: the rpm and concurrency halved, cool-downs and holds local.
+        assert await coordinator.pace("m", 6000.0, None)
+        first = await coordinator.lease("m", 4, 0)
+        second = await coordinator.lease("m", 4, 0)
+        assert first is not None and second is not None
+        assert await coordinator.lease("m", 4, 0.05) is None  # 4 / 2 processes
+        assert (await coordinator.cool_down("m", 0.2)).first
+        assert await coordinator.cooling("m") > 0
+        assert not isinstance(await coordinator.reserve("p", 0.0, 1.0, 0.5, 0.0), type(None))
+        status = coordinator.status
+        assert not status.shared and status.problem
+        assert status.where == own_redis_server.url
+        [warning] = warnings(caplog)
+        assert warning.startswith(f"datasette-llm: Redis at {own_redis_server.url} failed (")
+        assert "keeps 1/2 of each model's rpm and concurrency" in warning
+        first()
+        second()
+
+        own_redis_server.start()
+        started = time.monotonic()
+        while not shared(coordinator) and time.monotonic() - started < 5:
+            await asyncio.sleep(0.05)
+        assert shared(coordinator)
+        assert any("answers again" in r.getMessage() for r in caplog.records)
+        # Shared again: a cool-down one process starts is seen by another at once.
+        other = RedisCoordinator(settings)
+        await coordinator.cool_down("n", 5.0)
+        assert await other.cooling("n") > 4
+        await other.close()
+        assert len(warnings(caplog)) == 1
+    finally:
+        await coordinator.close()
+
+
+async def test_redis_unreachable_from_the_start_is_survivable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = CoordinationSettings("redis://127.0.0.1:1/0", processes=3)
+    coordinator = RedisCoordinator(settings, retry_seconds=60)
+    try:
+        assert await coordinator.pace("m", 600.0, 1.0)
+        assert await coordinator.lease("m", 3, 0) is not None
+        assert await coordinator.lease("m", 3, 0.01) is None  # 3 / 3 processes
+        assert len(warnings(caplog)) == 1
+    finally:
+        await coordinator.close()
+
+
+def test_without_coordination_a_datasette_keeps_limits_locally(
+    make_datasette: MakeDatasette,
+) -> None:
+    datasette = make_datasette()
+    local = coordinator_for(datasette, None)
+    assert isinstance(local, LocalCoordinator)
+    assert coordinator_for(datasette, None) is local
+    assert not local.status.shared
+
+
+def test_a_missing_redis_package_names_the_extra(
+    make_datasette: MakeDatasette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    settings = CoordinationSettings("redis://127.0.0.1:6379/0")
+    with pytest.raises(RedisMissing) as raised:
+        coordinator_for(make_datasette(), settings)
+    assert INSTALL in str(raised.value)
+    assert INSTALL == "pip install 'datasette-llm[redis]'"
