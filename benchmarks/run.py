@@ -60,18 +60,20 @@ def _within(label: str, top: str, bottom: str) -> Callable[[Results], float | No
 
 
 def _prompt_overhead(case: str) -> Callable[[Results], float | None]:
-    """Ours' wrapped/raw ratio divided by 0.1a8's: about 1 means the same overhead as the original.
+    """Ours' wrapped prompt minus the raw one, in µs: what the attempt path adds to a call.
 
-    A prompt to a real provider takes hundreds of milliseconds and the wrapping a few tens of
-    microseconds, so the limit only catches a real regression (10%), not noise.
+    0.1a8 handed llm's prompt through with nothing around it; each of our prompts is an
+    attempt with a deadline, a ledger row, metering and telemetry, planned fallbacks and the
+    hooks, so the limit is an absolute cost, held small against what a call costs in the
+    provider's client library alone (about 1.4 ms of CPU against a local OpenAI-compatible
+    provider: benchmarks/THROUGHPUT.md). The ratios to 0.1a8 are in the table of every case.
     """
 
-    def ratio(results: Results) -> float | None:
-        ours = _within("ours", case, "c.prompt.raw")(results)
-        anchor = _within("anchor", case, "c.prompt.raw")(results)
-        return _div(ours, anchor)
+    def overhead(results: Results) -> float | None:
+        wrapped, raw = results["ours"].get(case), results["ours"].get("c.prompt.raw")
+        return None if wrapped is None or raw is None else wrapped - raw
 
-    return ratio
+    return overhead
 
 
 # The harness's smallest registry holds llm-echo's 2 models; it calls that row N=1.
@@ -101,16 +103,17 @@ TARGETS = [
         "the catalog is cached",
     ),
     Target(
-        "prompt, no hook: (ours wrapped/raw) / (0.1a8 wrapped/raw)",
+        "prompt, no hook: ours wrapped - raw, µs",
         _prompt_overhead("c.prompt.wrapped"),
-        1.1,
-        "the same wrapping overhead as the original, within noise",
+        100.0,
+        "an attempt (ledger row, metering, telemetry, planned fallbacks) costs under a tenth "
+        "of a provider call's CPU in its client library",
     ),
     Target(
-        "prompt, one hook: (ours wrapped/raw) / (0.1a8 wrapped/raw)",
+        "prompt, one hook: ours wrapped - raw, µs",
         _prompt_overhead("c.prompt.wrapped+1ctxhook"),
-        1.1,
-        "the same wrapping overhead as the original, within noise",
+        100.0,
+        "the same, with an llm_prompt_context hook entered around the attempt",
     ),
     Target(
         "model(purpose), ours: 3,000 / 10 keyed purposes",
@@ -199,7 +202,7 @@ def report(results: Results, rounds: int, quick: bool) -> str:
         "",
         "## Targets",
         "",
-        "| target | ratio | limit | why | |",
+        "| target | figure | limit | why | |",
         "| --- | ---: | ---: | --- | --- |",
     ]
     for target in TARGETS:
