@@ -80,8 +80,13 @@ class State:
     - The coordinator (``coordination/backend.py``): made again when the ``coordination``
       settings change; it keeps each model's limits and cool-down and each budget's holds, in
       the process or through Redis.
-    - One gate per model and limits, ``rpm`` and ``concurrency`` (``prompting/limits.py``):
-      never rebuilt; a gate holds the model's places under its limits and its cool-down.
+    - One gate per model and limits, ``rpm`` and ``concurrency`` (``prompting/limits.py``),
+      with the coordinator they ask: made again with a new coordinator; a gate keeps only a
+      mirror of the model's cool-down as this process learned it (for planning which model to
+      try first), the coordinator deciding.
+    - The budget settles under way (``usage/budgets.py``): the tasks giving back a prompt's
+      hold and charging each attempt's cost to the coordinator, awaited before the next hold
+      of the purpose and at shutdown.
     - The purposes falling back, by purpose and routed model, with the fallback that answered
       (``prompting/attempts.py``): an entry is made by the first prompt a fallback answers and
       dropped by the first one its routed model answers again; each change is logged once.

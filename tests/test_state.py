@@ -93,9 +93,9 @@ async def test_the_state_is_collected_with_its_datasette_after_real_use(
     make_datasette: MakeDatasette, tmp_path: Path
 ) -> None:
     # Every slot but the CLI's filled: configuration, overrides, llm's models, purposes, policies,
-    # verdicts, secrets, the ledger and the gates (test-a is limited to 600 rpm). Datasette
-    # itself keeps an instance alive until close() (its database threads), and one with a
-    # temporary internal database until the process exits (atexit removes the file).
+    # verdicts, secrets, the ledger, the coordinator and the gates (test-a is limited to 600
+    # rpm). Datasette itself keeps an instance alive until close() (its database threads), and
+    # one with a temporary internal database until the process exits (atexit removes the file).
     datasette = make_datasette(
         {"purposes": {"summaries": {"model": {"model": "test-a", "rpm": 600}}}},
         config={"permissions": {"llm-use": {"id": "alice"}}},
@@ -109,7 +109,7 @@ async def test_the_state_is_collected_with_its_datasette_after_real_use(
     get_purposes(datasette)
     register_secrets(datasette)
     await flush_usage(datasette)
-    assert repr(state_of(datasette)).startswith("<State of 10 slots: llm's models,")
+    assert repr(state_of(datasette)).startswith("<State of 11 slots: llm's models,")
     if not hasattr(datasette, "close"):
         pytest.skip("this Datasette has no close(): its database threads keep it alive")
     datasette.close()

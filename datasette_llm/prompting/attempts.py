@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 import stamina
 
 from ..config.values import settings_for
+from ..coordination import Claim
 from ..log import logger
 from ..provider_errors import (
     RETRIED_KINDS,
@@ -58,7 +59,7 @@ from ..provider_errors import (
 from ..routing.route import admit
 from ..state import Slot, state_of
 from ..usage.budgets import BudgetExceededError
-from .clients import adapt, client_library
+from .clients import adapt, client_library, prepare
 from .limits import Gate, LimitsTimeout, gate_for
 from .metering import Meter, Started
 
@@ -94,6 +95,8 @@ provider's, and ends the prompt as it is)."""
 _WAIT_INITIAL: Final = 0.5
 _WAIT_MAX: Final = 10.0
 _WAIT_JITTER: Final = 1.0
+_GO: Final = Claim(0.0)
+"""A try that goes without waiting for the cool-down (stamina's test mode): no probe."""
 
 
 def tries_of(model: AsyncModel, retries: int) -> int:
@@ -224,8 +227,8 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
                 result.skipped.append(f"fallback {model_id!r} skipped because {admitted}")
                 continue
             routed = admitted
-        reference = routed.reference
-        gate = gate_for(datasette, model_id, reference.rpm, reference.concurrency)
+        gate = gate_for(datasette, routed)
+        # As this process last learned: the claim before sending decides (``_cooled``).
         if gate.cooling() and index < len(plan) - 1 and "rate_limit" in settings.fallback_on:
             cooling.append((routed, gate))  # tried last, if nothing after it answers
             result.skipped.append(f"{model_id!r} deferred: it is cooling down after rate limits")
@@ -431,15 +434,16 @@ class _Prompt(Generic[T]):
             return wait < left
         return wait <= self.settings.max_wait
 
-    async def _cooled(self, routed: Routed, gate: Gate) -> bool:
-        """Wait until the model has cooled down, and claim its try (``Gate.claim``); return
-        whether this try is the one finding out whether it has recovered.
+    async def _cooled(self, routed: Routed, gate: Gate) -> Claim:
+        """Wait until the model has cooled down, in any process, and claim its try
+        (``Gate.claim``); return the claim: whether this try is the one finding out whether
+        it has recovered.
 
         Raises:
             ProviderError: ``rate_limit``, with nothing sent: it cools down for longer than
                 the prompt may wait.
         """
-        while (wait := gate.claim()) > 0:
+        while (wait := (claim := await gate.claim()).wait) > 0:
             if not self.may_wait(wait):
                 model_id = routed.resolution.model_id
                 bound = "its deadline" if self.clock.deadline is not None else "max_wait"
@@ -451,7 +455,7 @@ class _Prompt(Generic[T]):
                     retry_after=wait,
                 )
             if stamina.is_testing():
-                return False  # stamina's test mode waits for nothing; past the bound still fails
+                return _GO  # stamina's test mode waits for nothing; past the bound still fails
             if self.onward:
                 # Cooling after other prompts' rate limits, or another try is finding out
                 # whether it has recovered: a later model answers meanwhile.
@@ -463,18 +467,19 @@ class _Prompt(Generic[T]):
                     "the next model",
                 )
             await asyncio.sleep(wait)
-        return gate.probing  # claim() gave 0: this try probes, if the model was rate limited
+        return claim  # it may go: the probe, if the model was rate limited
 
     async def _try(self, routed: Routed, gate: Gate) -> T:
-        probe = await self._cooled(routed, gate)
+        claim = await self._cooled(routed, gate)
         try:
-            return await self._send(routed, gate)
+            return await self._send(routed, gate, claim)
         finally:
-            if probe:
-                gate.hand_on()  # cancelled or refused by a hook: the next try probes
+            if claim.probe:  # cancelled or refused by a hook, unrecorded: the next try probes
+                await gate.hand_on(claim)
 
-    async def _send(self, routed: Routed, gate: Gate) -> T:
-        """One try of ``routed``: one attempt, one ledger row, when its request is sent.
+    async def _send(self, routed: Routed, gate: Gate, claim: Claim) -> T:
+        """One try of ``routed`` under ``claim``: one attempt, one ledger row, when its
+        request is sent.
 
         Raises:
             ProviderError: The attempt failed. A ``timeout`` before anything was sent (the
@@ -489,6 +494,8 @@ class _Prompt(Generic[T]):
             raise ProviderError("timeout", model_id, "the prompt's deadline passed before this try")
         slot: AbstractAsyncContextManager[None] = nullcontext()
         if self.slots:
+            if gate.rpm is not None:  # a first client built after its turn would leave late
+                prepare(routed.model, routed.key)
             slot = gate.slot(self.clock.left())
         try:
             async with slot:
@@ -503,10 +510,10 @@ class _Prompt(Generic[T]):
             self.meter.cancelled(routed, begun)  # a row, if the provider was sent it
             raise
         else:
-            gate.record(None)
+            await gate.record(None, claim)
             result.attempts.append(self._attempt(model_id, number, begun, None))
             return response
-        gate.record(error)
+        await gate.record(error, claim)
         self.meter.failure(routed, begun, error.kind, error)
         result.attempts.append(self._attempt(model_id, number, begun, error.kind))
         if error.kind == "unknown" and error.__cause__ is not None:

@@ -76,6 +76,7 @@ __all__ = [
     "adapted",
     "client_library",
     "one_attempt",
+    "prepare",
 ]
 
 POOL_SIZE: Final = 32
@@ -137,6 +138,25 @@ def adapt(model: object) -> bool:
         return False  # its plugin builds its own clients: they are not ours to share
     model.get_client = PooledClients(model)  # type: ignore[attr-defined]
     return True
+
+
+def prepare(model: object, key: str | None) -> None:
+    """Build now the pooled client ``model``'s next request with ``key`` will use, if ``model``
+    is one of llm's OpenAI models adapted here and the client is not pooled yet.
+
+    Called before a request takes its turn under the model's ``rpm``: a process's first client
+    takes a while to build (the client library's imports, its certificates), and a turn taken
+    before it would leave late, together with the next turns' requests. A model whose plugin
+    builds its client inside ``execute`` (llm-anthropic) is built when it sends, as before.
+    """
+    own = vars(model).get("get_client") if hasattr(model, "__dict__") else None
+    if not isinstance(own, PooledClients) or own.model is not model:
+        return
+    # Only a head start: whatever fails here (no key) fails again, as the provider's error of
+    # the attempt, when the request is sent.
+    with suppress(Exception):
+        pooled: Any = own.model
+        own(pooled.get_key(key) if pooled.needs_key else key, async_=True)
 
 
 def adapted(model: object) -> bool:

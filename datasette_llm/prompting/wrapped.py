@@ -206,9 +206,7 @@ class WrappedChainResponse:
             target.open_chains.discard(self)
 
     def _gate(self, routed: Routed) -> Gate:
-        reference = routed.reference
-        model_id = routed.resolution.model_id
-        return gate_for(self._target.datasette, model_id, reference.rpm, reference.concurrency)
+        return gate_for(self._target.datasette, routed)
 
     async def _place(self) -> Release:
         """The place under the model's limits for the step about to be sent: the one its
@@ -322,7 +320,7 @@ class WrappedChainResponse:
                 raise  # no request's: a tool's, or a wait for a place past the deadline
             resolution = self._routed.resolution
             failure = classify(error, resolution.model_id, resolution.key.described())
-            self._gate(self._routed).record(failure)
+            await self._gate(self._routed).record(failure)
             self._meter.failure(self._routed, self._started, failure.kind, failure)
             if failure is error or failure.kind == "unknown":
                 raise

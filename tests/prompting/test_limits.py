@@ -256,3 +256,22 @@ async def test_a_wait_for_a_place_past_the_deadline_sends_nothing_and_leaves_no_
         rows = await LLM(ds).usage_records()
         assert [(row.purpose, row.outcome) for row in rows] == [("slow", "ok")]
         assert provider.counts.requests == 1
+
+
+async def test_a_turn_under_rpm_past_the_deadline_sends_nothing(
+    make_datasette: MakeDatasette,
+) -> None:
+    paced = {"model": "test-a", "rpm": 6}  # one request every 10 s
+    ds = make_datasette({"purposes": {"p": {"model": paced, "deadline": 0.3}}})
+    model = await LLM(ds).model(purpose="p")
+    assert await (await model.prompt("first")).text() == "test-a:first"
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("second")
+    assert asyncio.get_running_loop().time() - started < 1  # not the 10 s to its turn
+    assert raised.value.kind == "timeout"
+    assert "waiting for a place under the client-side limits of 'test-a' (rpm 6.0" in str(
+        raised.value
+    )
+    assert "its next turn under rpm is later" in str(raised.value)
+    assert raised.value.attempts == ()  # nothing was tried
