@@ -200,17 +200,22 @@ async def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def books(datasette: Any) -> dict[str, Any]:
     """What ours' ledger holds once every row is written: rows by outcome, and what they cost."""
+    from datasette_llm.coordination.local import LocalCoordinator
+    from datasette_llm.usage.budgets import coordinator_of, period_start, settled
     from datasette_llm.usage.ledger import flush_usage, ledger_for, read_records
 
     await asyncio.sleep(0.5)  # let cancelled attempts hand over their rows
     await flush_usage(datasette)
+    await settled(datasette)  # every prompt's hold given back, every cost charged
     ledger = ledger_for(datasette)
     records = await read_records(ledger, None, None)
+    coordinator = coordinator_of(datasette)
+    assert isinstance(coordinator, LocalCoordinator)
     return {
         "rows": len(records),
         "outcomes": dict(Counter(str(record.outcome) for record in records)),
         "spent": sum(record.cost or 0.0 for record in records),
-        "reserved": ledger.reserved("bench"),
+        "reserved": coordinator.reserved("bench", period_start("day", time.time())),
     }
 
 

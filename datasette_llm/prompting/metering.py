@@ -5,8 +5,15 @@ each attempt that failed, and for each attempt cancelled after it was sent (outc
 ``cancelled``: what it received, charged at no less than the prompt's estimate). It goes to
 the ledger (unless ``usage: {enabled: false}``), to OpenTelemetry (``datasette_llm.telemetry``),
 to the prompt's ``PromptResult.usage`` (which the ``llm_prompt_context`` hooks see) and to every
-``LLM.on_usage`` listener. A budgeted purpose's prompt holds its estimate of the budget while it
-runs (``Meter.admit``, ``Meter.settle``).
+``LLM.on_usage`` listener. A budgeted purpose's prompt holds its estimate of the budget with the
+coordinator while it runs (``Meter.admit``, ``Meter.settle``), and each of its attempts' costs is
+counted with the coordinator as its record is made (``usage.budgets.charge``: the spend shared
+by every process, when coordination is shared).
+
+Nothing on the record's path waits: a record is made in code that a cancellation must not cut
+short (the ``finally`` of a cancelled attempt), so its row is handed to the ledger, and its cost
+and the prompt's hold to the coordinator, each without an ``await``; the coordinator is told in
+tasks kept until they end (``usage/budgets.py``), which the next prompt admitted waits for.
 
 A prompt is priced and metered under the configuration that routed it (``Routed.policy``), which
 its fallbacks are admitted under too: a configuration changed while it runs applies to the next
@@ -24,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Final
 from ..config.values import Price
 from ..log import logger
 from ..usage import telemetry
-from ..usage.budgets import admit
-from ..usage.ledger import Reservation, ledger_for
+from ..usage.budgets import Reservation, admit, charge
+from ..usage.ledger import ledger_for
 from ..usage.records import (
     Outcome,
     UsageRecord,
@@ -162,7 +169,8 @@ class Meter:
         return cost_of(price, input_tokens, output, None)
 
     async def admit(self) -> None:
-        """Hold the prompt's estimate of its purpose's budget until ``settle()``.
+        """Hold the prompt's estimate of its purpose's budget until ``settle()``, with the
+        coordinator of the configuration that routed it.
 
         Raises:
             BudgetExceededError: The budget, with what prompts in flight hold, is spent.
@@ -174,10 +182,14 @@ class Meter:
         if budget is None or purpose is None or self.reservation is not None:
             return
         estimate = self.estimate(self.primary) or 0.0
-        self.reservation = await admit(self.datasette, purpose, budget, estimate, time.time())
+        self.reservation = await admit(
+            self.datasette, purpose, budget, estimate, time.time(), config=config
+        )
 
     def settle(self) -> None:
-        """Release the prompt's reservation: its records count towards the spend instead."""
+        """Release the prompt's reservation: its records count towards the spend instead.
+
+        Never waits (see the module): safe in a ``finally`` of a cancelled prompt."""
         reservation, self.reservation = self.reservation, None
         if reservation is not None:
             reservation.release()
@@ -273,6 +285,10 @@ class Meter:
         settings = config.usage
         if settings.enabled:
             ledger_for(self.datasette).record(record)
+        try:
+            charge(self.datasette, config, record)
+        except Exception:
+            logger.exception("Counting usage record %s towards its budget failed", record.id)
 
 
 def _price(pricing: Mapping[str, Price], routed: Routed) -> Price | None:

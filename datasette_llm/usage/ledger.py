@@ -39,7 +39,6 @@ __all__ = [
     "SCHEMA",
     "TABLE",
     "Ledger",
-    "Reservation",
     "flush_usage",
     "ledger_for",
     "rows",
@@ -111,7 +110,6 @@ class Ledger:
         self.written = 0
         self._listeners: list[Listener] = []
         self._spent: dict[tuple[str, float], float] = {}  # (purpose, since) -> US dollars
-        self._reserved: dict[str, float] = {}  # purpose -> US dollars held by prompts in flight
 
     def __repr__(self) -> str:
         return (
@@ -153,14 +151,16 @@ class Ledger:
         self._pending.extend(previous._pending)
         previous._pending.clear()
         self._listeners.extend(previous._listeners)
-        self._reserved = previous._reserved  # shared: prompts in flight release into it
         self.dropped, self.written = previous.dropped, previous.written
         if self._pending:
             self._wake.set()
             self._writer = asyncio.get_running_loop().create_task(self._write_forever())
 
     async def spent(self, purpose: str, since: float) -> float:
-        """US dollars recorded for ``purpose`` since ``since``: read once, then kept up to date."""
+        """US dollars recorded for ``purpose`` since ``since``: read once, then kept up to date.
+
+        The figure a budget's period starts from (``usage/budgets.py`` hands it to the
+        coordinator, which keeps the holds of prompts in flight)."""
         known = self._spent.get((purpose, since))
         if known is not None:
             return known
@@ -177,31 +177,6 @@ class Ledger:
                 del self._spent[key]  # an earlier period's
             self._spent[purpose, since] = written + waiting
         return written + waiting
-
-    async def reserve(
-        self, purpose: str, since: float, usd: float, estimate: float
-    ) -> Reservation | tuple[float, float]:
-        """Hold ``estimate`` for a prompt of ``purpose`` while spent + reserved is below ``usd``.
-
-        The check and the hold happen with nothing awaited between them, so prompts admitted
-        at once never see the same room: however many run, the spend can pass ``usd`` by at
-        most one prompt's estimate (when each costs no more than its estimate).
-
-        Returns:
-            The ``Reservation`` to release once the prompt has ended, or, when there is no
-            room, what was spent since ``since`` and what prompts in flight hold.
-        """
-        await self.spent(purpose, since)  # read once per period; kept up to date after
-        spent = self._spent.get((purpose, since), 0.0)
-        reserved = self._reserved.get(purpose, 0.0)
-        if spent + reserved >= usd:
-            return spent, reserved
-        self._reserved[purpose] = reserved + estimate
-        return Reservation(self._reserved, purpose, estimate)
-
-    def reserved(self, purpose: str) -> float:
-        """US dollars held for ``purpose``'s prompts in flight."""
-        return self._reserved.get(purpose, 0.0)
 
     async def flush(self) -> None:
         """Write every pending row now."""
@@ -316,37 +291,6 @@ def unknown_database(name: str, attached: Iterable[str]) -> ConfigProblem:
         "FILE.db, datasette llm check FILE.db), or leave database out to keep usage in "
         "Datasette's internal database.",
     )
-
-
-class Reservation:
-    """What one prompt in flight holds of its purpose's budget, until it is released.
-
-    Attributes:
-        purpose: The purpose.
-        usd: US dollars held.
-    """
-
-    __slots__ = ("_held", "purpose", "usd")
-
-    def __init__(self, held: dict[str, float], purpose: str, usd: float) -> None:
-        self._held: dict[str, float] | None = held
-        self.purpose = purpose
-        self.usd = usd
-
-    def __repr__(self) -> str:
-        state = "held" if self._held is not None else "released"
-        return f"<Reservation purpose={self.purpose!r} usd={self.usd:g} {state}>"
-
-    def release(self) -> None:
-        """Give the amount back (once; the prompt's records count towards the spend now)."""
-        held, self._held = self._held, None
-        if held is None:
-            return
-        left = held.get(self.purpose, 0.0) - self.usd
-        if left > 1e-12:
-            held[self.purpose] = left
-        else:
-            held.pop(self.purpose, None)
 
 
 _LEDGER: Final[Slot[Ledger]] = Slot("the usage ledger")

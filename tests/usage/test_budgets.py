@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -17,7 +18,8 @@ from datasette.app import Datasette
 
 from datasette_llm import LLM, BudgetExceededError, ConfigurationError, ProviderError
 from datasette_llm.config.parser import parse_config
-from datasette_llm.usage.ledger import ledger_for
+from datasette_llm.coordination import LocalCoordinator
+from datasette_llm.usage.budgets import coordinator_of, period_start, settled
 from tests.conftest import MakeDatasette
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 
@@ -44,6 +46,15 @@ async def spent(ds: Datasette) -> float:
     return sum(row.cost or 0.0 for row in await LLM(ds).usage_records())
 
 
+async def reserved(ds: Datasette) -> float:
+    """US dollars the prompts of 'summaries' in flight hold today, once every hold given back
+    has reached the coordinator."""
+    await settled(ds)
+    coordinator = coordinator_of(ds)
+    assert isinstance(coordinator, LocalCoordinator)
+    return coordinator.reserved("summaries", period_start("day", time.time()))
+
+
 async def prompt_at_once(ds: Datasette, count: int, **kwargs: Any) -> list[object]:
     model = await LLM(ds).model(purpose="summaries")
     prompts = (model.prompt(f"prompt {number}", **kwargs) for number in range(count))
@@ -62,8 +73,20 @@ async def test_concurrent_prompts_spend_at_most_the_budget_and_one_estimate(
     assert len(refused) == count - 10
     assert provider.counts.requests == 10
     assert await spent(ds) <= usd + ONE_PROMPT
-    assert ledger_for(ds).reserved("summaries") == 0
+    assert await reserved(ds) == 0
     assert "held by prompts in flight" in str(refused[0])
+
+
+async def test_a_prompt_after_another_has_ended_finds_its_hold_given_back(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette(config({"usd": 1.5 * ONE_PROMPT, "estimate_usd": ONE_PROMPT}))
+    model = await LLM(ds).model(purpose="summaries")
+    await model.prompt("one")
+    await model.prompt("two")  # one prompt spent, nothing held: within the budget
+    with pytest.raises(BudgetExceededError, match="has spent"):
+        await model.prompt("three")
+    assert provider.counts.requests == 2
 
 
 async def test_the_estimate_comes_from_max_tokens_at_the_configured_price(
@@ -86,16 +109,16 @@ async def test_a_reservation_is_settled_on_failure_and_on_cancellation(
     model = await LLM(ds).model(purpose="summaries")
     with pytest.raises(ProviderError):
         await model.prompt("hi")
-    assert ledger_for(ds).reserved("summaries") == 0
+    assert await reserved(ds) == 0
     provider.default = Reply(delay=30)
     task = asyncio.ensure_future(model.prompt("hi"))
     while provider.counts.requests < 2:
         await asyncio.sleep(0.005)
-    assert ledger_for(ds).reserved("summaries") == ONE_PROMPT
+    assert await reserved(ds) == ONE_PROMPT
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert ledger_for(ds).reserved("summaries") == 0
+    assert await reserved(ds) == 0
     assert await spent(ds) == pytest.approx(ONE_PROMPT)  # the cancelled one, at its estimate
     with pytest.raises(BudgetExceededError):
         await model.prompt("hi")
@@ -147,7 +170,7 @@ async def test_a_chain_holds_its_reservation_until_it_ends_however_it_ends(
     while not chunks:
         await asyncio.sleep(0.01)
     # Its first chunk has reached the caller and its stream goes on: it holds its estimate.
-    assert ledger_for(ds).reserved("summaries") == ONE_PROMPT
+    assert await reserved(ds) == ONE_PROMPT
     with pytest.raises(BudgetExceededError):
         await model.prompt("another")
     if end == "completed":
@@ -157,7 +180,7 @@ async def test_a_chain_holds_its_reservation_until_it_ends_however_it_ends(
             task.cancel()
         with pytest.raises(ProviderError if end == "failed" else asyncio.CancelledError):
             await task  # a cut stream, or its task cancelled mid-stream
-    assert ledger_for(ds).reserved("summaries") == 0  # settled: its row counts instead
+    assert await reserved(ds) == 0  # settled: its row counts instead
     outcomes = {"completed": "ok", "failed": "connection", "cancelled": "cancelled"}
     assert [row.outcome for row in await LLM(ds).usage_records()] == [outcomes[end]]
     assert provider.counts.requests == 1  # the other prompt was refused, never sent
