@@ -149,16 +149,21 @@ def register_commands(cli: click.Group) -> None:
 @hookimpl
 def startup(datasette: Datasette) -> object:
     """Stop startup on configuration errors; log warnings (errors too under ``strict``); load
-    the routing overrides stored in the internal database; then log each configured model
-    without an API key (``report.log_key_problems_at_startup``)."""
-    from ._operator.checks import check_at_startup
+    the routing overrides stored in the internal database, and with ``coordination: {redis:
+    ...}`` listen for those other processes save (``coordination.watch_overrides``; not for the
+    Datasette a ``datasette llm`` command builds); then log each configured model without an
+    API key (``report.log_key_problems_at_startup``)."""
+    from ._operator.checks import check_at_startup, startup_validation_deferred
     from ._operator.report import log_key_problems_at_startup
     from .config.overrides import load_overrides
+    from .coordination import watch_overrides
 
     check_at_startup(datasette)
 
     async def inner() -> None:
         await load_overrides(datasette)
+        if not startup_validation_deferred(datasette):
+            watch_overrides(datasette)
         await log_key_problems_at_startup(datasette)
 
     return inner
@@ -179,10 +184,16 @@ def menu_links(datasette: Datasette, actor: dict[str, object] | None) -> object:
 
 @hookimpl
 def shutdown(datasette: Datasette) -> object:
-    """Write the usage rows still waiting (on Datasette versions that have this hook)."""
+    """Write the usage rows still waiting, then stop listening through Redis and close the
+    coordinator's connections (on Datasette versions that have this hook)."""
+    from .coordination import close_coordination
     from .usage.ledger import flush_usage
 
-    return flush_usage(datasette)
+    async def inner() -> None:
+        await flush_usage(datasette)
+        await close_coordination(datasette)
+
+    return inner
 
 
 @hookimpl

@@ -1,8 +1,9 @@
 """The ``datasette llm`` commands: ``purposes``, ``check`` (``--live``) and ``usage``.
 
-``purposes`` and ``check`` show the routing report in a terminal; ``check --live`` sends a short
-prompt through each purpose's routed chain; ``usage`` shows the usage ledger's sums (per purpose
-and model, or ``--by actor``), or JSON.
+``purposes`` and ``check`` show the routing report in a terminal (``purposes`` with one line
+on coordination, ``check`` warning of a Redis that does not answer); ``check --live`` sends a
+short prompt through each purpose's routed chain; ``usage`` shows the usage ledger's sums (per
+purpose and model, or ``--by actor``), or JSON, saying whose rows they are.
 Each builds the Datasette that ``datasette serve`` would build from the same options.
 """
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from ..errors import ConfigProblem
     from .report import Chain, ChainLink, Route, RoutingReport, Setting
-    from .status import PurposeStatus
+    from .status import CoordinationView, LedgerSource, PurposeStatus
 
 __all__ = [
     "BY_DEFAULT",
@@ -312,12 +313,15 @@ def _window_text(window: UsageWindow, by: Sequence[str]) -> list[str]:
     return lines
 
 
-def format_usage(summary: UsageSummary, by: Sequence[str] = BY_DEFAULT) -> str:
+def format_usage(
+    summary: UsageSummary, by: Sequence[str] = BY_DEFAULT, ledger: LedgerSource | None = None
+) -> str:
     """Render the summary as the plain text ``datasette llm usage`` prints.
 
     Args:
         summary: The sums.
         by: The tables of each window, of ``BY_GROUPINGS`` (printed in that order).
+        ledger: Whose rows the ledger holds, said under the first line when given.
     """
     where = (
         f"the database {summary.database!r}"
@@ -327,9 +331,13 @@ def format_usage(summary: UsageSummary, by: Sequence[str] = BY_DEFAULT) -> str:
     if summary.error is not None:
         lines = [summary.error, ""]
     elif not summary.recorded:
-        lines = [f"No usage recorded yet (the ledger table is not in {where}).", ""]
+        lines = [f"No usage recorded yet (the ledger table is not in {where})."]
+        lines.extend([] if ledger is None else [ledger.text])
+        lines.append("")
     else:
-        lines = [f"Usage recorded in {where}, as of {summary.now_text}.", ""]
+        lines = [f"Usage recorded in {where}, as of {summary.now_text}."]
+        lines.extend([] if ledger is None else [ledger.text])
+        lines.append("")
         for window in summary.windows:
             lines.extend(_window_text(window, by))
     if not summary.enabled:
@@ -354,14 +362,17 @@ def format_usage(summary: UsageSummary, by: Sequence[str] = BY_DEFAULT) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-async def _usage(datasette: Datasette, since: str | None) -> UsageSummary:
+async def _usage(datasette: Datasette, since: str | None) -> tuple[UsageSummary, LedgerSource]:
     from ..routing.overlay import config_for
     from ..usage.summary import build_usage
+    from .status import ledger_source
 
     await datasette.invoke_startup()
     now = time.time()
     windows = None if since is None else [parse_since(since, now)]
-    return await build_usage(datasette, config_for(datasette), windows, now)
+    config = config_for(datasette)
+    summary = await build_usage(datasette, config, windows, now)
+    return summary, ledger_source(datasette, config)
 
 
 def add_usage_command(group: click.Group) -> None:
@@ -399,7 +410,7 @@ def add_usage_command(group: click.Group) -> None:
 
         Reads the ledger where datasette serve keeps it: Datasette's internal database (pass
         the file of datasette serve --internal) or the database usage: database names (pass
-        it as FILES).
+        it as FILES). Each process writes its own rows there: the output says whose they are.
         """
         from ..errors import ConfigurationError
 
@@ -407,14 +418,14 @@ def add_usage_command(group: click.Group) -> None:
             parse_since(since, time.time())  # a bad --since fails before anything starts
         datasette = datasette_from_files(config, metadata, plugins_dir, internal, files)
         try:
-            summary = asyncio.run(_usage(datasette, since))
+            summary, ledger = asyncio.run(_usage(datasette, since))
         except ConfigurationError as error:
             click.echo(format_problems(error.problems, False), err=True)
             raise SystemExit(1) from None
         if as_json:
-            click.echo(json.dumps(summary.to_json(), indent=2))
+            click.echo(json.dumps({**summary.to_json(), "ledger": ledger.to_json()}, indent=2))
         else:
-            click.echo(format_usage(summary, by or BY_DEFAULT), nl=False)
+            click.echo(format_usage(summary, by or BY_DEFAULT, ledger), nl=False)
 
 
 # ``datasette llm check --live``.
@@ -535,8 +546,10 @@ def _key_text(route: Route) -> str:
     return f"set ({where})"
 
 
-def format_table(report: RoutingReport) -> str:
-    """Render the report as the plain-text table ``datasette llm purposes`` prints."""
+def format_table(report: RoutingReport, coordination: CoordinationView | None = None) -> str:
+    """Render the report as the plain-text table ``datasette llm purposes`` prints, with the
+    coordination in one line after the global settings when given and configured (without it,
+    each process keeps its own limits, as ``--json`` says)."""
     header = ("PURPOSE", "OWNER", "CONFIGURED", "RESOLVES TO", "STEP", "KEY")
     rows: list[tuple[str, ...]] = [header]
     for purpose in report.purposes:
@@ -577,6 +590,8 @@ def format_table(report: RoutingReport) -> str:
     allowed = "any installed model" if report.models is None else ", ".join(report.models)
     lines.append(f"Allowed models: {allowed or 'none'}")
     lines.append(f"Blocked models: {', '.join(report.blocked_models) or 'none'}")
+    if coordination is not None and coordination.backend != "local":
+        lines.append(coordination.text)
     for collision in report.collisions:
         lines.append(
             f"Collision: {collision.name!r} registered by {collision.kept_owner!r} (kept) "
@@ -645,23 +660,28 @@ def format_chains(report: RoutingReport) -> str:
     return "\n".join(["Fallbacks and retries (tried in order):", *lines])
 
 
-async def _report(datasette: Datasette) -> tuple[RoutingReport, tuple[PurposeStatus, ...]]:
-    """The routing report and each purpose's status (by the ledger, with ``--internal``)."""
+async def _report(
+    datasette: Datasette,
+) -> tuple[RoutingReport, tuple[PurposeStatus, ...], CoordinationView]:
+    """The routing report, each purpose's status (by the ledger, with ``--internal``), and the
+    coordination (Redis pinged now)."""
+    from ..coordination import PING_SECONDS
     from ..errors import ConfigurationError
     from ..routing.overlay import config_for
     from ..usage.summary import build_usage
     from .report import build_report
-    from .status import build_status
+    from .status import build_coordination, build_status
 
     await datasette.invoke_startup()
     report = await build_report(datasette)
     config = config_for(datasette)
+    coordination = await build_coordination(datasette, config, ping=PING_SECONDS)
     try:
         usage = await build_usage(datasette, config)
     except ConfigurationError:
-        return report, ()  # usage.database is not attached: check says so
+        return report, (), coordination  # usage.database is not attached: check says so
     statuses, _ = await build_status(datasette, report, config, usage)
-    return report, statuses
+    return report, statuses, coordination
 
 
 def format_statuses(statuses: Sequence[PurposeStatus]) -> str:
@@ -691,7 +711,8 @@ def add_commands(cli: click.Group) -> None:
         internal: str | None,
         as_json: bool,
     ) -> None:
-        """Show every purpose, the model it resolves to, and why.
+        """Show every purpose, the model it resolves to, and why; and whether the processes
+        share their limits through Redis (asked now).
 
         Pass the database files datasette serve attaches (FILES), such as the one usage:
         database names.
@@ -700,18 +721,21 @@ def add_commands(cli: click.Group) -> None:
 
         datasette = datasette_from_files(config, metadata, plugins_dir, internal, files)
         try:
-            report, statuses = asyncio.run(_report(datasette))
+            report, statuses, coordination = asyncio.run(_report(datasette))
         except ConfigurationError as error:
             click.echo(format_problems(error.problems, False), err=True)
             raise SystemExit(1) from None
         if as_json:
-            status = {"status": [purpose.to_json() for purpose in statuses]}
+            status = {
+                "status": [purpose.to_json() for purpose in statuses],
+                "coordination": coordination.to_json(),
+            }
             click.echo(json.dumps({**status, **report.to_json()}, indent=2))
         else:
             leading = format_statuses(statuses)
             if leading:
                 click.echo(leading + "\n")
-            click.echo(format_table(report))
+            click.echo(format_table(report, coordination))
 
     @llm_group.command(name="check")
     @click.argument("files", type=click.Path(exists=True), nargs=-1)
@@ -738,7 +762,8 @@ def add_commands(cli: click.Group) -> None:
         Pass the database files datasette serve attaches (FILES), such as the one usage:
         database names, and with --internal the internal database datasette serve uses: the
         routing overrides stored there are checked as calls will use them (one that no longer
-        fits is a warning). With --live, also prompt each purpose's routed chain (real calls,
+        fits is a warning). With coordination: {redis: ...}, Redis is pinged: one that does not
+        answer is a warning. With --live, also prompt each purpose's routed chain (real calls,
         recorded as usage); exit 1 if any fails.
         """
         if only is not None and not live:
@@ -777,7 +802,7 @@ async def _check(
     from ..routing.overlay import layers_for
     from .checks import ignored_override_problems, validate_datasette
     from .report import build_report, serving_problems
-    from .status import status_problems
+    from .status import coordination_problems, status_problems
 
     await datasette.invoke_startup()  # loads the overrides stored in the --internal database
     validation = validate_datasette(datasette)
@@ -791,6 +816,7 @@ async def _check(
             await serving_problems(datasette, report, layers.config, current_registry(datasette))
         )
         problems.extend(await status_problems(datasette, report, layers.config))
+        problems.extend(await coordination_problems(datasette, layers.config))
     problems.sort(key=lambda problem: problem.severity != "error")
     return problems, validation.strict, report
 

@@ -12,7 +12,9 @@ or for a purpose locked in datasette.yaml, with a 400 page saying why for a fiel
 read or a model the policy refuses, and with a 409 page when the purpose is not at the version
 the form was loaded at (another editor wrote since, or the store lost writes): that page shows
 what changed and the refused edit, which can be applied over the new version deliberately.
-A GET changes nothing.
+A GET changes nothing. Once stored, the write is announced to the other processes serving the
+Datasette (``datasette_llm.coordination.announce_override``): those sharing the internal
+database file see it within a second anyway, and at once with ``coordination: {redis: ...}``.
 
 A write changes only the fields its editor changed: the form sends back, hidden, each field as
 it was loaded (``was_<field>``), and the stored override keeps every other field as it is
@@ -47,6 +49,7 @@ from ..config.overrides import (
 from ..config.parser import parse_config, reference
 from ..config.source import raw_section
 from ..config.values import LLMConfig, PurposeConfig
+from ..coordination import announce_override
 from ..errors import ConfigurationError, Substituted, nearest, quoted
 from ..routing.catalog import get_purposes
 from ..routing.models import ModelRegistry, current_registry, option_problems
@@ -708,6 +711,7 @@ async def edit_view(datasette: Datasette, request: Request) -> Response:
         )
     except OverrideConflict:
         return await _conflict(datasette, request, name, form, changed, version)
+    await announce_override(datasette, saved)  # with Redis: every process reads it now
     what = "reverted to datasette.yaml" if override.empty else "saved"
     datasette.add_message(request, f"Routing of purpose {name!r} {what} (version {saved.version}).")
     return Response.redirect(datasette.urls.path("/-/llm") + "#overrides")

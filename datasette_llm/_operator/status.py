@@ -15,6 +15,12 @@ Computed from what this process's calls got (which purposes fall back: ``prompti
 which models cool down: ``prompting.limits``), the usage ledger (each purpose's last failure,
 the recent failures, what budgets have spent: ``usage.summary``) and routing (keys). A process
 that has made no call yet knows only the ledger and the configuration.
+
+Beside it, what the processes serving this Datasette share (``CoordinationView``: through Redis
+or not, and what this process keeps of each limit meanwhile), and whose rows the usage ledger
+holds (``LedgerSource``): each process writes its own, to its internal database unless
+``usage: {database: ...}`` names another, so the page and ``datasette llm usage`` say which
+processes' rows they read.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
-from ..config.values import CONFIG_ROOT
+from ..config.values import CONFIG_ROOT, shown_url
+from ..coordination import PING_SECONDS, RedisCoordinator, RedisMissing, coordinator_for
 from ..errors import ConfigProblem, ConfigurationError
 from ..prompting.attempts import falling_back
 from ..prompting.limits import cooling_models
@@ -43,10 +50,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECENT_FAILURES",
+    "CoordinationView",
     "Failure",
+    "LedgerSource",
     "PurposeStatus",
     "StatusKind",
+    "build_coordination",
     "build_status",
+    "coordination_problems",
+    "ledger_source",
     "status_problems",
 ]
 
@@ -254,3 +266,222 @@ async def status_problems(
         for status in statuses
         if status.kind in ("over_budget", "degraded")
     ]
+
+
+# What the processes share, and whose rows the ledger holds.
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinationView:
+    """What the processes serving this Datasette share now: the page's "Coordination".
+
+    Attributes:
+        backend: ``"local"`` (no ``coordination`` configured) or ``"redis"``.
+        shared: Whether every process's limits, cool-downs and budgets are shared now.
+        where: The Redis URL with any password hidden, or ``None``.
+        prefix: The start of every Redis key, or ``None``.
+        since: When ``shared`` last changed (seconds since the epoch), or ``None``: local, or
+            what a ping just found (``pinged``).
+        problem: Why Redis cannot be reached, while it cannot (any password hidden).
+        processes: How many processes ``coordination.processes`` says share the limits.
+        share: What this process keeps of each model's ``rpm`` and ``concurrency`` now:
+            ``"shared"`` (one limit for every process, in Redis), ``"1/N"`` (its share while
+            Redis cannot be reached) or ``"all"`` (each process allows every limit in full).
+        pinged: Whether this is what a ping just found (the ``datasette llm`` commands), not
+            what this process's calls found.
+    """
+
+    backend: Literal["local", "redis"]
+    shared: bool
+    where: str | None
+    prefix: str | None
+    since: float | None
+    problem: str | None
+    processes: int | None
+    share: str
+    pinged: bool = False
+
+    @property
+    def since_text(self) -> str | None:
+        """``since`` as UTC text."""
+        return None if self.since is None else utc_text(self.since)
+
+    @property
+    def kept(self) -> str:
+        """What each process keeps of each limit while Redis cannot be reached, in words."""
+        if self.processes is None or self.processes == 1:
+            return "every limit in full"
+        return f"1/{self.processes} of each model's rpm and concurrency"
+
+    @property
+    def text(self) -> str:
+        """The coordination in one line."""
+        if self.backend == "local":
+            return (
+                "Coordination: none: each process keeps its own rpm and concurrency limits, "
+                "cool-downs and budget holds; to share them among several processes, configure "
+                "coordination: {redis: ...}."
+            )
+        when = " (just now)" if self.pinged else ""
+        if self.since is not None and not self.pinged:
+            when = f" (since {self.since_text})"
+        if self.shared:
+            down = (
+                f"each of the {self.processes} processes keeps {self.kept}"
+                if self.processes
+                else "each process keeps every limit in full (set processes: N to divide them)"
+            )
+            return (
+                f"Coordination: shared through Redis at {self.where}{when}: every "
+                f"process's limits, cool-downs and budgets; while Redis is down, {down}."
+            )
+        return (
+            f"Coordination: NOT shared{when}: Redis at {self.where} cannot be reached "
+            f"({self.problem}); meanwhile this process keeps {self.kept}, and its own "
+            "cool-downs and budget holds."
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict."""
+        return {
+            "backend": self.backend,
+            "shared": self.shared,
+            "where": self.where,
+            "prefix": self.prefix,
+            "since": self.since,
+            "since_text": self.since_text,
+            "problem": self.problem,
+            "processes": self.processes,
+            "share": self.share,
+            "text": self.text,
+        }
+
+
+async def build_coordination(
+    datasette: Datasette, config: LLMConfig, *, ping: float | None = None
+) -> CoordinationView:
+    """Return what the processes serving ``datasette`` share now, as its coordinator says.
+
+    Args:
+        ping: Seconds to wait for Redis, to ask it now (``datasette llm`` commands, whose
+            coordinator has not talked to Redis yet), or ``None`` to report the status.
+    """
+    settings = config.coordination
+    if settings is None:
+        return CoordinationView("local", False, None, None, None, None, None, "all")
+    processes = settings.processes
+    alone = "all" if processes is None or processes == 1 else f"1/{processes}"
+    where = shown_url(settings.redis)
+    try:
+        coordinator = coordinator_for(datasette, settings)
+    except RedisMissing as error:
+        return CoordinationView(
+            "redis", False, where, settings.prefix, None, str(error), processes, alone
+        )
+    status = coordinator.status
+    shared, problem = status.shared, status.problem
+    since: float | None = status.since
+    if ping is not None and isinstance(coordinator, RedisCoordinator):
+        problem = await coordinator.ping(ping)
+        shared, since = problem is None, None
+    share = "shared" if shared else alone
+    return CoordinationView(
+        "redis", shared, where, settings.prefix, since, problem, processes, share, ping is not None
+    )
+
+
+async def coordination_problems(datasette: Datasette, config: LLMConfig) -> list[ConfigProblem]:
+    """For ``datasette llm check``: a warning when ``coordination`` names a Redis that does not
+    answer a ping within ``PING_SECONDS`` now; an error when redis-py is not installed."""
+    settings = config.coordination
+    if settings is None:
+        return []
+    path = f"{CONFIG_ROOT}.coordination.redis"
+    try:
+        coordinator_for(datasette, settings)
+    except RedisMissing as error:
+        return [ConfigProblem(path, str(error))]
+    view = await build_coordination(datasette, config, ping=PING_SECONDS)
+    if view.shared:
+        return []
+    return [
+        ConfigProblem(
+            path,
+            f"Redis at {view.where} cannot be reached now ({view.problem}): until it can, each "
+            f"process keeps {view.kept}, and its own cool-downs and budget holds. Start it, or "
+            "correct the URL.",
+            "warning",
+        )
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSource:
+    """Whose rows the usage ledger read holds: each process writes its own.
+
+    Attributes:
+        database: The database ``usage: {database: ...}`` names, or ``None``: Datasette's
+            internal database.
+        path: Its file, or ``None`` when only this process has it (in memory, or the
+            temporary internal database of a Datasette started without ``--internal``).
+        text: Whose rows they are, in a sentence or two.
+    """
+
+    database: str | None
+    path: str | None
+    text: str
+
+    @property
+    def own(self) -> bool:
+        """Whether the rows are this process's alone."""
+        return self.path is None
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict."""
+        return {"database": self.database, "path": self.path, "own": self.own, "text": self.text}
+
+
+def ledger_source(datasette: Datasette, config: LLMConfig) -> LedgerSource:
+    """Return whose rows the ledger of ``datasette`` holds: this process's alone, or those of
+    every process writing to the same file (with ``coordination`` configured, the page says
+    where the other processes' rows are)."""
+    database = config.usage.database
+    coordinated = config.coordination is not None
+    if database is None:
+        internal = datasette.get_internal_database()
+        if internal.is_temp_disk or internal.is_memory or internal.path is None:
+            text = (
+                "The ledger read here holds this process's rows alone: its internal database "
+                "is temporary (started without --internal), so they go when it stops."
+            )
+            if coordinated:
+                text += (
+                    " The other processes sharing its limits keep theirs in their own "
+                    "internal databases."
+                )
+            return LedgerSource(None, None, text)
+        path = str(internal.path)
+        text = (
+            f"The ledger read here holds the rows of every process started with --internal {path}."
+        )
+        if coordinated:
+            text += (
+                " A process started with another internal database keeps its rows there: to "
+                "read every process's rows here, start them all with this --internal file, or "
+                "name a database file they all serve with usage: {database: ...}."
+            )
+        return LedgerSource(None, path, text)
+    db = datasette.databases.get(database)
+    if db is None or db.is_memory or db.path is None:
+        return LedgerSource(
+            database,
+            None,
+            f"The ledger read here holds this process's rows alone: {database!r} is in memory.",
+        )
+    path = str(db.path)
+    return LedgerSource(
+        database,
+        path,
+        f"The ledger read here holds the rows of every process serving {path} "
+        f"(usage: {{database: {database}}}).",
+    )

@@ -19,7 +19,7 @@ from .chart import build_chart
 from .edit import build_edits, edit_view
 from .live import known_purposes, unknown_purpose
 from .report import build_report, who_may_use, with_may_use
-from .status import build_status
+from .status import build_coordination, build_status, ledger_source
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -65,7 +65,8 @@ async def can_view_routing(datasette: Datasette, actor: Mapping[str, object] | N
 
 
 async def routing_view(datasette: Datasette, request: Request) -> Response:
-    """Show every purpose's routing and its usage; 403 unless the actor may ``llm-view-routing``."""
+    """Show every purpose's routing and its usage, what the processes share (coordination) and
+    whose rows the ledger holds; 403 unless the actor may ``llm-view-routing``."""
     as_json = bool(request.url_vars.get("format"))
     if not await can_view_routing(datasette, request.actor):
         message = (
@@ -97,6 +98,8 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
     who = who_may_use(datasette, names)
     can_manage = await can_manage_routing(datasette, request.actor)
     edits = await build_edits(datasette, names, can_manage=can_manage)
+    coordination = await build_coordination(datasette, config)
+    ledger = ledger_source(datasette, config)
     if as_json:
         document = with_may_use(report.to_json(), who)
         overrides = edits.to_json()
@@ -108,8 +111,9 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
             {
                 "ok": True,
                 "status": status,
+                "coordination": coordination.to_json(),
                 **document,
-                "usage": usage.to_json(),
+                "usage": {**usage.to_json(), "ledger": ledger.to_json()},
                 "overrides": overrides,
             }
         )
@@ -123,6 +127,8 @@ async def routing_view(datasette: Datasette, request: Request) -> Response:
         "may_use": who,
         "can_test_routes": can_manage,
         "statuses": statuses,
+        "coordination": coordination,
+        "ledger": ledger,
         "day_spend": _day_spend(usage),
         "failures": failures,
         "period": _period(request, usage),

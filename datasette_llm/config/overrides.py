@@ -14,6 +14,14 @@ when what it holds was last checked ``REFRESH_SECONDS`` ago, ``overrides_of`` st
 in the background, which reads the id of the latest audit row (every write adds one, in its
 transaction) and, only when that id moved, every override again. So a check costs one small read
 a second per Datasette, however many calls route; ``freshness_of`` counts them.
+
+So the processes serving one Datasette share their overrides by sharing its internal database
+file (``datasette serve --internal same.db`` in each): a process that uses its own internal
+database keeps its own overrides. With ``coordination: {redis: ...}`` configured, a write is
+seen by the others at once rather than within the second: the process that saved it announces
+it through Redis, and each process hearing it checks now (``refresh_overrides``;
+``datasette_llm.coordination.backend``). Redis carries only that notice: the overrides are
+always read from the internal database.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ __all__ = [
     "freshness_of",
     "load_overrides",
     "overrides_of",
+    "refresh_overrides",
     "save_override",
     "version_of",
 ]
@@ -348,6 +357,29 @@ async def _check(datasette: Datasette, held: _Held) -> None:
     if overrides is not None and held.writes == writes:
         held.loaded, held.stamp = overrides, stamp
         held.reloads += 1
+
+
+async def refresh_overrides(datasette: Datasette) -> Mapping[str, StoredOverride]:
+    """Check now for writes by other processes, as the check every ``REFRESH_SECONDS`` does,
+    and return the overrides held after it (loading them first if they are not yet loaded).
+
+    A check under way is waited for and then another one made, since it may have read the
+    database before the write that prompted this call. A failure to check is logged, once
+    until a check succeeds, and never raised: what was held is returned.
+
+    Raises:
+        Exception: Only when they were not loaded yet and that first read failed (as
+            ``load_overrides`` raises it).
+    """
+    held = _held(datasette)
+    if held.loaded is None:
+        return await load_overrides(datasette)
+    loop = asyncio.get_running_loop()
+    under_way = held.checking
+    if under_way is not None and not under_way.done() and under_way.get_loop() is loop:
+        await asyncio.shield(under_way)
+    await asyncio.shield(_check_in(loop, datasette, held))
+    return held.loaded
 
 
 def _remember(held: _Held, purpose: str, stored: StoredOverride) -> None:

@@ -1,6 +1,13 @@
-"""Limits, cool-downs and budgets shared by the processes serving one Datasette."""
+"""Limits, cool-downs and budgets shared by the processes serving one Datasette, and the
+notices of routing overrides they send each other."""
 
-from .backend import coordinator_for
+from .backend import (
+    OVERRIDES_CHANNEL,
+    announce_override,
+    close_coordination,
+    coordinator_for,
+    watch_overrides,
+)
 from .coordinator import (
     Claim,
     CoolDown,
@@ -11,19 +18,26 @@ from .coordinator import (
     Release,
 )
 from .local import LocalCoordinator
-from .shared import INSTALL, RedisCoordinator, RedisMissing
+from .shared import INSTALL, PING_SECONDS, Heard, RedisCoordinator, RedisMissing, problem_of
 
 __all__ = [
     "INSTALL",
+    "OVERRIDES_CHANNEL",
+    "PING_SECONDS",
     "Claim",
     "CoolDown",
     "CoordinationStatus",
     "Coordinator",
+    "Heard",
     "Hold",
     "LocalCoordinator",
     "RedisCoordinator",
     "RedisMissing",
     "Refused",
     "Release",
+    "announce_override",
+    "close_coordination",
     "coordinator_for",
+    "problem_of",
+    "watch_overrides",
 ]

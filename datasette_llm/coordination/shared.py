@@ -12,20 +12,33 @@ the coordinator local: it logs one warning, its status says why, and every call 
 ``LocalCoordinator`` keeping ``1 / processes`` of each limit, while a background task pings
 Redis every ``retry_seconds``; once Redis answers, it logs that limits are shared again and
 calls go back to Redis. Places and holds taken locally meanwhile are given back locally.
+
+Processes also tell each other of changes through it: ``publish`` sends a message on a channel
+(under the prefix) and ``listen`` hears every process's, from one task per channel and event
+loop on a connection of its own, which never retries by itself: when it fails, Redis is down
+as for any call (logged once, the status says why), and once Redis answers again the task
+subscribes again and tells its listener that messages may have been missed meanwhile (as it
+does when it first subscribes).
+
+A Redis password is never shown: ``status.where`` and the log name the URL with
+``shown_url``, a problem quoted from an error has the password replaced by ``***``, and the
+logger redacts it from every line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from urllib.parse import unquote, urlsplit
 
 from ..config.values import CoordinationSettings, shown_url
-from ..log import logger
+from ..log import logger, remember
 from . import scripts
 from .coordinator import Claim, CoolDown, CoordinationStatus, Hold, Refused, Release
 from .local import FIRST_COOL_DOWN, LONGEST_COOL_DOWN, LocalCoordinator
@@ -34,7 +47,14 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = ["INSTALL", "RedisCoordinator", "RedisMissing"]
+__all__ = [
+    "INSTALL",
+    "PING_SECONDS",
+    "Heard",
+    "RedisCoordinator",
+    "RedisMissing",
+    "problem_of",
+]
 
 INSTALL: Final = "pip install 'datasette-llm[redis]'"
 _LEASE_SECONDS: Final = 15.0
@@ -52,6 +72,18 @@ _POLL_LONGEST: Final = 0.1
 from the first to the longest (a place given back in this process wakes its waiters at once)."""
 _CONNECT_SECONDS: Final = 1.0
 _COMMAND_SECONDS: Final = 2.0
+_LISTEN_SECONDS: Final = 0.5
+"""How long a listener waits for a message before waiting again, and noticing it is stopped: a
+cancellation arriving while redis-py connects can be lost in it (measured with redis-py 8.2),
+so a listener also checks whether it was stopped or cancelled between waits."""
+_HEALTH_SECONDS: Final = 30
+"""How often an idle listener's connection is pinged, to notice a Redis gone without a word."""
+PING_SECONDS: Final = 1.0
+"""How long ``RedisCoordinator.ping`` waits for Redis by default."""
+
+Heard: TypeAlias = Callable[[str | None], Awaitable[None]]
+"""What ``RedisCoordinator.listen`` calls: with each message, or ``None`` when messages may
+have been missed (once subscribed, first and again after Redis failed)."""
 
 
 class RedisMissing(ImportError):
@@ -65,18 +97,44 @@ class RedisMissing(ImportError):
         )
 
 
-def _client(url: str) -> Redis:
+def _client(url: str, *, retries: bool = True) -> Redis:
+    """A client for ``url``; with ``retries=False``, one that never retries a failed command
+    or reconnects by itself (a listener's: it must know when its subscription broke)."""
     try:
         from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
     except ImportError:
         raise RedisMissing() from None
+    options: dict[str, Any] = {}
+    if not retries:
+        options.update(retry=Retry(NoBackoff(), 0), health_check_interval=_HEALTH_SECONDS)
     client: Redis = Redis.from_url(
         url,
         socket_connect_timeout=_CONNECT_SECONDS,
         socket_timeout=_COMMAND_SECONDS,
         decode_responses=True,
+        **options,
     )
     return client
+
+
+def _password(url: str) -> str | None:
+    """The password in ``url``, if any."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def problem_of(error: BaseException, url: str) -> str:
+    """Return ``error`` in one line, with the password of ``url`` (if any) replaced by ``***``."""
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    password = _password(url)
+    if password:
+        for form in sorted({password, unquote(password)}, key=len, reverse=True):
+            text = text.replace(form, "***")
+    return text
 
 
 class _Unreachable:
@@ -107,6 +165,10 @@ class RedisCoordinator:
         self.lease_seconds = lease_seconds
         self.retry_seconds = retry_seconds
         self._where = shown_url(settings.redis)
+        password = _password(settings.redis)
+        if password:
+            remember(password)  # never in a log line
+            remember(unquote(password))
         self._status = CoordinationStatus("redis", True, self._where, time.time())
         self.local = LocalCoordinator(settings.processes or 1, status=self._status)
         self._redis = _client(settings.redis)  # raises RedisMissing before anything else
@@ -117,6 +179,7 @@ class RedisCoordinator:
         self._renewing: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._listening: dict[str, asyncio.Task[None]] = {}
         self._freed = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -144,6 +207,7 @@ class RedisCoordinator:
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         """Run the script ``name`` of ``scripts``; ``_DOWN`` if Redis failed (or had)."""
         if not self._status.shared:
+            self._keep_reconnecting()
             return _DOWN
         client = self._client_now()
         script = self._scripts.get(name)
@@ -160,7 +224,7 @@ class RedisCoordinator:
     def _lost(self, error: Exception) -> None:
         if not self._status.shared:
             return
-        problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        problem = problem_of(error, self.settings.redis)
         self._status = CoordinationStatus("redis", False, self._where, time.time(), problem)
         logger.warning(
             "datasette-llm: Redis at %s failed (%s): until it answers again, this "
@@ -172,8 +236,15 @@ class RedisCoordinator:
             self.retry_seconds,
         )
         self._freed.set()  # waiters for a shared place go local now
-        if self._reconnecting is None or self._reconnecting.done():
-            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+        self._keep_reconnecting()
+
+    def _keep_reconnecting(self) -> None:
+        """Make sure a task in the running event loop pings Redis until it answers (one made
+        in an event loop that has ended since pings no more)."""
+        task = self._reconnecting
+        loop = asyncio.get_running_loop()
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._reconnecting = loop.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
         while True:
@@ -387,14 +458,151 @@ class RedisCoordinator:
             ["" if hold is None else hold.id, cost],
         )
 
-    async def close(self) -> None:
-        """Stop renewing and reconnecting, finish the writes under way, close the client."""
+    def stop(self) -> list[asyncio.Task[None]]:
+        """Cancel listening, renewing and reconnecting at once; return the listening tasks
+        (``close`` also waits for the writes under way and closes the client)."""
+        listeners = self.stop_listening()
         for task in (self._renewing, self._reconnecting):
-            if task is not None:
+            if task is not None and not task.get_loop().is_closed():
                 task.cancel()
+        return listeners
+
+    async def close(self) -> None:
+        """Stop listening, renewing and reconnecting, finish the writes under way, close the
+        client."""
+        listeners = self.stop()
+        running = asyncio.get_running_loop()
+        mine = [task for task in listeners if task.get_loop() is running and not task.done()]
+        if mine:
+            await asyncio.wait(mine, timeout=_LISTEN_SECONDS + 2 * _COMMAND_SECONDS)
         await self.drain()
         if self._loop is not None and self._loop is asyncio.get_running_loop():
             await self._redis.aclose()
+
+    # Messages between processes, and a look at Redis
+
+    async def publish(self, channel: str, message: str) -> bool:
+        """Send ``message`` to every process listening on ``channel``; return whether it went.
+
+        Nothing is sent while Redis cannot be reached (``status``); a failure to send is noted
+        as any other and never raised.
+        """
+        if not self._status.shared:
+            return False
+        try:
+            await self._client_now().publish(self._key(channel), message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._lost(error)
+            return False
+        return True
+
+    def listen(self, channel: str, heard: Heard) -> asyncio.Task[None]:
+        """Call ``heard`` with every message any process publishes on ``channel``, from now
+        until ``stop_listening`` or ``close``, in the running event loop; return its task.
+
+        One task per channel and event loop: while one listens, calling again returns it (and
+        ``heard`` stays the first one's). Once subscribed it calls ``heard(None)``: messages
+        may have been missed before. While Redis cannot be reached the task waits; once it
+        answers again it subscribes again, and calls ``heard(None)`` again. An exception of
+        ``heard`` is logged, and the task goes on.
+        """
+        loop = asyncio.get_running_loop()
+        task = self._listening.get(channel)
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = self._listening[channel] = loop.create_task(self._listen(channel, heard))
+        return task
+
+    def listening(self, channel: str) -> bool:
+        """Whether a task listens on ``channel`` in the running event loop (``False`` when
+        none is running)."""
+        task = self._listening.get(channel)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return task is not None and not task.done() and task.get_loop() is loop
+
+    def stop_listening(self) -> list[asyncio.Task[None]]:
+        """Stop every listening task; return them. Each closes its connection as it ends,
+        within ``_LISTEN_SECONDS`` (it is cancelled, and also sees that it was stopped)."""
+        tasks = list(self._listening.values())
+        self._listening.clear()
+        for task in tasks:
+            if not task.done() and not task.get_loop().is_closed():
+                task.cancel()
+        return tasks
+
+    def _stopped(self, channel: str) -> bool:
+        """Whether the listening task running this is no longer wanted: return ``True`` when
+        ``stop_listening`` replaced it; raise ``CancelledError`` when it was cancelled, even
+        if the cancellation was lost on the way."""
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        if cancelling is not None and cancelling():
+            raise asyncio.CancelledError
+        return self._listening.get(channel) is not task
+
+    async def _listen(self, channel: str, heard: Heard) -> None:
+        key = self._key(channel)
+        missed = True  # a write may have come between the overrides' loading and now
+        while not self._stopped(channel):
+            if not self._status.shared:  # the reconnecting task pings meanwhile
+                missed = True
+                self._keep_reconnecting()
+                await asyncio.sleep(min(self.retry_seconds, _LISTEN_SECONDS))
+                continue
+            client = _client(self.settings.redis, retries=False)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(key)
+                if missed:
+                    missed = False
+                    await self._tell(heard, None)
+                while not self._stopped(channel):
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_LISTEN_SECONDS
+                    )
+                    if message is not None and message.get("type") == "message":
+                        await self._tell(heard, str(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # ConnectionError, TimeoutError...
+                if self._listening.get(channel) is asyncio.current_task():
+                    self._lost(error)  # the status turns local: the loop above waits
+                    missed = True
+            finally:  # both, even when cancelled again meanwhile (the first cancel goes on)
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await pubsub.aclose()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await client.aclose()
+
+    async def _tell(self, heard: Heard, message: str | None) -> None:
+        try:
+            await heard(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("datasette-llm: a listener of messages through Redis failed")
+
+    async def ping(self, timeout: float = PING_SECONDS) -> str | None:
+        """Ask Redis now whether it answers within ``timeout`` seconds: return why not, or
+        ``None``. Changes nothing: not the status, nor where calls go (a look, for
+        ``datasette llm check``)."""
+        client = _client(self.settings.redis, retries=False)
+        try:
+            await asyncio.wait_for(client.ping(), timeout)
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except Exception as error:
+            return problem_of(error, self.settings.redis)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        return None
 
 
 _BUDGET_PARTS: Final = ("spent", "holds", "expiries")
