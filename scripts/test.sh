@@ -17,6 +17,18 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# tests/coordination/ run a real redis-server of their own on a free port of 127.0.0.1 (Debian's
+# package; root installs it); without one those tests are skipped, saying so.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing redis-server (apt-get)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+      || echo "!! could not install redis-server: the Redis tests will be skipped"
+  else
+    echo "!! redis-server is not installed: the Redis tests will be skipped (apt-get install redis-server)"
+  fi
+fi
+
 # pip, minus the machine's notices about local index mirrors that do not exist.
 pip_install() {
   "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }

@@ -11,7 +11,8 @@ events, its error bodies) answers, streamed or not, with the next scripted ``Rep
 cut off after some chunks, a slow first byte, or a connection dropped with no answer at all.
 
 Provider-wide limits, faults and latency are checked in that order (``Provider``). Every request
-is recorded with its headers and JSON body, and tallied in ``counts``.
+is recorded with its headers, JSON body and the moment it was received, and tallied in
+``counts``; ``received_at`` and ``busiest_second`` read how fast requests came in.
 """
 
 from __future__ import annotations
@@ -65,11 +66,17 @@ class Reply:
 
 @dataclass(frozen=True)
 class Seen:
-    """A request the provider received."""
+    """A request the provider received.
+
+    Attributes:
+        at: When the whole request had been read (``time.monotonic()``; not compared, so a
+            ``Seen`` equals another of the same request).
+    """
 
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    at: float = field(default=0.0, compare=False)
 
 
 @dataclass(slots=True)
@@ -195,7 +202,7 @@ class Provider:
 
     def plan(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> Reply:
         """Record one request and decide its answer."""
-        self.requests.append(Seen(path, headers, body))
+        self.requests.append(Seen(path, headers, body, time.monotonic()))
         self.counts.requests += 1
         if headers.get(_RETRY_HEADER, "0") not in ("", "0"):
             self.counts.retried += 1
@@ -206,6 +213,36 @@ class Provider:
             return refused
         reply = self._fault(self.script.pop(0) if self.script else self.default)
         return dataclasses.replace(reply, delay=reply.delay + self.latency)
+
+    def received_at(
+        self, model: str | None = None, since: float = -math.inf, until: float = math.inf
+    ) -> list[float]:
+        """When each request was received (``time.monotonic()``), in order.
+
+        Args:
+            model: Only requests for this model, as the request names it (the ``model_name``
+                of llm's ``extra-openai-models.yaml``, such as ``primary-gpt-upstream``).
+            since: Only requests received at or after this moment.
+            until: Only requests received before this moment.
+        """
+        return sorted(
+            seen.at
+            for seen in list(self.requests)  # a copy: the server's thread appends meanwhile
+            if since <= seen.at < until and (model is None or seen.body.get("model") == model)
+        )
+
+    def busiest_second(
+        self, model: str | None = None, since: float = -math.inf, until: float = math.inf
+    ) -> int:
+        """The most requests received within any one second (a window of one second ending
+        at each request: ``(at - 1, at]``), of the requests ``received_at`` selects."""
+        times = self.received_at(model, since, until)
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while times[first] <= at - 1.0:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection: requests one after another (keep-alive) until it closes."""
