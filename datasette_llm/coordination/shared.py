@@ -181,6 +181,9 @@ class RedisCoordinator:
         self._background: set[asyncio.Task[Any]] = set()
         self._listening: dict[str, asyncio.Task[None]] = {}
         self._freed = asyncio.Event()
+        # Costs charged while Redis could not be reached, by (purpose, period start): added to
+        # the shared spend once it answers again, so the outage's spend is not forgotten.
+        self._unsettled: dict[tuple[str, float], float] = {}
 
     def __repr__(self) -> str:
         state = "shared" if self._status.shared else "local"
@@ -264,6 +267,7 @@ class RedisCoordinator:
             self._where,
             down_for,
         )
+        await self._settle_unsettled()
 
     def _later(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -452,11 +456,25 @@ class RedisCoordinator:
                 return
         if hold is not None:
             self._holds.pop(hold.id, None)
-        await self._run(
+        got = await self._run(
             "SETTLE",
             self._budget_keys(purpose, since),
             ["" if hold is None else hold.id, cost],
         )
+        if got is _DOWN and cost:
+            key = (purpose, since)
+            self._unsettled[key] = self._unsettled.get(key, 0.0) + cost
+
+    async def _settle_unsettled(self) -> None:
+        """Add the costs charged while Redis was down to the shared spend (a period whose
+        spend Redis no longer keeps starts again from a ledger, which holds them)."""
+        while self._unsettled:
+            (purpose, since), cost = self._unsettled.popitem()
+            got = await self._run("SETTLE", self._budget_keys(purpose, since), ["", cost])
+            if got is _DOWN:  # down again: kept for the next time it answers
+                key = (purpose, since)
+                self._unsettled[key] = self._unsettled.get(key, 0.0) + cost
+                return
 
     def stop(self) -> list[asyncio.Task[None]]:
         """Cancel listening, renewing and reconnecting at once; return the listening tasks

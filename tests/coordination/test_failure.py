@@ -13,9 +13,11 @@ import pytest
 from datasette_llm.config.values import CoordinationSettings
 from datasette_llm.coordination import (
     INSTALL,
+    Hold,
     LocalCoordinator,
     RedisCoordinator,
     RedisMissing,
+    Refused,
     coordinator_for,
 )
 from tests.conftest import MakeDatasette
@@ -107,3 +109,35 @@ def test_a_missing_redis_package_names_the_extra(
         coordinator_for(make_datasette(), settings)
     assert INSTALL in str(raised.value)
     assert INSTALL == "pip install 'datasette-llm[redis]'"
+
+
+async def test_costs_charged_while_redis_refused_are_added_once_it_answers_again(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    import redis.asyncio
+
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    charging = RedisCoordinator(settings, retry_seconds=0.1)
+    other = RedisCoordinator(settings)
+    # The admin connection authenticates with the password before it is set (AUTH with no
+    # password set is refused by Redis), so it keeps working while the others are refused.
+    admin = redis.asyncio.Redis.from_url(own_redis_server.url)
+    try:
+        hold = await charging.reserve("p", 0.0, 10.0, 1.0, spent=0.0)  # the period starts at 0
+        assert isinstance(hold, Hold)
+        await admin.config_set("requirepass", "outage")
+        await admin.client_kill_filter(_type="normal", skipme=True)
+        await charging.settle("p", 0.0, 2.5, hold)  # Redis refuses: kept to be added later
+        assert not shared(charging)
+        await admin.config_set("requirepass", "")
+        started = time.monotonic()
+        while not shared(charging) and time.monotonic() - started < 5:
+            await asyncio.sleep(0.05)
+        assert shared(charging)
+        await charging.drain()
+        refused = await other.reserve("p", 0.0, 2.0, 1.0, spent=0.0)
+        assert isinstance(refused, Refused) and refused.spent == pytest.approx(2.5)
+    finally:
+        await admin.aclose()
+        await charging.close()
+        await other.close()
