@@ -449,7 +449,10 @@ def ledger_source(datasette: Datasette, config: LLMConfig) -> LedgerSource:
     coordinated = config.coordination is not None
     if database is None:
         internal = datasette.get_internal_database()
-        if internal.is_temp_disk or internal.is_memory or internal.path is None:
+        # Datasette 1.0a23 keeps a temporary internal database in memory (it has no
+        # is_temp_disk); later ones in a temporary file.
+        temporary = getattr(internal, "is_temp_disk", False)
+        if temporary or internal.is_memory or internal.path is None:
             text = (
                 "The ledger read here holds this process's rows alone: its internal database "
                 "is temporary (started without --internal), so they go when it stops."
