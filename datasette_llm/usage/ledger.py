@@ -6,7 +6,9 @@ Datasette's write queue (``execute_write_many``) into the table ``datasette_llm_
 Datasette's internal database (persistent with ``--internal file.db``) or of the database
 ``usage: {database: NAME}`` names. At most
 ``MAX_PENDING`` rows wait; beyond that the oldest are dropped and the loss is logged. The rows
-left are written at shutdown (Datasette's ``shutdown`` hook) or by ``flush()``; rows older than
+left are written at shutdown (Datasette's ``shutdown`` hook) or by ``flush()``, and, where
+nothing called either (a script's ``asyncio.run`` ending, a Datasette without the ``shutdown``
+hook), when the event loop shuts down its asynchronous generators; rows older than
 ``usage: {retention_days: N}`` are deleted as the writer goes.
 """
 
@@ -17,7 +19,8 @@ import sqlite3
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import suppress
 from dataclasses import fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Final
@@ -110,6 +113,9 @@ class Ledger:
         self.written = 0
         self._listeners: list[Listener] = []
         self._spent: dict[tuple[str, float], float] = {}  # (purpose, since) -> US dollars
+        # The event loop the writer last ran in, and what writes the rows left at its end.
+        self._at_end: tuple[weakref.ref[asyncio.AbstractEventLoop], AsyncIterator[None]] | None
+        self._at_end = None
 
     def __repr__(self) -> str:
         return (
@@ -144,7 +150,16 @@ class Ledger:
                 logger.exception("A usage listener failed on record %s", record.id)
         self._wake.set()
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write_forever())
+        if self._at_end is None or self._at_end[0]() is not loop:
+            last = _write_at_loop_end(weakref.ref(self))
+            self._at_end = (weakref.ref(loop), last)  # the loop holds its generators weakly
+            _STEPPING.add(stepping := loop.create_task(_first_step(last)))
+            stepping.add_done_callback(_STEPPING.discard)
 
     def take_over(self, previous: Ledger) -> None:
         """Take ``previous``'s waiting rows, listeners and counts (the settings changed)."""
@@ -154,7 +169,7 @@ class Ledger:
         self.dropped, self.written = previous.dropped, previous.written
         if self._pending:
             self._wake.set()
-            self._writer = asyncio.get_running_loop().create_task(self._write_forever())
+            self._start_writer()
 
     async def spent(self, purpose: str, since: float) -> float:
         """US dollars recorded for ``purpose`` since ``since``: read once, then kept up to date.
@@ -255,6 +270,27 @@ class Ledger:
         if self.retention_days is not None:
             cutoff = time.time() - self.retention_days * _DAY
             await db.execute_write(f"DELETE FROM {TABLE} WHERE time < ?", [cutoff])
+
+
+async def _write_at_loop_end(ledger: weakref.ref[Ledger]) -> AsyncIterator[None]:
+    """Stepped to its ``yield`` when a ledger's writer first runs in an event loop; its
+    ``finally`` runs when the loop shuts down its asynchronous generators (``asyncio.run`` does
+    after cancelling the tasks left, the writer among them): the rows still waiting are written
+    then, not lost with the loop."""
+    try:
+        yield
+    finally:
+        kept = ledger()
+        if kept is not None and kept.pending:
+            with suppress(Exception):
+                await kept.flush()
+
+
+_STEPPING: Final[set[asyncio.Task[None]]] = set()  # the tasks stepping those generators
+
+
+async def _first_step(generator: AsyncIterator[None]) -> None:
+    await generator.__anext__()
 
 
 def _create_table(conn: sqlite3.Connection) -> None:

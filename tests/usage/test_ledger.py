@@ -7,6 +7,9 @@ answers report token usage, and the suite's own models.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -323,3 +326,26 @@ async def test_the_ledger_keeps_its_waiting_rows_and_listeners_when_its_settings
     assert before.pending == 0
     assert [record.id for record in seen] == ["waiting", "later"]
     assert sorted(r.id for r in await records(ds)) == sorted([row.id, "waiting", "later"])
+
+
+def test_a_script_that_ends_without_flushing_still_writes_its_rows(tmp_path: Path) -> None:
+    # A script's asyncio.run ends right after its prompt: the writer, still gathering rows,
+    # is cancelled; the rows are written as the loop shuts down, not lost with it.
+    internal = tmp_path / "internal.db"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import asyncio\n"
+        "from datasette.app import Datasette\n"
+        "from datasette_llm import LLM\n"
+        "async def main():\n"
+        f"    ds = Datasette(memory=True, internal={str(internal)!r}, config={{'plugins': "
+        "{'datasette-llm': {'purposes': {'notes': {'model': 'echo'}}}}})\n"
+        "    await ds.invoke_startup()\n"
+        "    model = await LLM(ds).model(purpose='notes')\n"
+        "    await (await model.prompt('hello')).text()\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, str(script)], check=True, cwd=tmp_path, timeout=60)
+    with sqlite3.connect(internal) as conn:
+        rows = conn.execute("SELECT purpose, model, outcome FROM datasette_llm_usage").fetchall()
+    assert rows == [("notes", "echo", "ok")]
