@@ -188,13 +188,34 @@ async def _failures(datasette: Datasette) -> tuple[dict[str | None, Failure], li
     return by_purpose, [failure(row) for row in recent.rows]
 
 
+async def _cooling(
+    datasette: Datasette, report: RoutingReport, config: LLMConfig
+) -> dict[str, float]:
+    """The routed models cooling down now, with the seconds left: as this process learned,
+    and with ``coordination`` configured as every process's coordinator says (another
+    process's 429 keeps this one off the model too)."""
+    cooling = cooling_models(datasette)
+    if config.coordination is None:
+        return cooling
+    try:
+        coordinator = coordinator_for(datasette, config.coordination)
+    except RedisMissing:
+        return cooling  # the coordination section and check say so
+    routed = {purpose.route.model_id for purpose in report.purposes} - {None, *cooling}
+    for model_id in sorted(model for model in routed if model is not None):
+        wait = await coordinator.cooling(model_id)
+        if wait > 0:
+            cooling[model_id] = wait
+    return cooling
+
+
 async def build_status(
     datasette: Datasette, report: RoutingReport, config: LLMConfig, usage: UsageSummary
 ) -> tuple[tuple[PurposeStatus, ...], tuple[Failure, ...]]:
     """Return each purpose's status, in the report's order, and the latest failed attempts."""
     registry = current_registry(datasette)
     fallen = falling_back(datasette)
-    cooling = cooling_models(datasette)
+    cooling = await _cooling(datasette, report, config)
     last, recent = await _failures(datasette)
     spent = {
         budget.purpose: budget for budget in usage.budgets if budget.spent >= budget.budget.usd

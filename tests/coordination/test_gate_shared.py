@@ -122,6 +122,23 @@ async def test_a_rate_limit_seen_by_one_process_sends_the_others_to_the_fallback
     ]
 
 
+async def test_a_process_that_never_saw_the_rate_limit_shows_the_cool_down_in_its_status(
+    processes: Processes, providers: tuple[Provider, Provider]
+) -> None:
+    primary, _ = providers
+    purpose = {"model": "primary-gpt", "fallbacks": ["backup-gpt"], "max_wait": 1}
+    config = {"purposes": {"summaries": purpose}}
+    first, second = await processes(config)
+    primary.script = [too_many("30")]
+    assert await prompt(first, "summaries") == BACKUP
+    second.root_enabled = True
+    cookies = {"ds_actor": second.client.actor_cookie({"id": "root"})}
+    document = (await second.client.get("/-/llm.json", cookies=cookies)).json()
+    [status] = [p for p in document["status"]["purposes"] if p["name"] == "summaries"]
+    assert status["status"] == "degraded"
+    assert "'primary-gpt' cools down after rate limits until" in status["text"]
+
+
 # rpm
 
 
