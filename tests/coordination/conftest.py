@@ -11,6 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from datasette.app import Datasette
+
+from datasette_llm.coordination import close_coordination
+from datasette_llm.usage.ledger import flush_usage
 
 
 def _free_port() -> int:
@@ -108,3 +112,13 @@ def own_redis_server(redis_executable: str, tmp_path: Path) -> Iterator[RedisSer
 def prefix() -> str:
     """Keys of this test's own."""
     return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def shut_down(datasette: Datasette) -> None:
+    """Shut ``datasette`` down as ``datasette serve`` does when it stops: its ``shutdown``
+    hooks; on Datasette 1.0a23, which has none, what datasette-llm's would do."""
+    if hasattr(datasette, "invoke_shutdown"):
+        await datasette.invoke_shutdown()
+        return
+    await flush_usage(datasette)
+    await close_coordination(datasette)

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from datasette_llm import LLM
 from datasette_llm.config.overrides import REFRESH_SECONDS, freshness_of, refresh_overrides
 from datasette_llm.coordination import OVERRIDES_CHANNEL, close_coordination
-from tests.coordination.conftest import RedisServer
+from tests.coordination.conftest import RedisServer, shut_down
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
@@ -64,10 +64,7 @@ async def sharing(tmp_path: Path, prefix: str) -> AsyncIterator[Make]:
 
     yield make
     for datasette in made:
-        if hasattr(datasette, "invoke_shutdown"):
-            await datasette.invoke_shutdown()
-        else:
-            await close_coordination(datasette)
+        await shut_down(datasette)
 
 
 async def listening(server: RedisServer, prefix: str, count: int) -> None:

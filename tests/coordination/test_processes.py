@@ -271,8 +271,9 @@ def test_the_processes_together_send_no_more_requests_a_second_than_the_rpm(site
 def test_the_first_prompts_of_fresh_processes_stay_within_the_rpm_too(
     provider: Provider, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    # Just started, as after a deploy: each process's first prompt imports and builds what it
-    # sends with after it has taken its turn.
+    # Just started, as after a deploy: each process's first prompt imports and builds its
+    # client, which takes longer than a turn; a turn taken before that would leave late,
+    # together with the next turns' requests.
     served = start_site(provider, tmp_path, redis_server.url)
     model = upstream("paced-gpt")
     try:

@@ -26,9 +26,7 @@ from datasette.cli import cli
 from redis.asyncio import Redis
 
 from datasette_llm import LLM
-from datasette_llm.coordination import close_coordination
-from datasette_llm.usage.ledger import flush_usage
-from tests.coordination.conftest import RedisServer
+from tests.coordination.conftest import RedisServer, shut_down
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
@@ -67,10 +65,7 @@ async def started(prefix: str) -> AsyncIterator[Make]:
 
     yield make
     for datasette in made:
-        if hasattr(datasette, "invoke_shutdown"):
-            await datasette.invoke_shutdown()
-        else:
-            await close_coordination(datasette)
+        await shut_down(datasette)
 
 
 def as_root(ds: Datasette) -> dict[str, str]:
@@ -341,11 +336,7 @@ def test_the_usage_command_says_whose_rows_it_read(
         ds = Datasette(memory=True, internal=internal, config={"plugins": {"datasette-llm": llm}})
         await ds.invoke_startup()
         await (await (await LLM(ds).model(purpose="extract")).prompt("hi")).text()
-        if hasattr(ds, "invoke_shutdown"):
-            await ds.invoke_shutdown()
-        else:  # Datasette 1.0a23 has no shutdown hook: write the rows, close as it would
-            await flush_usage(ds)
-            await close_coordination(ds)
+        await shut_down(ds)
 
     asyncio.run(prompt())
     result = run(tmp_path, llm, "usage", "--internal", internal)
