@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 from ..config.parser import limit_problems, parse_config
 from ..config.source import raw_section, served_files_conflict
 from ..config.values import CONFIG_ROOT, LLMConfig, settings_for
+from ..coordination import RedisMissing
 from ..errors import ConfigProblem, ConfigurationError, nearest, quoted, shown
 from ..prompting.metering import MAX_TOKENS_OPTIONS
 from ..routing.catalog import get_purposes
@@ -551,8 +552,21 @@ def validate(
     problems.extend(fallback_problems(policies, names))
     problems.extend(requirement_problems(config, registry, purposes))
     problems.extend(usage_problems(config, registry, databases))
+    problems.extend(_redis_missing(config))
     problems.sort(key=lambda problem: problem.severity != ERROR)
     return Validation(tuple(problems), config.strict, config)
+
+
+def _redis_missing(config: LLMConfig) -> list[ConfigProblem]:
+    """An error when ``coordination`` names Redis and redis-py is not installed: known at
+    startup, not at the first prompt. redis-py is imported only then."""
+    if config.coordination is None:
+        return []
+    try:
+        import redis.asyncio  # noqa: F401
+    except ImportError:
+        return [ConfigProblem(f"{CONFIG_ROOT}.coordination.redis", str(RedisMissing()))]
+    return []
 
 
 def purposes_or_problem(datasette: Datasette) -> tuple[list[Purpose], ConfigProblem | None]:

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from datasette.utils import StartupError
 
 from datasette_llm.config.values import CoordinationSettings
 from datasette_llm.coordination import (
@@ -141,3 +142,14 @@ async def test_costs_charged_while_redis_refused_are_added_once_it_answers_again
         await admin.aclose()
         await charging.close()
         await other.close()
+
+
+async def test_without_redis_py_startup_stops_naming_the_extra(
+    make_datasette: MakeDatasette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)  # as if redis-py were missing
+    datasette = make_datasette({"coordination": {"redis": "redis://127.0.0.1:6379/0"}})
+    with pytest.raises(StartupError) as raised:
+        await datasette.invoke_startup()
+    assert f"plugins.datasette-llm.coordination.redis: {RedisMissing()}" in str(raised.value)
+    assert INSTALL in str(raised.value)
