@@ -3,9 +3,11 @@ notices of routing overrides they send each other."""
 
 from .backend import (
     OVERRIDES_CHANNEL,
+    OVERRIDES_VERSION,
     announce_override,
     close_coordination,
     coordinator_for,
+    overrides_current,
     watch_overrides,
 )
 from .coordinator import (
@@ -23,6 +25,7 @@ from .shared import INSTALL, PING_SECONDS, Heard, RedisCoordinator, RedisMissing
 __all__ = [
     "INSTALL",
     "OVERRIDES_CHANNEL",
+    "OVERRIDES_VERSION",
     "PING_SECONDS",
     "Claim",
     "CoolDown",
@@ -38,6 +41,7 @@ __all__ = [
     "announce_override",
     "close_coordination",
     "coordinator_for",
+    "overrides_current",
     "problem_of",
     "watch_overrides",
 ]

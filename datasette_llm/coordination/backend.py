@@ -41,13 +41,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OVERRIDES_CHANNEL",
+    "OVERRIDES_VERSION",
     "announce_override",
     "close_coordination",
     "coordinator_for",
+    "overrides_current",
     "watch_overrides",
 ]
 
 OVERRIDES_CHANNEL: Final = "overrides"
+OVERRIDES_VERSION: Final = "overrides:version"
+"""The counter every save of an override adds one to: a process whose routing finds it ahead of
+what it has read checks its internal database before it routes (``overrides_current``)."""
 """The channel, under the configured prefix (``<prefix>:overrides``), on which a process
 announces an override it saved: ``{"purpose": NAME, "version": N}``."""
 
@@ -78,6 +83,10 @@ def coordinator_for(datasette: Datasette, settings: CoordinationSettings | None)
     state = state_of(datasette)
     kept = state.get(_COORDINATOR)
     if kept is not None and kept.settings == settings:
+        if kept.watching and isinstance(kept.coordinator, RedisCoordinator) and _running():
+            # The serving event loop may not be the one the startup hook ran in (Datasette
+            # 1.0a23's serve runs it in a loop of its own, ended before serving): listen here.
+            _listen(datasette, kept.coordinator)
         return kept.coordinator
     coordinator: Coordinator = (
         LocalCoordinator() if settings is None else RedisCoordinator(settings)
@@ -125,8 +134,29 @@ async def announce_override(datasette: Datasette, stored: StoredOverride) -> boo
     if coordinator is None:
         return False
     _listen(datasette, coordinator)  # and hear the others' from now, if not yet
+    counted = await coordinator.count(OVERRIDES_VERSION)
+    if counted is not None and coordinator.seen.get(OVERRIDES_VERSION, 0) == counted - 1:
+        coordinator.seen[OVERRIDES_VERSION] = counted  # nothing else saved meanwhile: held
     notice = json.dumps({"purpose": stored.purpose, "version": stored.version})
     return await coordinator.publish(OVERRIDES_CHANNEL, notice)
+
+
+async def overrides_current(datasette: Datasette) -> bool:
+    """Before a call routes: when another process has saved an override since this one last
+    read them (the shared ``OVERRIDES_VERSION`` is ahead), read them again now, so that its
+    next call routes by it whatever the notice's timing; return whether they were read.
+
+    One Redis read a call, with ``coordination`` configured; nothing while Redis cannot be
+    reached (the check every second still runs)."""
+    coordinator = _redis_of(datasette)
+    if coordinator is None:
+        return False
+    counted = await coordinator.counted(OVERRIDES_VERSION)
+    if counted is None or counted <= coordinator.seen.get(OVERRIDES_VERSION, 0):
+        return False
+    await refresh_overrides(datasette)
+    coordinator.seen[OVERRIDES_VERSION] = max(counted, coordinator.seen.get(OVERRIDES_VERSION, 0))
+    return True
 
 
 def watch_overrides(datasette: Datasette) -> bool:

@@ -184,6 +184,8 @@ class RedisCoordinator:
         # Costs charged while Redis could not be reached, by (purpose, period start): added to
         # the shared spend once it answers again, so the outage's spend is not forgotten.
         self._unsettled: dict[tuple[str, float], float] = {}
+        # The shared counters' values this process has caught up with (``count``, ``counted``).
+        self.seen: dict[str, int] = {}
 
     def __repr__(self) -> str:
         state = "shared" if self._status.shared else "local"
@@ -498,6 +500,35 @@ class RedisCoordinator:
             await self._redis.aclose()
 
     # Messages between processes, and a look at Redis
+
+    async def count(self, name: str) -> int | None:
+        """Add one to the counter ``name`` every process shares; return its new value, or
+        ``None`` while Redis cannot be reached (never raises)."""
+        if not self._status.shared:
+            self._keep_reconnecting()
+            return None
+        try:
+            return int(await self._client_now().incr(self._key(name)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._lost(error)
+            return None
+
+    async def counted(self, name: str) -> int | None:
+        """The counter ``name`` every process shares (0 before its first ``count``), or
+        ``None`` while Redis cannot be reached (never raises)."""
+        if not self._status.shared:
+            self._keep_reconnecting()
+            return None
+        try:
+            value = await self._client_now().get(self._key(name))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._lost(error)
+            return None
+        return 0 if value is None else int(value)
 
     async def publish(self, channel: str, message: str) -> bool:
         """Send ``message`` to every process listening on ``channel``; return whether it went.

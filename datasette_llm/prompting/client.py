@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import llm
 
 from ..config.values import LLMConfig
+from ..coordination import overrides_current
 from ..errors import ModelNotFoundError
 from ..log import logger
 from ..routing.models import current_registry
@@ -164,6 +165,8 @@ class LLM:
             PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``).
         """
         config = self.config  # a configuration error comes first
+        if config.coordination is not None and await overrides_current(self._datasette):
+            config = self.config  # another process's override, read just now
         await check_use(self._datasette, actor, purpose_name(purpose))
         routed = await route(
             self._datasette,
@@ -198,6 +201,8 @@ class LLM:
                 without an actor is not checked.
         """
         config = self.config  # a configuration error comes first
+        if config.coordination is not None and await overrides_current(self._datasette):
+            config = self.config  # another process's override, read just now
         await check_use(self._datasette, actor, purpose_name(purpose))
         routed = await route(
             self._datasette, config, model_id, purpose, actor, read_key=True, requires=requires
@@ -221,6 +226,8 @@ class LLM:
             PurposeNotAllowedError: ``actor`` may not use the purpose (``llm-use``).
         """
         config = self.config  # a configuration error comes first
+        if config.coordination is not None and await overrides_current(self._datasette):
+            config = self.config  # another process's override, read just now
         await check_use(self._datasette, actor, purpose_name(purpose))
         routed = await route(
             self._datasette, config, model_id, purpose, actor, read_key=True, requires=requires

@@ -12,6 +12,7 @@ instances stand for two processes, with one ``internal=`` file and one real ``re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +26,13 @@ from redis.asyncio import Redis
 
 from datasette_llm import LLM
 from datasette_llm.config.overrides import REFRESH_SECONDS, freshness_of, refresh_overrides
-from datasette_llm.coordination import OVERRIDES_CHANNEL, close_coordination
+from datasette_llm.coordination import (
+    OVERRIDES_CHANNEL,
+    RedisCoordinator,
+    close_coordination,
+    coordinator_for,
+)
+from datasette_llm.routing.overlay import config_for
 from tests.coordination.conftest import RedisServer, shut_down
 
 pytestmark = pytest.mark.usefixtures("test_models")
@@ -144,6 +151,25 @@ async def test_an_override_saved_through_one_process_routes_the_others_next_call
     assert time.monotonic() - checked < REFRESH_SECONDS  # so its check a second never ran
     assert freshness_of(reader).reloads == reloads + 1
     assert await routed(writer, "extract") == "test-b"
+
+
+async def test_the_very_next_call_routes_by_it_even_before_the_notice_is_heard(
+    redis_server: RedisServer, sharing: Make
+) -> None:
+    writer, reader = await sharing(redis_server.url), await sharing(redis_server.url)
+    assert await routed(reader, "extract") == "test-a"
+    form = await Form.load(writer, "extract")
+    await refresh_overrides(reader)  # its check a second is not due for a second now
+    coordinator = coordinator_for(reader, config_for(reader).coordination)
+    assert isinstance(coordinator, RedisCoordinator)
+    for task in coordinator.stop_listening():  # the notice will not be heard
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    await form.save(model="test-b")
+
+    # No wait: the shared version of the overrides is ahead, so the call reads them first.
+    assert await routed(reader, "extract") == "test-b"
 
 
 async def test_without_redis_the_other_process_sees_it_only_at_its_check_a_second(
