@@ -289,7 +289,13 @@ class PooledClients:
             logged,
         )
         # llm's logging HTTP client (LLM_OPENAI_SHOW_RESPONSES) is kept: not traced.
-        return _pooled(identity, lambda: build(model, key, async_=True), "openai", not logged)
+        return _pooled(
+            identity,
+            lambda: build(model, key, async_=True),
+            "openai",
+            not logged,
+            _resource_of(model),
+        )
 
 
 class AnthropicClients:
@@ -325,7 +331,7 @@ class AnthropicClients:
             os.environ.get("ANTHROPIC_BASE_URL"),
             os.environ.get("ANTHROPIC_AUTH_TOKEN"),
         )
-        return _pooled(identity, lambda: self.built(**kwargs), "anthropic", True)
+        return _pooled(identity, lambda: self.built(**kwargs), "anthropic", True, "messages")
 
 
 def _pooled(
@@ -333,12 +339,14 @@ def _pooled(
     build: Callable[[], object],
     library: Literal["openai", "anthropic"],
     traced: bool,
+    resource: str,
 ) -> Any:
     """The pooled client of ``library`` for ``identity`` in the running loop (built with
     ``build`` the first time), held by the running attempt, with its timeout.
 
     ``traced``: the pooled copy gets an HTTP client of its own whose requests are counted as
-    they go out (``_Pool.add``).
+    they go out (``_Pool.add``). ``resource``: the client's attribute the requests go through
+    (``_load_first_request``).
     """
     loop = asyncio.get_running_loop()
     with _LOCK:
@@ -355,6 +363,7 @@ def _pooled(
                 attempt.unwatch()
             return built  # not the client this module knows: left as it is
         entry = pool.add(identity, built, module, traced=traced)
+        _load_first_request(entry.client, resource)
     if attempt is None:
         return entry.client
     attempt.hold(pool, entry)
@@ -491,6 +500,31 @@ class _Pool:
             with _LOCK:
                 if _pools.get(loop) is self:
                     del _pools[loop]
+
+
+def _load_first_request(client: Any, resource: str) -> None:
+    """Load now what ``client``'s first request would: the module of its ``resource``
+    (``openai``'s ``chat`` and ``responses`` are imported on first use, some 15 and 40 ms), and
+    anyio's backend for the running loop (``httpcore`` makes its first lock with it, some
+    15 ms); several times that on a busy machine.
+
+    A pooled client is built before its request takes a turn under the model's ``rpm``
+    (``prepare``); these imports would otherwise come after the turn, and a process's first
+    request would leave late, within the same second as the requests of the turns after it.
+    Once per process: later clients find the modules imported.
+    """
+    with suppress(Exception):  # only a head start; the first request imports them anyway
+        import anyio
+
+        anyio.Event()
+        getattr(client, resource)
+
+
+def _resource_of(model: object) -> str:
+    """The attribute of an ``openai`` client ``model``'s requests go through: ``responses``
+    for llm's Responses models, ``chat`` for the others."""
+    mro = type(model).__mro__
+    return "responses" if any(c.__name__ == "_SharedResponses" for c in mro) else "chat"
 
 
 async def _trace_request(request: httpx2.Request) -> None:
