@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 import stamina
 
-from ..config.values import settings_for
 from ..coordination import Claim
 from ..log import logger
 from ..provider_errors import (
@@ -150,7 +149,7 @@ class Clock:
     def start(cls, meter: Meter) -> Clock:
         """The deadline of the prompt ``meter`` records, starting now (its ``deadline``)."""
         primary = meter.primary
-        seconds = settings_for(primary.policy.config, primary.policy.purpose).resilience.deadline
+        seconds = primary.policy.resilience.deadline
         return cls(None if seconds is None else time.monotonic() + seconds)
 
     def left(self) -> float | None:
@@ -208,8 +207,7 @@ async def run_attempts(
 
 async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T:
     datasette, primary, actor, result = meter.datasette, meter.primary, meter.actor, meter.result
-    config = primary.policy.config
-    settings = settings_for(config, primary.policy.purpose).resilience
+    settings = primary.policy.resilience
     prompt = _Prompt(settings, clock, meter, once, slots)
     plan: tuple[str, ...] = (primary.resolution.model_id, *primary.resolution.fallbacks)
     refused = await _over_budget(meter)

@@ -36,6 +36,7 @@ from ..config.values import (
     KeySetting,
     LLMConfig,
     ModelRef,
+    Resilience,
     settings_for,
 )
 from ..state import Slot, state_of
@@ -146,6 +147,7 @@ class Policy:
         references: For each configured model id, its keys and options for this purpose.
         fallbacks: The ids the purpose falls back to, in order (``purposes.<name>.fallbacks``,
             else the global ``fallbacks``).
+        resilience: What routing does on failure for the purpose (``settings_for``).
     """
 
     config: LLMConfig
@@ -159,6 +161,7 @@ class Policy:
     blocked: Mapping[str, str] = field(init=False)
     references: Mapping[str, Reference] = field(init=False)
     fallbacks: tuple[str, ...] = field(init=False)
+    resilience: Resilience = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -177,7 +180,8 @@ class Policy:
             blocked[self.canonical(name)] = "blocked_models"
         written = allowlist_of(config, self.purpose)
         order = tuple(dict.fromkeys(self.canonical(name) for name in written or ()))
-        fallbacks = settings_for(config, self.purpose).resilience.fallbacks
+        resilience = settings_for(config, self.purpose).resilience
+        fallbacks = resilience.fallbacks
         # Most specific first: the purpose's models entries, its model, default_model, then
         # the fallbacks. Limits are a model's wherever they are given (the parser checks that
         # they agree), so every reference in the configuration counts for them.
@@ -208,6 +212,7 @@ class Policy:
         object.__setattr__(self, "references", MappingProxyType(references))
         canonical_fallbacks = (self.canonical(ref.model_id) for ref in fallbacks)
         object.__setattr__(self, "fallbacks", tuple(dict.fromkeys(canonical_fallbacks)))
+        object.__setattr__(self, "resilience", resilience)
 
     def canonical(self, name: str) -> str:
         """Return the model id ``name`` stands for (through llm's aliases), else ``name``."""
