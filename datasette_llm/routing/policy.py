@@ -356,9 +356,10 @@ async def screen(
     passed: list[AsyncModel] = []
     known: dict[tuple[object, ...], KeyStatus] = {}
     has_lists = bool(policy.blocked) or policy.allowlist is not None
+    required = bool(requires)  # once: every installed model may pass through this loop
     for model in models:
         refusal = policy.refusal(model.model_id) if has_lists else None
-        if refusal is None and requires:
+        if refusal is None and required:
             lacking = requires.missing(model)
             if lacking:
                 needs = " or ".join(lacking)
