@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 HERE: Final = ROOT / "benchmarks"
 SERVER: Final = ROOT / "tests" / "openai_server.py"
 SERVED: Final = ROOT / "tests" / "served.py"
+REDIS_SERVER: Final = ROOT / "tests" / "redis_server.py"
 PROCESSES: Final = 3
 RATE: Final = 20  # R: requests the provider admits in any one second
 PROMPTS: Final = 600  # N: 30 s at the provider's rate
@@ -109,38 +109,6 @@ class Upstream:
         self.process.wait(timeout=30)
 
 
-# --- Redis ----------------------------------------------------------------------------------
-
-
-class Redis:
-    """A ``redis-server`` on a free port of 127.0.0.1, keeping nothing on disk."""
-
-    def __init__(self, executable: str, directory: Path, port: int) -> None:
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process = subprocess.Popen(
-            [
-                *(executable, "--port", str(port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(directory)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {port}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
 # --- one mode -------------------------------------------------------------------------------
 
 
@@ -158,7 +126,7 @@ def run_mode(
     mode: str,
     served_module: ModuleType,
     upstream: Upstream,
-    redis: Redis,
+    redis_url: str,
     python: str,
     rate: int,
     prompts: int,
@@ -174,7 +142,7 @@ def run_mode(
         (user_dir / "extra-openai-models.yaml").write_text(json.dumps(entries))
         config = directory / "datasette.yaml"
         config.write_text(json.dumps(config_of(rate, mode == "with coordination")))
-        env = {**os.environ, "LLM_USER_PATH": str(user_dir), "REDIS_URL": redis.url}
+        env = {**os.environ, "LLM_USER_PATH": str(user_dir), "REDIS_URL": redis_url}
         datasette = Path(python).with_name("datasette")
         served = served_module.start_served(PROCESSES, config, directory, env, datasette=datasette)
         try:
@@ -298,11 +266,12 @@ def run_all(python: str, rate: int, prompts: int, quick: bool) -> dict[str, Any]
     results: dict[str, Any] = {"rate": rate, "prompts": prompts, "quick": quick, "modes": []}
     try:
         with tempfile.TemporaryDirectory(prefix="coordination-redis-") as scratch:
-            redis = Redis(executable, Path(scratch), served_module.free_port())
+            redis = load("redis_server", REDIS_SERVER).RedisServer(executable, Path(scratch))
+            redis.start()
             try:
                 for mode in MODES:
                     log(f"[{mode}] {prompts} prompts, R = {rate}")
-                    row = run_mode(mode, served_module, upstream, redis, python, rate, prompts)
+                    row = run_mode(mode, served_module, upstream, redis.url, python, rate, prompts)
                     log(f"[{mode}] {json.dumps(row)}")
                     results["modes"].append(row)
             finally:
@@ -324,7 +293,8 @@ def main() -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"a smoke run: N = {QUICK_PROMPTS}, R = {QUICK_RATE} unless given",
+        help=f"a smoke run: N = {QUICK_PROMPTS}, R = {QUICK_RATE} unless given, written to "
+        "COORDINATION-quick.md",
     )
     parser.add_argument(
         "--python",
@@ -340,7 +310,7 @@ def main() -> int:
     rate = args.rate or (QUICK_RATE if args.quick else RATE)
     results = run_all(args.python, rate, prompts, args.quick)
     text = markdown(results, "python benchmarks/coordination.py")
-    (HERE / "COORDINATION.md").write_text(text)
+    (HERE / ("COORDINATION-quick.md" if args.quick else "COORDINATION.md")).write_text(text)
     print(text)
     return 0
 

@@ -1,80 +1,20 @@
-"""A real ``redis-server`` on a free local port, started and stopped by the tests."""
+"""A real ``redis-server`` on a free local port (``tests/redis_server.py``), started and stopped
+by the tests."""
 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 from datasette.app import Datasette
 
 from datasette_llm.coordination import close_coordination
 from datasette_llm.usage.ledger import flush_usage
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A ``redis-server`` process on 127.0.0.1, keeping nothing on disk.
-
-    Attributes:
-        port: Its port, the same across ``stop`` and ``start``.
-        url: ``redis://127.0.0.1:PORT/0``.
-    """
-
-    def __init__(self, executable: str, directory: Path) -> None:
-        self.executable = executable
-        self.directory = directory
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start it, and wait until it accepts connections."""
-        self._process = subprocess.Popen(
-            [
-                self.executable,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        """Stop it (its data is gone, as after a crash without persistence)."""
-        process, self._process = self._process, None
-        if process is not None:
-            process.terminate()
-            process.wait(10)
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -122,3 +62,45 @@ async def shut_down(datasette: Datasette) -> None:
         return
     await flush_usage(datasette)
     await close_coordination(datasette)
+
+
+CONFIG: Final[dict[str, Any]] = {"purposes": {"extract": {"model": "test-a"}}}
+"""The datasette-llm section of the Datasettes ``started`` makes, before ``coordination``."""
+
+Make = Callable[..., Awaitable[Datasette]]
+"""``started``'s maker: ``make(redis, *files, usage=..., **options)``."""
+
+
+def llm_config(redis: str | None, prefix: str, **usage: object) -> dict[str, Any]:
+    """``CONFIG`` with ``coordination`` on the Redis at ``redis`` (none if ``None``) under
+    ``prefix``, two processes sharing it, and the ``usage`` settings given."""
+    config: dict[str, Any] = dict(CONFIG)
+    if redis is not None:
+        config["coordination"] = {"redis": redis, "prefix": prefix, "processes": 2}
+    if usage:
+        config["usage"] = usage
+    return config
+
+
+@pytest.fixture
+async def started(prefix: str) -> AsyncIterator[Make]:
+    """Make started Datasettes (as ``datasette serve`` starts them) of ``llm_config``, with the
+    database ``files`` and the other ``Datasette`` options given; shut them down after."""
+    made: list[Datasette] = []
+
+    async def make(redis: str | None, *files: str, **options: Any) -> Datasette:
+        usage = options.pop("usage", {})
+        datasette = Datasette(
+            list(files),
+            memory=True,
+            config={"plugins": {"datasette-llm": llm_config(redis, prefix, **usage)}},
+            **options,
+        )
+        datasette.root_enabled = True
+        await datasette.invoke_startup()
+        made.append(datasette)
+        return datasette
+
+    yield make
+    for datasette in made:
+        await shut_down(datasette)

@@ -20,8 +20,8 @@ from datasette.app import Datasette
 from datasette_llm import LLM, BudgetExceededError
 from datasette_llm.coordination import Refused
 from datasette_llm.usage.budgets import coordinator_of, period_start, settled
-from tests.coordination.conftest import RedisServer
 from tests.openai_server import Provider, Reply, serve, write_extra_models
+from tests.redis_server import RedisServer
 
 PRICING: Final = {"primary-gpt": {"input": 2.0, "output": 8.0}}
 ONE_PROMPT: Final = (3 * 2.0 + 5 * 8.0) / 1_000_000  # 3 tokens in, 5 out: the default reply

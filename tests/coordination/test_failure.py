@@ -22,7 +22,7 @@ from datasette_llm.coordination import (
     coordinator_for,
 )
 from tests.conftest import MakeDatasette
-from tests.coordination.conftest import RedisServer
+from tests.redis_server import RedisServer
 
 
 def shared(coordinator: RedisCoordinator) -> bool:

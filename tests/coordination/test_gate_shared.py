@@ -21,8 +21,8 @@ from datasette.app import Datasette
 from datasette_llm import LLM
 from datasette_llm.coordination import close_coordination
 from tests.conftest import MakeDatasette
-from tests.coordination.conftest import RedisServer
 from tests.openai_server import Provider, Reply, serve, write_extra_models
+from tests.redis_server import RedisServer
 
 PRIMARY: Final = "from the primary"
 BACKUP: Final = "from the backup"

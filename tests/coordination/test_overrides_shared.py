@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from html import unescape
 from pathlib import Path
 from typing import Any, Final
@@ -33,11 +32,11 @@ from datasette_llm.coordination import (
     coordinator_for,
 )
 from datasette_llm.routing.overlay import config_for
-from tests.coordination.conftest import RedisServer, shut_down
+from tests.coordination.conftest import Make
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
-CONFIG: Final[dict[str, Any]] = {"purposes": {"extract": {"model": "test-a"}}}
 SOON: Final = 0.3
 """Well under ``REFRESH_SECONDS``: a write seen this soon was not seen by the check a second."""
 FORM: Final = re.compile(
@@ -46,32 +45,16 @@ FORM: Final = re.compile(
     r'<input type="hidden" name="version" value="(\d+)">'
 )
 
-Make = Callable[..., Awaitable[Datasette]]
-
 
 @pytest.fixture
-async def sharing(tmp_path: Path, prefix: str) -> AsyncIterator[Make]:
+def sharing(started: Make, tmp_path: Path) -> Make:
     """Make started Datasettes sharing one internal database file (and the Redis at ``redis``,
-    if given); shut them down after the test."""
-    made: list[Datasette] = []
+    if given); shut down after the test."""
 
     async def make(redis: str | None) -> Datasette:
-        llm = dict(CONFIG)
-        if redis is not None:
-            llm["coordination"] = {"redis": redis, "prefix": prefix, "processes": 2}
-        datasette = Datasette(
-            memory=True,
-            internal=str(tmp_path / "internal.db"),
-            config={"plugins": {"datasette-llm": llm}},
-        )
-        datasette.root_enabled = True
-        await datasette.invoke_startup()
-        made.append(datasette)
-        return datasette
+        return await started(redis, internal=str(tmp_path / "internal.db"))
 
-    yield make
-    for datasette in made:
-        await shut_down(datasette)
+    return make
 
 
 async def listening(server: RedisServer, prefix: str, count: int) -> None:

@@ -40,8 +40,8 @@ from typing import Any, Final
 import pytest
 from datasette.app import Datasette
 
-from tests.coordination.conftest import RedisServer
 from tests.openai_server import Provider, Reply, serve, write_extra_models
+from tests.redis_server import RedisServer
 from tests.served import ServedProcess, free_port, start_served, stop_served
 
 PROCESSES: Final = 3

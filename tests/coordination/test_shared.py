@@ -12,7 +12,7 @@ import pytest
 
 from datasette_llm.config.values import CoordinationSettings
 from datasette_llm.coordination import Hold, RedisCoordinator, Refused
-from tests.coordination.conftest import RedisServer
+from tests.redis_server import RedisServer
 
 Processes = Callable[..., Awaitable[list[RedisCoordinator]]]
 

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,46 +25,12 @@ from datasette.cli import cli
 from redis.asyncio import Redis
 
 from datasette_llm import LLM
-from tests.coordination.conftest import RedisServer, shut_down
+from tests.coordination.conftest import Make, llm_config, shut_down
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
 PASSWORD: Final = "s3cret-redis-pass"
-CONFIG: Final[dict[str, Any]] = {"purposes": {"extract": {"model": "test-a"}}}
-
-Make = Callable[..., Awaitable[Datasette]]
-
-
-def llm_config(redis: str | None, prefix: str, **usage: object) -> dict[str, Any]:
-    config: dict[str, Any] = dict(CONFIG)
-    if redis is not None:
-        config["coordination"] = {"redis": redis, "prefix": prefix, "processes": 2}
-    if usage:
-        config["usage"] = usage
-    return config
-
-
-@pytest.fixture
-async def started(prefix: str) -> AsyncIterator[Make]:
-    """Make started Datasettes (as ``datasette serve`` starts them); shut them down after."""
-    made: list[Datasette] = []
-
-    async def make(redis: str | None, *files: str, **options: Any) -> Datasette:
-        usage = options.pop("usage", {})
-        datasette = Datasette(
-            list(files),
-            memory=True,
-            config={"plugins": {"datasette-llm": llm_config(redis, prefix, **usage)}},
-            **options,
-        )
-        datasette.root_enabled = True
-        await datasette.invoke_startup()
-        made.append(datasette)
-        return datasette
-
-    yield make
-    for datasette in made:
-        await shut_down(datasette)
 
 
 def as_root(ds: Datasette) -> dict[str, str]:
