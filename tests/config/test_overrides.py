@@ -22,6 +22,7 @@ from datasette_llm.routing.overlay import config_for
 from datasette_llm.typing import Datasette
 from tests.conftest import MakeDatasette
 from tests.llm_models import TestModelsPlugin
+from tests.routing_page import OVERRIDE_FORM
 
 ESCAPED: Final = "<b>x</b>"
 
@@ -36,11 +37,6 @@ CONFIG: Final[dict[str, Any]] = {
 PERMISSIONS: Final = {
     "permissions": {"llm-manage-routing": {"id": "alice"}, "llm-view-routing": {"id": "alice"}}
 }
-FORM: Final = re.compile(
-    r'<form class="llm-override-form" method="post" action="([^"]+)">\s*'
-    r'<input type="hidden" name="csrftoken" value="([^"]*)">\s*'
-    r'<input type="hidden" name="version" value="(\d+)">'
-)
 
 
 @pytest.fixture
@@ -62,7 +58,9 @@ async def forms(ds: Datasette) -> tuple[dict[str, tuple[str, int]], dict[str, st
     """Each form's token and version by action, the page's cookies, and the page, as root."""
     page = await ds.client.get("/-/llm", cookies=cookies_of(ds, "root"))
     assert page.status_code == 200
-    found = {unescape(a): (token, int(version)) for a, token, version in FORM.findall(page.text)}
+    found = {
+        unescape(a): (token, int(version)) for a, token, version in OVERRIDE_FORM.findall(page.text)
+    }
     return found, dict(page.cookies), page.text
 
 
@@ -241,7 +239,7 @@ async def test_two_edits_from_the_same_version_conflict_and_the_first_is_kept(
     assert await routed(ds, "summaries") == "test-b"
     current = overrides_of(ds)["summaries"]
     assert (current.version, current.updated_by) == (version + 1, "alice")
-    retry = FORM.search(response.text)
+    retry = OVERRIDE_FORM.search(response.text)
     assert retry is not None and int(retry.group(3)) == version + 1
 
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from datasette_llm.config.overrides import (
     save_override,
 )
 from tests.conftest import MakeDatasette
+from tests.routing_page import OVERRIDE_FORM
 from tests.served import free_port, wait_until_up
 
 pytestmark = pytest.mark.usefixtures("test_models")
@@ -208,11 +208,6 @@ SERVED_CONFIG: Final[dict[str, Any]] = {
         }
     },
 }
-FORM: Final = re.compile(
-    r'<form class="llm-override-form" method="post" action="([^"]+)">\s*'
-    r'<input type="hidden" name="csrftoken" value="([^"]*)">\s*'
-    r'<input type="hidden" name="version" value="(\d+)">'
-)
 
 
 class Served:
@@ -244,7 +239,7 @@ class Served:
 
     def edit(self, purpose: str, **fields: str) -> None:
         """Submit the purpose's form on ``/-/llm``, as a browser would."""
-        forms = {unescape(a): (t, v) for a, t, v in FORM.findall(self.request("/-/llm"))}
+        forms = {unescape(a): (t, v) for a, t, v in OVERRIDE_FORM.findall(self.request("/-/llm"))}
         action = f"/-/llm/purposes/{purpose}"
         token, version = forms[action]
         blank = {"model": "", "fallbacks": "", "options": ""}

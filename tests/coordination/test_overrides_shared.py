@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from html import unescape
 from pathlib import Path
@@ -34,16 +33,12 @@ from datasette_llm.coordination import (
 from datasette_llm.routing.overlay import config_for
 from tests.coordination.conftest import Make
 from tests.redis_server import RedisServer
+from tests.routing_page import OVERRIDE_FORM
 
 pytestmark = pytest.mark.usefixtures("test_models")
 
 SOON: Final = 0.3
 """Well under ``REFRESH_SECONDS``: a write seen this soon was not seen by the check a second."""
-FORM: Final = re.compile(
-    r'<form class="llm-override-form" method="post" action="([^"]+)">\s*'
-    r'<input type="hidden" name="csrftoken" value="([^"]*)">\s*'
-    r'<input type="hidden" name="version" value="(\d+)">'
-)
 
 
 @pytest.fixture
@@ -88,7 +83,7 @@ class Form:
     async def load(cls, ds: Datasette, purpose: str) -> Form:
         page = await ds.client.get("/-/llm", cookies=as_root(ds))
         assert page.status_code == 200
-        for action, token, version in FORM.findall(page.text):
+        for action, token, version in OVERRIDE_FORM.findall(page.text):
             if unescape(action) == f"/-/llm/purposes/{purpose}":
                 return cls(ds, unescape(action), token, version, page.cookies)
         raise AssertionError(f"the routing page has no form for {purpose!r}")
