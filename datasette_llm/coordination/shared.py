@@ -209,22 +209,30 @@ class RedisCoordinator:
             self._loop, self._scripts = loop, {}
         return self._redis
 
-    async def _run(self, name: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        """Run the script ``name`` of ``scripts``; ``_DOWN`` if Redis failed (or had)."""
+    async def _ask(self, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``await call(client)``; ``_DOWN`` if Redis failed (noted: ``_lost``) or had, and is
+        not back yet (a task pings it meanwhile)."""
         if not self._status.shared:
             self._keep_reconnecting()
             return _DOWN
-        client = self._client_now()
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = client.register_script(getattr(scripts, name))
         try:
-            return await script(keys=list(keys), args=[_text(arg) for arg in args])
+            return await call(self._client_now())
         except asyncio.CancelledError:
             raise
         except Exception as error:  # ConnectionError, TimeoutError, a refused command...
             self._lost(error)
             return _DOWN
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        """Run the script ``name`` of ``scripts``; ``_DOWN`` if Redis failed (or had)."""
+
+        def run(client: Any) -> Awaitable[Any]:
+            script = self._scripts.get(name)
+            if script is None:
+                script = self._scripts[name] = client.register_script(getattr(scripts, name))
+            return script(keys=list(keys), args=[_text(arg) for arg in args])
+
+        return await self._ask(run)
 
     def _lost(self, error: Exception) -> None:
         if not self._status.shared:
@@ -504,31 +512,16 @@ class RedisCoordinator:
     async def count(self, name: str) -> int | None:
         """Add one to the counter ``name`` every process shares; return its new value, or
         ``None`` while Redis cannot be reached (never raises)."""
-        if not self._status.shared:
-            self._keep_reconnecting()
-            return None
-        try:
-            return int(await self._client_now().incr(self._key(name)))
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self._lost(error)
-            return None
+        got = await self._ask(lambda client: client.incr(self._key(name)))
+        return None if got is _DOWN else int(got)
 
     async def counted(self, name: str) -> int | None:
         """The counter ``name`` every process shares (0 before its first ``count``), or
         ``None`` while Redis cannot be reached (never raises)."""
-        if not self._status.shared:
-            self._keep_reconnecting()
+        got = await self._ask(lambda client: client.get(self._key(name)))
+        if got is _DOWN:
             return None
-        try:
-            value = await self._client_now().get(self._key(name))
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self._lost(error)
-            return None
-        return 0 if value is None else int(value)
+        return 0 if got is None else int(got)
 
     async def publish(self, channel: str, message: str) -> bool:
         """Send ``message`` to every process listening on ``channel``; return whether it went.
@@ -536,16 +529,8 @@ class RedisCoordinator:
         Nothing is sent while Redis cannot be reached (``status``); a failure to send is noted
         as any other and never raised.
         """
-        if not self._status.shared:
-            return False
-        try:
-            await self._client_now().publish(self._key(channel), message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            self._lost(error)
-            return False
-        return True
+        got = await self._ask(lambda client: client.publish(self._key(channel), message))
+        return got is not _DOWN
 
     def listen(self, channel: str, heard: Heard) -> asyncio.Task[None]:
         """Call ``heard`` with every message any process publishes on ``channel``, from now
