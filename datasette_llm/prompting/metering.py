@@ -284,7 +284,7 @@ class Meter:
             logger.exception("Recording the span of usage record %s failed", record.id)
         settings = config.usage
         if settings.enabled:
-            ledger_for(self.datasette).record(record)
+            ledger_for(self.datasette, settings).record(record)
         try:
             charge(self.datasette, config, record)
         except Exception:

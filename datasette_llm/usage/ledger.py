@@ -1,8 +1,8 @@
 """The usage ledger: one row per attempt, written off the request path in batches.
 
 ``record()`` never waits: it puts the row in memory and wakes a writer task, which waits
-``_GATHER`` (50 ms) for more and then writes what has gathered, a batch at a time, through
-Datasette's write queue (``execute_write_many``) into the table ``datasette_llm_usage`` of
+``_GATHER`` (250 ms) for more and then writes what has gathered in one write (a few INSERTs of
+many rows each) through Datasette's write queue, into the table ``datasette_llm_usage`` of
 Datasette's internal database (persistent with ``--internal file.db``) or of the database
 ``usage: {database: NAME}`` names. At most
 ``MAX_PENDING`` rows wait; beyond that the oldest are dropped and the loss is logged. The rows
@@ -25,7 +25,7 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Final
 
-from ..config.values import CONFIG_ROOT
+from ..config.values import CONFIG_ROOT, UsageSettings
 from ..errors import ConfigProblem, ConfigurationError, nearest, quoted
 from ..log import logger
 from ..routing.overlay import config_for
@@ -53,8 +53,9 @@ TABLE: Final = "datasette_llm_usage"
 MAX_PENDING: Final = 100_000
 _BATCH: Final = 5_000  # one transaction: a write's cost is mostly reaching the write thread
 _DAY: Final = 86_400.0
-_GATHER: Final = 0.05
-"""Seconds the writer waits, once woken, for more rows to write together."""
+_GATHER: Final = 0.25
+"""Seconds the writer waits, once woken, for more rows to write together: a busy process
+writes a few times a second, however many prompts it answers."""
 _LOCKED_WAITS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 """Seconds between tries to create the table while another connection holds the schema."""
 
@@ -78,10 +79,45 @@ SCHEMA: Final = (
     f"CREATE INDEX IF NOT EXISTS {TABLE}_purpose_time ON {TABLE} (purpose, time);\n"
 )
 _ROW: Final = attrgetter(*COLUMNS)
-_INSERT: Final = (
-    f"INSERT OR IGNORE INTO {TABLE} ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
-)
+_ROWS_A_STATEMENT: Final = 999 // len(COLUMNS)
+"""Rows one INSERT writes: within the fewest parameters a statement may have in any SQLite."""
+
+
+_ONE_ROW: Final = f"({', '.join('?' for _ in COLUMNS)})"
+
+
+def _insert(count: int) -> str:
+    """The INSERT of ``count`` rows in one statement."""
+    values = ", ".join([_ONE_ROW] * count)
+    return f"INSERT OR IGNORE INTO {TABLE} ({', '.join(COLUMNS)}) VALUES {values}"
+
+
+def _statements(batch: list[UsageRecord]) -> list[tuple[str, list[object]]]:
+    """``batch`` as INSERTs of up to ``_ROWS_A_STATEMENT`` rows each.
+
+    One statement for many rows, rather than ``executemany``'s one step per row: sqlite3 lets go
+    of the GIL around every step, and each time it does, the write thread and the event loop's
+    thread hand the GIL to each other (two context switches while prompts are being answered).
+    """
+    return [
+        (
+            _insert(len(chunk)),
+            [value for record in chunk for value in _ROW(record)],
+        )
+        for chunk in (
+            batch[start : start + _ROWS_A_STATEMENT]
+            for start in range(0, len(batch), _ROWS_A_STATEMENT)
+        )
+    ]
+
+
+def _execute(statements: list[tuple[str, list[object]]]) -> Callable[[sqlite3.Connection], None]:
+    def execute(conn: sqlite3.Connection) -> None:
+        for sql, params in statements:
+            conn.execute(sql, params)
+
+    return execute
+
 
 Listener = Callable[[UsageRecord], None]
 """Called with each record as it is made (before it is written)."""
@@ -244,10 +280,15 @@ class Ledger:
             self._wake.clear()
             if len(self._pending) < _BATCH:
                 # Let a busy process's rows gather into one write: each write costs Datasette's
-                # write thread a transaction and its schema checks, whatever its size.
+                # write thread a transaction and its schema checks, whatever its size, and while
+                # the event loop is busy, a write thread waiting for the GIL is woken at every
+                # release of it (each socket call, each turn of the loop) only to wait again.
                 await asyncio.sleep(_GATHER)
             try:
-                await self.flush()
+                async with self._lock:
+                    # One batch, then gather again: rows made during this write wait for the
+                    # next, rather than follow on at once in writes of a few rows each.
+                    await self._write_batch()
             except Exception:
                 logger.exception("Writing %d usage rows failed; they stay pending", self.pending)
                 await asyncio.sleep(1)
@@ -258,7 +299,7 @@ class Ledger:
         db = await self.ensure_table()
         batch = [self._pending.popleft() for _ in range(min(_BATCH, len(self._pending)))]
         try:
-            await db.execute_write_many(_INSERT, [_ROW(row) for row in batch])
+            await db.execute_write_fn(_execute(_statements(batch)))
         except BaseException:
             self._pending.extendleft(reversed(batch))
             raise
@@ -332,15 +373,23 @@ def unknown_database(name: str, attached: Iterable[str]) -> ConfigProblem:
 _LEDGER: Final[Slot[Ledger]] = Slot("the usage ledger")
 
 
-def ledger_for(datasette: Datasette) -> Ledger:
+def ledger_for(datasette: Datasette, settings: UsageSettings | None = None) -> Ledger:
     """Return the ledger of ``datasette``, with the ``usage`` settings of its configuration.
 
     When those settings change (a new database, a new retention), the new ledger takes over
-    the rows still waiting, the listeners and the spend it knows of.
+    the rows still waiting, the listeners and the spend it knows of. ``settings``: those a
+    prompt was routed under; the ledger is returned at once if it has them (no look at the
+    configuration on every row), else the configuration's decide.
     """
-    settings = config_for(datasette).usage
     state = state_of(datasette)
     ledger = state.get(_LEDGER)
+    if (
+        ledger is not None
+        and settings is not None
+        and (ledger.database, ledger.retention_days) == (settings.database, settings.retention_days)
+    ):
+        return ledger
+    settings = config_for(datasette).usage
     if ledger is not None and (ledger.database, ledger.retention_days) == (
         settings.database,
         settings.retention_days,

@@ -349,3 +349,60 @@ def test_a_script_that_ends_without_flushing_still_writes_its_rows(tmp_path: Pat
     with sqlite3.connect(internal) as conn:
         rows = conn.execute("SELECT purpose, model, outcome FROM datasette_llm_usage").fetchall()
     assert rows == [("notes", "echo", "ok")]
+
+
+async def test_a_batch_larger_than_one_insert_is_written_whole_and_in_order(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette(config())
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    [first] = await records(ds)
+    ledger = ledger_for(ds)
+    made = [
+        dataclasses.replace(first, id=f"row-{number:04}", time=first.time + number, cost=number)
+        for number in range(1, 301)  # several INSERTs' worth, and a partial last one
+    ]
+    for record in made:
+        ledger.record(record)
+    await ledger.flush()
+    assert await records(ds) == [first, *made]
+
+
+async def test_a_busy_process_writes_its_rows_a_few_times_a_second_not_as_they_come(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    import asyncio
+    import time
+
+    from datasette_llm.usage import ledger as ledger_module
+
+    ds = make_datasette(config())
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    [first] = await records(ds)
+    ledger = ledger_for(ds)
+    internal = ds.get_internal_database()
+    stop = asyncio.Event()
+
+    async def another_writer() -> None:
+        # Datasette's write thread kept busy (another plugin's writes; in a busy process, the
+        # GIL): each of the ledger's writes waits a while, and rows keep coming meanwhile.
+        while not stop.is_set():
+            await internal.execute_write_fn(lambda conn: time.sleep(0.02))
+
+    competing = asyncio.create_task(another_writer())
+    seen = {ledger.written}
+    started = time.monotonic()
+    number = 0
+    while time.monotonic() - started < 1.0:  # a row every 2 ms
+        number += 1
+        ledger.record(dataclasses.replace(first, id=f"busy-{number}"))
+        await asyncio.sleep(0.002)
+        seen.add(ledger.written)
+    stop.set()
+    await competing
+    await ledger.flush()
+    assert ledger.written == number + 1
+    writes = len(seen) - 1
+    # One write per gathering; a writer that followed each write with the rows made during it
+    # would write as often as the write thread lets it.
+    assert 1 <= writes <= 1.0 / ledger_module._GATHER + 2, writes
