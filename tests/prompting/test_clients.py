@@ -185,6 +185,13 @@ async def test_the_pooled_client_is_one_per_key_never_retries_and_takes_the_atte
     with one_attempt(2.5):
         timed = model.get_client("key-a", async_=True)
     assert (timed.timeout, timed.max_retries, timed.api_key) == (2.5, 0, "key-a")
+    with one_attempt(2.5):
+        again = model.get_client("key-a", async_=True)
+    with one_attempt(1.0):
+        shorter = model.get_client("key-a", async_=True)
+    assert again is timed  # the copy is kept for the next attempt with the same timeout
+    assert shorter.timeout == 1.0
+    assert shorter._client is timed._client is first._client  # one HTTP client: one pool
     assert model.get_client("key-a", async_=False).max_retries == openai.DEFAULT_MAX_RETRIES
 
 
