@@ -25,8 +25,9 @@ Each prompt is ``await response.text()`` of a ``prompt(..., stream=...)``. A wor
 ``WARM_UP`` prompts first, then times its prompts with ``time.perf_counter`` (wall) and
 ``time.process_time`` (CPU of every thread of the process, Datasette's write thread included,
 until the ledger has written every row); it also times the garbage collector's passes
-(``gc.callbacks``). ``ours`` and ``bare llm, reused client`` run twice, first and last, to show
-how far a figure moves within one run. ``--profile`` adds one cProfile run of each of those two.
+(``gc.callbacks``). ``ours`` and ``bare llm, reused client`` run three times (first, in the
+middle, last): the targets take the median, and the spread shows how far a figure moves within
+one run. ``--profile`` adds one cProfile run of each of those two.
 ``--render JSON`` writes THROUGHPUT.md again from a run's JSON.
 """
 
@@ -41,6 +42,7 @@ import logging
 import os
 import platform
 import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -381,6 +383,8 @@ SERIES: Final[list[tuple[str, str, bool, bool, list[str], int]]] = [
     ("0.1a8", "anchor", True, False, [], PROMPTS_CLIENT_PER_PROMPT),
     ("today", "today", True, False, [], PROMPTS_CLIENT_PER_PROMPT),
     ("0.1a8, reused client", "anchor", True, True, [], PROMPTS),
+    ("ours", "ours", True, False, [], PROMPTS),
+    ("bare llm, reused client", "ours", False, True, [], PROMPTS),
     ("ours, ledger off", "ours", True, False, ["ledger"], PROMPTS),
     ("ours, telemetry off", "ours", True, False, ["telemetry"], PROMPTS),
     ("ours, stamina off", "ours", True, False, ["stamina"], PROMPTS),
@@ -493,19 +497,18 @@ def runs_of(results: dict[str, Any], label: str, stream: bool) -> list[dict[str,
     return [s for s in results["series"] if s["label"] == label and s["stream"] == stream]
 
 
-def mean_of(results: dict[str, Any], label: str, stream: bool) -> tuple[float, float, float]:
+def median_of(results: dict[str, Any], label: str, stream: bool) -> tuple[float, float, float]:
+    """The median of a series' runs' figures (its one run's, if it ran once)."""
     runs = [figures(s) for s in runs_of(results, label, stream)]
-    return (
-        sum(r[0] for r in runs) / len(runs),
-        sum(r[1] for r in runs) / len(runs),
-        sum(r[2] for r in runs) / len(runs),
-    )
+    rate, cpu, collected = (statistics.median(run[index] for run in runs) for index in range(3))
+    return rate, cpu, collected
 
 
 def spread(results: dict[str, Any], label: str, stream: bool, index: int) -> float:
-    """How far apart two runs of one series are, as a fraction of their mean."""
+    """How far apart the runs of one series are (highest - lowest), as a fraction of their
+    median."""
     values = [figures(s)[index] for s in runs_of(results, label, stream)]
-    return (max(values) - min(values)) / (sum(values) / len(values)) if len(values) > 1 else 0.0
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
 
 def verdict(ok: bool) -> str:
@@ -564,9 +567,9 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for stream in (False, True):
         yes = "yes" if stream else "no"
-        ours_rate, ours_cpu, _ = mean_of(results, "ours", stream)
-        today_rate, _, _ = mean_of(results, "today", stream)
-        _, bare_cpu, _ = mean_of(results, "bare llm, reused client", stream)
+        ours_rate, ours_cpu, _ = median_of(results, "ours", stream)
+        today_rate, _, _ = median_of(results, "today", stream)
+        _, bare_cpu, _ = median_of(results, "bare llm, reused client", stream)
         speed, cpu_ratio = ours_rate / today_rate, ours_cpu / bare_cpu
         lines.append(
             f"| ours / today, prompts/s | {yes} | {speed:.1f}x | >= {SPEED_TARGET:g}x | "
@@ -589,8 +592,9 @@ def markdown(results: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "`ours` and `bare llm, reused client` ran twice (first and last); the targets use the "
-        "mean of the two. Between those two runs, their figures moved by:",
+        "`ours` and `bare llm, reused client` ran three times (first, in the middle and last); "
+        "the targets use the median of the three. Between their highest and lowest run, their "
+        "figures moved by:",
         "",
     ]
     for label in ("ours", "bare llm, reused client"):
@@ -611,7 +615,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for label in labels:
         if label.startswith("ours") or label.startswith("bare llm, reused"):
-            plain, streamed = mean_of(results, label, False), mean_of(results, label, True)
+            plain, streamed = median_of(results, label, False), median_of(results, label, True)
             lines.append(f"| {label} | {plain[1]:.2f} | {streamed[1]:.2f} |")
     profiles = results.get("profiles")
     if profiles:
@@ -734,7 +738,7 @@ NOTES: Final = [
     "  configuration's `usage: {enabled: false}`.",
     "- cProfile sees the event loop's thread only: the ledger's writes in Datasette's write",
     "  thread and the garbage collector's passes are in the CPU figures above, not in it.",
-    "- The worker and the provider share the machine's 2 cores with whatever else runs: two runs",
+    "- The worker and the provider share the machine's 2 cores with whatever else runs: runs",
     "  of one series can differ by tens of per cent (above), so the ratios of the interleaved",
     "  breakdown, where each series meets the same drift, are the steadier ones.",
 ]
