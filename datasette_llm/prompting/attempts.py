@@ -387,7 +387,7 @@ class _Prompt(Generic[T]):
         clock = self.clock
         tries = tries_of(routed.model, self.settings.retries)
 
-        def backoff(error: Exception) -> bool | float:
+        def backoff(error: BaseException) -> bool | float:
             if not isinstance(error, ProviderError) or error.kind not in RETRIED_KINDS:
                 return False
             if error.kind == "rate_limit" and error.retry_after is None and self.onward:
