@@ -394,7 +394,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 NOTES: Final = [
     "- `record()` only appends the row to memory and wakes the writer task; the writer hands",
-    "  a batch to Datasette's write thread (`execute_write_many`) and awaits it, so a prompt",
+    "  a batch to Datasette's write thread (`execute_write_fn`, INSERTs of many rows each)",
+    "  and awaits it, so a prompt",
     "  never waits for SQLite. The rows of a batch are built on the event loop.",
     "- The concurrent series is bound by the worker's CPU (llm builds an openai client per",
     "  prompt), so its loop lag is high with the ledger on and off alike; compare on with off.",
