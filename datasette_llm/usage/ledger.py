@@ -288,12 +288,14 @@ class Ledger:
                 async with self._lock:
                     # One batch, then gather again: rows made during this write wait for the
                     # next, rather than follow on at once in writes of a few rows each.
-                    await self._write_batch()
+                    if self._pending:  # (a flush may have written them meanwhile)
+                        await self._write_batch()
             except Exception:
                 logger.exception("Writing %d usage rows failed; they stay pending", self.pending)
                 await asyncio.sleep(1)
             if not self._pending:
                 return
+            self._wake.set()  # rows are left (made meanwhile, or beyond one batch): another round
 
     async def _write_batch(self) -> None:
         db = await self.ensure_table()

@@ -368,6 +368,27 @@ async def test_a_batch_larger_than_one_insert_is_written_whole_and_in_order(
     assert await records(ds) == [first, *made]
 
 
+async def test_more_rows_than_one_write_takes_are_all_written_without_a_flush(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    import asyncio
+
+    from datasette_llm.usage import ledger as ledger_module
+
+    ds = make_datasette(config())
+    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    [first] = await records(ds)
+    ledger = ledger_for(ds)
+    burst = 2 * ledger_module._BATCH + 10  # three writes' worth, and nothing made after them
+    for number in range(burst):
+        ledger.record(dataclasses.replace(first, id=f"burst-{number}"))
+    for _ in range(200):  # the writer alone; no flush, no further record to wake it
+        if not ledger.pending:
+            break
+        await asyncio.sleep(0.05)
+    assert (ledger.pending, ledger.written) == (0, burst + 1)
+
+
 async def test_a_busy_process_writes_its_rows_a_few_times_a_second_not_as_they_come(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
