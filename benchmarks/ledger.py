@@ -394,17 +394,17 @@ def markdown(results: dict[str, Any]) -> str:
 
 NOTES: Final = [
     "- `record()` only appends the row to memory and wakes the writer task; the writer hands",
-    "  a batch to Datasette's write thread (`execute_write_fn`, INSERTs of many rows each)",
-    "  and awaits it, so a prompt",
-    "  never waits for SQLite. The rows of a batch are built on the event loop.",
-    "- The concurrent series is bound by the worker's CPU (llm builds an openai client per",
-    "  prompt), so its loop lag is high with the ledger on and off alike; compare on with off.",
+    "  what has gathered to Datasette's write thread a few times a second (`execute_write_fn`,",
+    "  INSERTs of many rows each) and awaits it, so a prompt never waits for SQLite. The rows",
+    "  of a batch are built on the event loop.",
+    "- The concurrent series is bound by the worker's CPU, so its loop lag is high with the",
+    "  ledger on and off alike; compare on with off.",
     "- The concurrent series is noisy: its time per prompt moves by up to the spread given",
     "  between two runs of the same setting, more than the 5% under test; its wall time (the",
     "  throughput) is steadier. The sequential series is the measure of one prompt's time.",
-    "- With the ledger off the loop is already blocked for about 30 ms per prompt (llm building",
-    "  its openai client); with it on, the write thread's share of the GIL may add a few ms to",
-    "  that lag's p99. The burst shows the writer alone: 20,000 rows, lag as when idle.",
+    "- The write thread takes the GIL for each write; writing a few times a second in INSERTs",
+    "  of many rows keeps that share small. The burst shows the writer alone: 20,000 rows, lag",
+    "  as when idle.",
     "- Other processes share this machine's 2 cores (see each run below).",
 ]
 
