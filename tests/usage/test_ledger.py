@@ -6,10 +6,12 @@ answers report token usage, and the suite's own models.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +22,8 @@ from datasette.app import Datasette
 
 from datasette_llm import LLM, BudgetExceededError, PromptResult, ProviderError, UsageRecord
 from datasette_llm.typing import PromptContextFactory, hookimpl
-from datasette_llm.usage.ledger import TABLE, ledger_for
+from datasette_llm.usage import ledger as ledger_module
+from datasette_llm.usage.ledger import TABLE, Ledger, ledger_for
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 
@@ -292,8 +295,6 @@ def test_check_reports_prices_for_missing_models_and_budgets_that_cannot_count(
 async def test_retention_deletes_rows_older_than_its_days(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
-    import time
-
     ds = make_datasette(config(usage={"retention_days": 30}))
     await (await LLM(ds).model(purpose="summaries")).prompt("hi")
     [fresh] = await records(ds)
@@ -309,8 +310,6 @@ async def test_retention_deletes_rows_older_than_its_days(
 async def test_the_ledger_keeps_its_waiting_rows_and_listeners_when_its_settings_change(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
-    from datasette_llm.usage.ledger import Ledger
-
     ds = make_datasette(config())
     assert ledger_for(ds) is ledger_for(ds)  # the same settings: the same ledger
     await (await LLM(ds).model(purpose="summaries")).prompt("hi")
@@ -351,13 +350,18 @@ def test_a_script_that_ends_without_flushing_still_writes_its_rows(tmp_path: Pat
     assert rows == [("notes", "echo", "ok")]
 
 
-async def test_a_batch_larger_than_one_insert_is_written_whole_and_in_order(
-    make_datasette: MakeDatasette, provider: Provider
-) -> None:
+async def after_one_prompt(make_datasette: MakeDatasette) -> tuple[Datasette, UsageRecord, Ledger]:
+    """A Datasette, the written row of its one prompt, and its ledger."""
     ds = make_datasette(config())
     await (await LLM(ds).model(purpose="summaries")).prompt("hi")
     [first] = await records(ds)
-    ledger = ledger_for(ds)
+    return ds, first, ledger_for(ds)
+
+
+async def test_a_batch_larger_than_one_insert_is_written_whole_and_in_order(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds, first, ledger = await after_one_prompt(make_datasette)
     made = [
         dataclasses.replace(first, id=f"row-{number:04}", time=first.time + number, cost=number)
         for number in range(1, 301)  # several INSERTs' worth, and a partial last one
@@ -371,14 +375,7 @@ async def test_a_batch_larger_than_one_insert_is_written_whole_and_in_order(
 async def test_more_rows_than_one_write_takes_are_all_written_without_a_flush(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
-    import asyncio
-
-    from datasette_llm.usage import ledger as ledger_module
-
-    ds = make_datasette(config())
-    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
-    [first] = await records(ds)
-    ledger = ledger_for(ds)
+    _, first, ledger = await after_one_prompt(make_datasette)
     burst = 2 * ledger_module._BATCH + 10  # three writes' worth, and nothing made after them
     for number in range(burst):
         ledger.record(dataclasses.replace(first, id=f"burst-{number}"))
@@ -392,15 +389,7 @@ async def test_more_rows_than_one_write_takes_are_all_written_without_a_flush(
 async def test_a_busy_process_writes_its_rows_a_few_times_a_second_not_as_they_come(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
-    import asyncio
-    import time
-
-    from datasette_llm.usage import ledger as ledger_module
-
-    ds = make_datasette(config())
-    await (await LLM(ds).model(purpose="summaries")).prompt("hi")
-    [first] = await records(ds)
-    ledger = ledger_for(ds)
+    ds, first, ledger = await after_one_prompt(make_datasette)
     internal = ds.get_internal_database()
     stop = asyncio.Event()
 
