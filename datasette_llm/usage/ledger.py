@@ -164,6 +164,10 @@ class Ledger:
         """Rows waiting to be written."""
         return len(self._pending)
 
+    def keeps(self, settings: UsageSettings) -> bool:
+        """Whether this ledger writes where, and keeps rows as long as, ``settings`` say."""
+        return (self.database, self.retention_days) == (settings.database, settings.retention_days)
+
     def listen(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with every record made from now on; return a function to stop."""
         self._listeners.append(listener)
@@ -385,17 +389,10 @@ def ledger_for(datasette: Datasette, settings: UsageSettings | None = None) -> L
     """
     state = state_of(datasette)
     ledger = state.get(_LEDGER)
-    if (
-        ledger is not None
-        and settings is not None
-        and (ledger.database, ledger.retention_days) == (settings.database, settings.retention_days)
-    ):
+    if ledger is not None and settings is not None and ledger.keeps(settings):
         return ledger
     settings = config_for(datasette).usage
-    if ledger is not None and (ledger.database, ledger.retention_days) == (
-        settings.database,
-        settings.retention_days,
-    ):
+    if ledger is not None and ledger.keeps(settings):
         return ledger
     fresh = Ledger(datasette, settings.database, settings.retention_days)
     if ledger is not None:
