@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import NoneType
@@ -202,6 +203,40 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+# What a provider's error says it is, in its ``type`` or ``code`` (an OpenAI-style body).
+_REPORTED: Final[tuple[tuple[str, ErrorKind], ...]] = (
+    ("rate_limit", "rate_limit"),
+    ("quota", "rate_limit"),
+    ("context_length", "context_window"),
+    ("content_filter", "content_policy"),
+    ("content_policy", "content_policy"),
+    ("api_key", "auth"),
+    ("authentication", "auth"),
+    ("permission", "auth"),
+    ("invalid_request", "bad_request"),
+    ("not_found", "bad_request"),
+    ("timeout", "timeout"),
+)
+
+
+def _reported_kind(body: object, code: object) -> ErrorKind:
+    """The kind of an error the provider reported with no HTTP status of its own (an error
+    event in a stream the client had begun reading, which the openai and anthropic clients
+    raise as ``APIError``): from its ``type`` or ``code``; else ``server_error``, as the
+    provider failing mid-answer."""
+    error = body.get("error", body) if isinstance(body, Mapping) else None
+    said = (
+        [code, *(error.get(name) for name in ("type", "code"))]
+        if isinstance(error, Mapping)
+        else [code]
+    )
+    text = " ".join(value for value in said if isinstance(value, str)).lower()
+    for hint, kind in _REPORTED:
+        if hint in text:
+            return kind
+    return "server_error"
+
+
 def _kind_of(error: BaseException, status: int | None) -> ErrorKind:
     names = [cls.__name__ for cls in type(error).__mro__]
     for name in names:
@@ -210,6 +245,8 @@ def _kind_of(error: BaseException, status: int | None) -> ErrorKind:
             break
     else:
         kind = None
+    if kind is None and status is None and "APIError" in names:
+        kind = _reported_kind(getattr(error, "body", None), getattr(error, "code", None))
     if status is not None and kind in (None, "bad_request"):
         if status == 429:
             kind = "rate_limit"
@@ -342,12 +379,25 @@ def _copy(error: BaseException) -> BaseException:
     return RedactedError(f"{cls.__module__}.{cls.__qualname__}", text)
 
 
+def _where_raised(copy: BaseException, original: BaseException) -> None:
+    """Give ``copy`` where ``original`` was raised, as text (file, line, function and source
+    line of each frame), in place of its traceback: a traceback holds its frames' variables
+    (llm's ``execute`` holds the key), which a handler showing locals would print."""
+    if original.__traceback__ is None:
+        return
+    where = redact("".join(traceback.format_tb(original.__traceback__)))
+    notes = [redact(str(note)) for note in getattr(original, "__notes__", ())]
+    notes.append(f"Raised at (the provider's traceback, its frames' values left out):\n{where}")
+    copy.__notes__ = notes  # type: ignore[attr-defined]  # printed from Python 3.11
+
+
 def redacted(error: BaseException) -> BaseException:
     """Return a copy of ``error`` and of its chain (``__cause__``, ``__context__``) that holds
     no API key datasette-llm has read (``log.remember``).
 
-    Each exception is copied as its own class, with its message and traceback, and the
-    attributes that are plain data (text, numbers, lists and dicts of them: an ``openai``
+    Each exception is copied as its own class, with its message, where it was raised (as a
+    note: its traceback's frames hold variables such as the key), and the attributes that are
+    plain data (text, numbers, lists and dicts of them: an ``openai``
     error's ``status_code``, ``body``, ``code``...), keys redacted; objects such as the HTTP
     request and response, whose headers carry the key, are left out. One whose copy would not
     say what it says becomes a ``RedactedError`` naming its class.
@@ -359,7 +409,7 @@ def redacted(error: BaseException) -> BaseException:
         if known is not None:
             return known
         copy = copies[id(original)] = _copy(original)
-        copy.__traceback__ = original.__traceback__
+        _where_raised(copy, original)
         if original.__cause__ is not None:
             copy.__cause__ = copy_of(original.__cause__)
         if original.__context__ is not None:

@@ -52,6 +52,9 @@ class Reply:
         delay: Seconds before the first byte of the answer (a slow provider, for timeouts).
         interval: Seconds between the chunks of a streamed answer (tokens trickling in).
         drop: Close the connection without answering: the client sees a connection error.
+        error_event: Streamed answers only: after the first chunk, an error event in the
+            stream (OpenAI's ``data: {"error": {...}}``, this its ``error``), as a provider
+            failing mid-answer sends; the answer then ends.
     """
 
     text: str = "hello from the local provider"
@@ -62,6 +65,7 @@ class Reply:
     delay: float = 0.0
     interval: float = 0.0
     drop: bool = False
+    error_event: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -350,7 +354,11 @@ def _body(reply: Reply, request: dict[str, Any]) -> tuple[str, list[bytes], byte
         body = json.dumps(error).encode()
         return "application/json", [body], body
     if request.get("stream"):
-        return "text/event-stream", _events(model, reply.text), b""
+        events = _events(model, reply.text)
+        if reply.error_event is not None:
+            failed = json.dumps({"error": reply.error_event})
+            events = [events[0], f"data: {failed}\n\n".encode()]
+        return "text/event-stream", events, b""
     body = json.dumps(_completion(model, reply.text)).encode()
     return "application/json", [body], body
 

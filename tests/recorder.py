@@ -23,6 +23,8 @@ class Recorder:
         events: What happened, as ``describe`` words it.
         results: The ``PromptResult`` of every prompt entered.
         exits: For each exit: the prompt, the error it exited with, ``chain_complete``.
+        settled: For each exit: each attempt of ``result.attempts`` as ``(model_id, error)``,
+            and ``result.usage``'s ``(model, outcome)``, as they were then.
     """
 
     def __init__(self, describe: Describe = by_prompt) -> None:
@@ -30,6 +32,7 @@ class Recorder:
         self.events: list[str] = []
         self.results: list[PromptResult] = []
         self.exits: list[tuple[str, BaseException | None, bool]] = []
+        self.settled: list[tuple[list[tuple[str, str | None]], list[tuple[str, str]]]] = []
 
     @hookimpl
     def llm_prompt_context(
@@ -44,13 +47,20 @@ class Recorder:
             try:
                 yield
             except BaseException as error:
+                self.settle(result)
                 self.exits.append((prompt, error, result.chain_complete))
                 self.events.append(f"{exited} with {type(error).__name__}")
                 raise
+            self.settle(result)
             self.exits.append((prompt, None, result.chain_complete))
             self.events.append(exited)
 
         return around
+
+    def settle(self, result: PromptResult) -> None:
+        attempts: list[tuple[str, str | None]] = [(a.model_id, a.error) for a in result.attempts]
+        usage: list[tuple[str, str]] = [(record.model, record.outcome) for record in result.usage]
+        self.settled.append((attempts, usage))
 
     @hookimpl
     def llm_group_exit(self, group: Group) -> None:

@@ -75,19 +75,27 @@ __all__ = [
     "Once",
     "client_retries",
     "run_attempts",
+    "Settle",
     "tries_of",
     "within",
 ]
 
 T = TypeVar("T")
 
-Once = Callable[["Routed", "float | None", Started], Awaitable[T]]
+Settle = Callable[["ProviderError | None"], Awaitable[None]]
+"""Settle an attempt: how it ended (``None``: answered) goes to its model's limits, a failure's
+ledger row is made, and the attempt joins ``result.attempts``. The first call counts; later ones
+do nothing."""
+
+Once = Callable[["Routed", "float | None", Started, Settle], Awaitable[T]]
 """One attempt: send the prompt to the routed model with this timeout (the attempt started at
-``Started``), hooks around it; its
-answer is the completed response (for a chain: its stream, primed with the first chunk).
+``Started``), hooks around it; its answer is the completed response (for a chain: its stream,
+primed with the first chunk).
 
 It raises ``ProviderError`` for the provider's failure (any other exception is not the
-provider's, and ends the prompt as it is)."""
+provider's, and ends the prompt as it is). It settles the attempt before its hooks exit, so
+that they see it in ``result.attempts`` and ``result.usage``; what it leaves unsettled is
+settled when it returns or raises."""
 
 # The module of a model class whose client is built inside ``execute()`` (so no client of it
 # can be adapted) -> its client library, which retries by itself.
@@ -216,15 +224,31 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
         plan = plan[1:]  # then: fallback (then: refuse has raised)
         why = "over budget"
     cooling: list[tuple[Routed, Gate]] = []
+    admitted: dict[str, Routed | str] = {primary.resolution.model_id: primary}
+
+    async def admitted_as(model_id: str) -> Routed | str:
+        """The fallback admitted (``admit``), or why not; each is admitted once a prompt."""
+        if model_id not in admitted:
+            admitted[model_id] = await admit(datasette, primary, model_id, actor)
+        return admitted[model_id]
+
+    def later_than(index: int) -> Callable[[], Awaitable[bool]]:
+        async def onward() -> bool:
+            if cooling:
+                return True
+            for model_id in plan[index + 1 :]:
+                if not isinstance(await admitted_as(model_id), str):
+                    return True
+            return False
+
+        return onward
+
     for index, model_id in enumerate(plan):
-        if model_id == primary.resolution.model_id:
-            routed = primary
-        else:
-            admitted = await admit(datasette, primary, model_id, actor)
-            if isinstance(admitted, str):
-                result.skipped.append(f"fallback {model_id!r} skipped because {admitted}")
-                continue
-            routed = admitted
+        routed_or_why = await admitted_as(model_id)
+        if isinstance(routed_or_why, str):
+            result.skipped.append(f"fallback {model_id!r} skipped because {routed_or_why}")
+            continue
+        routed = routed_or_why
         gate = gate_for(datasette, routed)
         # As this process last learned: the claim before sending decides (``_cooled``).
         if gate.cooling() and index < len(plan) - 1 and "rate_limit" in settings.fallback_on:
@@ -232,13 +256,14 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
             result.skipped.append(f"{model_id!r} deferred: it is cooling down after rate limits")
             why = why or "cooling down"
             continue
-        if await prompt.model(routed, gate, onward=index < len(plan) - 1 or bool(cooling)):
+        onward = later_than(index) if index < len(plan) - 1 or cooling else None
+        if await prompt.model(routed, gate, onward=onward):
             _answered_by(meter, model_id, why)
             return prompt.answer()
         if why is None and prompt.last is not None:
             why = prompt.last.kind
     for index, (routed, gate) in enumerate(cooling):
-        if await prompt.model(routed, gate, onward=index < len(cooling) - 1):
+        if await prompt.model(routed, gate, onward=_YES if index < len(cooling) - 1 else None):
             _answered_by(meter, routed.resolution.model_id, why)
             return prompt.answer()
     if refused is not None and prompt.last is None:
@@ -337,6 +362,18 @@ async def _over_budget(meter: Meter) -> BudgetExceededError | None:
     return None
 
 
+class _CooledMeanwhile(Exception):
+    """The model began cooling down while a try waited for its place under its limits."""
+
+
+async def _yes() -> bool:
+    return True
+
+
+_YES: Final = _yes
+"""``onward`` when a later model is known to be admitted (the cooling models tried last)."""
+
+
 @dataclass(slots=True)
 class _Prompt(Generic[T]):
     """One prompt's attempts: its settings, its deadline, its meter, how to try once, and how
@@ -351,16 +388,22 @@ class _Prompt(Generic[T]):
     fell_back_from: str | None = None
     answered: tuple[T] | None = None
     onward: bool = False  # a rate limit of the model being tried goes on to a later model
+    _later: Callable[[], Awaitable[bool]] | None = None  # whether one may answer, once asked
 
-    async def model(self, routed: Routed, gate: Gate, *, onward: bool = False) -> bool:
+    async def model(
+        self, routed: Routed, gate: Gate, *, onward: Callable[[], Awaitable[bool]] | None = None
+    ) -> bool:
         """Try ``routed``'s model; return whether to stop (it answered, or the prompt fails).
 
-        ``onward``: a later model of the plan is left to try.
+        ``onward``: later models of the plan are left; it says whether one of them may
+        answer (is admitted: ``admit``). It is asked only when a rate limit makes it matter,
+        so a prompt answered at once admits no fallback.
 
         Raises:
             ProviderError: It failed in a way that does not fall back, or the deadline passed.
         """
-        self.onward = onward and "rate_limit" in self.settings.fallback_on
+        going_on = onward is not None and "rate_limit" in self.settings.fallback_on
+        self.onward, self._later = going_on, onward if going_on else None
         try:
             self.answered = (await self._tries(routed, gate),)
         except ProviderError as error:
@@ -424,6 +467,14 @@ class _Prompt(Generic[T]):
                 return await self._try(routed, gate)
         raise AssertionError("stamina ends retrying by raising the last error")
 
+    async def _onward_known(self) -> bool:
+        """Whether a later model may answer this prompt's rate limit: ``onward``, once the
+        later models of the plan have been asked (a refused fallback never answers)."""
+        later, self._later = self._later, None
+        if later is not None and self.onward:
+            self.onward = await later()
+        return self.onward
+
     def may_wait(self, wait: float) -> bool:
         """Whether the prompt may wait ``wait`` seconds for a model: less than the time left
         before its deadline; without a deadline, at most ``max_wait``."""
@@ -454,7 +505,7 @@ class _Prompt(Generic[T]):
                 )
             if stamina.is_testing():
                 return _GO  # stamina's test mode waits for nothing; past the bound still fails
-            if self.onward:
+            if await self._onward_known():
                 # Cooling after other prompts' rate limits, or another try is finding out
                 # whether it has recovered: a later model answers meanwhile.
                 model_id = routed.resolution.model_id
@@ -468,12 +519,19 @@ class _Prompt(Generic[T]):
         return claim  # it may go: the probe, if the model was rate limited
 
     async def _try(self, routed: Routed, gate: Gate) -> T:
-        claim = await self._cooled(routed, gate)
-        try:
-            return await self._send(routed, gate, claim)
-        finally:
-            if claim.probe:  # cancelled or refused by a hook, unrecorded: the next try probes
-                await gate.hand_on(claim)
+        while True:
+            claim = await self._cooled(routed, gate)
+            try:
+                return await self._send(routed, gate, claim)
+            except _CooledMeanwhile:
+                continue  # claim again: wait, go on, or fail as a cooling model does
+            except ProviderError as error:
+                if error.kind == "rate_limit" and error.retry_after is None:
+                    await self._onward_known()  # the retry decision (``backoff``) needs it
+                raise
+            finally:
+                if claim.probe:  # cancelled or refused by a hook, unrecorded: the next probes
+                    await gate.hand_on(claim)
 
     async def _send(self, routed: Routed, gate: Gate, claim: Claim) -> T:
         """One try of ``routed`` under ``claim``: one attempt, one ledger row, when its
@@ -495,11 +553,29 @@ class _Prompt(Generic[T]):
             if gate.rpm is not None:  # a first client built after its turn would leave late
                 prepare(routed.model, routed.key)
             slot = gate.slot(self.clock.left())
+        settled = False
+
+        async def settle(error: ProviderError | None) -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            await gate.record(error, claim)
+            if error is not None:
+                self.meter.failure(routed, begun, error.kind, error)
+            kind = None if error is None else error.kind
+            result.attempts.append(self._attempt(model_id, number, begun, kind))
+
         try:
             async with slot:
+                if not claim.probe and claim is not _GO and gate.cooling():
+                    # A rate limit began its cool-down while this try waited for its place:
+                    # nothing is sent; it claims the model again. (Under stamina's test mode
+                    # a try waits for no cool-down: it goes.)
+                    raise _CooledMeanwhile
                 result.model_id = model_id
                 timeout = self.clock.bound(self.settings.timeout)
-                response = await self.once(routed, timeout, begun)
+                response = await self.once(routed, timeout, begun, settle)
         except LimitsTimeout:
             raise  # its wait for a place (a chain's takes it in once): nothing was sent
         except ProviderError as raised:
@@ -508,12 +584,9 @@ class _Prompt(Generic[T]):
             self.meter.cancelled(routed, begun)  # a row, if the provider was sent it
             raise
         else:
-            await gate.record(None, claim)
-            result.attempts.append(self._attempt(model_id, number, begun, None))
+            await settle(None)
             return response
-        await gate.record(error, claim)
-        self.meter.failure(routed, begun, error.kind, error)
-        result.attempts.append(self._attempt(model_id, number, begun, error.kind))
+        await settle(error)
         if error.kind == "unknown" and error.__cause__ is not None:
             raise error.__cause__  # not the provider's kind of failure: the caller's to see
         raise error

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import llm
 
-from ..provider_errors import classify
-from .attempts import run_attempts, within
+from ..provider_errors import ProviderError, classify
+from .attempts import Settle, run_attempts, within
 from .clients import one_attempt
 from .hooks import call_llm_prompt_context
 from .metering import Meter, Received, Started
@@ -252,14 +252,17 @@ async def _attempt(
     meter: Meter,
     timeout: float | None,
     started: Started,
+    settle: Settle,
 ) -> AsyncResponse:
     """Send the prompt to ``routed`` once, inside the hooks' context managers.
 
-    The hooks see the provider's own exception; the caller gets it as a ``ProviderError``.
+    The hooks see the provider's own exception, and the attempt settled (in ``result.attempts``
+    and ``result.usage``); the caller gets the exception as a ``ProviderError``.
     """
     model_id = routed.resolution.model_id
     factories = target.factories(prompt, model_id)
     failure: BaseException | None = None
+    provider_error: ProviderError | None = None
     try:
         async with AsyncExitStack() as stack:
             for factory in factories:
@@ -271,17 +274,18 @@ async def _attempt(
                     first_token = await within(_complete(response, started.received), timeout)
             except Exception as error:
                 failure = error
+                provider_error = classify(error, model_id, routed.resolution.key.described())
+                await settle(provider_error)
                 raise
             # Recorded before anything is awaited: a cancellation now cannot lose the row.
             await meter.response(routed, response, started, first_token)
             await meter.result.add_response(target.answerable(response))
+            await settle(None)
             return response
     except Exception as error:
-        if error is not failure:
+        if error is not failure or provider_error is None or provider_error is error:
             raise
-        provider_error = classify(error, model_id, routed.resolution.key.described())
-        if provider_error is error:
-            raise
+        failure = None  # the provider's own error stays out of the traceback's variables
         raise provider_error from provider_error.__cause__  # the provider's error, redacted
     raise RuntimeError(SUPPRESSED)
 
@@ -300,7 +304,11 @@ async def send(
         target.datasette, target.routed, target.actor, result, prompt=prompt, options=kwargs
     )
 
-    async def once(routed: Routed, timeout: float | None, started: Started) -> AsyncResponse:
-        return await _attempt(target, routed, sender, prompt, kwargs, meter, timeout, started)
+    async def once(
+        routed: Routed, timeout: float | None, started: Started, settle: Settle
+    ) -> AsyncResponse:
+        return await _attempt(
+            target, routed, sender, prompt, kwargs, meter, timeout, started, settle
+        )
 
     return await run_attempts(meter, once)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from ..provider_errors import ProviderError, classify
-from .attempts import Clock, run_attempts, within
+from .attempts import Clock, Settle, run_attempts, within
 from .clients import OpenAttempt
 from .limits import Gate, Release, gate_for
 from .metering import Meter, Started
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from datasette.app import Datasette
     from llm import AsyncConversation, AsyncResponse
     from llm.models import AsyncChainResponse
+    from llm.parts import StreamEvent
 
     from ..actors import Actor
     from ..routing.route import Resolution, Routed
@@ -113,6 +115,8 @@ class WrappedChainResponse:
         self._clock = Clock(None)  # the deadline of the call, from when its iteration starts
         self._lease: Release | None = None  # the place the attempt took for the first step
         self._in_flight = False  # a step's request is under way: its response has not completed
+        self._attempt_began = 0.0  # time.monotonic() when the attempt under way began
+        self._open: OpenAttempt | None = None  # the attempt under way, once it has begun
         self._consumed = False
         self._attach(target.routed, target.factories(prompt), None)
 
@@ -186,6 +190,8 @@ class WrappedChainResponse:
                                 begun = self._started
                                 self._started = Started.now(begun.attempt, begun.fell_back_from)
                                 self._started.received.sent = True
+                                if self._open is not None:
+                                    self._open.watch(self._started.received, self._routed.model)
                             release = await self._place()
                             try:
                                 # llm does not annotate on_done; the place is held until then.
@@ -204,6 +210,14 @@ class WrappedChainResponse:
                     self._result.chain_complete = True
         finally:
             target.open_chains.discard(self)
+
+    def _failed_after_all(self, failure: ProviderError) -> None:
+        """The attempt under way, settled as answered once its first item came, failed later
+        (a stream cut, the deadline): ``result.attempts`` says so, with its whole duration."""
+        attempts = self._result.attempts
+        if attempts and attempts[-1].error is None:
+            duration = time.monotonic() - self._attempt_began
+            attempts[-1] = dataclasses.replace(attempts[-1], error=failure.kind, duration=duration)
 
     def _gate(self, routed: Routed) -> Gate:
         return gate_for(self._target.datasette, routed)
@@ -258,8 +272,10 @@ class WrappedChainResponse:
         ``chunks``: each item is a chunk received (else ``open_stream`` counts them).
         """
 
-        async def once(routed: Routed, timeout: float | None, started: Started) -> _Primed[Item]:
-            self._started = started
+        async def once(
+            routed: Routed, timeout: float | None, started: Started, settle: Settle
+        ) -> _Primed[Item]:
+            self._started, self._attempt_began = started, started.clock
             if routed is not self._routed or self._iteration is not None:
                 steps = self._result.responses
                 # A later step failed: its tools' results are in the messages llm built for it.
@@ -270,7 +286,8 @@ class WrappedChainResponse:
             self._lease = await self._gate(routed).acquire(self._clock.left())
             # Every request of the attempt's steps: the attempt's timeout, its clients in use
             # until its stream has ended (``_stream`` ends it), else until it has failed.
-            attempt = OpenAttempt(timeout)
+            attempt = self._open = OpenAttempt(timeout)
+            attempt.watch(started.received, routed.model)  # counts its requests, if it can
             primed = False
             stream = open_stream(self._chain)
             try:
@@ -280,14 +297,26 @@ class WrappedChainResponse:
                     started.received.chunk()
                 primed = True
             except Exception as error:
+                failure: ProviderError | None = None
+                if error is self._hook_error:
+                    pass  # a hook's, as it is
+                elif isinstance(error, ProviderError):
+                    failure = error
+                elif self._in_flight or isinstance(error, TimeoutError):
+                    key_from = routed.resolution.key.described()
+                    failure = classify(error, routed.resolution.model_id, key_from)
+                # else no request's: a tool's (llm.PauseChain...), as it is
+                if failure is not None:
+                    await settle(failure)  # before the hooks exit: they see it
                 await self.abandon(error)
-                if error is self._hook_error or isinstance(error, ProviderError):
+                if failure is None or failure is error:
                     raise
-                if not self._in_flight and not isinstance(error, TimeoutError):
-                    raise  # no request's: a tool's (llm.PauseChain...), as it is
-                key_from = routed.resolution.key.described()
-                failure = classify(error, routed.resolution.model_id, key_from)
                 raise failure from failure.__cause__  # the provider's error, redacted
+            except BaseException as error:
+                # Cancelled: the iteration, waiting at a step, ends now (the step gives back
+                # its place under the limits; the hooks exit with the cancellation).
+                await self.abandon(error)
+                raise
             finally:
                 lease, self._lease = self._lease, None
                 if lease is not None:
@@ -315,14 +344,19 @@ class WrappedChainResponse:
                     self._started.received.chunk()
                 yield item
         except Exception as error:
-            await self.abandon(error)
             if not self._in_flight and not isinstance(error, TimeoutError):
+                await self.abandon(error)
                 raise  # no request's: a tool's, or a wait for a place past the deadline
             resolution = self._routed.resolution
             failure = classify(error, resolution.model_id, resolution.key.described())
             await self._gate(self._routed).record(failure)
             self._meter.failure(self._routed, self._started, failure.kind, failure)
-            if failure is error or failure.kind == "unknown":
+            self._failed_after_all(failure)
+            await self.abandon(error)  # the hooks exit seeing the failure in the result
+            if failure.kind == "unknown":
+                raise
+            failure.with_attempts(tuple(self._result.attempts))
+            if failure is error:
                 raise
         except BaseException as error:
             if isinstance(error, asyncio.CancelledError | GeneratorExit):
@@ -342,7 +376,7 @@ class WrappedChainResponse:
         self._consume()
         return self._stream(lambda chain: chain.__aiter__())
 
-    def astream_events(self) -> AsyncIterator[Any]:
+    def astream_events(self) -> AsyncIterator[StreamEvent]:
         """Yield llm's ``StreamEvent`` of every response of the chain."""
         self._consume()
         return self._stream(_events)
@@ -361,8 +395,8 @@ class WrappedChainResponse:
         )
 
 
-def _events(chain: AsyncChainResponse) -> AsyncIterator[Any]:
-    stream: Callable[[], AsyncIterator[Any]] = chain.astream_events  # llm leaves it untyped
+def _events(chain: AsyncChainResponse) -> AsyncIterator[StreamEvent]:
+    stream: Callable[[], AsyncIterator[StreamEvent]] = chain.astream_events  # llm leaves it untyped
     return stream()
 
 

@@ -216,3 +216,61 @@ async def test_a_probe_that_ends_without_an_answer_hands_the_probe_on(
     response = await (await LLM(ds).model(purpose="summaries")).prompt("next")
     assert await response.text() == "the primary has recovered"
     assert (len(provider.requests), backup_requests()) == (sent[0] + 1, sent[1])
+
+
+# What a rate limit finds: fallbacks that may answer, prompts queued under the limits
+
+
+def no_retry_after() -> Reply:
+    return Reply(status=429, message="quota exceeded")
+
+
+async def test_a_rate_limit_without_retry_after_is_retried_when_every_fallback_is_refused(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    """A fallback refused by policy never answers: the prompt has no later model to go to,
+    so the rate-limited model is retried after its cool-down, as with no fallback at all."""
+    provider.script = [no_retry_after()]
+    provider.default = Reply(text="the primary, after its cool-down")
+    ds = make_datasette(config(blocked_models=["backup-gpt"]))
+    response = await (await LLM(ds).model(purpose="summaries")).prompt("hi")
+    assert await response.text() == "the primary, after its cool-down"
+    assert (len(provider.requests), backup_requests()) == (2, 0)
+
+
+async def test_a_fallback_is_admitted_only_when_a_rate_limit_asks_for_it(
+    make_datasette: MakeDatasette, provider: Provider, register_plugin: RegisterPlugin
+) -> None:
+    """Whether a later model may answer is found out when a rate limit makes it matter: a
+    prompt answered at once admits (and reads the key of) no fallback."""
+    screened: list[list[str]] = []
+
+    class Screens:
+        @hookimpl
+        def llm_filter_models(self, models: list[Any]) -> None:
+            screened.append([model.model_id for model in models])
+
+    register_plugin(Screens(), name="screens")
+    ds = make_datasette(config())
+    model = await LLM(ds).model(purpose="summaries")
+    screened.clear()
+    await (await model.prompt("answered at once")).text()
+    assert screened == []
+    provider.script = [no_retry_after()]
+    assert await (await model.prompt("rate limited")).text() == "from the backup"
+    assert screened == [["backup-gpt"]]  # admitted once, then tried
+
+
+@pytest.mark.parametrize("limit", [{"concurrency": 1}, {"rpm": 600}])
+async def test_prompts_queued_under_the_limits_send_nothing_once_the_model_cools_down(
+    make_datasette: MakeDatasette, provider: Provider, limit: dict[str, int]
+) -> None:
+    """Prompts waiting for a place under the model's limits when a rate limit starts its
+    cool-down claim the model again once they have their place: they go to the fallback,
+    not to the provider that asked them to wait."""
+    provider.default = too_many("30")
+    ds = make_datasette(config(model={"model": "primary-gpt", **limit}, max_wait=5))
+    model = await LLM(ds).model(purpose="summaries")
+    responses = await asyncio.gather(*(model.prompt(f"prompt {n}") for n in range(6)))
+    assert [await response.text() for response in responses] == ["from the backup"] * 6
+    assert (len(provider.requests), backup_requests()) == (1, 6)

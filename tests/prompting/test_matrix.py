@@ -183,6 +183,13 @@ async def test_a_failure_of_the_provider(
     if path in cell.raises:
         assert isinstance(outcome, ProviderError), outcome
         assert (outcome.kind, outcome.model_id) == (cell.raised, "primary-gpt")
+        # Every attempt, the last one with the failure it ended with (a chain cut mid-stream
+        # had been answering).
+        assert outcome.attempts, outcome
+        assert (outcome.attempts[-1].model_id, outcome.attempts[-1].error) == (
+            "primary-gpt",
+            cell.raised,
+        )
     else:
         assert outcome == cell.answer
     assert cell.waited <= took < cell.waited + 5  # bounded: no sleeping through Retry-After

@@ -142,6 +142,7 @@ def test_a_provider_error_pickles_with_its_kind() -> None:
 # No key in any exception of the chain (the cause and its own cause and context).
 
 KEY: Final = "sk-chain-7f6e5d4c3b2a1098-provider"
+TESTS: Final = Path(__file__).resolve().parents[1]  # this suite: its frames hold the key it plays
 
 
 def chain_of(error: BaseException) -> list[BaseException]:
@@ -158,10 +159,17 @@ def chain_of(error: BaseException) -> list[BaseException]:
 
 
 def shown_anywhere(error: BaseException) -> str:
-    """What a printed traceback, a repr or a walk over the chain's attributes could show."""
+    """What a printed traceback, a repr or a walk over the chain's attributes could show, and
+    the variables of every frame of its tracebacks (what a handler showing locals prints:
+    Datasette's 500 handler, when rich is installed)."""
     parts = ["".join(traceback.format_exception(error))]
     for link in chain_of(error):
         parts.extend([str(link), repr(link), repr(link.args), repr(vars(link))])
+        frames = link.__traceback__
+        while frames is not None:
+            if not frames.tb_frame.f_code.co_filename.startswith(str(TESTS)):  # not ours
+                parts.append(repr(frames.tb_frame.f_locals))
+            frames = frames.tb_next
     return "\n".join(parts)
 
 
@@ -193,7 +201,11 @@ def test_the_cause_is_a_redacted_copy_of_the_providers_error_of_its_class() -> N
         {"error": {"message": "bad key [redacted]", "code": "invalid_api_key"}},
     )
     assert not hasattr(cause, "response"), "the response's headers and request carry the key"
-    assert cause.__traceback__ is raw.__traceback__
+    # Where it was raised, as text: its traceback's frames hold the key (this test's do).
+    assert cause.__traceback__ is None and raw.__traceback__ is not None
+    notes: list[str] = getattr(cause, "__notes__", [])
+    assert any("test_the_cause_is_a_redacted_copy" in note for note in notes)
+    assert KEY in repr(raw.__traceback__.tb_frame.f_locals)
     assert isinstance(cause.__cause__, httpx2.ConnectError)
     assert str(cause.__cause__) == "while sending with [redacted]"
     assert str(cause.__context__) == "handled meanwhile: [redacted]"
@@ -281,3 +293,43 @@ async def test_no_key_reaches_datasettes_500_handler_its_log_or_the_raised_error
     assert isinstance(raised.value.__cause__, openai.AuthenticationError)
     assert raised.value.__cause__.status_code == 401
     assert KEY not in shown_anywhere(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("event", "kind", "requests"),
+    [
+        ({"message": f"Invalid key {KEY} here", "type": "invalid_request_error"}, "bad_request", 1),
+        ({"message": "The server had an error", "type": "server_error"}, "server_error", 2),
+        ({"message": "Something went wrong"}, "server_error", 2),
+        ({"message": "Slow down", "type": "rate_limit_exceeded"}, "rate_limit", 1),
+    ],
+)
+async def test_an_error_event_in_the_stream_is_the_providers_failure_of_the_kind_it_reports(
+    make_datasette: MakeDatasette,
+    provider: Provider,
+    event: dict[str, str],
+    kind: str,
+    requests: int,
+) -> None:
+    """The openai client raises a stream's error event (status 200 already read) as APIError:
+    a provider's failure, classified by the type it reports, its key redacted like any other."""
+    provider.default = Reply(text="never whole", error_event=event)
+    config = {
+        "purposes": {
+            "summaries": {
+                "model": {"model": "local-gpt", "key": "LOCAL_PROVIDER_KEY"},
+                "retries": 1,
+                "max_wait": 0.1,
+            }
+        }
+    }
+    datasette = make_datasette(config)
+    model = await LLM(datasette).model(purpose="summaries")
+    with pytest.raises(ProviderError) as raised:
+        await model.prompt("hi")
+    assert raised.value.kind == kind
+    assert isinstance(raised.value.__cause__, openai.APIError)
+    assert len(provider.requests) == requests  # retried only when its kind is
+    assert KEY not in shown_anywhere(raised.value)
+    rows = await LLM(datasette).usage_records()
+    assert [row.outcome for row in rows] == [kind] * requests

@@ -182,6 +182,14 @@ async def test_every_attempt_enters_and_exits_the_hooks_and_the_result_lists_the
     ]
     assert all(attempt.duration >= 0 for attempt in result.attempts)
     assert [response.model.model_id for response in result.responses] == ["backup-gpt"]
+    # Each attempt's hooks exit seeing it in the result: its Attempt and its ledger row.
+    assert recorder.settled == [
+        ([("primary-gpt", "server_error")], [("primary-gpt", "server_error")]),
+        (
+            [("primary-gpt", "server_error"), ("backup-gpt", None)],
+            [("primary-gpt", "server_error"), ("backup-gpt", "ok")],
+        ),
+    ]
 
 
 async def test_a_blocked_or_keyless_fallback_is_never_contacted(
@@ -367,6 +375,14 @@ async def test_a_chain_whose_first_step_fails_before_streaming_starts_again_on_t
     assert [(a.model_id, a.error) for a in result.attempts] == [
         ("primary-gpt", "server_error"),
         ("backup-gpt", None),
+    ]
+    # As for prompt(): each attempt's hooks exit seeing it, and its row.
+    assert recorder.settled == [
+        ([("primary-gpt", "server_error")], [("primary-gpt", "server_error")]),
+        (
+            [("primary-gpt", "server_error"), ("backup-gpt", None)],
+            [("primary-gpt", "server_error"), ("backup-gpt", "ok")],
+        ),
     ]
 
 

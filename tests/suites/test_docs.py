@@ -50,6 +50,14 @@ def test_the_reference_is_what_the_code_says() -> None:
     )
 
 
+def test_the_only_any_in_a_public_signature_is_what_passes_through_to_llm() -> None:
+    """docs/typing.md says so; the reference is every public signature (the test above)."""
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    passed_through = re.sub(r"\*\*kwargs: Any|kwargs: dict\[str, Any\]", "", reference)
+    lines = [line for line in passed_through.splitlines() if re.search(r"\bAny\b", line)]
+    assert not lines, "\n".join(lines)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
 def test_every_relative_link_resolves(page: Path) -> None:
     for match in LINK.finditer(page.read_text()):

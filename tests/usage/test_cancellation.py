@@ -250,17 +250,34 @@ async def test_the_bound_of_test_this_route_is_a_cancelled_row_it_shows(
     assert (row.outcome, provider.counts.requests) == ("cancelled", 1)
 
 
+async def consume_chain(model: Any, way: str, prompt: str) -> None:
+    chain = model.chain(prompt)
+    if way == "text":
+        await chain.text()
+    elif way == "events":
+        async for _ in chain.astream_events():
+            pass
+    else:
+        async for response in chain.responses():
+            await response.text()
+
+
+@pytest.mark.parametrize("way", ["prompt", "chain text", "chain events", "chain responses"])
 async def test_a_prompt_cancelled_right_after_it_started_is_a_row_only_if_its_request_left(
-    make_datasette: MakeDatasette, provider: Provider
+    make_datasette: MakeDatasette, provider: Provider, way: str
 ) -> None:
     """Cancelled after each number of turns of the event loop, from none until its request has
     reached the provider: while llm prepares the request and the client connects and writes
-    it, a row exactly when the provider received the request."""
+    it, a row exactly when the provider received the request. Chains alike."""
     ds = make_datasette(config())
     provider.default = Reply(delay=30)
     model = await LLM(ds).model(purpose="summaries")
     for turns in range(80):
-        task = asyncio.ensure_future(model.prompt(f"turns {turns}"))
+        task: asyncio.Future[Any]
+        if way == "prompt":
+            task = asyncio.ensure_future(model.prompt(f"turns {turns}"))
+        else:
+            task = asyncio.ensure_future(consume_chain(model, way[6:], f"turns {turns}"))
         for _ in range(turns):
             await asyncio.sleep(0)
         task.cancel()
@@ -273,3 +290,22 @@ async def test_a_prompt_cancelled_right_after_it_started_is_a_row_only_if_its_re
             break
     assert provider.counts.requests >= 1
     assert {row.outcome for row in rows} == {"cancelled"}
+
+
+@pytest.mark.parametrize("way", ["text", "events", "responses"])
+async def test_a_chain_cancelled_before_its_first_chunk_gives_back_its_place_under_the_limits(
+    make_datasette: MakeDatasette, provider: Provider, way: str
+) -> None:
+    """With ``concurrency: 1``, the next prompt goes as soon as the cancelled chain is gone,
+    and the chain's request is a cancelled row."""
+    ds = make_datasette(config(model={"model": "primary-gpt", "concurrency": 1}))
+    model = await LLM(ds).model(purpose="summaries")
+    provider.script = [Reply(delay=30)]
+    task = asyncio.ensure_future(consume_chain(model, way, "slow"))
+    await until(lambda: provider.counts.requests == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    response = await asyncio.wait_for(model.prompt("next"), 10)
+    assert await response.text() == "hello from the local provider"
+    assert sorted(row.outcome for row in await records(ds)) == ["cancelled", "ok"]

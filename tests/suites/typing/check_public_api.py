@@ -9,6 +9,7 @@ import llm
 from datasette import hookimpl as datasette_hookimpl
 from datasette.app import Database
 from datasette_secrets import get_secret
+from llm.parts import StreamEvent
 from pluggy import HookimplMarker
 from typing_extensions import assert_type
 
@@ -89,6 +90,7 @@ async def check_wrapped_model(model: WrappedAsyncModel) -> None:
     assert_type(model.conversation().chain("hi"), WrappedChainResponse)
     assert_type(chain.result, PromptResult)
     assert_type(await chain.text(), str)
+    assert_type(chain.astream_events(), AsyncIterator[StreamEvent])
     async for step in chain.responses():
         assert_type(step, llm.AsyncResponse)
     async for text in chain:
