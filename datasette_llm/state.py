@@ -95,6 +95,8 @@ class State:
       a prompt in a new period or with a higher ``usd``; each change is logged once.
     - Whether the ``startup`` hook leaves validation to the ``datasette llm`` commands
       (``_operator/checks.py``).
+    - The ``--internal`` file a ``datasette llm`` command was given before it exists, read as
+      an empty database (``_operator/status.py``): set once by the command.
 
     Not cached, looked up on every call: API keys, and the answers of ``llm_default_model``,
     ``llm_filter_models`` and ``llm_prompt_context``. Because llm's models are cached, an llm

@@ -32,7 +32,7 @@ from ..config.source import raw_section, served_files_conflict
 from ..config.values import CONFIG_ROOT, LLMConfig, settings_for
 from ..coordination import RedisMissing
 from ..errors import ConfigProblem, ConfigurationError, nearest, quoted, shown
-from ..prompting.metering import MAX_TOKENS_OPTIONS
+from ..prompting.metering import MAX_TOKENS_OPTIONS, token_count
 from ..routing.catalog import get_purposes
 from ..routing.models import ModelRegistry, current_registry, option_problems
 from ..routing.policy import Policies
@@ -145,10 +145,9 @@ def usage_problems(
 def _caps_output(ref: ModelRef, model: object) -> bool:
     """Whether ``ref``'s options or ``model``'s default cap its output tokens (``max_tokens``
     or the names llm's plugins give it), which a prompt's estimate for a budget needs."""
-    default = getattr(model, "default_max_tokens", None)
-    if isinstance(default, int) and not isinstance(default, bool):
+    if token_count(getattr(model, "default_max_tokens", None)) is not None:
         return True
-    return any(ref.options.get(name) is not None for name in MAX_TOKENS_OPTIONS)
+    return any(token_count(ref.options.get(name)) is not None for name in MAX_TOKENS_OPTIONS)
 
 
 # Fallbacks and requirements.

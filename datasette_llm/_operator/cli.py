@@ -32,6 +32,7 @@ from ..usage.summary import (
     utc_text,
 )
 from .live import LIVE_PROMPT, LiveResult, try_route, unknown_purpose
+from .status import internal_not_yet
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -142,9 +143,10 @@ def datasette_from_files(
         conflict = metadata_replaces_config(config_data, metadata_data, config.name, metadata.name)
         if conflict is not None:
             raise click.ClickException(conflict)
+    not_yet: str | None = None
     if internal is not None and not os.path.exists(internal):
         click.echo(f"{internal} does not exist yet: read as an empty internal database.", err=True)
-        internal = None
+        internal, not_yet = None, internal
     datasette = Datasette(
         list(files),
         memory=True,
@@ -153,6 +155,8 @@ def datasette_from_files(
         plugins_dir=plugins_dir,
         internal=internal,
     )
+    if not_yet is not None:
+        internal_not_yet(datasette, not_yet)
     defer_startup_validation(datasette)
     return datasette
 

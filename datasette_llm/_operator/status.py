@@ -37,6 +37,7 @@ from ..prompting.attempts import falling_back
 from ..prompting.limits import cooling_models
 from ..routing.models import current_registry
 from ..routing.overlay import config_for
+from ..state import Slot, state_of
 from ..usage.ledger import TABLE, ledger_for, table_exists
 from ..usage.summary import utc_text
 from .report import missing_key
@@ -58,6 +59,7 @@ __all__ = [
     "build_coordination",
     "build_status",
     "coordination_problems",
+    "internal_not_yet",
     "ledger_source",
     "status_problems",
 ]
@@ -436,6 +438,16 @@ async def coordination_problems(datasette: Datasette, config: LLMConfig) -> list
     ]
 
 
+_INTERNAL_NOT_YET: Final[Slot[str]] = Slot("the --internal file that does not exist yet")
+
+
+def internal_not_yet(datasette: Datasette, path: str) -> None:
+    """Note that ``datasette`` reads an empty internal database in place of ``path``, the
+    ``--internal`` file a ``datasette llm`` command was given before it exists: the ledger's
+    source names it (``ledger_source``)."""
+    state_of(datasette).put(_INTERNAL_NOT_YET, path)
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerSource:
     """Whose rows the usage ledger read holds: each process writes its own.
@@ -468,6 +480,13 @@ def ledger_source(datasette: Datasette, config: LLMConfig) -> LedgerSource:
     where the other processes' rows are)."""
     database = config.usage.database
     coordinated = config.coordination is not None
+    not_yet = state_of(datasette).get(_INTERNAL_NOT_YET)
+    if database is None and not_yet is not None:
+        text = (
+            f"The ledger read here holds the rows of every process started with --internal "
+            f"{not_yet}: none yet, since that file does not exist yet."
+        )
+        return LedgerSource(None, not_yet, text)
     if database is None:
         internal = datasette.get_internal_database()
         # Datasette 1.0a23 keeps a temporary internal database in memory (it has no

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ..routing.route import Routed
     from .results import PromptResult
 
-__all__ = ["MAX_TOKENS_OPTIONS", "Meter", "Received", "Started"]
+__all__ = ["MAX_TOKENS_OPTIONS", "Meter", "Received", "Started", "token_count"]
 
 # The option that caps a response's output tokens, by the names llm's plugins give it.
 MAX_TOKENS_OPTIONS: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
@@ -85,6 +85,23 @@ class Received:
         if self.first is None:
             self.first = time.monotonic()
         self.chunks += 1
+
+
+def token_count(value: object) -> int | None:
+    """A ``max_tokens`` value as llm's options read it (``5``, ``5.0``, ``"5"``, a ``$env``
+    string), or ``None`` when it is none: what caps a prompt's output, for its estimate."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +179,7 @@ class Meter:
         configured = routed.reference.options
         found = [place.get(name) for place in (*places, configured) for name in MAX_TOKENS_OPTIONS]
         found.append(getattr(routed.model, "default_max_tokens", None))
-        output = next((n for n in found if isinstance(n, int) and not isinstance(n, bool)), None)
+        output = next((n for n in map(token_count, found) if n is not None), None)
         if output is None:
             return None
         input_tokens = len((self.prompt or "").encode())

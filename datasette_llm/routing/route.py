@@ -264,6 +264,10 @@ async def route(
     name = purpose.name if isinstance(purpose, Purpose) else purpose
     policy = policy_for(datasette, config, name, registry)
     if model_id is not None:
+        # A blocked name is refused as blocked, installed or not.
+        setting = policy.blocked.get(model_id)
+        if setting is not None and find_model(model_id, registry) is None:
+            raise ModelBlockedError(model_id, name, f"{CONFIG_ROOT}.{setting}")
         model = lookup_model(model_id, registry)
         setting = policy.blocked.get(model.model_id)
         if setting is not None:

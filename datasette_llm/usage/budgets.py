@@ -46,6 +46,7 @@ from ..log import logger
 from ..routing.overlay import config_for
 from ..state import Slot, state_of
 from .ledger import ledger_for
+from .records import usd
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -319,9 +320,9 @@ class BudgetExceededError(Exception):
         self.since = since
         self.reserved = reserved
         start = datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
-        held = f" (and ${reserved:.4f} is held by prompts in flight)" if reserved else ""
+        held = f" (and {usd(reserved)} is held by prompts in flight)" if reserved else ""
         super().__init__(
-            f"Purpose {quoted(purpose)} has spent ${spent:.4f} of its ${budget.usd:g} budget "
+            f"Purpose {quoted(purpose)} has spent {usd(spent)} of its ${budget.usd:g} budget "
             f"for the {budget.per} starting {start:%Y-%m-%d} (UTC){held}, so it may not prompt "
             f"again until the next {budget.per}. Raise plugins.datasette-llm.purposes."
             f"{purpose}.budget.usd, or set then: fallback to send its prompts to its fallbacks."

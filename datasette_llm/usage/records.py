@@ -7,6 +7,7 @@ what it cost at the operator's prices (``None`` when the model has no price, nev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
@@ -14,7 +15,15 @@ from typing import Final, Literal, TypeAlias
 from ..config.values import Price
 from ..provider_errors import ErrorKind
 
-__all__ = ["ERROR_LENGTH", "Outcome", "UsageRecord", "cached_tokens", "cost_of", "short_error"]
+__all__ = [
+    "ERROR_LENGTH",
+    "Outcome",
+    "UsageRecord",
+    "cached_tokens",
+    "cost_of",
+    "short_error",
+    "usd",
+]
 
 ERROR_LENGTH: Final = 300
 """The most characters of a failed attempt's error the ledger keeps (``UsageRecord.error``)."""
@@ -105,3 +114,14 @@ def short_error(error: BaseException) -> str:
     redacted), on one line, cut to ``ERROR_LENGTH`` characters."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= ERROR_LENGTH else text[: ERROR_LENGTH - 1] + "…"
+
+
+def usd(value: float) -> str:
+    """Format US dollars: cents from $1 up, four decimals below, and two significant digits
+    below a hundredth of a cent (``$0.000046``), so no amount spent reads as ``$0.0000``."""
+    if value >= 1:
+        return f"${value:,.2f}"
+    if value == 0 or value >= 0.0001:
+        return f"${value:.4f}"
+    decimals = 1 - math.floor(math.log10(abs(value)))
+    return f"${value:.{decimals}f}"

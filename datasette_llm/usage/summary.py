@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..config.values import Budget
 from .budgets import period_start
 from .ledger import TABLE, ledger_for
+from .records import usd
 
 if TYPE_CHECKING:
     from datasette.app import Datasette
@@ -56,11 +57,6 @@ __all__ = [
 
 DAY: Final = 86_400.0
 """Seconds in a day."""
-
-
-def usd(value: float) -> str:
-    """Format US dollars: cents from $1 up, four decimals below."""
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
 
 
 def iso_day(moment: float) -> str:

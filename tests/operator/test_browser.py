@@ -336,7 +336,7 @@ def test_a_purpose_that_spent_its_budget_is_refused_and_shown_over_budget(
     outcome = run_route_test(page, "translations")
     assert "failed" in outcome and "budget" in outcome
     message = page.locator(".llm-test-message").inner_text()
-    assert "has spent $1.6000 of its $1 budget for the month" in message
+    assert "has spent $1.60 of its $1 budget for the month" in message
     assert [seen.body["model"] for seen in site.provider.requests] == ["primary-gpt-upstream"] * 2
 
 

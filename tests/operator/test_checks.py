@@ -408,6 +408,9 @@ def test_a_budget_whose_prompts_would_reserve_nothing_is_a_warning_naming_the_fi
         f"all be admitted and spend past it. Set {path}.estimate_usd (US dollars one prompt "
         "may cost), or max_tokens in the model's options."
     )
-    capped = {"model": "gpt-4o-mini", "options": {"max_tokens": 200}}
-    assert budget_problems(capped) == []
+    for value in (200, 200.0, "200"):  # as llm's options take it
+        capped = {"model": "gpt-4o-mini", "options": {"max_tokens": value}}
+        assert budget_problems(capped) == []
+    not_a_cap = {"model": "gpt-4o-mini", "options": {"max_tokens": "plenty"}}
+    [_] = budget_problems(not_a_cap)
     assert budget_problems("gpt-4o-mini", estimate_usd=0.01) == []

@@ -338,3 +338,17 @@ def test_check_with_an_internal_database_not_created_yet_reads_it_as_empty(
     assert json.loads(result.stdout) == json.loads(without.stdout)
     assert "does not exist yet: read as an empty internal database" in result.stderr
     assert not missing.exists()
+
+
+def test_usage_of_an_internal_database_not_created_yet_names_it_as_the_ledgers_source(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "internal.db"
+    result = run(tmp_path, "llm", "usage", "--internal", str(missing))
+    assert result.exit_code == 0, result.output
+    assert (
+        f"holds the rows of every process started with --internal {missing}: none yet, since "
+        "that file does not exist yet." in result.stdout
+    )
+    assert "started without --internal" not in result.stdout
+    assert not missing.exists()

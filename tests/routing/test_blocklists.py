@@ -238,6 +238,18 @@ async def test_an_explicit_model_id_bypasses_the_allowlist_but_not_the_blocklist
     assert issubclass(ModelBlockedError, ModelNotFoundError)
 
 
+async def test_an_explicit_model_id_blocked_but_not_installed_is_refused_as_blocked(
+    make_datasette: MakeDatasette,
+) -> None:
+    """The operator blocked the name: whether it is installed here does not change why."""
+    datasette = make_datasette({"blocked_models": ["gpt-5.4-pro"]})
+    with pytest.raises(ModelBlockedError) as blocked:
+        await LLM(datasette).model("gpt-5.4-pro")
+    assert blocked.value.setting == "plugins.datasette-llm.blocked_models"
+    with pytest.raises(llm.UnknownModelError):  # not blocked: not installed, as before
+        await LLM(datasette).model("gpt-5.4-unblocked")
+
+
 def write_aliases(directory: Path, aliases: dict[str, str]) -> None:
     (directory / "aliases.json").write_text(json.dumps(aliases))
 

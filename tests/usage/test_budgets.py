@@ -20,6 +20,7 @@ from datasette_llm import LLM, BudgetExceededError, ConfigurationError, Provider
 from datasette_llm.config.parser import parse_config
 from datasette_llm.coordination import LocalCoordinator
 from datasette_llm.usage.budgets import coordinator_of, period_start, settled
+from datasette_llm.usage.records import usd
 from tests.conftest import MakeDatasette
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 
@@ -89,14 +90,24 @@ async def test_a_prompt_after_another_has_ended_finds_its_hold_given_back(
     assert provider.counts.requests == 2
 
 
+@pytest.mark.parametrize(
+    "where", ["the caller's int", "the caller's float", "the caller's string", "configured"]
+)
 async def test_the_estimate_comes_from_max_tokens_at_the_configured_price(
-    make_datasette: MakeDatasette, provider: Provider
+    make_datasette: MakeDatasette, provider: Provider, where: str
 ) -> None:
+    """However llm's options take max_tokens (5, 5.0, "5", a $env string), it caps the
+    estimate."""
     # "prompt N": 8 bytes (a token a byte at most), 50 tokens out at most.
     estimate = (8 * 2.0 + 50 * 8.0) / 1_000_000
-    ds = make_datasette(config({"usd": 4 * estimate}))
+    value = {"the caller's int": 50, "the caller's float": 50.0}.get(where, "50")
+    if where == "configured":
+        routed = {"model": "primary-gpt", "options": {"max_tokens": value}}
+        ds, kwargs = make_datasette(config({"usd": 4 * estimate}, model=routed)), {}
+    else:
+        ds, kwargs = make_datasette(config({"usd": 4 * estimate})), {"max_tokens": value}
     provider.latency = 0.2
-    outcomes = await prompt_at_once(ds, 10, max_tokens=50)
+    outcomes = await prompt_at_once(ds, 10, **kwargs)
     assert sum(not isinstance(outcome, Exception) for outcome in outcomes) == 4
     assert await spent(ds) <= 4 * estimate + estimate
 
@@ -184,3 +195,14 @@ async def test_a_chain_holds_its_reservation_until_it_ends_however_it_ends(
     outcomes = {"completed": "ok", "failed": "connection", "cancelled": "cancelled"}
     assert [row.outcome for row in await LLM(ds).usage_records()] == [outcomes[end]]
     assert provider.counts.requests == 1  # the other prompt was refused, never sent
+
+
+def test_an_amount_below_a_hundredth_of_a_cent_does_not_read_as_nothing() -> None:
+    amounts = (0.0, 0.000046, 0.00012, 0.5, 1234.5)
+    assert [usd(amount) for amount in amounts] == [
+        "$0.0000",
+        "$0.000046",
+        "$0.0001",
+        "$0.5000",
+        "$1,234.50",
+    ]
