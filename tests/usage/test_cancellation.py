@@ -178,7 +178,7 @@ async def test_cancelled_requests_count_towards_the_budget(
         await task
     [row] = await records(ds)
     assert (row.outcome, row.cost) == ("cancelled", 2.0)
-    with pytest.raises(BudgetExceededError, match=r"has spent \$2.0000 of its \$1 budget"):
+    with pytest.raises(BudgetExceededError, match=r"has spent \$2.00 of its \$1 budget"):
         await model.prompt("hi")
     assert provider.counts.requests == 1
 

@@ -224,7 +224,7 @@ async def test_a_spent_budget_refuses_or_falls_back(
     ds = make_datasette(refusing)
     provider.default = Reply(text="a b c d e f g h i j")
     await (await LLM(ds).model(purpose="summaries")).prompt("hi")  # spends 0.000086
-    with pytest.raises(BudgetExceededError, match=r"has spent \$0.0001 of its \$1e-05 budget"):
+    with pytest.raises(BudgetExceededError, match=r"has spent \$0.000086 of its \$1e-05 budget"):
         await (await LLM(ds).model(purpose="summaries")).prompt("hi")
 
     falling = config()
