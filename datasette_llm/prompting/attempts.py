@@ -234,12 +234,25 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
 
     def later_than(index: int) -> Callable[[], Awaitable[bool]]:
         async def onward() -> bool:
-            if cooling:
+            """Whether a model after ``index`` may answer now: admitted, and not cooling down
+            (a model deferred for its cool-down, once it has cooled, counts too)."""
+            if any(not gate.cooling() for _, gate in cooling):
                 return True
             for model_id in plan[index + 1 :]:
-                if not isinstance(await admitted_as(model_id), str):
+                later = await admitted_as(model_id)
+                if not isinstance(later, str) and not gate_for(datasette, later).cooling():
                     return True
             return False
+
+        return onward
+
+    def cooled_after(index: int) -> Callable[[], Awaitable[bool]] | None:
+        """For the deferred models, tried last: whether one after ``index`` has cooled."""
+        if index == len(cooling) - 1:
+            return None
+
+        async def onward() -> bool:
+            return any(not gate.cooling() for _, gate in cooling[index + 1 :])
 
         return onward
 
@@ -263,7 +276,7 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
         if why is None and prompt.last is not None:
             why = prompt.last.kind
     for index, (routed, gate) in enumerate(cooling):
-        if await prompt.model(routed, gate, onward=_YES if index < len(cooling) - 1 else None):
+        if await prompt.model(routed, gate, onward=cooled_after(index)):
             _answered_by(meter, routed.resolution.model_id, why)
             return prompt.answer()
     if refused is not None and prompt.last is None:
@@ -360,18 +373,6 @@ async def _over_budget(meter: Meter) -> BudgetExceededError | None:
         )
         return refused
     return None
-
-
-class _CooledMeanwhile(Exception):
-    """The model began cooling down while a try waited for its place under its limits."""
-
-
-async def _yes() -> bool:
-    return True
-
-
-_YES: Final = _yes
-"""``onward`` when a later model is known to be admitted (the cooling models tried last)."""
 
 
 @dataclass(slots=True)
@@ -519,19 +520,16 @@ class _Prompt(Generic[T]):
         return claim  # it may go: the probe, if the model was rate limited
 
     async def _try(self, routed: Routed, gate: Gate) -> T:
-        while True:
-            claim = await self._cooled(routed, gate)
-            try:
-                return await self._send(routed, gate, claim)
-            except _CooledMeanwhile:
-                continue  # claim again: wait, go on, or fail as a cooling model does
-            except ProviderError as error:
-                if error.kind == "rate_limit" and error.retry_after is None:
-                    await self._onward_known()  # the retry decision (``backoff``) needs it
-                raise
-            finally:
-                if claim.probe:  # cancelled or refused by a hook, unrecorded: the next probes
-                    await gate.hand_on(claim)
+        claim = await self._cooled(routed, gate)
+        try:
+            return await self._send(routed, gate, claim)
+        except ProviderError as error:
+            if error.kind == "rate_limit" and error.retry_after is None:
+                await self._onward_known()  # the retry decision (``backoff``) needs it
+            raise
+        finally:
+            if claim.probe:  # cancelled or refused by a hook, unrecorded: the next try probes
+                await gate.hand_on(claim)
 
     async def _send(self, routed: Routed, gate: Gate, claim: Claim) -> T:
         """One try of ``routed`` under ``claim``: one attempt, one ledger row, when its
@@ -568,11 +566,6 @@ class _Prompt(Generic[T]):
 
         try:
             async with slot:
-                if not claim.probe and claim is not _GO and gate.cooling():
-                    # A rate limit began its cool-down while this try waited for its place:
-                    # nothing is sent; it claims the model again. (Under stamina's test mode
-                    # a try waits for no cool-down: it goes.)
-                    raise _CooledMeanwhile
                 result.model_id = model_id
                 timeout = self.clock.bound(self.settings.timeout)
                 response = await self.once(routed, timeout, begun, settle)

@@ -218,7 +218,7 @@ async def test_a_probe_that_ends_without_an_answer_hands_the_probe_on(
     assert (len(provider.requests), backup_requests()) == (sent[0] + 1, sent[1])
 
 
-# What a rate limit finds: fallbacks that may answer, prompts queued under the limits
+# What a rate limit finds: the fallbacks that may answer it
 
 
 def no_retry_after() -> Reply:
@@ -261,16 +261,17 @@ async def test_a_fallback_is_admitted_only_when_a_rate_limit_asks_for_it(
     assert screened == [["backup-gpt"]]  # admitted once, then tried
 
 
-@pytest.mark.parametrize("limit", [{"concurrency": 1}, {"rpm": 600}])
-async def test_prompts_queued_under_the_limits_send_nothing_once_the_model_cools_down(
-    make_datasette: MakeDatasette, provider: Provider, limit: dict[str, int]
+async def test_a_fallback_rate_limited_is_retried_while_the_model_deferred_before_it_still_cools(
+    make_datasette: MakeDatasette, provider: Provider
 ) -> None:
-    """Prompts waiting for a place under the model's limits when a rate limit starts its
-    cool-down claim the model again once they have their place: they go to the fallback,
-    not to the provider that asked them to wait."""
-    provider.default = too_many("30")
-    ds = make_datasette(config(model={"model": "primary-gpt", **limit}, max_wait=5))
+    """Going on from a rate-limited model needs a later model that may answer now: one
+    deferred for its own cool-down does not count until it has cooled."""
+    ds = make_datasette(config(max_wait=5))
+    provider.default = too_many("30")  # longer than max_wait: the primary cools for 30 s
     model = await LLM(ds).model(purpose="summaries")
-    responses = await asyncio.gather(*(model.prompt(f"prompt {n}") for n in range(6)))
-    assert [await response.text() for response in responses] == ["from the backup"] * 6
-    assert (len(provider.requests), backup_requests()) == (1, 6)
+    assert await (await model.prompt("first")).text() == "from the backup"
+    BACKUP[0].script = [no_retry_after()]
+    response = await model.prompt("second")  # the primary deferred; the backup limited once
+    assert await response.text() == "from the backup"
+    assert len(provider.requests) == 1  # the cooling primary was not asked again
+    assert backup_requests() == 3
