@@ -204,12 +204,10 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 
 # What a provider's error says it is, in its ``type`` or ``code`` (an OpenAI-style body).
+# (The context-window and content-policy hints are the bad requests' own, below.)
 _REPORTED: Final[tuple[tuple[str, ErrorKind], ...]] = (
     ("rate_limit", "rate_limit"),
     ("quota", "rate_limit"),
-    ("context_length", "context_window"),
-    ("content_filter", "content_policy"),
-    ("content_policy", "content_policy"),
     ("api_key", "auth"),
     ("authentication", "auth"),
     ("permission", "auth"),
@@ -231,6 +229,10 @@ def _reported_kind(body: object, code: object) -> ErrorKind:
         else [code]
     )
     text = " ".join(value for value in said if isinstance(value, str)).lower()
+    if any(hint in text for hint in _CONTEXT_WINDOW_HINTS):
+        return "context_window"
+    if any(hint in text for hint in _CONTENT_POLICY_HINTS):
+        return "content_policy"
     for hint, kind in _REPORTED:
         if hint in text:
             return kind

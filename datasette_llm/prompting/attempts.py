@@ -232,11 +232,15 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
             admitted[model_id] = await admit(datasette, primary, model_id, actor)
         return admitted[model_id]
 
+    def cooled(deferred: list[tuple[Routed, Gate]]) -> bool:
+        """Whether one of the models deferred for their cool-down has cooled."""
+        return any(not gate.cooling() for _, gate in deferred)
+
     def later_than(index: int) -> Callable[[], Awaitable[bool]]:
         async def onward() -> bool:
             """Whether a model after ``index`` may answer now: admitted, and not cooling down
             (a model deferred for its cool-down, once it has cooled, counts too)."""
-            if any(not gate.cooling() for _, gate in cooling):
+            if cooled(cooling):
                 return True
             for model_id in plan[index + 1 :]:
                 later = await admitted_as(model_id)
@@ -252,7 +256,7 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
             return None
 
         async def onward() -> bool:
-            return any(not gate.cooling() for _, gate in cooling[index + 1 :])
+            return cooled(cooling[index + 1 :])
 
         return onward
 
