@@ -221,6 +221,10 @@ class Meter:
         """Record ``response`` of ``routed`` once it has completed (now, if it has)."""
 
         async def completed(done: AsyncResponse) -> None:
+            if started.received.recorded:
+                # It failed or was cancelled, and was recorded so; llm still calls this when
+                # the response is read to its end later (a group finishing its responses).
+                return
             usage = await done.usage()
             self._make(
                 routed,

@@ -29,7 +29,7 @@ from tests.openai_server import Provider, Reply, serve, write_extra_models
 PRIMARY: Final = "from the primary"
 BACKUP: Final = "from the backup"
 WORDS: Final = " ".join(f"w{n}" for n in range(12))
-PATHS: Final = ["prompt", "chain text", "chain responses", "conversation", "group"]
+PATHS: Final = ["prompt", "chain text", "chain responses", "conversation", "group", "group chain"]
 
 
 def too_many(retry_after: str | None) -> Reply:
@@ -105,7 +105,7 @@ CELLS: Final = {
         {"retries": 0},
         kind="connection",
         raised="connection",
-        raises=("chain text",),
+        raises=("chain text", "group chain"),
     ),
 }
 
@@ -136,6 +136,9 @@ async def call(ds: Datasette, path: str, prompt: str = "hi") -> str:
     if path == "group":
         async with LLM(ds).group(purpose="summaries") as grouped:
             return await (await grouped.prompt(prompt)).text()
+    if path == "group chain":  # the group reads its responses to their end as it ends
+        async with LLM(ds).group(purpose="summaries") as grouped:
+            return await grouped.chain(prompt).text()
     model = await LLM(ds).model(purpose="summaries")
     if path == "prompt":
         return await (await model.prompt(prompt)).text()
