@@ -55,6 +55,7 @@ class Reply:
         error_event: Streamed answers only: after the first chunk, an error event in the
             stream (OpenAI's ``data: {"error": {...}}``, this its ``error``), as a provider
             failing mid-answer sends; the answer then ends.
+        tool_call: Answer with a call of this tool, ``(name, arguments)``, instead of text.
     """
 
     text: str = "hello from the local provider"
@@ -66,6 +67,7 @@ class Reply:
     interval: float = 0.0
     drop: bool = False
     error_event: dict[str, Any] | None = None
+    tool_call: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,8 @@ def _body(reply: Reply, request: dict[str, Any]) -> tuple[str, list[bytes], byte
         error = {"error": {"message": reply.message, "type": "error", "code": code}}
         body = json.dumps(error).encode()
         return "application/json", [body], body
+    if reply.tool_call is not None:
+        return _tool_call(model, *reply.tool_call, streamed=bool(request.get("stream")))
     if request.get("stream"):
         events = _events(model, reply.text)
         if reply.error_event is not None:
@@ -361,6 +365,40 @@ def _body(reply: Reply, request: dict[str, Any]) -> tuple[str, list[bytes], byte
         return "text/event-stream", events, b""
     body = json.dumps(_completion(model, reply.text)).encode()
     return "application/json", [body], body
+
+
+def _tool_call(
+    model: str, name: str, arguments: dict[str, Any], *, streamed: bool
+) -> tuple[str, list[bytes], bytes]:
+    """An answer calling tool ``name``: one event with the whole call, then the tail."""
+    call = {"id": "call_local", "type": "function"}
+    function = {"name": name, "arguments": json.dumps(arguments)}
+    usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    if not streamed:
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{**call, "function": function}],
+        }
+        choice = _choice(message=message, finish_reason="tool_calls")
+        body = json.dumps(_envelope(model, "chat.completion", [choice], usage=usage)).encode()
+        return "application/json", [body], body
+    kind = "chat.completion.chunk"
+    delta = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"index": 0, **call, "function": function}],
+    }
+    events = [
+        _envelope(model, kind, [_choice(delta=delta, finish_reason=None)]),
+        _envelope(model, kind, [_choice(delta={}, finish_reason="tool_calls")]),
+        _envelope(model, kind, [], usage=usage),
+    ]
+    return (
+        "text/event-stream",
+        [*(f"data: {json.dumps(e)}\n\n".encode() for e in events), b"data: [DONE]\n\n"],
+        b"",
+    )
 
 
 def _envelope(model: str, obj: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -492,7 +530,11 @@ Upstream: TypeAlias = "Provider | str"
 
 
 def write_extra_models(
-    user_dir: Path, provider: Upstream | Mapping[str, Upstream], **models: str | None
+    user_dir: Path,
+    provider: Upstream | Mapping[str, Upstream],
+    *,
+    supports_tools: bool | None = None,
+    **models: str | None,
 ) -> None:
     """Write llm's ``extra-openai-models.yaml``, pointing models at local providers.
 
@@ -502,7 +544,8 @@ def write_extra_models(
     own provider, and a keyword names the ``api_key_name`` of the model of that id.
 
     With an ``api_key_name`` the model needs the key llm (and datasette-llm) finds under that
-    name; with ``None`` (or no keyword, for a mapping) it needs none.
+    name; with ``None`` (or no keyword, for a mapping) it needs none. ``supports_tools``: the
+    models may be given tools (llm's ``supports_tools: true``).
     """
     keys = {name.replace("_", "-"): key for name, key in models.items()}
     if isinstance(provider, Mapping):
@@ -521,5 +564,7 @@ def write_extra_models(
         }
         if keys.get(model_id) is not None:
             entry["api_key_name"] = keys[model_id]
+        if supports_tools:
+            entry["supports_tools"] = True
         entries.append(entry)
     (user_dir / "extra-openai-models.yaml").write_text(json.dumps(entries))

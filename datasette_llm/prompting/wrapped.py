@@ -315,6 +315,10 @@ class WrappedChainResponse:
             except BaseException as error:
                 # Cancelled: the iteration, waiting at a step, ends now (the step gives back
                 # its place under the limits; the hooks exit with the cancellation).
+                if self._started is not started:
+                    # At a later step (the first was a tool call, recorded): its request is
+                    # recorded here, if it left; the attempt's own is the caller's to record.
+                    self._meter.cancelled(self._routed, self._started)
                 await self.abandon(error)
                 raise
             finally:

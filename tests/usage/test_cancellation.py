@@ -309,3 +309,46 @@ async def test_a_chain_cancelled_before_its_first_chunk_gives_back_its_place_und
     response = await asyncio.wait_for(model.prompt("next"), 10)
     assert await response.text() == "hello from the local provider"
     assert sorted(row.outcome for row in await records(ds)) == ["cancelled", "ok"]
+
+
+def lookup(query: str) -> str:
+    """Look ``query`` up."""
+    return f"found {query}"
+
+
+@pytest.mark.parametrize("way", ["text", "iterated", "events", "responses"])
+async def test_a_tool_chain_cancelled_while_its_second_step_is_at_the_provider_is_a_row_for_each(
+    make_datasette: MakeDatasette, llm_user_dir: Path, way: str
+) -> None:
+    """The first step calls a tool (no text reaches the caller); the second step's request is
+    cancelled at the provider: one row per request, the second cancelled and charged at least
+    the prompt's estimate."""
+    with serve() as running:
+        write_extra_models(llm_user_dir, running, supports_tools=True, primary_gpt=None)
+        running.script = [Reply(tool_call=("lookup", {"query": "rows"})), Reply(delay=30)]
+        ds = make_datasette(config(budget={"usd": 10, "estimate_usd": 0.01}))
+        model = await LLM(ds).model(purpose="summaries")
+        chain = model.chain("look it up", tools=[lookup])
+
+        async def consume() -> None:
+            if way == "text":
+                await chain.text()
+            elif way == "iterated":
+                async for _ in chain:
+                    pass
+            elif way == "events":
+                async for _ in chain.astream_events():
+                    pass
+            else:
+                async for response in chain.responses():
+                    await response.text()
+
+        task = asyncio.ensure_future(consume())
+        await until(lambda: running.counts.requests == 2)
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rows = await records(ds)
+        assert [row.outcome for row in rows] == ["ok", "cancelled"]
+        assert rows[1].cost is not None and rows[1].cost >= 0.01
