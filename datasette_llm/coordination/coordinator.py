@@ -14,7 +14,7 @@ running out) from what it returns, so each change is logged by the one process t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias
 
@@ -168,7 +168,13 @@ class Coordinator(Protocol):
         ...
 
     async def reserve(
-        self, purpose: str, since: float, usd: float, estimate: float, spent: float
+        self,
+        purpose: str,
+        since: float,
+        usd: float,
+        estimate: float,
+        spent: float,
+        reread: Callable[[], Awaitable[float]] | None = None,
     ) -> Hold | Refused:
         """Hold ``estimate`` for a prompt of ``purpose`` while spent + held is below ``usd``.
 
@@ -181,6 +187,9 @@ class Coordinator(Protocol):
             spent: What this process's ledger says was spent since ``since``. The local
                 coordinator takes it as the spend; a shared one starts the period's shared
                 spend from it the first time the period is met, then keeps its own count.
+            reread: Read the ledger's table again for that spend: a shared coordinator starts
+                a period it does not keep (new, or lost with Redis's data) from it instead of
+                ``spent``, which counts only this process's rows since it first read them.
         """
         ...
 

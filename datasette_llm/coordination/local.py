@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -183,7 +184,13 @@ class LocalCoordinator:
             cooling.probe = ""
 
     async def reserve(
-        self, purpose: str, since: float, usd: float, estimate: float, spent: float
+        self,
+        purpose: str,
+        since: float,
+        usd: float,
+        estimate: float,
+        spent: float,
+        reread: Callable[[], Awaitable[float]] | None = None,
     ) -> Hold | Refused:
         """Hold ``estimate`` while ``spent`` (the ledger's) and what is held stay below ``usd``."""
         held = self._held.setdefault((purpose, since), {})

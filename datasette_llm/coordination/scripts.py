@@ -172,8 +172,10 @@ RESERVE: Final = (
 -- KEYS: P:budget:PURPOSE:SINCE:spent, :holds, :expiries. ARGV[1]: the budget's usd;
 -- ARGV[2]: the estimate to hold; ARGV[3]: the hold's id; ARGV[4]: ms the hold lasts unless
 -- renewed; ARGV[5]: the spend to start the period from, if it is new; ARGV[6]: ms the
--- period's keys are kept.
--- Returns {1 if held, spent, held before this one}.
+-- period's keys are kept; ARGV[7]: '1' to be asked for that spend first (the caller's figure
+-- may not count the other processes' rows: it reads the ledger again).
+-- Returns {1 if held, spent, held before this one}, or {-1} when asked.
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 redis.call('SET', KEYS[1], ARGV[5], 'NX', 'PX', ARGV[6])
 local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
 for _, id in ipairs(gone) do redis.call('HDEL', KEYS[2], id) end

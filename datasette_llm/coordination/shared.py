@@ -430,23 +430,27 @@ class RedisCoordinator:
         return [self._key("budget", purpose, f"{since:.0f}", part) for part in _BUDGET_PARTS]
 
     async def reserve(
-        self, purpose: str, since: float, usd: float, estimate: float, spent: float
+        self,
+        purpose: str,
+        since: float,
+        usd: float,
+        estimate: float,
+        spent: float,
+        reread: Callable[[], Awaitable[float]] | None = None,
     ) -> Hold | Refused:
-        """Hold ``estimate`` while the period's shared spend and holds stay below ``usd``."""
+        """Hold ``estimate`` while the period's shared spend and holds stay below ``usd``; a
+        period Redis does not keep starts from ``await reread()`` if given, else ``spent``."""
         keys = self._budget_keys(purpose, since)
         hold_id = uuid.uuid4().hex
-        got = await self._run(
-            "RESERVE",
-            keys,
-            [
-                usd,
-                estimate,
-                hold_id,
-                _ms(self.lease_seconds),
-                spent,
-                _ms(_PERIOD_SECONDS),
-            ],
-        )
+
+        async def attempt(spent: float, ask: bool) -> Any:
+            args = [usd, estimate, hold_id, _ms(self.lease_seconds), spent, _ms(_PERIOD_SECONDS)]
+            return await self._run("RESERVE", keys, [*args, "1" if ask else "0"])
+
+        got = await attempt(spent, reread is not None)
+        if got is not _DOWN and int(got[0]) == -1 and reread is not None:
+            spent = await reread()
+            got = await attempt(spent, False)
         if got is _DOWN:
             return await self.local.reserve(purpose, since, usd, estimate, spent)
         if not int(got[0]):

@@ -13,7 +13,9 @@ ledger is the record and the source of the period's spend (``Ledger.spent``: rea
 period, then kept up to date as each attempt is recorded), which ``admit`` hands to it: the
 local coordinator takes it as the spend and keeps the holds in the process; a shared one
 (``coordination: {redis: ...}``) starts the period's spend shared by every process from the
-first ledger to meet it, then counts each attempt's cost as it is charged (``charge``).
+first ledger to meet it, read again from its table at that moment (processes sharing the
+table have written their rows in it), then counts each attempt's cost as it is charged
+(``charge``).
 
 Settling never waits on the prompt's path. A hold given back (``Reservation.release``) and an
 attempt's cost charged (``charge``) are calls to the coordinator (a Redis round trip for a
@@ -105,8 +107,13 @@ async def admit(
     settling = state.setdefault(_SETTLING, _Settling)
     await settling.wait(purpose)  # what the prompts before this one left
     coordinator = coordinator_of(datasette, config)
-    spent = await ledger_for(datasette).spent(purpose, since)
-    held = await coordinator.reserve(purpose, since, budget.usd, estimate, spent)
+    ledger = ledger_for(datasette)
+    spent = await ledger.spent(purpose, since)
+
+    async def reread() -> float:
+        return await ledger.spent(purpose, since, fresh=True)
+
+    held = await coordinator.reserve(purpose, since, budget.usd, estimate, spent, reread)
     if isinstance(held, Refused):
         refused = BudgetExceededError(purpose, budget, held.spent, since, held.reserved)
         spent_budgets = state.setdefault(_SPENT, dict)

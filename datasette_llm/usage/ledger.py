@@ -211,12 +211,14 @@ class Ledger:
             self._wake.set()
             self._start_writer()
 
-    async def spent(self, purpose: str, since: float) -> float:
-        """US dollars recorded for ``purpose`` since ``since``: read once, then kept up to date.
+    async def spent(self, purpose: str, since: float, *, fresh: bool = False) -> float:
+        """US dollars recorded for ``purpose`` since ``since``: read once, then kept up to date
+        with this process's records; ``fresh`` reads the table again (other processes sharing
+        it have written theirs).
 
         The figure a budget's period starts from (``usage/budgets.py`` hands it to the
         coordinator, which keeps the holds of prompts in flight)."""
-        known = self._spent.get((purpose, since))
+        known = None if fresh else self._spent.get((purpose, since))
         if known is not None:
             return known
         async with self._lock:  # no batch is on its way to the table meanwhile

@@ -16,10 +16,12 @@ from typing import Final
 
 import pytest
 from datasette.app import Datasette
+from redis.asyncio import Redis
 
 from datasette_llm import LLM, BudgetExceededError
 from datasette_llm.coordination import Refused
 from datasette_llm.usage.budgets import coordinator_of, period_start, settled
+from datasette_llm.usage.ledger import flush_usage
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 from tests.redis_server import RedisServer
 
@@ -138,3 +140,42 @@ async def test_a_prompt_cancelled_in_one_process_is_charged_for_every_process(
     with pytest.raises(BudgetExceededError):
         await prompt(first, "over")
     assert provider.counts.requests == 2
+
+
+async def test_a_redis_that_lost_its_data_starts_the_period_from_the_shared_ledger(
+    redis_server: RedisServer, prefix: str, provider: Provider, tmp_path: Path
+) -> None:
+    """Two processes sharing one ``--internal`` file: after Redis lost its keys, the period's
+    spend starts again from the table both write to, not from what the process that holds the
+    next prompt recorded itself (docs/deploying.md, "When Redis fails")."""
+    coordination = {"redis": redis_server.url, "processes": 2, "prefix": prefix}
+    budget = {"usd": 2.5 * ONE_PROMPT, "per": "day", "estimate_usd": ONE_PROMPT / 10}
+    section = {
+        "pricing": PRICING,
+        "coordination": coordination,
+        "purposes": {"summaries": {"model": "primary-gpt", "budget": budget}},
+    }
+    internal = str(tmp_path / "internal.db")
+    config = {"plugins": {"datasette-llm": section}}
+    first, second = (Datasette(memory=True, internal=internal, config=config) for _ in range(2))
+    try:
+        await prompt(first, "one")  # the first has read, and keeps, its own spend: one prompt
+        await prompt(second, "two")
+        await prompt(second, "three")
+        await flush_usage(second)  # three prompts in the shared table: the budget is spent
+        await settled(first)
+        await settled(second)
+        redis = Redis.from_url(redis_server.url)
+        try:
+            for key in await redis.keys(f"{prefix}:*"):  # Redis restarted without its data
+                await redis.delete(key)
+        finally:
+            await redis.aclose()
+        with pytest.raises(BudgetExceededError) as raised:
+            await prompt(first, "four")
+        assert raised.value.spent == pytest.approx(3 * ONE_PROMPT)
+        assert provider.counts.requests == 3
+    finally:
+        for datasette in (first, second):
+            await settled(datasette)
+            await coordinator_of(datasette).close()
