@@ -278,7 +278,9 @@ async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T
             _answered_by(meter, model_id, why)
             return prompt.answer()
         if why is None and prompt.last is not None:
-            why = prompt.last.kind
+            skipped = prompt.last.kind == "rate_limit" and not prompt.sent
+            # Skipped: another process's rate limit, which this one learned of as it claimed.
+            why = "cooling down" if skipped else prompt.last.kind
     for index, (routed, gate) in enumerate(cooling):
         if await prompt.model(routed, gate, onward=cooled_after(index)):
             _answered_by(meter, routed.resolution.model_id, why)
@@ -393,6 +395,7 @@ class _Prompt(Generic[T]):
     fell_back_from: str | None = None
     answered: tuple[T] | None = None
     onward: bool = False  # a rate limit of the model being tried goes on to a later model
+    sent: bool = False  # the model being tried was sent a try (not skipped for its cool-down)
     _later: Callable[[], Awaitable[bool]] | None = None  # whether one may answer, once asked
 
     async def model(
@@ -409,6 +412,7 @@ class _Prompt(Generic[T]):
         """
         going_on = onward is not None and "rate_limit" in self.settings.fallback_on
         self.onward, self._later = going_on, onward if going_on else None
+        self.sent = False
         try:
             self.answered = (await self._tries(routed, gate),)
         except ProviderError as error:
@@ -572,6 +576,7 @@ class _Prompt(Generic[T]):
             async with slot:
                 result.model_id = model_id
                 timeout = self.clock.bound(self.settings.timeout)
+                self.sent = True
                 response = await self.once(routed, timeout, begun, settle)
         except LimitsTimeout:
             raise  # its wait for a place (a chain's takes it in once): nothing was sent

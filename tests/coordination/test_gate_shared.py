@@ -115,6 +115,15 @@ async def test_a_rate_limit_seen_by_one_process_sends_the_others_to_the_fallback
     # The cool-down began once the 429 came back, after its request arrived: 2 s from then.
     assert sent[1] - limited >= 2 - 0.01
 
+    # Each process says why its fallback answers: the first saw the 429, the second only
+    # learned that the primary cools down.
+    reasons = [
+        r.getMessage().partition(" (")[2].partition(")")[0]
+        for r in caplog.records
+        if "instead of their routed model" in r.getMessage()
+    ]
+    assert reasons == ["it failed with rate_limit", "it is cooling down after rate limits"]
+
     # Each change is logged once, by the process that saw it: the first, then the second.
     assert cool_downs(caplog) == [
         ("WARNING", "model 'primary-gpt' is rate limited by its provider and cools down for 2 s"),
