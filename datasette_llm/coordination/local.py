@@ -33,6 +33,11 @@ how long others wait while a probe finds out whether it has recovered."""
 LONGEST_COOL_DOWN: Final = 60.0
 """The longest cool-down of a backoff without a Retry-After."""
 
+_POLL_FIRST: Final = 0.01
+_POLL_LONGEST: Final = 0.1
+"""Seconds between looks at the places held through Redis that count against this process's
+share (``lease``'s ``also_held``), doubling from the first to the longest."""
+
 _SLACK: Final = 0.25
 """Of one request's interval (``60 / rpm``): how late a request may leave without delaying the
 next one. A busy event loop wakes every waiter a little late; with a bucket of exactly one
@@ -76,6 +81,7 @@ class LocalCoordinator:
         self._status = status or CoordinationStatus("local", False, None, time.time())
         self._limiters: dict[tuple[str, float], AsyncLimiter] = {}
         self._semaphores: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self._in_use: dict[tuple[str, int], int] = {}  # places taken and not given back
         self._cooling: dict[str, _Cooling] = {}
         self._held: dict[tuple[str, float], dict[str, float]] = {}
         self._ids = itertools.count(1)
@@ -112,21 +118,61 @@ class LocalCoordinator:
             return False
         return True
 
-    async def lease(self, model: str, limit: int, within: float | None) -> Release | None:
-        """Take one of this process's share of ``model``'s ``limit`` places."""
-        semaphore = self._semaphores.get((model, limit))
+    def in_use(self, model: str, limit: int) -> int:
+        """How many of this process's places of ``model`` under ``limit`` are taken."""
+        return self._in_use.get((model, limit), 0)
+
+    async def lease(
+        self,
+        model: str,
+        limit: int,
+        within: float | None,
+        also_held: Callable[[], int] | None = None,
+    ) -> Release | None:
+        """Take one of this process's share of ``model``'s ``limit`` places.
+
+        ``also_held``: how many places of ``model`` this process holds besides (taken through
+        Redis before it failed): they count against the share until they are given back.
+        """
+        key = (model, limit)
+        semaphore = self._semaphores.get(key)
         if semaphore is None:
-            semaphore = self._semaphores[model, limit] = asyncio.Semaphore(self.places(limit))
+            semaphore = self._semaphores[key] = asyncio.Semaphore(self.places(limit))
+        began = time.monotonic()
         if within is not None and within <= 0:  # no time to wait: a place now, or none
             if semaphore.locked():
                 return None
             await semaphore.acquire()
-            return _releaser(semaphore)
-        try:
-            await asyncio.wait_for(semaphore.acquire(), within)
-        except asyncio.TimeoutError:
-            return None
-        return _releaser(semaphore)
+        else:
+            try:
+                await asyncio.wait_for(semaphore.acquire(), within)
+            except asyncio.TimeoutError:
+                return None
+        self._in_use[key] = self._in_use.get(key, 0) + 1
+        release = self._releaser(key, semaphore)
+        if also_held is None:
+            return release
+        nap = _POLL_FIRST
+        while self._in_use[key] + also_held() > self.places(limit):
+            left = None if within is None else within - (time.monotonic() - began)
+            if left is not None and left <= 0:
+                release()
+                return None
+            await asyncio.sleep(nap if left is None else min(nap, left))
+            nap = min(nap * 2, _POLL_LONGEST)
+        return release
+
+    def _releaser(self, key: tuple[str, int], semaphore: asyncio.Semaphore) -> Release:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._in_use[key] -= 1
+                semaphore.release()
+
+        return release
 
     def _of(self, model: str) -> _Cooling:
         cooling = self._cooling.get(model)
@@ -219,15 +265,3 @@ class LocalCoordinator:
 
     async def close(self) -> None:
         """Nothing to close."""
-
-
-def _releaser(semaphore: asyncio.Semaphore) -> Release:
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            semaphore.release()
-
-    return release

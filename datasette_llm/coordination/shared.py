@@ -11,7 +11,10 @@ Redis failing never fails a prompt. The first error (unreachable, timed out, ref
 the coordinator local: it logs one warning, its status says why, and every call goes to a
 ``LocalCoordinator`` keeping ``1 / processes`` of each limit, while a background task pings
 Redis every ``retry_seconds``; once Redis answers, it logs that limits are shared again and
-calls go back to Redis. Places and holds taken locally meanwhile are given back locally.
+calls go back to Redis. Places and holds taken locally meanwhile are given back locally. Each
+side counts what the other still holds: the places held through Redis when it failed count
+against the local share, and turns taken through Redis go before the local ones; back on
+Redis, the places still held locally count against the shared limit.
 
 Processes also tell each other of changes through it: ``publish`` sends a message on a channel
 (under the prefix) and ``listen`` hears every process's, from one task per channel and event
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import time
@@ -175,6 +179,8 @@ class RedisCoordinator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._leases: dict[str, str] = {}  # lease id -> its sorted set
+        # model -> the latest turn under its rpm this process took through Redis (monotonic)
+        self._last_turns: dict[str, float] = {}
         self._holds: dict[str, tuple[str, str]] = {}  # hold id -> (its hash, its sorted set)
         self._renewing: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
@@ -296,10 +302,19 @@ class RedisCoordinator:
         longest = -1 if within is None else max(0.0, within) * 1000
         got = await self._run("PACE", [self._key("rpm", model)], [60_000 / rpm, longest])
         if got is _DOWN:
+            # The turns already taken through Redis go first: local turns start after them.
+            queued = self._last_turns.get(model, 0.0) - time.monotonic()
+            if queued > 0:
+                if within is not None and queued > within:
+                    return False
+                await asyncio.sleep(queued)
+                within = None if within is None else within - queued
             return await self.local.pace(model, rpm, within)
         taken, wait = int(got[0]), float(got[1]) / 1000
         if not taken:
             return False
+        turn = time.monotonic() + wait
+        self._last_turns[model] = max(turn, self._last_turns.get(model, 0.0))
         if wait > 0:
             await asyncio.sleep(wait)
         return True
@@ -312,10 +327,14 @@ class RedisCoordinator:
         poll = _POLL_FIRST
         while True:
             freed = self._freed
-            got = await self._run("LEASE", [key], [limit, lease_id, _ms(self.lease_seconds)])
+            # The places this process took locally while Redis failed count until given back.
+            free = limit - self.local.in_use(model, limit)
+            got = await self._run("LEASE", [key], [free, lease_id, _ms(self.lease_seconds)])
             left = None if within is None else within - (time.monotonic() - started)
             if got is _DOWN:
-                return await self.local.lease(model, limit, left)
+                # Likewise the places it holds through Redis count against its local share.
+                held = functools.partial(self._held_through_redis, key)
+                return await self.local.lease(model, limit, left, held)
             if int(got) == 1:
                 self._leases[lease_id] = key
                 self._renew_while_held()
@@ -328,6 +347,10 @@ class RedisCoordinator:
             except asyncio.TimeoutError:
                 pass
             poll = min(poll * 2, _POLL_LONGEST)
+
+    def _held_through_redis(self, key: str) -> int:
+        """Places of the model of ``key`` this process holds through Redis, not given back."""
+        return sum(1 for held in self._leases.values() if held == key)
 
     def _releaser(self, lease_id: str, key: str) -> Release:
         def release() -> None:

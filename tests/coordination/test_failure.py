@@ -153,3 +153,85 @@ async def test_without_redis_py_startup_stops_naming_the_extra(
         await datasette.invoke_startup()
     assert f"plugins.datasette-llm.coordination.redis: {RedisMissing()}" in str(raised.value)
     assert INSTALL in str(raised.value)
+
+
+async def until_shared(coordinator: RedisCoordinator) -> None:
+    """Wait until the coordinator has found Redis answering again (it pings every 0.1 s)."""
+    await coordinator.cooling("m")  # a call: the coordinator notices Redis and pings it
+    for _ in range(100):
+        if shared(coordinator):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("Redis did not answer again within 5 s")
+
+
+async def test_places_held_through_redis_when_it_fails_count_against_the_local_share(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """``concurrency: 4`` over 2 processes: a process holding 2 places through Redis when it
+    fails takes no local place until it has given them back: its share is 2 in all."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    coordinator = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        first = await coordinator.lease("m", 4, 0)
+        second = await coordinator.lease("m", 4, 0)
+        assert first is not None and second is not None
+        own_redis_server.stop()
+        assert await coordinator.lease("m", 4, 0) is None  # goes local: 2 held already
+        assert not shared(coordinator)
+        assert await coordinator.lease("m", 4, 0.05) is None
+        first()
+        third = await coordinator.lease("m", 4, 0.5)
+        assert third is not None
+        assert await coordinator.lease("m", 4, 0.05) is None  # 1 through Redis, 1 local
+        second()
+        assert await coordinator.lease("m", 4, 0.5) is not None
+        assert await coordinator.lease("m", 4, 0.05) is None
+    finally:
+        own_redis_server.start()
+        await coordinator.close()
+
+
+async def test_places_taken_locally_while_redis_failed_count_once_it_answers_again(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """Back on Redis, the places still held locally count against the shared limit until
+    they are given back."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    coordinator = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        own_redis_server.stop()
+        local = [await coordinator.lease("m", 4, 0) for _ in range(2)]  # the share: 2 of 4
+        assert None not in local and not shared(coordinator)
+        own_redis_server.start()
+        await until_shared(coordinator)
+        taken = [await coordinator.lease("m", 4, 0) for _ in range(2)]
+        assert None not in taken
+        assert await coordinator.lease("m", 4, 0.05) is None  # 2 local + 2 through Redis
+        release = local[0]
+        assert release is not None
+        release()
+        assert await coordinator.lease("m", 4, 0.5) is not None
+    finally:
+        await coordinator.close()
+
+
+async def test_turns_taken_through_redis_when_it_fails_go_before_the_local_ones(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """``rpm: 120``: three requests take turns 0, 0.5 and 1 s from now through Redis, which
+    then fails: the next request's local turn comes after the last of them, not at once."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    coordinator = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        began = time.monotonic()
+        queued = [asyncio.ensure_future(coordinator.pace("m", 120.0, None)) for _ in range(3)]
+        await asyncio.sleep(0.1)  # each has its turn, the later ones sleeping until it
+        own_redis_server.stop()
+        assert not await coordinator.pace("m", 120.0, 0.3)  # the queue ends past 0.3 s
+        assert await coordinator.pace("m", 120.0, None)
+        assert time.monotonic() - began >= 1.0 - 0.01
+        assert all(await asyncio.gather(*queued))
+    finally:
+        own_redis_server.start()
+        await coordinator.close()
