@@ -250,10 +250,13 @@ async def test_the_bound_of_test_this_route_is_a_cancelled_row_it_shows(
     assert (row.outcome, provider.counts.requests) == ("cancelled", 1)
 
 
-async def consume_chain(model: Any, way: str, prompt: str) -> None:
-    chain = model.chain(prompt)
+async def consume_chain(model: Any, way: str, prompt: str, **options: Any) -> None:
+    chain = model.chain(prompt, **options)
     if way == "text":
         await chain.text()
+    elif way == "iterated":
+        async for _ in chain:
+            pass
     elif way == "events":
         async for _ in chain.astream_events():
             pass
@@ -328,22 +331,7 @@ async def test_a_tool_chain_cancelled_while_its_second_step_is_at_the_provider_i
         running.script = [Reply(tool_call=("lookup", {"query": "rows"})), Reply(delay=30)]
         ds = make_datasette(config(budget={"usd": 10, "estimate_usd": 0.01}))
         model = await LLM(ds).model(purpose="summaries")
-        chain = model.chain("look it up", tools=[lookup])
-
-        async def consume() -> None:
-            if way == "text":
-                await chain.text()
-            elif way == "iterated":
-                async for _ in chain:
-                    pass
-            elif way == "events":
-                async for _ in chain.astream_events():
-                    pass
-            else:
-                async for response in chain.responses():
-                    await response.text()
-
-        task = asyncio.ensure_future(consume())
+        task = asyncio.ensure_future(consume_chain(model, way, "look it up", tools=[lookup]))
         await until(lambda: running.counts.requests == 2)
         await asyncio.sleep(0.1)
         task.cancel()
