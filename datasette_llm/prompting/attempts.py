@@ -59,7 +59,7 @@ from ..routing.route import admit
 from ..state import Slot, state_of
 from ..usage.budgets import BudgetExceededError
 from .clients import adapt, client_library, prepare
-from .limits import Gate, LimitsTimeout, gate_for
+from .limits import CooledMeanwhile, Gate, LimitsTimeout, gate_for
 from .metering import Meter, Started
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ __all__ = [
     "falling_back",
     "Clock",
     "Once",
+    "cooled_meanwhile",
     "client_retries",
     "run_attempts",
     "Settle",
@@ -104,6 +105,17 @@ _WAIT_MAX: Final = 10.0
 _WAIT_JITTER: Final = 1.0
 _GO: Final = Claim(0.0)
 """A try that goes without waiting for the cool-down (stamina's test mode): no probe."""
+
+
+def cooled_meanwhile(gate: Gate, clock: Clock) -> bool:
+    """Whether a try that has just got its place under ``gate``'s limits must not leave: the
+    model began to cool down while it waited (``Gate.cooled_meanwhile``) for longer than the
+    prompt may wait (``Clock.may_wait``), so it would only be refused. A shorter cool-down
+    lets it go: the limits already space such tries out, and a provider limiting requests per
+    second answers the next one. Never in stamina's test mode, which waits for nothing."""
+    if stamina.is_testing() or not gate.cooled_meanwhile():
+        return False
+    return not clock.may_wait(gate.cooling())
 
 
 def tries_of(model: AsyncModel, retries: int) -> int:
@@ -145,20 +157,32 @@ async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
 
 @dataclass(slots=True)
 class Clock:
-    """A prompt's deadline (``time.monotonic()``), or ``None`` for none.
+    """A prompt's deadline (``time.monotonic()``), or ``None`` for none, and how long it may
+    wait for a model.
 
     Attributes:
         deadline: When the prompt must have ended.
+        max_wait: Without a deadline, the longest it may wait for a model (``max_wait``).
     """
 
     deadline: float | None
+    max_wait: float
 
     @classmethod
     def start(cls, meter: Meter) -> Clock:
         """The deadline of the prompt ``meter`` records, starting now (its ``deadline``)."""
-        primary = meter.primary
-        seconds = primary.policy.resilience.deadline
-        return cls(None if seconds is None else time.monotonic() + seconds)
+        resilience = meter.primary.policy.resilience
+        seconds = resilience.deadline
+        deadline = None if seconds is None else time.monotonic() + seconds
+        return cls(deadline, resilience.max_wait)
+
+    def may_wait(self, wait: float) -> bool:
+        """Whether the prompt may wait ``wait`` seconds for a model: less than the time left
+        before its deadline; without a deadline, at most ``max_wait``."""
+        left = self.left()
+        if left is not None:
+            return wait < left
+        return wait <= self.max_wait
 
     def left(self) -> float | None:
         """Seconds left before the deadline (``None``: no deadline)."""
@@ -447,7 +471,7 @@ class _Prompt(Generic[T]):
                 # anybody's guess, and a later model can answer now. The model cools down.
                 return False
             wait = max(error.retry_after or 0.0, gate.cooling())
-            if not self.may_wait(wait):
+            if not self.clock.may_wait(wait):
                 return False  # on to the next fallback at once; the model cools down meanwhile
             return wait if wait else True
 
@@ -484,14 +508,6 @@ class _Prompt(Generic[T]):
             self.onward = await later()
         return self.onward
 
-    def may_wait(self, wait: float) -> bool:
-        """Whether the prompt may wait ``wait`` seconds for a model: less than the time left
-        before its deadline; without a deadline, at most ``max_wait``."""
-        left = self.clock.left()
-        if left is not None:
-            return wait < left
-        return wait <= self.settings.max_wait
-
     async def _cooled(self, routed: Routed, gate: Gate) -> Claim:
         """Wait until the model has cooled down, in any process, and claim its try
         (``Gate.claim``); return the claim: whether this try is the one finding out whether
@@ -502,7 +518,7 @@ class _Prompt(Generic[T]):
                 the prompt may wait.
         """
         while (wait := (claim := await gate.claim()).wait) > 0:
-            if not self.may_wait(wait):
+            if not self.clock.may_wait(wait):
                 model_id = routed.resolution.model_id
                 bound = "its deadline" if self.clock.deadline is not None else "max_wait"
                 raise ProviderError(
@@ -528,16 +544,19 @@ class _Prompt(Generic[T]):
         return claim  # it may go: the probe, if the model was rate limited
 
     async def _try(self, routed: Routed, gate: Gate) -> T:
-        claim = await self._cooled(routed, gate)
-        try:
-            return await self._send(routed, gate, claim)
-        except ProviderError as error:
-            if error.kind == "rate_limit" and error.retry_after is None:
-                await self._onward_known()  # the retry decision (``backoff``) needs it
-            raise
-        finally:
-            if claim.probe:  # cancelled or refused by a hook, unrecorded: the next try probes
-                await gate.hand_on(claim)
+        while True:
+            claim = await self._cooled(routed, gate)
+            try:
+                return await self._send(routed, gate, claim)
+            except CooledMeanwhile:
+                self.sent = False  # nothing left: claim the model again
+            except ProviderError as error:
+                if error.kind == "rate_limit" and error.retry_after is None:
+                    await self._onward_known()  # the retry decision (``backoff``) needs it
+                raise
+            finally:
+                if claim.probe:  # ended unrecorded (cancelled, refused): the next try probes
+                    await gate.hand_on(claim)
 
     async def _send(self, routed: Routed, gate: Gate, claim: Claim) -> T:
         """One try of ``routed`` under ``claim``: one attempt, one ledger row, when its
@@ -574,11 +593,13 @@ class _Prompt(Generic[T]):
 
         try:
             async with slot:
+                if cooled_meanwhile(gate, self.clock):
+                    raise CooledMeanwhile  # while it waited for its place: not sent
                 result.model_id = model_id
                 timeout = self.clock.bound(self.settings.timeout)
                 self.sent = True
                 response = await self.once(routed, timeout, begun, settle)
-        except LimitsTimeout:
+        except (LimitsTimeout, CooledMeanwhile):
             raise  # its wait for a place (a chain's takes it in once): nothing was sent
         except ProviderError as raised:
             error = raised

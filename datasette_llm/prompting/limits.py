@@ -19,7 +19,9 @@ on (``Gate.hand_on``).
 Planning which model to try first, and stamina's backoff, need an answer without waiting for
 the coordinator: ``Gate.cooling`` reads this process's mirror of each model's cool-down, the
 latest it learned from its own rate limits, claims and answers. The mirror only orders the
-tries; the claim decides whether a request leaves.
+tries; the claim decides whether a request leaves. A try that then waited for its place under
+the limits while the mirror learned that the model cools down (``Gate.cooled_meanwhile``) for
+longer than its prompt may wait does not leave: it claims the model again.
 
 The cool-down is logged once per change, however many prompts (and processes) meet it: a
 warning when a model that was not cooling starts to (``CoolDown.first``), and once it answers
@@ -45,12 +47,18 @@ if TYPE_CHECKING:
 
     from ..routing.route import Routed
 
-__all__ = ["Gate", "LimitsTimeout", "Release", "cooling_models", "gate_for"]
+__all__ = ["CooledMeanwhile", "Gate", "LimitsTimeout", "Release", "cooling_models", "gate_for"]
 
 
 class LimitsTimeout(ProviderError):
     """A ``timeout``: the prompt's deadline passed while it waited for a place under a model's
     limits. Nothing was sent, so it is no attempt of the model's and leaves no ledger row."""
+
+
+class CooledMeanwhile(Exception):
+    """A try got its place under a model's limits after the model began to cool down (a rate
+    limit another try met while this one waited): nothing was sent, no attempt, no row; the
+    try claims the model again, which waits for the cool-down or goes on to a fallback."""
 
 
 @dataclass(slots=True)
@@ -110,6 +118,12 @@ class Gate:
         """Seconds until the model may be tried again (0: now), as this process last learned:
         for planning the order of tries; ``claim`` decides."""
         return self._seen.left()
+
+    def cooled_meanwhile(self) -> bool:
+        """Whether this process learned, since a try's claim let it go, that the model cools
+        down: the claim found it not cooling (the mirror's end was reset), so a cool-down
+        the mirror holds now began after it."""
+        return self._seen.until > time.monotonic()
 
     async def claim(self) -> Claim:
         """Claim a try of the model: the seconds it still cools down, in any process, or 0 and

@@ -20,9 +20,9 @@ from contextlib import AsyncExitStack, aclosing
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from ..provider_errors import ProviderError, classify
-from .attempts import Clock, Settle, run_attempts, within
+from .attempts import Clock, Settle, cooled_meanwhile, run_attempts, within
 from .clients import OpenAttempt
-from .limits import Gate, Release, gate_for
+from .limits import CooledMeanwhile, Gate, Release, gate_for
 from .metering import Meter, Started
 from .results import Group
 from .send import (
@@ -112,7 +112,7 @@ class WrappedChainResponse:
         )
         self._started = Started.now(1, None)  # of the attempt under way; then of each step
         self._hook_error: BaseException | None = None
-        self._clock = Clock(None)  # the deadline of the call, from when its iteration starts
+        self._clock = Clock(None, 0.0)  # the call's bounds, from when its iteration starts
         self._lease: Release | None = None  # the place the attempt took for the first step
         self._in_flight = False  # a step's request is under way: its response has not completed
         self._attempt_began = 0.0  # time.monotonic() when the attempt under way began
@@ -283,7 +283,12 @@ class WrappedChainResponse:
                 self._result.withdraw_responses(last_only=resume is not None)
                 factories = self._target.factories(self._prompt, routed.resolution.model_id)
                 self._attach(routed, factories, resume)
-            self._lease = await self._gate(routed).acquire(self._clock.left())
+            gate = self._gate(routed)
+            self._lease = await gate.acquire(self._clock.left())
+            if cooled_meanwhile(gate, self._clock):  # while it waited for its place
+                lease, self._lease = self._lease, None
+                lease()
+                raise CooledMeanwhile
             # Every request of the attempt's steps: the attempt's timeout, its clients in use
             # until its stream has ended (``_stream`` ends it), else until it has failed.
             attempt = self._open = OpenAttempt(timeout)

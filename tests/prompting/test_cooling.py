@@ -275,3 +275,47 @@ async def test_a_fallback_rate_limited_is_retried_while_the_model_deferred_befor
     assert await response.text() == "from the backup"
     assert len(provider.requests) == 1  # the cooling primary was not asked again
     assert backup_requests() == 3
+
+
+# Tries queued under the model's limits when its cool-down begins
+
+
+@pytest.mark.parametrize("limit", [{"concurrency": 1}, {"rpm": 120}], ids=["concurrency", "rpm"])
+@pytest.mark.parametrize("way", ["prompt", "chain"])
+async def test_tries_waiting_for_a_place_when_the_model_starts_to_cool_do_not_go_to_it(
+    make_datasette: MakeDatasette, provider: Provider, way: str, limit: dict[str, int]
+) -> None:
+    """Three prompts at once under ``concurrency: 1`` (or turns 0.5 s apart): the first is
+    answered 429, after 0.3 s, with a Retry-After beyond ``max_wait``; the two waiting for
+    their place go to the fallback, not to the cooling model."""
+    provider.default = Reply(
+        status=429, message="slow down", headers={"retry-after": "30"}, delay=0.3
+    )
+    ds = make_datasette(config(model={"model": "primary-gpt", **limit}, max_wait=1))
+    model = await LLM(ds).model(purpose="summaries")
+
+    async def one(text: str) -> str:
+        if way == "prompt":
+            return await (await model.prompt(text)).text()
+        return await model.chain(text).text()
+
+    answers = await asyncio.gather(*(one(f"prompt {number}") for number in range(3)))
+    assert answers == ["from the backup"] * 3
+    assert (len(provider.requests), backup_requests()) == (1, 3)
+
+
+async def test_tries_waiting_for_a_place_go_when_the_prompt_could_wait_out_the_cool_down(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    """A cool-down the prompts may wait for (1 s, ``max_wait: 5``) does not hold back the tries
+    already placed: the limits space them out, as against a provider limiting requests per
+    second. The rate-limited prompt itself waits and is answered by the primary."""
+    provider.script = [
+        Reply(status=429, message="slow down", headers={"retry-after": "1"}, delay=0.3)
+    ]
+    provider.default = Reply(text="from the primary")
+    ds = make_datasette(config(model={"model": "primary-gpt", "concurrency": 1}, max_wait=5))
+    model = await LLM(ds).model(purpose="summaries")
+    answers = await asyncio.gather(*(model.prompt(f"prompt {n}") for n in range(3)))
+    assert [await answer.text() for answer in answers] == ["from the primary"] * 3
+    assert (len(provider.requests), backup_requests()) == (4, 0)
