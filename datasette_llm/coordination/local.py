@@ -25,7 +25,14 @@ from aiolimiter import AsyncLimiter
 
 from .coordinator import Claim, CoolDown, CoordinationStatus, Hold, Refused, Release
 
-__all__ = ["FIRST_COOL_DOWN", "LONGEST_COOL_DOWN", "LocalCoordinator", "backoff"]
+__all__ = [
+    "FIRST_COOL_DOWN",
+    "LONGEST_COOL_DOWN",
+    "POLL_FIRST",
+    "POLL_LONGEST",
+    "LocalCoordinator",
+    "backoff",
+]
 
 FIRST_COOL_DOWN: Final = 1.0
 """Seconds a model cools down after its first rate limit in a row without a Retry-After; also
@@ -33,10 +40,11 @@ how long others wait while a probe finds out whether it has recovered."""
 LONGEST_COOL_DOWN: Final = 60.0
 """The longest cool-down of a backoff without a Retry-After."""
 
-_POLL_FIRST: Final = 0.01
-_POLL_LONGEST: Final = 0.1
-"""Seconds between looks at the places held through Redis that count against this process's
-share (``lease``'s ``also_held``), doubling from the first to the longest."""
+POLL_FIRST: Final = 0.01
+POLL_LONGEST: Final = 0.1
+"""Seconds between looks for a place under ``concurrency`` that may be freed elsewhere (held
+through Redis, or by other processes), doubling from the first to the longest; a place given
+back in this process wakes its waiters at once."""
 
 _SLACK: Final = 0.25
 """Of one request's interval (``60 / rpm``): how late a request may leave without delaying the
@@ -152,14 +160,14 @@ class LocalCoordinator:
         release = self._releaser(key, semaphore)
         if also_held is None:
             return release
-        nap = _POLL_FIRST
+        nap = POLL_FIRST
         while self._in_use[key] + also_held() > self.places(limit):
             left = None if within is None else within - (time.monotonic() - began)
             if left is not None and left <= 0:
                 release()
                 return None
             await asyncio.sleep(nap if left is None else min(nap, left))
-            nap = min(nap * 2, _POLL_LONGEST)
+            nap = min(nap * 2, POLL_LONGEST)
         return release
 
     def _releaser(self, key: tuple[str, int], semaphore: asyncio.Semaphore) -> Release:

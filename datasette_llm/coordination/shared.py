@@ -45,7 +45,7 @@ from ..config.values import CoordinationSettings, shown_url
 from ..log import logger, remember
 from . import scripts
 from .coordinator import Claim, CoolDown, CoordinationStatus, Hold, Refused, Release
-from .local import FIRST_COOL_DOWN, LONGEST_COOL_DOWN, LocalCoordinator
+from .local import FIRST_COOL_DOWN, LONGEST_COOL_DOWN, POLL_FIRST, POLL_LONGEST, LocalCoordinator
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -70,10 +70,6 @@ _STREAK_SECONDS: Final = 3600.0
 """How long a model's rate limits in a row are remembered without a try."""
 _PERIOD_SECONDS: Final = 35 * 86_400.0
 """How long a budget's spend in a period is kept: longer than a month."""
-_POLL_FIRST: Final = 0.01
-_POLL_LONGEST: Final = 0.1
-"""Seconds between tries for a place under ``concurrency`` held by other processes: doubling
-from the first to the longest (a place given back in this process wakes its waiters at once)."""
 _CONNECT_SECONDS: Final = 1.0
 _COMMAND_SECONDS: Final = 2.0
 _LISTEN_SECONDS: Final = 0.5
@@ -324,7 +320,7 @@ class RedisCoordinator:
         key = self._key("leases", model)
         lease_id = uuid.uuid4().hex
         started = time.monotonic()
-        poll = _POLL_FIRST
+        poll = POLL_FIRST
         while True:
             freed = self._freed
             # The places this process took locally while Redis failed count until given back.
@@ -346,7 +342,7 @@ class RedisCoordinator:
                 await asyncio.wait_for(freed.wait(), nap if left is None else min(nap, left))
             except asyncio.TimeoutError:
                 pass
-            poll = min(poll * 2, _POLL_LONGEST)
+            poll = min(poll * 2, POLL_LONGEST)
 
     def _held_through_redis(self, key: str) -> int:
         """Places of the model of ``key`` this process holds through Redis, not given back."""
