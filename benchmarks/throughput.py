@@ -29,6 +29,8 @@ until the ledger has written every row); it also times the garbage collector's p
 middle, last): the CPU targets take the median, and the spread shows how far a figure moves
 within one run. The speed target (ours against ``today``) is judged on ``SPEED_ROUNDS`` rounds
 of today, ours and bare llm run one after another: the median of each round's ratio.
+The heap rounds (``HEAP_SERIES``) ask how much of ours' extra time is the process it runs in:
+bare llm beside a started Datasette, and ``gc.freeze()`` after the warm-up.
 ``--profile`` adds one cProfile run of each of ``ours`` and ``bare llm, reused client``.
 ``--render JSON`` writes THROUGHPUT.md again from a run's JSON.
 """
@@ -156,6 +158,18 @@ async def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
             return text
 
     else:
+        if spec.get("beside"):
+            # Bare llm in a process holding what ours' holds: a started Datasette with this
+            # plugin, the purpose's model resolved (not prompted: its pool would adapt the
+            # model llm hands bare llm too).
+            from datasette.app import Datasette
+
+            from datasette_llm import LLM
+
+            plugin_config = {"purposes": {"bench": {"model": "primary"}}}
+            datasette = Datasette(memory=True, config={"plugins": {"datasette-llm": plugin_config}})
+            await datasette.invoke_startup()
+            await LLM(datasette).model(purpose="bench")
         bare = llm.get_async_model("primary")
 
         async def one(prompt: str) -> str:
@@ -185,6 +199,8 @@ async def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     await prompts(spec.get("warm_up", WARM_UP))
     gc.collect()
+    if spec.get("freeze"):
+        gc.freeze()  # what start-up and warm-up made, out of every later collection
     timer = GcTimer()
     gc.callbacks.append(timer)
     profiler = None
@@ -486,6 +502,47 @@ def run_speed_rounds(scale: float) -> list[dict[str, Any]]:
     return rounds
 
 
+# label, routed, beside a Datasette, gc.freeze() after the warm-up
+HEAP_SERIES: Final = (
+    ("bare llm, reused client", False, False, False),
+    ("bare llm, reused client, beside a Datasette", False, True, False),
+    ("ours", True, False, False),
+    ("bare llm, reused client, beside a Datasette, frozen", False, True, True),
+    ("ours, frozen", True, False, True),
+)
+"""The series of the heap rounds: how much of ours' extra time is the process it runs in."""
+HEAP_ROUNDS: Final = 3
+
+
+def run_heap_rounds(scale: float) -> list[dict[str, Any]]:
+    """Run ``HEAP_SERIES`` ``HEAP_ROUNDS`` times per streaming mode, the order rotated each
+    round (every series with a reused client, each in its own process)."""
+    rounds = []
+    for stream in (False, True):
+        for number in range(HEAP_ROUNDS):
+            order = (
+                HEAP_SERIES[number % len(HEAP_SERIES) :] + HEAP_SERIES[: number % len(HEAP_SERIES)]
+            )
+            found = {}
+            for label, routed, beside, freeze in order:
+                spec = {
+                    "routed": routed,
+                    "reuse": not routed,
+                    "off": [],
+                    "stream": stream,
+                    "beside": beside,
+                    "freeze": freeze,
+                    "prompts": PROMPTS,
+                }
+                log(f"[heap round {number + 1}] {label}, {'streaming' if stream else 'not'}")
+                report = measure("ours", spec, scale)
+                found[label] = {
+                    key: report[key] for key in ("prompts", "wall", "cpu", "gc", "wrong")
+                }
+            rounds.append({"stream": stream, "round": number + 1, "series": found})
+    return rounds
+
+
 def round_ratio(found: dict[str, Any], label: str) -> float:
     """``label``'s prompts/s over today's in one speed round."""
     series = found["series"]
@@ -755,6 +812,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{spread(results, label, stream, 1):.1%}"
             )
     lines += instruction_table(results.get("instructions"))
+    lines += heap_table(results.get("heap_rounds"), results.get("heap_commit"))
     lines += speed_table(results.get("speed_rounds"))
     lines += breakdown_tables(results.get("breakdown"))
     lines += [
@@ -814,6 +872,44 @@ def instruction_table(counted: list[dict[str, Any]] | None) -> list[str]:
             lines.append(
                 f"| {found['label']} | {'yes' if stream else 'no'} | {fewer}, {more} | "
                 f"{found['per_prompt'] / 1e6:.2f} | {found['per_prompt'] / bare:.2f}x |"
+            )
+    return lines
+
+
+def heap_table(rounds: list[dict[str, Any]] | None, commit: str | None) -> list[str]:
+    if not rounds:
+        return []
+    where = f" (on commit {commit})" if commit else ""
+    lines = [
+        "",
+        "## The process ours runs in",
+        "",
+        f"Why ours costs more time than instructions over bare llm: {HEAP_ROUNDS} rounds per "
+        f"streaming mode{where}, each series in its own process, the order rotated each round; "
+        "the medians of CPU and garbage-collection ms per prompt. `beside a Datasette`: bare "
+        "llm in a process that has also started a Datasette with this plugin and resolved the "
+        "purpose's model, so it holds most of what ours' process holds. `frozen`: `gc.freeze()` "
+        "after the warm-up, which takes every object made so far out of later garbage "
+        "collections (a benchmark switch, not something datasette-llm does: it would change "
+        "the host process's collector for every plugin).",
+        "",
+        "| series | streaming | CPU ms / prompt | GC ms / prompt | / bare llm, reused |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for stream in (False, True):
+        found = [r["series"] for r in rounds if r["stream"] == stream]
+        medians = {
+            label: (
+                statistics.median(figures(f[label])[1] for f in found),
+                statistics.median(figures(f[label])[2] for f in found),
+            )
+            for label, *_ in HEAP_SERIES
+        }
+        bare = medians["bare llm, reused client"][0]
+        for label, (cpu, collected) in medians.items():
+            lines.append(
+                f"| {label} | {'yes' if stream else 'no'} | {cpu:.2f} | {collected:.2f} | "
+                f"{cpu / bare:.2f}x |"
             )
     return lines
 
@@ -1003,6 +1099,11 @@ def main() -> int:
         action="store_true",
         help="with --extend: count the instructions per prompt again under callgrind",
     )
+    parser.add_argument(
+        "--heap",
+        action="store_true",
+        help="with --extend: run the heap rounds again",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--breakdown", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1021,6 +1122,9 @@ def main() -> int:
             results["breakdown"] = run_breakdowns(results["scale"])
         if args.profile:
             results["profiles"] = run_profiles(results["scale"])
+        if args.heap or "heap_rounds" not in results:
+            results["heap_rounds"] = run_heap_rounds(results["scale"])
+            results["heap_commit"] = head_commit()
         if args.instructions or "instructions" not in results:
             results["instructions"] = run_instructions()
             results["instructions_commit"] = head_commit()
@@ -1035,6 +1139,7 @@ def main() -> int:
         results["speed_rounds"] = run_speed_rounds(args.scale)
         results["breakdown"] = run_breakdowns(args.scale)
         results["instructions"] = run_instructions()
+        results["heap_rounds"] = run_heap_rounds(args.scale)
     name = "THROUGHPUT.md" if results["scale"] == 1 else "THROUGHPUT-quick.md"
     if not args.render and not args.extend:
         (HERE / name).with_suffix(".json").write_text(json.dumps(results, indent=1))
