@@ -598,7 +598,14 @@ class _Prompt(Generic[T]):
                 result.model_id = model_id
                 timeout = self.clock.bound(self.settings.timeout)
                 self.sent = True
-                response = await self.once(routed, timeout, begun, settle)
+                try:
+                    response = await self.once(routed, timeout, begun, settle)
+                except ProviderError as raised:
+                    if not isinstance(raised, LimitsTimeout):
+                        # Before the place is given back: a try waiting for it sees a rate
+                        # limit's cool-down (``cooled_meanwhile``), in any coordination.
+                        await settle(raised)
+                    raise
         except (LimitsTimeout, CooledMeanwhile):
             raise  # its wait for a place (a chain's takes it in once): nothing was sent
         except ProviderError as raised:

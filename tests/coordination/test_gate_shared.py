@@ -195,3 +195,21 @@ async def test_both_processes_together_hold_no_more_places_than_the_shared_concu
     busiest = max(sum(1 for at in received if start <= at < start + 0.25) for start in received)
     assert busiest == 2  # each alone would hold 2: 4 at once
     assert time.monotonic() - started >= 4 * 0.3
+
+
+async def test_tries_waiting_for_a_shared_place_do_not_go_to_a_model_that_started_to_cool(
+    processes: Processes, providers: tuple[Provider, Provider]
+) -> None:
+    """Through Redis, three prompts at once under ``concurrency: 1``: the first is answered
+    429 with a Retry-After beyond ``max_wait``; its cool-down is recorded before its place is
+    given back, so the two waiting for that place go to the fallback."""
+    primary, backup = providers
+    primary.default = Reply(
+        status=429, message="slow down", headers={"retry-after": "30"}, delay=0.1
+    )
+    limited = {"model": "primary-gpt", "concurrency": 1}
+    purpose = {"model": limited, "fallbacks": ["backup-gpt"], "max_wait": 1}
+    first, _ = await processes({"purposes": {"summaries": purpose}})
+    answers = await asyncio.gather(*(prompt(first, "summaries", f"p{n}") for n in range(3)))
+    assert answers == [BACKUP] * 3
+    assert (len(primary.requests), len(backup.requests)) == (1, 3)

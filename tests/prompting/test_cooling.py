@@ -280,16 +280,16 @@ async def test_a_fallback_rate_limited_is_retried_while_the_model_deferred_befor
 # Tries queued under the model's limits when its cool-down begins
 
 
-@pytest.mark.parametrize("limit", [{"concurrency": 1}, {"rpm": 120}], ids=["concurrency", "rpm"])
+@pytest.mark.parametrize("limit", [{"concurrency": 1}, {"rpm": 40}], ids=["concurrency", "rpm"])
 @pytest.mark.parametrize("way", ["prompt", "chain"])
 async def test_tries_waiting_for_a_place_when_the_model_starts_to_cool_do_not_go_to_it(
     make_datasette: MakeDatasette, provider: Provider, way: str, limit: dict[str, int]
 ) -> None:
-    """Three prompts at once under ``concurrency: 1`` (or turns 0.5 s apart): the first is
-    answered 429, after 0.3 s, with a Retry-After beyond ``max_wait``; the two waiting for
+    """Three prompts at once under ``concurrency: 1`` (or turns 1.5 s apart): the first is
+    answered 429, after 0.1 s, with a Retry-After beyond ``max_wait``; the two waiting for
     their place go to the fallback, not to the cooling model."""
     provider.default = Reply(
-        status=429, message="slow down", headers={"retry-after": "30"}, delay=0.3
+        status=429, message="slow down", headers={"retry-after": "30"}, delay=0.1
     )
     ds = make_datasette(config(model={"model": "primary-gpt", **limit}, max_wait=1))
     model = await LLM(ds).model(purpose="summaries")
