@@ -813,7 +813,7 @@ def markdown(results: dict[str, Any]) -> str:
             )
     lines += instruction_table(results.get("instructions"))
     lines += heap_table(results.get("heap_rounds"), results.get("heap_commit"))
-    lines += speed_table(results.get("speed_rounds"))
+    lines += speed_table(results.get("speed_rounds"), results.get("speed_rounds_commit"))
     lines += breakdown_tables(results.get("breakdown"))
     lines += [
         "",
@@ -914,15 +914,16 @@ def heap_table(rounds: list[dict[str, Any]] | None, commit: str | None) -> list[
     return lines
 
 
-def speed_table(rounds: list[dict[str, Any]] | None) -> list[str]:
+def speed_table(rounds: list[dict[str, Any]] | None, commit: str | None) -> list[str]:
     if not rounds:
         return []
+    where = f" (run again on commit {commit})" if commit else ""
     lines = [
         "",
         "## The speed rounds",
         "",
-        f"{SPEED_ROUNDS} rounds per streaming mode of today, ours and bare llm with a reused "
-        "client, one process after another, the order rotated each round; the speed target "
+        f"{SPEED_ROUNDS} rounds per streaming mode{where} of today, ours and bare llm with a "
+        "reused client, one process after another, the order rotated each round; the speed target "
         "is the median of the rounds' ratios (each ratio from series run within a minute of "
         "each other). Prompts/s:",
         "",
@@ -1100,6 +1101,11 @@ def main() -> int:
         help="with --extend: count the instructions per prompt again under callgrind",
     )
     parser.add_argument(
+        "--speed",
+        action="store_true",
+        help="with --extend: run the speed rounds again",
+    )
+    parser.add_argument(
         "--heap",
         action="store_true",
         help="with --extend: run the heap rounds again",
@@ -1116,8 +1122,9 @@ def main() -> int:
     if args.extend:
         resilience.ensure_venvs(args.skip_install)
         results = json.loads(Path(args.extend).read_text())
-        if "speed_rounds" not in results:
+        if args.speed or "speed_rounds" not in results:
             results["speed_rounds"] = run_speed_rounds(results["scale"])
+            results["speed_rounds_commit"] = head_commit()
         if "breakdown" not in results:
             results["breakdown"] = run_breakdowns(results["scale"])
         if args.profile:
