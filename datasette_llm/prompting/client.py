@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -53,9 +53,10 @@ async def open_group(
 
     On exit, also after an exception in the block: the tasks that started prompts of the group
     are awaited; chains the block left unfinished end (their hooks see the block's exception,
-    or ``GeneratorExit``); every response is driven to completion; then ``llm_group_exit`` runs
-    once. The model refuses prompts after that. The block's own exception wins over a failing
-    ``llm_group_exit`` (which is logged).
+    or ``GeneratorExit``); every response is driven to completion (one a chain left part way
+    is read to its end at once, holding its place under the model's limits until then); then
+    ``llm_group_exit`` runs once. The model refuses prompts after that. The block's own
+    exception wins over a failing ``llm_group_exit`` (which is logged).
     """
     resolution = routed.resolution
     target = Target(datasette, routed, actor, Group(resolution.model_id, resolution.purpose, actor))
@@ -74,7 +75,11 @@ async def _end_group(target: Target, block_error: BaseException | None) -> None:
         await _wait_for_tasks(target)
         for chain in list(target.open_chains):
             await chain.abandon(block_error)
-        errors = await _finish(group)
+        # The responses chains left part way, read to their end meanwhile, then the others.
+        finishing = target.finishing
+        ended = dict(zip(finishing, await asyncio.gather(*finishing.values()), strict=True))
+        errors = [error for error in ended.values() if error is not None]
+        errors += await _finish(group, skip=ended)
     except BaseException:
         await _group_exit(target, group, quiet=True)
         raise
@@ -103,10 +108,13 @@ async def _wait_for_tasks(target: Target) -> None:
         await asyncio.wait(pending)
 
 
-async def _finish(group: Group) -> list[Exception]:
-    """Drive every response of the group to completion; return the errors raised on the way."""
+async def _finish(group: Group, skip: Container[object] = ()) -> list[Exception]:
+    """Drive every response of the group but those in ``skip`` (read to their end already)
+    to completion; return the errors raised on the way."""
     errors: list[Exception] = []
     for response in group.responses:
+        if response in skip:
+            continue
         try:
             await response.text()
         except Exception as error:

@@ -34,7 +34,9 @@ Either way the model gets
   hook adding httpx's public ``trace`` extension to each request of an attempt: the attempt
   counts a request once its body starts going out (``watch``), so a cancelled attempt is
   accounted only when its provider was sent the request, not while the plugin is still
-  preparing it or the client connecting.
+  preparing it or the client connecting; and a response event hook keeping each response of
+  an attempt, so that a chain's stream its caller leaves part way closes its connection at
+  once (``OpenAttempt.close_responses``).
 
 Clients are kept per event loop, at most ``POOL_SIZE`` per loop (the least recently used one
 is closed when another is needed), and closed when their loop shuts down its asynchronous
@@ -245,6 +247,16 @@ class OpenAttempt:
         """Let go of the clients the attempt used: one the pool has let go of is closed."""
         self._attempt.release()
 
+    async def close_responses(self) -> None:
+        """Close the HTTP responses of the attempt's requests that are still open (a stream
+        its caller left part way): their connections close now, and the provider stops
+        sending. Only an adapted model's requests are known (httpx's public ``aclose()``)."""
+        responses, self._attempt.responses = self._attempt.responses, []
+        for ref in responses:
+            response = ref()
+            if response is not None and not response.is_closed:
+                await response.aclose()
+
     def watch(self, counted: Counted, model: object) -> None:
         """Count in ``counted.requests`` each request the attempt sends to ``model``, from 0,
         when ``model`` is adapted; else set it to ``None`` (not known).
@@ -409,6 +421,7 @@ class _Attempt:
     timeout: float | None
     held: list[tuple[_Pool, _Entry]] = field(default_factory=list)
     counted: Counted | None = None
+    responses: list[weakref.ref[httpx2.Response]] = field(default_factory=list)
 
     def unwatch(self) -> None:
         """Its client does not report its requests: they are not known."""
@@ -473,7 +486,7 @@ class _Pool:
         ``built``'s, and its requests are not counted as they go out.
         """
         if traced:
-            hooks = {"request": [_trace_request]}
+            hooks = {"request": [_trace_request], "response": [_keep_response]}
             http = library.DefaultAsyncHttpxClient(event_hooks=hooks)
             client = built.with_options(max_retries=0, http_client=http)
             self._close(built)
@@ -555,6 +568,18 @@ async def _trace_request(request: httpx2.Request) -> None:
         await theirs(event, info)
 
     request.extensions["trace"] = both
+
+
+async def _keep_response(response: httpx2.Response) -> None:
+    """The response event hook of the pooled HTTP clients: the attempt whose request it
+    answers keeps it (weakly), so that it can close it if its caller leaves its stream part
+    way (``OpenAttempt.close_responses``)."""
+    attempt = _ATTEMPT.get()
+    if attempt is None:
+        return
+    kept = attempt.responses
+    kept[:] = [ref for ref in kept if (open_ := ref()) is not None and not open_.is_closed]
+    kept.append(weakref.ref(response))
 
 
 async def _close_at_loop_end(pool: _Pool) -> AsyncIterator[None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import weakref
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -80,12 +81,16 @@ class Target:
         tasks: The tasks that started prompts or chains of the group: the group's end waits
             for them (all but its own).
         open_chains: The iterations of the group's chains that have not ended yet.
+        finishing: Responses the group's chains left part way, each read to its end in a
+            task of its own that holds the response's place under the model's limits until
+            then; the task's result is the error that ended it, if any (``finish_later``).
     """
 
     __slots__ = (
         "actor",
         "datasette",
         "ended",
+        "finishing",
         "group",
         "model_id",
         "open_chains",
@@ -108,6 +113,7 @@ class Target:
         self.ended = False
         self.tasks: set[asyncio.Task[object]] = set()
         self.open_chains: set[OpenChain] = set()
+        self.finishing: dict[AsyncResponse, asyncio.Task[Exception | None]] = {}
 
     def __repr__(self) -> str:
         # Never show the key.
@@ -138,6 +144,13 @@ class Target:
             merged["key"] = routed.key
         return merged
 
+    def finish_later(self, response: AsyncResponse, release: Callable[[], None]) -> None:
+        """Read ``response``, which a chain of the group left part way, to its end now, in a
+        task of its own that gives back its place (``release``) once it has ended: the group
+        finishes every response, and the place is held while the request runs."""
+        task = asyncio.get_running_loop().create_task(_read_to_end(response, release))
+        self.finishing[response] = task
+
     def enlist(self) -> None:
         """Refuse a prompt once the group has ended; count the calling task in the group."""
         if self.ended:
@@ -164,6 +177,16 @@ class Target:
         """Make ``response.reply()`` take ``send`` too, so replies run the hooks and use the key."""
         response.reply = _Replier(self, response)  # type: ignore[method-assign]
         return response
+
+
+async def _read_to_end(response: AsyncResponse, release: Callable[[], None]) -> Exception | None:
+    try:
+        await response.text()
+    except Exception as error:
+        return error
+    finally:
+        release()
+    return None
 
 
 async def prompt_model(

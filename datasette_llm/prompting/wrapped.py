@@ -6,8 +6,11 @@ caller, the chain goes on, on the same model or the next fallback
 (``datasette_llm.prompting.attempts``), from that step: the first step starts again, a later one
 is sent with the messages llm built for it, so no tool runs twice. Once an item has reached the
 caller, a failure ends the chain: no text is repeated. Each step's request holds a place under
-its model's limits (``rpm``, ``concurrency``) until its response has completed; the prompt's
-deadline bounds the whole chain; a spent budget refuses it before anything is sent.
+its model's limits (``rpm``, ``concurrency``) until its response has completed, or has been
+closed when its caller left the chain part way; the prompt's deadline bounds the whole chain,
+and time running out while no request is under way (a tool running, a step waiting for its
+place) ends it with ``timeout``, no row, no retry; a spent budget refuses it before anything is
+sent, and each later step is admitted under the budget before it is sent.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 from ..provider_errors import ProviderError, classify
 from .attempts import Clock, Settle, cooled_meanwhile, run_attempts, within
 from .clients import OpenAttempt
-from .limits import CooledMeanwhile, Gate, Release, gate_for
+from .limits import CooledMeanwhile, Gate, LimitsTimeout, Release, gate_for
 from .metering import Meter, Started
 from .results import Group
 from .send import (
@@ -65,6 +68,15 @@ ChainStarter = Callable[["Routed", "list[Any] | None"], "AsyncChainResponse"]
 messages, from them (the messages of a failed later step) instead of the chain's prompt."""
 
 Item = TypeVar("Item")
+
+
+class _Ended(Exception):
+    """Raised by a chain's attempt to end the chain with ``failure`` at once, as no
+    provider's failure is (no retry, no fallback, no row): its time ran out while a tool ran."""
+
+    def __init__(self, failure: ProviderError) -> None:
+        super().__init__(failure)
+        self.failure = failure
 
 
 class _Primed(Generic[Item]):
@@ -181,18 +193,20 @@ class WrappedChainResponse:
                     self._hook_error = error
                     raise
                 try:
-                    self._started.received.sent = True  # the hooks are in: llm sends it now
                     async with aclosing(self._inner_responses()) as inner:
                         step = 0
                         async for response in inner:
                             step += 1
-                            if step > 1:  # a later step: a request of its own
+                            if step > 1:  # a later step: a request of its own, under the budget
+                                self._meter.settle()  # the last step is charged: its hold goes
+                                await self._meter.admit()
+                            release = await self._place()
+                            if step > 1:
                                 begun = self._started
                                 self._started = Started.now(begun.attempt, begun.fell_back_from)
-                                self._started.received.sent = True
                                 if self._open is not None:
                                     self._open.watch(self._started.received, self._routed.model)
-                            release = await self._place()
+                            self._started.received.sent = True  # its place taken: llm sends it
                             try:
                                 # llm does not annotate on_done; the place is held until then.
                                 await response.on_done(self._step_done(release))  # type: ignore[no-untyped-call]
@@ -204,7 +218,15 @@ class WrappedChainResponse:
                                 finally:
                                     self._suspended = False
                             finally:
-                                release()
+                                if not self._in_flight or not _under_way(response):
+                                    release()
+                                elif target.group is not None:
+                                    # Left part way in a group, which finishes every response:
+                                    # read to its end now, holding its place until then.
+                                    target.finish_later(response, release)
+                                else:  # left part way: its request ends now
+                                    await _close(response, self._open)
+                                    release()
                 finally:
                     # Before the hooks' contexts exit, so they see it.
                     self._result.chain_complete = True
@@ -218,6 +240,19 @@ class WrappedChainResponse:
         if attempts and attempts[-1].error is None:
             duration = time.monotonic() - self._attempt_began
             attempts[-1] = dataclasses.replace(attempts[-1], error=failure.kind, duration=duration)
+
+    def _timed_out(self, error: Exception) -> ProviderError:
+        """The ``timeout`` a chain ends with when its time ran out while none of its requests
+        was under way (``error``): a tool was running, or a later step waited for its place
+        under the model's limits. It is no request's failure: no row, no retry."""
+        model_id = self._routed.resolution.model_id
+        return ProviderError(
+            "timeout",
+            model_id,
+            f"the chain on {model_id!r} ran out of time while none of its requests was under way "
+            "(a tool running, or a step waiting for its place under the model's limits); not "
+            "tried again, which would run its tools again",
+        )
 
     def _gate(self, routed: Routed) -> Gate:
         return gate_for(self._target.datasette, routed)
@@ -305,9 +340,15 @@ class WrappedChainResponse:
                 failure: ProviderError | None = None
                 if error is self._hook_error:
                     pass  # a hook's, as it is
+                elif not self._in_flight and isinstance(error, TimeoutError | LimitsTimeout):
+                    # No request under way: the time ran out while a tool ran, or a later step
+                    # waited for its place. No row; not retried (its tools would run again).
+                    ended = self._timed_out(error)
+                    await self.abandon(ended)
+                    raise _Ended(ended) from None
                 elif isinstance(error, ProviderError):
                     failure = error
-                elif self._in_flight or isinstance(error, TimeoutError):
+                elif self._in_flight:
                     key_from = routed.resolution.key.described()
                     failure = classify(error, routed.resolution.model_id, key_from)
                 # else no request's: a tool's (llm.PauseChain...), as it is
@@ -335,8 +376,12 @@ class WrappedChainResponse:
             return _Primed(first, stream, attempt)
 
         self._clock = clock = Clock.start(self._meter)
-        # The budget's reservation is held until the whole chain has ended, every step of it.
-        primed = await run_attempts(self._meter, once, clock, slots=False, settle=False)
+        # The budget's reservation is held until the chain has ended (each later step holds
+        # its own, from when it is admitted until the next: ``_run``).
+        try:
+            primed = await run_attempts(self._meter, once, clock, slots=False, settle=False)
+        except _Ended as ended:
+            raise ended.failure.with_attempts(tuple(self._result.attempts)) from None
         failure: ProviderError | None = None
         rest, attempt = primed.rest, primed.attempt
         try:
@@ -353,13 +398,18 @@ class WrappedChainResponse:
                     self._started.received.chunk()
                 yield item
         except Exception as error:
-            if not self._in_flight and not isinstance(error, TimeoutError):
+            if self._in_flight:  # a request's failure: its row, its model's limits
+                resolution = self._routed.resolution
+                failure = classify(error, resolution.model_id, resolution.key.described())
+                await self._gate(self._routed).record(failure)
+                self._meter.failure(self._routed, self._started, failure.kind, failure)
+            elif isinstance(error, TimeoutError | LimitsTimeout):
+                # The deadline passed while a tool ran or a step waited for its place: no
+                # request failed, so no row, and nothing for the model's limits.
+                failure = self._timed_out(error)
+            else:
                 await self.abandon(error)
-                raise  # no request's: a tool's, or a wait for a place past the deadline
-            resolution = self._routed.resolution
-            failure = classify(error, resolution.model_id, resolution.key.described())
-            await self._gate(self._routed).record(failure)
-            self._meter.failure(self._routed, self._started, failure.kind, failure)
+                raise  # no request's: a tool's error, or the budget refusing a later step
             self._failed_after_all(failure)
             await self.abandon(error)  # the hooks exit seeing the failure in the result
             if failure.kind == "unknown":
@@ -407,6 +457,27 @@ class WrappedChainResponse:
 def _events(chain: AsyncChainResponse) -> AsyncIterator[StreamEvent]:
     stream: Callable[[], AsyncIterator[StreamEvent]] = chain.astream_events  # llm leaves it untyped
     return stream()
+
+
+def _under_way(response: AsyncResponse) -> bool:
+    """Whether ``response``'s model is still sending it: neither completed nor ended by an
+    error or a cancellation (llm's generator for it, ``_generator``, is still suspended)."""
+    generator = getattr(response, "_generator", None)
+    return generator is not None and getattr(generator, "ag_frame", None) is not None
+
+
+async def _close(response: AsyncResponse, attempt: OpenAttempt | None) -> None:
+    """End ``response``'s request, left part way by its caller (``break``, ``aclose()``),
+    before its place under the model's limits is given back: its model's generator is closed,
+    as llm's own ``astream_events()`` closes it (llm has no public way to close a response; the
+    generator is the one it keeps for it, ``_generator``), and, for an adapted model, the HTTP
+    response too, so the connection closes now and the provider stops sending (the client
+    library would close it only once the garbage collector has collected its stream)."""
+    generator: AsyncGenerator[object, None] | None = getattr(response, "_generator", None)
+    if generator is not None and not getattr(generator, "ag_running", False):
+        await generator.aclose()  # (running: it is ending of its own, as a cancellation ends it)
+    if attempt is not None:
+        await attempt.close_responses()
 
 
 async def _first(stream: AsyncIterator[Item]) -> object:

@@ -223,3 +223,162 @@ async def test_the_pooled_client_a_chain_streams_from_is_not_closed_until_its_st
     await asyncio.sleep(0.05)
     assert client.is_closed()  # closed once the chain's stream ended
     assert [row.outcome for row in await LLM(ds).usage_records()] == ["ok"]
+
+
+# A chain its caller leaves, or whose time runs out between its requests.
+
+
+@pytest.fixture
+def tooled(llm_user_dir: Path) -> Iterator[Provider]:
+    with serve() as running:
+        write_extra_models(llm_user_dir, running, supports_tools=True, primary_gpt=None)
+        yield running
+
+
+async def _leave(chain: WrappedChainResponse, way: str) -> None:
+    """Take the chain's first item, then leave: ``break`` out of ``async for``, or close an
+    ``astream_events()`` iterator."""
+    if way == "async for":
+        async for _ in chain:
+            break
+        return
+    events = chain.astream_events()
+    await anext(aiter(events))
+    await events.aclose()  # type: ignore[attr-defined]  # an asynchronous generator
+
+
+@pytest.mark.parametrize("way", ["async for", "events"])
+async def test_a_chain_left_part_way_ends_its_request_before_it_gives_back_its_place(
+    make_datasette: MakeDatasette, provider: Provider, way: str
+) -> None:
+    provider.script = [Reply(text=" ".join(f"w{n}" for n in range(10)), interval=0.1)]
+    provider.default = Reply(text="next")
+    limited = {"model": "primary-gpt", "concurrency": 1}
+    ds = make_datasette({**PRICED, "purposes": {"p": {"model": limited}}})
+    model = await LLM(ds).model(purpose="p")
+    chain = model.chain("go")  # kept, as code holding it in a variable keeps it
+    await _leave(chain, way)
+    await asyncio.sleep(0)  # the iterator left by `break` is closed by the event loop
+    assert await (await model.prompt("then")).text() == "next"
+    await asyncio.sleep(1.2)  # what the first answer had left to send
+    # The first request's connection was closed (the provider saw the client hang up): it
+    # was not left streaming beside the next one, which its place let go.
+    assert (provider.counts.abandoned, provider.counts.ok) == (1, 1)
+    assert chain.result.chain_complete
+    rows = await LLM(ds).usage_records()
+    assert sorted(row.outcome for row in rows) == ["cancelled", "ok"]
+    assert len(rows) == len(provider.requests)
+
+
+async def test_a_chain_left_part_way_in_a_group_is_read_to_its_end_holding_its_place(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    # A group finishes every response: the one its chain left is read to its end at once,
+    # holding its place meanwhile, so the next prompt of the block waits for it (and is not
+    # stuck behind a place held until the block has ended).
+    provider.script = [Reply(text=" ".join(f"w{n}" for n in range(10)), interval=0.1)]
+    provider.default = Reply(text="next")
+    limited = {"model": "primary-gpt", "concurrency": 1}
+    ds = make_datasette({**PRICED, "purposes": {"p": {"model": limited}}})
+    async with LLM(ds).group(purpose="p") as model:
+        async for _ in model.chain("go"):
+            break
+        began = time.monotonic()
+        text = await asyncio.wait_for((await model.prompt("then")).text(), 5)
+        waited = time.monotonic() - began
+    assert text == "next"
+    assert waited > 0.5, waited  # the first answer had about 0.9 s left to send
+    assert (provider.counts.ok, provider.counts.abandoned) == (2, 0)
+
+
+async def _slow_lookup(query: str) -> str:
+    """Look something up, slowly."""
+    await asyncio.sleep(2)
+    return f"found {query}"
+
+
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_deadline_passing_while_a_tool_runs_ends_the_chain_with_no_row_of_its_own(
+    make_datasette: MakeDatasette, tooled: Provider, way: str
+) -> None:
+    tooled.script = [Reply(tool_call=("_slow_lookup", {"query": "rows"}))]
+    purpose = {"model": "primary-gpt", "deadline": 1, "retries": 0}
+    ds = make_datasette({**PRICED, "purposes": {"p": purpose}})
+    model = await LLM(ds).model(purpose="p")
+    began = time.monotonic()
+    with pytest.raises(ProviderError) as raised:
+        await consume(model.chain("go", tools=[_slow_lookup]), way)
+    assert raised.value.kind == "timeout"
+    assert time.monotonic() - began < 1.6
+    # One request (the tool call), one row: none for the time that ran out in the tool.
+    assert len(tooled.requests) == 1
+    assert [row.outcome for row in await LLM(ds).usage_records()] == ["ok"]
+
+
+async def test_a_timeout_passing_while_a_tool_runs_is_not_retried_which_would_run_it_again(
+    make_datasette: MakeDatasette, tooled: Provider
+) -> None:
+    runs: list[str] = []
+
+    async def slow_lookup(query: str) -> str:
+        """Look something up, slowly."""
+        runs.append(query)
+        await asyncio.sleep(2)
+        return f"found {query}"
+
+    tooled.script = [Reply(tool_call=("slow_lookup", {"query": "rows"}))] * 2
+    purpose = {"model": "primary-gpt", "timeout": 1, "retries": 1}
+    ds = make_datasette({**PRICED, "purposes": {"p": purpose}})
+    model = await LLM(ds).model(purpose="p")
+    with pytest.raises(ProviderError) as raised:
+        await model.chain("go", tools=[slow_lookup]).text()  # its first item: after the tool
+    assert raised.value.kind == "timeout"
+    assert runs == ["rows"]
+    assert len(tooled.requests) == 1
+    assert [row.outcome for row in await LLM(ds).usage_records()] == ["ok"]
+
+
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_later_step_whose_turn_would_pass_the_deadline_is_not_sent_and_has_no_row(
+    make_datasette: MakeDatasette, tooled: Provider, way: str
+) -> None:
+    tooled.script = [Reply(tool_call=("lookup", {"query": "rows"}))]
+    limited = {"model": "primary-gpt", "rpm": 2}  # a turn every 30 s
+    ds = make_datasette({**PRICED, "purposes": {"p": {"model": limited, "deadline": 2}}})
+    model = await LLM(ds).model(purpose="p")
+    with pytest.raises(ProviderError) as raised:
+        await consume(model.chain("go", tools=[lookup]), way)
+    assert raised.value.kind == "timeout"
+    assert len(tooled.requests) == 1
+    assert [row.outcome for row in await LLM(ds).usage_records()] == ["ok"]
+
+
+async def test_each_step_of_a_chain_is_admitted_under_the_budget_and_holds_its_estimate(
+    make_datasette: MakeDatasette, tooled: Provider
+) -> None:
+    # Every request asks for a tool call (3 input and 5 output tokens, as the provider reports
+    # them) and the chains stop at their fourth: four requests each, each costing exactly the
+    # estimate (the prompt's 3 bytes, max_tokens 5, at the price). The budget: 9.5 estimates.
+    tooled.default = Reply(tool_call=("lookup", {"query": "rows"}))
+    estimate = (3 * 2.0 + 5 * 8.0) / 1_000_000
+    budget = 9.5 * estimate
+    purpose = {
+        "model": {"model": "primary-gpt", "options": {"max_tokens": 5}},
+        "budget": {"usd": budget, "per": "day"},
+    }
+    pricing = {"primary-gpt": {"input": 2.0, "output": 8.0}}
+    ds = make_datasette({"pricing": pricing, "purposes": {"p": purpose}})
+    model = await LLM(ds).model(purpose="p")
+
+    async def one() -> None:
+        # Refused by the budget at some step, else stopped by llm at its chain limit.
+        with pytest.raises((BudgetExceededError, ValueError)):
+            await model.chain("p00", tools=[lookup], chain_limit=4).text()
+
+    await asyncio.gather(*(one() for _ in range(30)))
+    rows = await LLM(ds).usage_records()
+    assert len(rows) == len(tooled.requests)
+    assert max(row.cost or 0.0 for row in rows) == pytest.approx(estimate)
+    spent = sum(row.cost or 0.0 for row in rows)
+    # Not 9 chains admitted once each and making 4 requests apiece (36 estimates).
+    assert spent <= budget + estimate + 1e-12, spent / estimate
