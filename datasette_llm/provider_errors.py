@@ -12,6 +12,7 @@ the chain.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 import traceback
 from collections.abc import Mapping
@@ -179,28 +180,46 @@ def _rebuild(
     return ProviderError(kind, model_id, detail, status=status, retry_after=retry_after)
 
 
+LONGEST_RETRY_AFTER: Final = 7 * 86_400.0
+"""The longest ``Retry-After`` taken as given, in seconds (a week): a longer one (a quota that
+resets next month) counts as this long, so that every cool-down is a number of seconds that
+any coordination can keep."""
+
+
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date): never
+    below 0 nor above ``LONGEST_RETRY_AFTER``; ``None`` for none, or for one that is no number
+    of seconds nor a date (``soon``, ``inf``, ``nan``)."""
     if headers is None:
         return None
     milliseconds = headers.get("retry-after-ms")
     if milliseconds is not None:
-        try:
-            return max(0.0, float(milliseconds) / 1000)
-        except ValueError:
-            pass
+        seconds = _number(milliseconds)
+        if seconds is not None:
+            return _bounded(seconds / 1000)
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _number(value)
+    if seconds is not None:
+        return _bounded(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return _bounded(when.timestamp() - time.time())
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _bounded(seconds: float) -> float:
+    return min(max(0.0, seconds), LONGEST_RETRY_AFTER)
 
 
 # What a provider's error says it is, in its ``type`` or ``code`` (an OpenAI-style body).

@@ -76,6 +76,15 @@ def _looks_like_a_key(name: str) -> bool:
     return len(name) >= 24 and any(c.islower() for c in name) and any(c.isdigit() for c in name)
 
 
+def _finite(value: float) -> bool:
+    """Whether ``value`` is a finite number a float can hold (YAML and JSON read a whole number
+    of any size: one beyond a float's range is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def got(value: object) -> str:
     """What a message says was found instead: the type, then the value (never a substituted one)."""
     type_name = "str" if isinstance(value, str) else type(value).__name__
@@ -208,7 +217,7 @@ class Reader:
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             self.fail(path, f"expected a positive number of {what}, got {got(value)}.")
             return None
-        if value == float("inf"):
+        if not _finite(value):
             self.fail(path, f"expected a finite number of {what}: leave it out for no limit.")
             return None
         return float(value)
@@ -556,7 +565,7 @@ class _Parser(Reader):
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
-            or not math.isfinite(value)
+            or not _finite(value)
             or value < 0
         ):
             self.fail(

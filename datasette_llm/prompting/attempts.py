@@ -176,13 +176,14 @@ class Clock:
         deadline = None if seconds is None else time.monotonic() + seconds
         return cls(deadline, resilience.max_wait)
 
-    def may_wait(self, wait: float) -> bool:
-        """Whether the prompt may wait ``wait`` seconds for a model: less than the time left
-        before its deadline; without a deadline, at most ``max_wait``."""
+    def may_wait(self, wait: float, *, waited: float = 0.0) -> bool:
+        """Whether the prompt may wait ``wait`` seconds more for a model, having waited
+        ``waited`` for it already: less than the time left before its deadline; without a
+        deadline, at most ``max_wait`` in all."""
         left = self.left()
         if left is not None:
             return wait < left
-        return wait <= self.max_wait
+        return waited + wait <= self.max_wait
 
     def left(self) -> float | None:
         """Seconds left before the deadline (``None``: no deadline)."""
@@ -517,15 +518,19 @@ class _Prompt(Generic[T]):
             ProviderError: ``rate_limit``, with nothing sent: it cools down for longer than
                 the prompt may wait.
         """
+        began = time.monotonic()
         while (wait := (claim := await gate.claim()).wait) > 0:
-            if not self.clock.may_wait(wait):
+            # Bounded in all, not each wait alone: while another try finds out whether the
+            # model has recovered, the wait is renewed until that try ends.
+            waited = time.monotonic() - began
+            if not self.clock.may_wait(wait, waited=waited):
                 model_id = routed.resolution.model_id
                 bound = "its deadline" if self.clock.deadline is not None else "max_wait"
                 raise ProviderError(
                     "rate_limit",
                     model_id,
-                    f"{model_id!r} cools down after rate limits for {wait:.3g} s more, longer "
-                    f"than {bound} lets the prompt wait",
+                    f"{model_id!r} cools down after rate limits for {wait:.3g} s more (after "
+                    f"{waited:.3g} s of waiting), longer than {bound} lets the prompt wait",
                     retry_after=wait,
                 )
             if stamina.is_testing():
@@ -570,6 +575,7 @@ class _Prompt(Generic[T]):
         result = self.meter.result
         model_id = routed.resolution.model_id
         number = len(result.attempts) + 1
+        await self.meter.admit_in_this_period()  # it is charged in the period it starts in
         begun = Started.now(number, self.fell_back_from)
         if self.clock.passed():
             raise ProviderError("timeout", model_id, "the prompt's deadline passed before this try")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..config.values import Price
 from ..log import logger
 from ..usage import telemetry
-from ..usage.budgets import Reservation, admit, charge
+from ..usage.budgets import Reservation, admit, charge, period_start
 from ..usage.ledger import ledger_for
 from ..usage.records import (
     Outcome,
@@ -202,6 +202,25 @@ class Meter:
         self.reservation = await admit(
             self.datasette, purpose, budget, estimate, time.time(), config=config
         )
+
+    async def admit_in_this_period(self) -> None:
+        """Before an attempt: when the budget's period has turned since the prompt's estimate
+        was held, hold it in the new period instead, the one the attempt is charged in
+        (its record's time is when it starts), admitted there as a new prompt would be.
+
+        Raises:
+            BudgetExceededError: The new period's budget, with what prompts in flight hold, is
+                spent.
+        """
+        reservation = self.reservation
+        if reservation is None:
+            return
+        purpose_config = self.primary.policy.config.purpose(self.primary.resolution.purpose)
+        budget = purpose_config.budget if purpose_config is not None else None
+        if budget is None or period_start(budget.per, time.time()) == reservation.hold.since:
+            return
+        self.settle()
+        await self.admit()
 
     def settle(self) -> None:
         """Release the prompt's reservation: its records count towards the spend instead.

@@ -185,6 +185,24 @@ def test_a_price_that_is_not_a_finite_number_of_zero_or_more_is_refused_with_its
     ]
 
 
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        ({"pricing": {"test-a": {"input": 10**400, "output": 1}}}, "pricing.test-a.input"),
+        ({"purposes": {"x": {"budget": {"usd": 10**400}}}}, "purposes.x.budget.usd"),
+        ({"purposes": {"x": {"max_wait": 10**400}}}, "purposes.x.max_wait"),
+        ({"purposes": {"x": {"model": {"model": "m", "rpm": 10**400}}}}, "purposes.x.model.rpm"),
+    ],
+)
+def test_a_whole_number_too_large_for_a_float_is_a_problem_with_its_path(
+    raw: dict[str, Any], path: str
+) -> None:
+    # YAML and JSON read a whole number of any size; it is refused as the number it is.
+    [problem] = problems(raw)
+    assert problem.startswith(f"plugins.datasette-llm.{path}: expected ")
+    assert "finite number" in problem
+
+
 @pytest.mark.parametrize(("per", "days"), [("day", 1), ("week", 7), ("month", 31)])
 def test_retention_shorter_than_a_budget_period_is_refused_naming_both_paths(
     per: str, days: int

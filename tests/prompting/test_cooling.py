@@ -163,6 +163,27 @@ async def test_a_cool_down_longer_than_max_wait_without_fallback_on_rate_limit_r
     assert backup_requests() == 0
 
 
+async def test_max_wait_bounds_the_whole_wait_while_a_slow_try_finds_out_if_the_model_recovered(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    ds = make_datasette(config(fallback_on=[], max_wait=1, retries=0))
+    model = await LLM(ds).model(purpose="summaries")
+    provider.script = [too_many("0.3"), Reply(text="the slow answer", delay=6)]
+    with pytest.raises(ProviderError, match="rate_limit"):
+        await model.prompt("hi")  # the model cools down for 0.3 s
+    await asyncio.sleep(0.4)
+    probe = asyncio.ensure_future(model.prompt("probe"))  # finds out, slowly
+    while len(provider.requests) < 2:
+        await asyncio.sleep(0.01)
+    began = time.monotonic()
+    with pytest.raises(ProviderError, match="cools down after rate limits") as raised:
+        await model.prompt("next")  # waits for the probe, one renewed wait after another
+    assert raised.value.kind == "rate_limit"
+    assert time.monotonic() - began < 2.5  # max_wait in all, not the probe's 6 s
+    assert len(provider.requests) == 2  # nothing sent for it
+    assert await (await probe).text() == "the slow answer"
+
+
 class Refuses:
     """Refuses the next attempt on the primary, as a budget hook does."""
 

@@ -21,7 +21,7 @@ from datasette.utils.asgi import Response
 
 from datasette_llm import LLM, ProviderError
 from datasette_llm.log import remember
-from datasette_llm.provider_errors import RedactedError, classify, redacted
+from datasette_llm.provider_errors import LONGEST_RETRY_AFTER, RedactedError, classify, redacted
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
@@ -111,6 +111,27 @@ def test_retry_after_is_read_in_seconds_milliseconds_or_as_a_date() -> None:
     assert error.retry_after == 0
     error = classify(status_error(openai.RateLimitError, 429, **{"retry-after": "soon"}), "m")
     assert error.retry_after is None
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "infinity"])
+def test_a_retry_after_that_is_no_number_of_seconds_is_none(value: str) -> None:
+    for header in ("retry-after", "retry-after-ms"):
+        error = classify(status_error(openai.RateLimitError, 429, **{header: value}), "m")
+        assert error.retry_after is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": "1e15"},
+        {"retry-after": "99999999999"},
+        {"retry-after-ms": "1e18"},
+        {"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"},
+    ],
+)
+def test_a_retry_after_beyond_a_week_counts_as_a_week(headers: dict[str, str]) -> None:
+    error = classify(status_error(openai.RateLimitError, 429, **headers), "m")
+    assert error.retry_after == LONGEST_RETRY_AFTER == 7 * 86_400
 
 
 def test_anything_else_is_unknown() -> None:

@@ -206,3 +206,35 @@ def test_an_amount_below_a_hundredth_of_a_cent_does_not_read_as_nothing() -> Non
         "$0.5000",
         "$1,234.50",
     ]
+
+
+async def test_a_prompt_whose_retry_starts_in_a_new_period_holds_its_estimate_there(
+    make_datasette: MakeDatasette, provider: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wall clock, half a second before a UTC midnight. Three prompts are admitted on the
+    # day ending; the provider rate-limits them for 1.5 s, so their retries start on the new
+    # day, where they are charged (a row's time is when its attempt starts). Ten more prompts
+    # start on the new day before those retries. The new day spends at most its budget and
+    # one estimate: the retries are admitted there as new prompts are, not charged to a day
+    # on which nothing held their estimate (then the day spent six prompts' worth).
+    real = time.time
+    offset = (real() // 86_400 + 1) * 86_400 - 0.5 - real()
+    monkeypatch.setattr(time, "time", lambda: real() + offset)
+    ds = make_datasette(config({"usd": 3 * ONE_PROMPT, "estimate_usd": ONE_PROMPT}))
+    provider.script = [Reply(status=429, message="slow down", headers={"retry-after": "1.5"})] * 3
+    model = await LLM(ds).model(purpose="summaries")
+
+    async def one(number: int) -> str:
+        return await (await model.prompt(f"prompt {number}")).text()
+
+    ending_day = [asyncio.ensure_future(one(number)) for number in range(3)]
+    await asyncio.sleep(1.0)  # the new day has begun
+    new_day = period_start("day", time.time())
+    assert new_day > real() + offset - 1.0
+    outcomes = await asyncio.gather(*(one(number) for number in range(10)), return_exceptions=True)
+    outcomes += await asyncio.gather(*ending_day, return_exceptions=True)
+    await settled(ds)
+    rows = await LLM(ds).usage_records()
+    spent_new_day = sum(row.cost or 0.0 for row in rows if row.time >= new_day)
+    assert spent_new_day <= 4 * ONE_PROMPT + 1e-12, spent_new_day / ONE_PROMPT
+    assert all(isinstance(o, str | BudgetExceededError) for o in outcomes), outcomes
