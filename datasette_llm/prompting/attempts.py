@@ -209,6 +209,7 @@ async def run_attempts(
     *,
     slots: bool = True,
     settle: bool = True,
+    before: Callable[[], Awaitable[None]] | None = None,
 ) -> T:
     """Try the routed model, then its fallbacks, until one answers; record every attempt.
 
@@ -221,7 +222,10 @@ async def run_attempts(
     budgeted purpose's prompt holds its estimate of the budget until this returns or raises;
     with ``settle=False``, until the caller settles it (``Meter.settle``) once its call has
     ended, when it goes on after this returns (a chain's later steps). It is settled here
-    whenever this raises.
+    whenever this raises. ``before`` runs once the prompt is admitted, before its first
+    attempt, outside any place under a model's limits, within its deadline (a reply's
+    pending tool calls): the deadline passing meanwhile ends the prompt with ``timeout``,
+    nothing sent, no row.
 
     Raises:
         ProviderError: The last failure, with every attempt (``attempts``), once routing has
@@ -229,7 +233,7 @@ async def run_attempts(
         BudgetExceededError: The purpose's budget refuses, or is why nothing was tried.
     """
     try:
-        answer = await _attempts(meter, once, clock or Clock.start(meter), slots)
+        answer = await _attempts(meter, once, clock or Clock.start(meter), slots, before)
     except BaseException:
         meter.settle()
         raise
@@ -238,12 +242,28 @@ async def run_attempts(
     return answer
 
 
-async def _attempts(meter: Meter, once: Once[T], clock: Clock, slots: bool) -> T:
+async def _attempts(
+    meter: Meter,
+    once: Once[T],
+    clock: Clock,
+    slots: bool,
+    before: Callable[[], Awaitable[None]] | None,
+) -> T:
     datasette, primary, actor, result = meter.datasette, meter.primary, meter.actor, meter.result
     settings = primary.policy.resilience
     prompt = _Prompt(settings, clock, meter, once, slots)
     plan: tuple[str, ...] = (primary.resolution.model_id, *primary.resolution.fallbacks)
     refused = await _over_budget(meter)
+    if before is not None:
+        try:
+            await within(before(), clock.left())
+        except TimeoutError:
+            model_id = primary.resolution.model_id
+            raise ProviderError(
+                "timeout",
+                model_id,
+                "the prompt's deadline passed before anything was sent (its tool calls ran)",
+            ) from None
     why: str | None = None  # why the routed model did not answer, once it has not
     if refused is not None:
         plan = plan[1:]  # then: fallback (then: refuse has raised)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -208,26 +208,47 @@ def in_conversation(conversation: AsyncConversation) -> Sender:
 
 
 class _Reply:
-    """A ``Sender`` for a reply to ``response``: llm builds the reply's messages once (running
-    any pending tool calls once), and each attempt sends those messages to its model."""
+    """A ``Sender`` for a reply to ``response``: its pending tool calls run once, before any
+    attempt (``run_tools``); llm builds the reply's messages once, and each attempt sends them
+    to its model with that model's options.
 
-    __slots__ = ("_first", "_response")
+    ``asked``: the caller's keyword arguments of the reply (without the configured options of
+    any model: a reply to a fallback's response is built on the fallback).
+    """
 
-    def __init__(self, response: AsyncResponse) -> None:
+    __slots__ = ("_asked", "_first", "_response", "_tool_results")
+
+    def __init__(self, response: AsyncResponse, asked: dict[str, Any]) -> None:
         self._response = response
+        self._asked = asked
         self._first: AsyncResponse | None = None
+        self._tool_results: list[llm.ToolResult] | None = None
+
+    async def run_tools(self) -> None:
+        """Run the response's pending tool calls (once, before the attempts: outside any
+        place under a model's limits, within the prompt's deadline)."""
+        asked = self._asked
+        if "tool_results" in asked or not await self._response.tool_calls():
+            return
+        tools = asked.get("tools")
+        self._tool_results = await self._response.execute_tool_calls(tools=tools)
 
     async def __call__(
         self, model: AsyncModel, prompt: str | None, kwargs: dict[str, Any]
     ) -> AsyncResponse:
         response = self._response
-        if self._first is None:
-            self._first = await llm.AsyncResponse.reply(response, prompt, **kwargs)
-            if model is response.model:
-                return self._first
         if "tools" not in kwargs and response.prompt.tools:
             kwargs = {**kwargs, "tools": response.prompt.tools}
-        kwargs.pop("options", None)
+        if self._first is None:
+            # Built on the model that gave the response: with this attempt's options when it
+            # is that model, else with the caller's alone (another model's are not its own).
+            built = kwargs if model is response.model else dict(self._asked)
+            if self._tool_results is not None:
+                built = {**built, "tool_results": self._tool_results}
+            self._first = await llm.AsyncResponse.reply(response, prompt, **built)
+            if model is response.model:
+                return self._first
+        kwargs = {key: value for key, value in kwargs.items() if key != "tool_results"}
         return model.prompt(messages=self._first.prompt.messages, **kwargs)
 
 
@@ -254,7 +275,8 @@ class _Replier:
 async def _reply(
     target: Target, response: AsyncResponse, prompt: str | None = None, **kwargs: Any
 ) -> AsyncResponse:
-    return await send(target, _Reply(response), prompt, kwargs)
+    sender = _Reply(response, kwargs)
+    return await send(target, sender, prompt, kwargs, before=sender.run_tools)
 
 
 async def _complete(response: AsyncResponse, received: Received) -> float | None:
@@ -314,9 +336,17 @@ async def _attempt(
 
 
 async def send(
-    target: Target, sender: Sender, prompt: str | None, kwargs: dict[str, Any]
+    target: Target,
+    sender: Sender,
+    prompt: str | None,
+    kwargs: dict[str, Any],
+    *,
+    before: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncResponse:
     """Send one prompt, retrying and falling back as configured; return its completed response.
+
+    ``before``: what runs once the prompt is admitted under its budget, before any attempt,
+    within its deadline (a reply's pending tool calls: ``run_attempts``).
 
     Raises:
         ProviderError: Every attempt failed (``attempts`` lists them).
@@ -334,4 +364,4 @@ async def send(
             target, routed, sender, prompt, kwargs, meter, timeout, started, settle
         )
 
-    return await run_attempts(meter, once)
+    return await run_attempts(meter, once, before=before)

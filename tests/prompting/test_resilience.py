@@ -280,6 +280,41 @@ async def test_a_reply_falls_back_with_the_messages_llm_built_for_it(
     assert sent == ["first question", "first answer", "and then?"]
 
 
+async def test_a_reply_retried_keeps_the_caller_s_options(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    model = await LLM(make_datasette(config(retries=1))).model(purpose="summaries")
+    provider.script = [Reply(text="first answer")]
+    first = await model.prompt("first question")
+    provider.script = [FAILURES["server_error"], Reply(text="the reply")]
+    reply = await first.reply("and then?", options={"temperature": 0.25, "max_tokens": 7})
+    assert await reply.text() == "the reply"
+    sent = [
+        (seen.body.get("temperature"), seen.body.get("max_tokens")) for seen in provider.requests
+    ]
+    assert sent == [(None, None), (0.25, 7), (0.25, 7)]  # the retry's too
+
+
+async def test_a_reply_to_a_fallback_s_answer_is_built_without_the_routed_model_s_options(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    # The routed model's configured option is not one the fallback's model takes: the reply is
+    # built on the model that answered (the fallback) with the caller's options alone, then sent
+    # to the routed model with its own.
+    purpose = {"model": {"model": "primary-gpt", "options": {"seed": 42}}}
+    ds = make_datasette(config(**purpose, fallbacks=["test-answers"]))
+    model = await LLM(ds).model(purpose="summaries")
+    provider.script = [FAILURES["server_error"]]
+    first = await model.prompt("first question")
+    assert (await first.text(), first.model.model_id) == ("the answer", "test-answers")
+    provider.script = [Reply(text="the reply")]
+    reply = await first.reply("and then?")
+    assert await reply.text() == "the reply"
+    assert provider.requests[-1].body["seed"] == 42
+    sent = [message["content"] for message in provider.requests[-1].body["messages"]]
+    assert sent == ["first question", "the answer", "and then?"]
+
+
 async def test_prompts_of_a_group_fall_back_and_the_group_holds_only_the_answers(
     make_datasette: MakeDatasette, provider: Provider
 ) -> None:
@@ -551,3 +586,44 @@ async def test_a_later_step_failing_with_no_fallback_raises_the_provider_error(
         await model.chain("count the rows", tools=[lookup]).text()
     assert raised.value.kind == "server_error"
     assert TOOL_RUNS == ["rows"]
+
+
+async def _slow_lookup(query: str) -> str:
+    """Look something up, slowly."""
+    TOOL_RUNS.append(query)
+    await asyncio.sleep(3)
+    return f"found {query}"
+
+
+@pytest.fixture
+def tooled(llm_user_dir: Path) -> Iterator[Provider]:
+    with serve() as running:
+        write_extra_models(llm_user_dir, running, supports_tools=True, primary_gpt=None)
+        yield running
+
+
+async def test_a_reply_s_tool_calls_run_once_before_its_attempts_within_the_deadline(
+    make_datasette: MakeDatasette, tooled: Provider
+) -> None:
+    purpose = {"model": {"model": "primary-gpt", "concurrency": 1}, "deadline": 1}
+    ds = make_datasette({"purposes": {"p": purpose}})
+    model = await LLM(ds).model(purpose="p")
+    tooled.script = [Reply(tool_call=("_slow_lookup", {"query": "rows"}))]
+    first = await model.prompt("count the rows", tools=[_slow_lookup])
+    began = asyncio.get_running_loop().time()
+    with pytest.raises(ProviderError) as raised:
+        await first.reply()  # runs the tool, which takes 3 s
+    assert raised.value.kind == "timeout"
+    assert asyncio.get_running_loop().time() - began < 1.6  # not the tool's 3 s, then a request
+    assert TOOL_RUNS == ["rows"]
+    assert len(tooled.requests) == 1  # nothing sent for the reply
+    assert [row.outcome for row in await LLM(ds).usage_records()] == ["ok"]
+    # Its tool ran outside the model's place: another prompt was not kept waiting by it.
+    tooled.script = [Reply(tool_call=("_slow_lookup", {"query": "more"}))]
+    second = await model.prompt("count again", tools=[_slow_lookup])
+    replying = asyncio.ensure_future(second.reply())
+    await asyncio.sleep(0.2)  # its tool is running
+    tooled.script = [Reply(text="meanwhile")]
+    assert await asyncio.wait_for((await model.prompt("anything else")).text(), 0.9) == "meanwhile"
+    with pytest.raises(ProviderError):
+        await replying
