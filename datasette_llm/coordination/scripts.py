@@ -31,6 +31,7 @@ __all__ = [
     "PACE",
     "RECOVERED",
     "RENEW",
+    "RENEW_PROBES",
     "RESERVE",
     "SETTLE",
 ]
@@ -158,6 +159,19 @@ if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return {1, '0'}
 return {0, ARGV[1]}
 """
 )
+
+RENEW_PROBES: Final = """
+-- KEYS[i]: P:cool:MODEL:probe; ARGV[1]: ms each has from now; ARGV[i + 1]: the token this
+-- process claimed it with. Keeps each probe that is still that token's; returns how many.
+local kept = 0
+for index, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[index + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    kept = kept + 1
+  end
+end
+return kept
+"""
 
 HAND_ON: Final = """
 -- KEYS[1]: P:cool:MODEL:probe. ARGV[1]: the probe's token. Ends the probe if it is that one.

@@ -62,10 +62,9 @@ __all__ = [
 
 INSTALL: Final = "pip install 'datasette-llm[redis]'"
 _LEASE_SECONDS: Final = 15.0
-"""How long a place under ``concurrency`` or a budget hold lasts unless renewed: renewed every
-third of it while held, so the places of a process that died come back within this."""
-_PROBE_SECONDS: Final = 60.0
-"""How long a probe's claim lasts if its process never ends it."""
+"""How long a place under ``concurrency``, a budget hold or a probe of a cooled model lasts
+unless renewed: renewed every third of it while held, so what a process that died held comes
+back within this."""
 _STREAK_SECONDS: Final = 3600.0
 """How long a model's rate limits in a row are remembered without a try."""
 _PERIOD_SECONDS: Final = 35 * 86_400.0
@@ -150,7 +149,7 @@ class RedisCoordinator:
     Attributes:
         settings: Where Redis is, how many processes share it, and the keys' prefix.
         local: What answers while Redis cannot be reached: ``1 / processes`` of each limit.
-        lease_seconds: How long a place or a hold lasts unless renewed.
+        lease_seconds: How long a place, a hold or a probe lasts unless renewed.
         retry_seconds: Seconds between tries to reach Redis again once it failed.
     """
 
@@ -178,6 +177,7 @@ class RedisCoordinator:
         # model -> the latest turn under its rpm this process took through Redis (monotonic)
         self._last_turns: dict[str, float] = {}
         self._holds: dict[str, tuple[str, str]] = {}  # hold id -> (its hash, its sorted set)
+        self._probes: dict[str, str] = {}  # token -> the probe key it claimed
         self._renewing: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -374,8 +374,15 @@ class RedisCoordinator:
             self._renewing = asyncio.get_running_loop().create_task(self._renew())
 
     async def _renew(self) -> None:
-        while self._leases or self._holds:
+        while self._leases or self._holds or self._probes:
             await asyncio.sleep(self.lease_seconds / 3)
+            if self._probes:
+                probes = list(self._probes.items())
+                await self._run(
+                    "RENEW_PROBES",
+                    [key for _, key in probes],
+                    [_ms(self.lease_seconds), *(token for token, _ in probes)],
+                )
             keys: list[str] = []
             ids: list[str] = []
             for lease_id, key in list(self._leases.items()):
@@ -392,8 +399,15 @@ class RedisCoordinator:
     def _cool_keys(self, model: str) -> list[str]:
         return [self._key("cool", model, part) for part in ("until", "streak", "probe")]
 
+    def _ended_probes(self, model: str) -> None:
+        """Stop renewing this process's probe of ``model``: it has ended."""
+        key = self._cool_keys(model)[2]
+        for token in [token for token, probed in self._probes.items() if probed == key]:
+            del self._probes[token]
+
     async def cool_down(self, model: str, retry_after: float | None) -> CoolDown:
         """Start or extend ``model``'s cool-down for every process; end its probe."""
+        self._ended_probes(model)
         got = await self._run(
             "COOL_DOWN",
             self._cool_keys(model),
@@ -410,6 +424,7 @@ class RedisCoordinator:
 
     async def recovered(self, model: str) -> bool:
         """End ``model``'s rate limits in a row and its probe, for every process."""
+        self._ended_probes(model)
         got = await self._run("RECOVERED", self._cool_keys(model)[1:], [])
         local = await self.local.recovered(model)
         return local if got is _DOWN else int(got) == 1 or local
@@ -424,14 +439,16 @@ class RedisCoordinator:
     async def claim(self, model: str) -> Claim:
         """Claim a try of ``model``; after rate limits, one try of all the processes probes."""
         token = uuid.uuid4().hex
+        keys = self._cool_keys(model)
         got = await self._run(
-            "CLAIM",
-            self._cool_keys(model),
-            [FIRST_COOL_DOWN * 1000, token, _ms(_PROBE_SECONDS)],
+            "CLAIM", keys, [FIRST_COOL_DOWN * 1000, token, _ms(self.lease_seconds)]
         )
         if got is _DOWN:
             return await self.local.claim(model)
         probe = int(got[0]) == 1
+        if probe:  # renewed while its try runs: one whose process died ends with the lease
+            self._probes[token] = keys[2]
+            self._renew_while_held()
         return Claim(float(got[1]) / 1000, probe, token if probe else "", shared=True)
 
     async def hand_on(self, model: str, claim: Claim) -> None:
@@ -441,6 +458,7 @@ class RedisCoordinator:
         if not claim.shared:
             await self.local.hand_on(model, claim)
             return
+        self._probes.pop(claim.token, None)
         await self._run("HAND_ON", self._cool_keys(model)[2:], [claim.token])
 
     # Budgets

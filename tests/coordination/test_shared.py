@@ -159,6 +159,33 @@ async def test_a_probe_handed_on_lets_another_process_probe(processes: Processes
     assert (await second.claim("m")).probe
 
 
+async def test_the_probe_of_a_process_that_died_ends_when_its_lease_expires(
+    processes: Processes,
+) -> None:
+    (dying,) = await processes(1, lease_seconds=0.6)
+    (survivor,) = await processes(1)
+    await dying.cool_down("m", 0.01)
+    await asyncio.sleep(0.02)
+    assert (await dying.claim("m")).probe
+    await dying.close()  # no renewal, no hand-on: as if the process were killed mid-probe
+    assert not (await survivor.claim("m")).probe  # it is out
+    await asyncio.sleep(0.8)
+    assert (await survivor.claim("m")).probe  # not a minute later: with the lease
+
+
+async def test_a_probe_under_way_longer_than_its_lease_is_renewed(processes: Processes) -> None:
+    (prober,) = await processes(1, lease_seconds=0.3)
+    (other,) = await processes(1)
+    await prober.cool_down("m", 0.01)
+    await asyncio.sleep(0.02)
+    probe = await prober.claim("m")
+    assert probe.probe
+    await asyncio.sleep(1.0)  # three leases' length: renewed meanwhile
+    assert not (await other.claim("m")).probe
+    await prober.hand_on("m", probe)
+    assert (await other.claim("m")).probe
+
+
 async def test_without_retry_after_the_cool_down_doubles_with_each_rate_limit(
     processes: Processes,
 ) -> None:
