@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
 )
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -113,7 +113,19 @@ def span_exporter() -> InMemorySpanExporter:
     exporter = own_span_exporter() if helpers is None else helpers.install_span_exporter()
     if not isinstance(exporter, InMemorySpanExporter):
         pytest.skip("A tracer provider was installed before ours: no span can be captured")
+    keep = exporter.export
+
+    def export(spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        # The tracer provider is the whole process's: the spans of tests that do not ask for
+        # them (``spans``) are not kept, or every later prompt's would pile up in memory.
+        return keep(spans) if RECORDING else SpanExportResult.SUCCESS
+
+    exporter.export = export  # type: ignore[method-assign]
     return exporter
+
+
+RECORDING: list[bool] = []
+"""Not empty while a test records spans (``spans``)."""
 
 
 @pytest.fixture(scope="session")
@@ -128,8 +140,12 @@ def metric_reader() -> InMemoryMetricReader:
 @pytest.fixture
 def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
     span_exporter.clear()
-    yield span_exporter
-    span_exporter.clear()
+    RECORDING.append(True)
+    try:
+        yield span_exporter
+    finally:
+        RECORDING.pop()
+        span_exporter.clear()
 
 
 @pytest.fixture
