@@ -161,13 +161,17 @@ class LocalCoordinator:
         if also_held is None:
             return release
         nap = POLL_FIRST
-        while self._in_use[key] + also_held() > self.places(limit):
-            left = None if within is None else within - (time.monotonic() - began)
-            if left is not None and left <= 0:
-                release()
-                return None
-            await asyncio.sleep(nap if left is None else min(nap, left))
-            nap = min(nap * 2, POLL_LONGEST)
+        try:
+            while self._in_use[key] + also_held() > self.places(limit):
+                left = None if within is None else within - (time.monotonic() - began)
+                if left is not None and left <= 0:
+                    release()
+                    return None
+                await asyncio.sleep(nap if left is None else min(nap, left))
+                nap = min(nap * 2, POLL_LONGEST)
+        except BaseException:  # cancelled while the places held elsewhere are given back
+            release()
+            raise
         return release
 
     def _releaser(self, key: tuple[str, int], semaphore: asyncio.Semaphore) -> Release:

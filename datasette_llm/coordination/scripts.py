@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ADOPT",
     "CLAIM",
     "COOL_DOWN",
     "COOLING",
@@ -45,13 +46,15 @@ PACE: Final = (
     _NOW
     + """
 -- KEYS[1]: P:rpm:MODEL. ARGV[1]: ms between requests (60000 / rpm); ARGV[2]: the longest wait
--- in ms the caller accepts, or -1 for any.
+-- in ms the caller accepts, or -1 for any; ARGV[3]: ms from now before which no turn may be
+-- (one interval after the caller's process last took a turn, which may not be in Redis).
 -- A request takes the next turn and waits until it: {1, wait ms}; when that is further away
 -- than the caller accepts, it takes nothing: {0, wait ms}.
 local interval = tonumber(ARGV[1])
 local longest = tonumber(ARGV[2])
 local turn = tonumber(redis.call('GET', KEYS[1]) or now)
-if turn < now then turn = now end
+local earliest = now + tonumber(ARGV[3])
+if turn < earliest then turn = earliest end
 local wait = turn - now
 if longest >= 0 and wait > longest then
   return {0, tostring(wait)}
@@ -80,6 +83,23 @@ local ttl = tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
 keep_at_least(KEYS[1], ttl)
 return 1
+"""
+)
+
+ADOPT: Final = (
+    _NOW
+    + _KEEP_AT_LEAST
+    + """
+-- KEYS[i]: P:leases:MODEL of a place its process took while Redis failed, whose id is
+-- ARGV[i + 1]; ARGV[1]: ms each lease has. The place is held already: it is added whatever the
+-- limit, so every process counts it from now until it is given back or its lease expires.
+local ttl = tonumber(ARGV[1])
+for index, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('ZADD', key, now + ttl, ARGV[index + 1])
+  keep_at_least(key, ttl)
+end
+return #KEYS
 """
 )
 

@@ -13,8 +13,11 @@ the coordinator local: it logs one warning, its status says why, and every call 
 Redis every ``retry_seconds``; once Redis answers, it logs that limits are shared again and
 calls go back to Redis. Places and holds taken locally meanwhile are given back locally. Each
 side counts what the other still holds: the places held through Redis when it failed count
-against the local share, and turns taken through Redis go before the local ones; back on
-Redis, the places still held locally count against the shared limit.
+against the local share, and turns taken through Redis go before the local ones. Once Redis
+answers again, the places still held locally are added to it as leases (``ADOPT``), so every
+process counts them until they are given back; a process's next turn through Redis comes one
+interval after its last local one; and the callers still waiting for a local place or turn
+stop waiting there and ask Redis (``_unless_back``): no local queue outlasts the outage.
 
 Processes also tell each other of changes through it: ``publish`` sends a message on a channel
 (under the prefix) and ``listen`` hears every process's, from one task per channel and event
@@ -38,7 +41,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from ..config.values import CoordinationSettings, shown_url
@@ -79,6 +82,8 @@ _HEALTH_SECONDS: Final = 30
 """How often an idle listener's connection is pinged, to notice a Redis gone without a word."""
 PING_SECONDS: Final = 1.0
 """How long ``RedisCoordinator.ping`` waits for Redis by default."""
+
+_T = TypeVar("_T")
 
 Heard: TypeAlias = Callable[[str | None], Awaitable[None]]
 """What ``RedisCoordinator.listen`` calls: with each message, or ``None`` when messages may
@@ -143,6 +148,13 @@ class _Unreachable:
 _DOWN: Final = _Unreachable()
 
 
+class _Answering:
+    """What a local wait gives way to when Redis answers again: ask it instead."""
+
+
+_BACK: Final = _Answering()
+
+
 class RedisCoordinator:
     """Share every model's limits and cool-down, and every budget, through one Redis.
 
@@ -174,6 +186,10 @@ class RedisCoordinator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._leases: dict[str, str] = {}  # lease id -> its sorted set
+        # Places taken locally while Redis failed and not in it yet: lease id -> its sorted set.
+        self._local_places: dict[str, str] = {}
+        # Of ``_leases``, the places taken locally and added to Redis once it answered again.
+        self._adopted: set[str] = set()
         # model -> the latest turn under its rpm this process took through Redis (monotonic)
         self._last_turns: dict[str, float] = {}
         self._holds: dict[str, tuple[str, str]] = {}  # hold id -> (its hash, its sorted set)
@@ -183,6 +199,7 @@ class RedisCoordinator:
         self._background: set[asyncio.Task[Any]] = set()
         self._listening: dict[str, asyncio.Task[None]] = {}
         self._freed = asyncio.Event()
+        self._back = asyncio.Event()  # set once Redis answers again after the outage under way
         # Costs charged while Redis could not be reached, by (purpose, period start): added to
         # the shared spend once it answers again, so the outage's spend is not forgotten.
         self._unsettled: dict[tuple[str, float], float] = {}
@@ -241,6 +258,7 @@ class RedisCoordinator:
             return
         problem = problem_of(error, self.settings.redis)
         self._status = CoordinationStatus("redis", False, self._where, time.time(), problem)
+        self._back = asyncio.Event()
         logger.warning(
             "datasette-llm: Redis at %s failed (%s): until it answers again, this "
             "process keeps %s of each model's rpm and concurrency to itself, and its own "
@@ -272,6 +290,7 @@ class RedisCoordinator:
                 continue
             break
         down_for = time.time() - self._status.since
+        back = self._back
         self._status = CoordinationStatus("redis", True, self._where, time.time())
         logger.info(
             "datasette-llm: Redis at %s answers again after %.1f s: limits, cool-downs and "
@@ -279,7 +298,36 @@ class RedisCoordinator:
             self._where,
             down_for,
         )
+        await self._adopt_local_places()
+        back.set()  # the callers waiting locally ask Redis now
         await self._settle_unsettled()
+
+    async def _unless_back(
+        self,
+        work: Coroutine[Any, Any, _T],
+        undo: Callable[[_T], None] | None = None,
+    ) -> _T | _Answering:
+        """``await work`` (a local wait, while Redis cannot be reached), unless Redis answers
+        again first: then the wait is cancelled and ``_BACK`` returned, for the caller to ask
+        Redis. What ``work`` got as it was cancelled along with its caller goes to ``undo``."""
+        back = self._back
+        task = asyncio.get_running_loop().create_task(work)
+        answering = asyncio.get_running_loop().create_task(back.wait())
+        try:
+            await asyncio.wait((task, answering), return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait((task,))
+        except asyncio.CancelledError:
+            task.cancel()
+            if undo is not None:
+                task.add_done_callback(functools.partial(_undo_result, undo))
+            raise
+        finally:
+            answering.cancel()
+        if task.cancelled():
+            return _BACK
+        return task.result()  # done before it could be cancelled: what it got stands
 
     def _later(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -295,17 +343,23 @@ class RedisCoordinator:
 
     async def pace(self, model: str, rpm: float, within: float | None) -> bool:
         """Take the next turn of ``model`` under ``rpm`` shared by every process, and wait."""
-        longest = -1 if within is None else max(0.0, within) * 1000
-        got = await self._run("PACE", [self._key("rpm", model)], [60_000 / rpm, longest])
-        if got is _DOWN:
-            # The turns already taken through Redis go first: local turns start after them.
-            queued = self._last_turns.get(model, 0.0) - time.monotonic()
-            if queued > 0:
-                if within is not None and queued > within:
-                    return False
-                await asyncio.sleep(queued)
-                within = None if within is None else within - queued
-            return await self.local.pace(model, rpm, within)
+        while True:
+            began = time.monotonic()
+            longest = -1 if within is None else max(0.0, within) * 1000
+            # No turn sooner than one interval after this process's last (a local one is not
+            # in Redis; one through Redis is, and this changes nothing).
+            last = self._last_turns.get(model)
+            earliest = 0.0 if last is None else max(0.0, (last - began) * 1000 + 60_000 / rpm)
+            got = await self._run(
+                "PACE", [self._key("rpm", model)], [60_000 / rpm, longest, earliest]
+            )
+            if got is not _DOWN:
+                break
+            paced = await self._unless_back(self._pace_locally(model, rpm, within))
+            if not isinstance(paced, _Answering):
+                return paced
+            if within is not None:  # Redis answers again: ask it, with the time left
+                within -= time.monotonic() - began
         taken, wait = int(got[0]), float(got[1]) / 1000
         if not taken:
             return False
@@ -313,6 +367,19 @@ class RedisCoordinator:
         self._last_turns[model] = max(turn, self._last_turns.get(model, 0.0))
         if wait > 0:
             await asyncio.sleep(wait)
+        return True
+
+    async def _pace_locally(self, model: str, rpm: float, within: float | None) -> bool:
+        # The turns already taken through Redis go first: local turns start after them.
+        queued = self._last_turns.get(model, 0.0) - time.monotonic()
+        if queued > 0:
+            if within is not None and queued > within:
+                return False
+            await asyncio.sleep(queued)
+            within = None if within is None else within - queued
+        if not await self.local.pace(model, rpm, within):
+            return False
+        self._last_turns[model] = max(time.monotonic(), self._last_turns.get(model, 0.0))
         return True
 
     async def lease(self, model: str, limit: int, within: float | None) -> Release | None:
@@ -323,14 +390,23 @@ class RedisCoordinator:
         poll = POLL_FIRST
         while True:
             freed = self._freed
-            # The places this process took locally while Redis failed count until given back.
-            free = limit - self.local.in_use(model, limit)
+            # The places this process took locally while Redis failed and are not in it yet
+            # count until given back.
+            free = limit - sum(1 for held in self._local_places.values() if held == key)
             got = await self._run("LEASE", [key], [free, lease_id, _ms(self.lease_seconds)])
             left = None if within is None else within - (time.monotonic() - started)
             if got is _DOWN:
                 # Likewise the places it holds through Redis count against its local share.
                 held = functools.partial(self._held_through_redis, key)
-                return await self.local.lease(model, limit, left, held)
+                taken = await self._unless_back(
+                    self.local.lease(model, limit, left, held), _release_taken
+                )
+                if isinstance(taken, _Answering):
+                    continue  # Redis answers again: ask it, with the time left
+                if taken is None:
+                    return None
+                self._local_places[lease_id] = key
+                return self._local_releaser(lease_id, key, taken)
             if int(got) == 1:
                 self._leases[lease_id] = key
                 self._renew_while_held()
@@ -345,8 +421,47 @@ class RedisCoordinator:
             poll = min(poll * 2, POLL_LONGEST)
 
     def _held_through_redis(self, key: str) -> int:
-        """Places of the model of ``key`` this process holds through Redis, not given back."""
-        return sum(1 for held in self._leases.values() if held == key)
+        """Places of the model of ``key`` this process took through Redis, not given back (the
+        ones it took locally and added to Redis since count locally already)."""
+        return sum(
+            1
+            for lease_id, held in self._leases.items()
+            if held == key and lease_id not in self._adopted
+        )
+
+    def _local_releaser(self, lease_id: str, key: str, release_local: Release) -> Release:
+        """Give back a place taken locally: locally, and through Redis once it was added."""
+
+        def release() -> None:
+            if self._local_places.pop(lease_id, None) is None and lease_id in self._adopted:
+                self._adopted.discard(lease_id)
+                self._releaser(lease_id, key)()
+            release_local()
+            self._freed.set()  # the callers waiting for a place count the local ones
+            self._freed = asyncio.Event()
+
+        return release
+
+    async def _adopt_local_places(self) -> None:
+        """Add the places taken locally and still held to Redis, as leases renewed until they
+        are given back: from now every process counts them."""
+        places = list(self._local_places.items())
+        if not places:
+            return
+        got = await self._run(
+            "ADOPT",
+            [key for _, key in places],
+            [_ms(self.lease_seconds), *(lease_id for lease_id, _ in places)],
+        )
+        if got is _DOWN:
+            return  # still local: added the next time Redis answers
+        for lease_id, key in places:
+            if self._local_places.pop(lease_id, None) is None:  # given back meanwhile
+                self._later(self._give_back(key, lease_id))
+            else:
+                self._leases[lease_id] = key
+                self._adopted.add(lease_id)
+        self._renew_while_held()
 
     def _releaser(self, lease_id: str, key: str) -> Release:
         def release() -> None:
@@ -681,6 +796,16 @@ class RedisCoordinator:
 
 
 _BUDGET_PARTS: Final = ("spent", "holds", "expiries")
+
+
+def _release_taken(taken: Release | None) -> None:
+    if taken is not None:
+        taken()
+
+
+def _undo_result(undo: Callable[[_T], None], task: asyncio.Task[_T]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        undo(task.result())
 
 
 def _ms(seconds: float) -> int:

@@ -235,3 +235,91 @@ async def test_turns_taken_through_redis_when_it_fails_go_before_the_local_ones(
     finally:
         own_redis_server.start()
         await coordinator.close()
+
+
+async def test_callers_waiting_for_a_local_turn_ask_redis_once_it_answers_again(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """``rpm: 60`` over 2 processes: while Redis is down a process's turns leave every 2 s (its
+    share). Once Redis answers, the callers still waiting take their turns through Redis, one
+    a second after the last local one, so another process's turn comes after theirs; left
+    local, they would leave at the local pace, unseen by the other processes."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    first = RedisCoordinator(settings, retry_seconds=0.1)
+    other = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        own_redis_server.stop()
+        began = time.monotonic()
+        assert await first.pace("m", 60.0, None)  # local: the first turn goes at once
+        assert not shared(first)
+        waiting = [asyncio.ensure_future(first.pace("m", 60.0, None)) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        assert not any(task.done() for task in waiting)  # the next local turn is 2 s away
+        own_redis_server.start()
+        await until_shared(first)
+        await asyncio.sleep(0.2)  # the waiting callers ask Redis: turns at 1, 2 and 3 s
+        assert not await other.pace("m", 60.0, 0)  # the next turn is theirs' after: not now
+        assert all(await asyncio.gather(*waiting))
+        # Through Redis, one a second: by the local share's pace the last would leave at 6 s.
+        assert time.monotonic() - began < 5.0
+    finally:
+        await first.close()
+        await other.close()
+
+
+async def test_places_taken_locally_are_counted_by_every_process_once_redis_answers_again(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """``concurrency: 4`` over 2 processes. One takes its share, 2 places, while Redis is down,
+    and a third caller of its waits. Once Redis answers, its 2 places are added to Redis and
+    the caller waiting takes a place through Redis: the other process takes only the last
+    one; as the first process gives its places back, the other may take them."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    first = RedisCoordinator(settings, retry_seconds=0.1)
+    other = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        own_redis_server.stop()
+        local = [await first.lease("m", 4, 0) for _ in range(2)]
+        assert None not in local and not shared(first)
+        waiting = asyncio.ensure_future(first.lease("m", 4, None))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # the local share is taken
+        own_redis_server.start()
+        await until_shared(first)
+        third = await asyncio.wait_for(waiting, 5)  # through Redis now: 2 of 4 were free
+        assert third is not None
+        assert await other.lease("m", 4, 0) is not None
+        assert await other.lease("m", 4, 0) is None  # 2 added from the first + 1 + 1
+        release = local[0]
+        assert release is not None
+        release()  # given back through Redis
+        assert await other.lease("m", 4, 1) is not None
+        assert await other.lease("m", 4, 0) is None
+        assert await first.lease("m", 4, 0) is None
+    finally:
+        await first.close()
+        await other.close()
+
+
+async def test_a_caller_cancelled_while_places_held_through_redis_are_counted_gives_back_its_own(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """While Redis is down, a local place waits until the places held through Redis fit the
+    share; a caller cancelled meanwhile gives back the local place it had taken."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    coordinator = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        held = [await coordinator.lease("m", 4, 0) for _ in range(2)]
+        assert None not in held
+        own_redis_server.stop()
+        waiting = asyncio.ensure_future(coordinator.lease("m", 4, None))
+        await asyncio.sleep(0.2)
+        assert not waiting.done() and not shared(coordinator)
+        assert coordinator.local.in_use("m", 4) == 1  # taken, waiting for the Redis ones
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert coordinator.local.in_use("m", 4) == 0
+    finally:
+        own_redis_server.start()
+        await coordinator.close()
