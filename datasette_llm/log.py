@@ -20,9 +20,16 @@ _known: set[str] = set()
 
 
 def remember(secret: str | None) -> None:
-    """Remember an API key value, so that no log line shows it."""
-    if secret and len(secret) >= _MIN_LENGTH:
-        _known.add(secret)
+    """Remember an API key value, so that no log line shows it, in any form an error may quote
+    it in: as it is, without the whitespace around it, and with its control characters escaped
+    (a key saved with a newline at its end is quoted by the HTTP library that refuses to send
+    it as ``b'Bearer sk-...\\n'``)."""
+    if not secret:
+        return
+    escaped = secret.encode("unicode_escape").decode("ascii")
+    for form in (secret, secret.strip(), escaped, escaped.strip()):
+        if len(form) >= _MIN_LENGTH:
+            _known.add(form)
 
 
 def redact(text: str) -> str:

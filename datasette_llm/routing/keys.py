@@ -93,7 +93,7 @@ def _from_environment(name: str) -> str | None:
 def _from_file(path: str) -> str | None:
     try:
         with open(path) as file:
-            return file.read().strip() or None
+            return _trimmed(file.read())
     except OSError:
         return None
 
@@ -123,7 +123,7 @@ async def _stored(datasette: Datasette, name: str) -> bool:
 def _llm_key(model: AsyncModel) -> str | None:
     needs_key = getattr(model, "needs_key", None)
     key: str | None = llm.get_key(key_alias=needs_key, env_var=getattr(model, "key_env_var", None))
-    return key or None
+    return _trimmed(key)
 
 
 def _provider_secret(model: AsyncModel) -> str | None:
@@ -148,7 +148,14 @@ async def _look(
 
             # Records the use (last_used_at, last_used_by) in the store.
             value = await get_secret(datasette, setting.name, actor_id(actor)) or None
+    value = _trimmed(value)
     return value is not None, value
+
+
+def _trimmed(value: str | None) -> str | None:
+    """A key without the whitespace around it (a newline pasted or saved with it), which no
+    HTTP header can carry; ``None`` if nothing is left."""
+    return (value or "").strip() or None
 
 
 async def _find(

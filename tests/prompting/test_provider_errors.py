@@ -20,7 +20,7 @@ import pytest
 from datasette.utils.asgi import Response
 
 from datasette_llm import LLM, ProviderError
-from datasette_llm.log import remember
+from datasette_llm.log import redact, remember
 from datasette_llm.provider_errors import LONGEST_RETRY_AFTER, RedactedError, classify, redacted
 from datasette_llm.typing import Datasette, hookimpl
 from tests.conftest import MakeDatasette, RegisterPlugin
@@ -314,6 +314,41 @@ async def test_no_key_reaches_datasettes_500_handler_its_log_or_the_raised_error
     assert isinstance(raised.value.__cause__, openai.AuthenticationError)
     assert raised.value.__cause__.status_code == 401
     assert KEY not in shown_anywhere(raised.value)
+
+
+@pytest.mark.parametrize("around", ["\n", "\r\n", " ", "\t\n"])
+async def test_a_key_saved_with_whitespace_around_it_is_sent_without_it(
+    make_datasette: MakeDatasette,
+    provider: Provider,
+    monkeypatch: pytest.MonkeyPatch,
+    around: str,
+) -> None:
+    """A key pasted with a newline at its end: no HTTP header can carry it (httpx refuses to
+    send it, quoting it in its error); it is sent without its whitespace, as a ``$file`` is."""
+    monkeypatch.setenv("DATASETTE_SECRETS_LOCAL_PROVIDER_KEY", KEY + around)
+    config = {
+        "purposes": {"summaries": {"model": {"model": "local-gpt", "key": "LOCAL_PROVIDER_KEY"}}}
+    }
+    model = await LLM(make_datasette(config)).model(purpose="summaries")
+    assert await (await model.prompt("hi")).text() == "hello from the local provider"
+    [request] = provider.requests
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize("around", ["\n", "\r\n", "\t"])
+def test_a_key_is_redacted_as_an_http_library_quotes_it_with_its_whitespace_escaped(
+    around: str,
+) -> None:
+    """A key that reaches an HTTP library with a newline at its end (a plugin's own, say) is
+    quoted as bytes in its refusal: ``b'Bearer sk-...\\n'``."""
+    key = f"sk-escaped-{around.encode().hex()}-0a1b2c3d4e5f"
+    remember(key + around)
+    quoted = str(
+        httpx2.LocalProtocolError(f"Illegal header value {(f'Bearer {key}' + around).encode()!r}")
+    )
+    assert key in quoted
+    assert key not in redact(quoted)
+    assert redact(quoted).startswith("Illegal header value b'Bearer [redacted]")
 
 
 @pytest.mark.parametrize(
