@@ -144,11 +144,18 @@ class Target:
             merged["key"] = routed.key
         return merged
 
-    def finish_later(self, response: AsyncResponse, release: Callable[[], None]) -> None:
+    def finish_later(
+        self,
+        response: AsyncResponse,
+        release: Callable[[], None],
+        ended: Callable[[BaseException | None], None],
+    ) -> None:
         """Read ``response``, which a chain of the group left part way, to its end now, in a
-        task of its own that gives back its place (``release``) once it has ended: the group
-        finishes every response, and the place is held while the request runs."""
-        task = asyncio.get_running_loop().create_task(_read_to_end(response, release))
+        task of its own that gives back its place (``release``) once it has ended, and then
+        calls ``ended`` with its error (``None``: answered): the group finishes every response,
+        and the place is held while the request runs."""
+        reading = _read_to_end(response, release, ended)
+        task = asyncio.get_running_loop().create_task(reading)
         self.finishing[response] = task
 
     def enlist(self) -> None:
@@ -179,13 +186,21 @@ class Target:
         return response
 
 
-async def _read_to_end(response: AsyncResponse, release: Callable[[], None]) -> Exception | None:
+async def _read_to_end(
+    response: AsyncResponse,
+    release: Callable[[], None],
+    ended: Callable[[BaseException | None], None],
+) -> Exception | None:
     try:
         await response.text()
-    except Exception as error:
-        return error
-    finally:
+    except BaseException as error:
         release()
+        ended(error)
+        if isinstance(error, Exception):
+            return error
+        raise
+    release()
+    ended(None)
     return None
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing
@@ -127,6 +128,7 @@ class WrappedChainResponse:
         self._clock = Clock(None, 0.0)  # the call's bounds, from when its iteration starts
         self._lease: Release | None = None  # the place the attempt took for the first step
         self._in_flight = False  # a step's request is under way: its response has not completed
+        self._step: AsyncResponse | None = None  # the response of the step under way
         self._attempt_began = 0.0  # time.monotonic() when the attempt under way began
         self._open: OpenAttempt | None = None  # the attempt under way, once it has begun
         self._consumed = False
@@ -213,6 +215,7 @@ class WrappedChainResponse:
                                 await self._result.add_response(target.answerable(response))
                                 await self._meter.response(self._routed, response, self._started)
                                 self._in_flight = self._suspended = True
+                                self._step = response
                                 try:
                                     yield response
                                 finally:
@@ -222,8 +225,12 @@ class WrappedChainResponse:
                                     release()
                                 elif target.group is not None:
                                     # Left part way in a group, which finishes every response:
-                                    # read to its end now, holding its place until then.
-                                    target.finish_later(response, release)
+                                    # read to its end now, holding its place until then, and
+                                    # recorded once it has ended, as it ended.
+                                    ended = functools.partial(
+                                        self._ended_in_group, self._routed, self._started
+                                    )
+                                    target.finish_later(response, release, ended)
                                 else:  # left part way: its request ends now
                                     await _close(response, self._open)
                                     release()
@@ -232,6 +239,32 @@ class WrappedChainResponse:
                     self._result.chain_complete = True
         finally:
             target.open_chains.discard(self)
+
+    def _left_to_group(self) -> bool:
+        """Whether the step under way, its caller gone, is the group's to read to its end
+        (and to record then, answered with its usage, or failed)."""
+        step = self._step
+        return (
+            self._target.group is not None
+            and self._in_flight
+            and step is not None
+            and _under_way(step)
+        )
+
+    def _ended_in_group(
+        self, routed: Routed, started: Started, error: BaseException | None
+    ) -> None:
+        """Record a step the group read to its end, its chain gone: once answered, the meter
+        has recorded it with its usage (``Meter.response``); else as it failed, or as what it
+        received when cancelled."""
+        if error is None or started.received.recorded:
+            return
+        if isinstance(error, Exception):
+            resolution = routed.resolution
+            failure = classify(error, resolution.model_id, resolution.key.described())
+            self._meter.failure(routed, started, failure.kind, failure)
+        else:
+            self._meter.cancelled(routed, started)
 
     def _failed_after_all(self, failure: ProviderError) -> None:
         """The attempt under way, settled as answered once its first item came, failed later
@@ -419,7 +452,8 @@ class WrappedChainResponse:
                 raise
         except BaseException as error:
             if isinstance(error, asyncio.CancelledError | GeneratorExit):
-                self._meter.cancelled(self._routed, self._started)  # what it received
+                if not self._left_to_group():  # else recorded once the group has read it
+                    self._meter.cancelled(self._routed, self._started)  # what it received
             await self.abandon(error)
             raise
         finally:

@@ -291,6 +291,54 @@ async def test_a_chain_left_part_way_in_a_group_is_read_to_its_end_holding_its_p
     assert (provider.counts.ok, provider.counts.abandoned) == (2, 0)
 
 
+@pytest.mark.parametrize("leave", ["break", "aclose events", "cancel the task"])
+async def test_a_chain_left_part_way_in_a_group_is_recorded_as_the_group_read_it(
+    make_datasette: MakeDatasette, provider: Provider, leave: str
+) -> None:
+    """The group reads the rest of it, so the provider answers it whole and bills it whole: its
+    row is the answer's, with the provider's usage, not a cancelled one with the one chunk
+    its caller saw (which would leave the budget the rest)."""
+    provider.script = [Reply(text=" ".join(f"w{n}" for n in range(10)), interval=0.05)]
+    ds = make_datasette({**PRICED, "purposes": {"p": {"model": "primary-gpt"}}})
+    async with LLM(ds).group(purpose="p") as model:
+        chain = model.chain("go")
+        if leave == "break":
+            async for _ in chain:
+                break
+        elif leave == "aclose events":
+            events = chain.astream_events()
+            await anext(aiter(events))
+            await events.aclose()  # type: ignore[attr-defined]
+        else:
+
+            async def read() -> None:
+                async for _ in chain:
+                    await asyncio.sleep(10)
+
+            task = asyncio.ensure_future(read())
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert (provider.counts.ok, provider.counts.abandoned) == (1, 0)
+    [row] = await LLM(ds).usage_records()
+    assert (row.outcome, row.output_tokens) == ("ok", 10)
+    assert row.cost == pytest.approx((3 * 100.0 + 10 * 100.0) / 1_000_000)
+
+
+async def test_a_chain_left_part_way_in_a_group_whose_rest_fails_is_recorded_as_failed(
+    make_datasette: MakeDatasette, provider: Provider
+) -> None:
+    provider.script = [Reply(text=" ".join(f"w{n}" for n in range(10)), interval=0.05, cut_after=5)]
+    ds = make_datasette({**PRICED, "purposes": {"p": {"model": "primary-gpt"}}})
+    async with LLM(ds).group(purpose="p") as model:
+        async for _ in model.chain("go"):
+            break
+    [row] = await LLM(ds).usage_records()
+    assert row.outcome == "connection", row
+    assert row.error
+
+
 async def _slow_lookup(query: str) -> str:
     """Look something up, slowly."""
     await asyncio.sleep(2)
