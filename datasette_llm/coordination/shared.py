@@ -17,7 +17,10 @@ against the local share, and turns taken through Redis go before the local ones.
 answers again, the places still held locally are added to it as leases (``ADOPT``), so every
 process counts them until they are given back; a process's next turn through Redis comes one
 interval after its last local one; and the callers still waiting for a local place or turn
-stop waiting there and ask Redis (``_unless_back``): no local queue outlasts the outage.
+stop waiting there and ask Redis (``_unless_back``): no local queue outlasts the outage. The
+other processes notice Redis answer within a ping of their own: until then (``retry_seconds``
+and a connection's timeout) a process leaves room, under each ``concurrency``, for the share
+each of them may still hold locally.
 
 Processes also tell each other of changes through it: ``publish`` sends a message on a channel
 (under the prefix) and ``listen`` hears every process's, from one task per channel and event
@@ -200,6 +203,9 @@ class RedisCoordinator:
         self._listening: dict[str, asyncio.Task[None]] = {}
         self._freed = asyncio.Event()
         self._back = asyncio.Event()  # set once Redis answers again after the outage under way
+        # Until then (time.monotonic()), Redis answers again and the other processes may not
+        # have noticed yet: each may still hold its share of places locally, not in Redis.
+        self._noticing_until = 0.0
         # Costs charged while Redis could not be reached, by (purpose, period start): added to
         # the shared spend once it answers again, so the outage's spend is not forgotten.
         self._unsettled: dict[tuple[str, float], float] = {}
@@ -291,6 +297,8 @@ class RedisCoordinator:
             break
         down_for = time.time() - self._status.since
         back = self._back
+        # Each process pings every retry_seconds, a ping waiting up to _CONNECT_SECONDS.
+        self._noticing_until = time.monotonic() + self.retry_seconds + _CONNECT_SECONDS
         self._status = CoordinationStatus("redis", True, self._where, time.time())
         logger.info(
             "datasette-llm: Redis at %s answers again after %.1f s: limits, cool-downs and "
@@ -391,8 +399,11 @@ class RedisCoordinator:
         while True:
             freed = self._freed
             # The places this process took locally while Redis failed and are not in it yet
-            # count until given back.
+            # count until given back; so, while the others may not have noticed Redis answer
+            # yet, do the shares they may still hold locally.
             free = limit - sum(1 for held in self._local_places.values() if held == key)
+            if time.monotonic() < self._noticing_until:
+                free -= (self.local.scale - 1) * self.local.places(limit)
             got = await self._run("LEASE", [key], [free, lease_id, _ms(self.lease_seconds)])
             left = None if within is None else within - (time.monotonic() - started)
             if got is _DOWN:

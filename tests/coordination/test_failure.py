@@ -205,7 +205,8 @@ async def test_places_taken_locally_while_redis_failed_count_once_it_answers_aga
         assert None not in local and not shared(coordinator)
         own_redis_server.start()
         await until_shared(coordinator)
-        taken = [await coordinator.lease("m", 4, 0) for _ in range(2)]
+        # Once the other process may have noticed Redis answer too (the next test).
+        taken = [await coordinator.lease("m", 4, 3) for _ in range(2)]
         assert None not in taken
         assert await coordinator.lease("m", 4, 0.05) is None  # 2 local + 2 through Redis
         release = local[0]
@@ -322,4 +323,30 @@ async def test_a_caller_cancelled_while_places_held_through_redis_are_counted_gi
         assert coordinator.local.in_use("m", 4) == 0
     finally:
         own_redis_server.start()
+        await coordinator.close()
+
+
+async def test_until_the_others_may_have_noticed_redis_answer_a_process_leaves_them_their_share(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """``concurrency: 4`` over 2 processes. Back on Redis, the other process may still hold
+    its local share, 2 places, unseen by Redis until it has noticed Redis answer (within its
+    own next ping): until then this one takes no more than the 2 left, then all 4."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    coordinator = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        own_redis_server.stop()
+        assert await coordinator.cooling("m") == 0 and not shared(coordinator)
+        own_redis_server.start()
+        await until_shared(coordinator)
+        began = time.monotonic()
+        first = [await coordinator.lease("m", 4, 0) for _ in range(2)]
+        assert None not in first
+        assert await coordinator.lease("m", 4, 0) is None  # the other's share, maybe local
+        more = [await coordinator.lease("m", 4, 5) for _ in range(2)]
+        assert None not in more
+        waited = time.monotonic() - began
+        assert waited >= 0.5, waited  # a ping (0.1 s) and a connection's timeout (1 s)
+        assert await coordinator.lease("m", 4, 0) is None  # 4 of 4
+    finally:
         await coordinator.close()
