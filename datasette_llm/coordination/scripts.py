@@ -47,7 +47,9 @@ PACE: Final = (
     + """
 -- KEYS[1]: P:rpm:MODEL. ARGV[1]: ms between requests (60000 / rpm); ARGV[2]: the longest wait
 -- in ms the caller accepts, or -1 for any; ARGV[3]: ms from now before which no turn may be
--- (one interval after the caller's process last took a turn, which may not be in Redis).
+-- (one interval after the caller's process last took a turn, which may not be in Redis);
+-- ARGV[4]: ms from now during which a turn is followed by ARGV[5] ms, not ARGV[1] (while other
+-- processes may still send at their local share's pace, not counted here).
 -- A request takes the next turn and waits until it: {1, wait ms}; when that is further away
 -- than the caller accepts, it takes nothing: {0, wait ms}.
 local interval = tonumber(ARGV[1])
@@ -59,6 +61,7 @@ local wait = turn - now
 if longest >= 0 and wait > longest then
   return {0, tostring(wait)}
 end
+if turn < now + tonumber(ARGV[4]) then interval = tonumber(ARGV[5]) end
 local after = turn + interval
 redis.call('SET', KEYS[1], tostring(after), 'PX', math.ceil(after - now) + 1)
 return {1, tostring(wait)}

@@ -20,7 +20,7 @@ interval after its last local one; and the callers still waiting for a local pla
 stop waiting there and ask Redis (``_unless_back``): no local queue outlasts the outage. The
 other processes notice Redis answer within a ping of their own: until then (``retry_seconds``
 and a connection's timeout) a process leaves room, under each ``concurrency``, for the share
-each of them may still hold locally.
+each of them may still hold locally, and its turns keep to its share's pace under ``rpm``.
 
 Processes also tell each other of changes through it: ``publish`` sends a message on a channel
 (under the prefix) and ``listen`` hears every process's, from one task per channel and event
@@ -354,12 +354,20 @@ class RedisCoordinator:
         while True:
             began = time.monotonic()
             longest = -1 if within is None else max(0.0, within) * 1000
+            interval = 60_000 / rpm
+            # While the other processes may not have noticed Redis answer again, and still send
+            # at their local share's pace, the turns this one takes keep to its share's.
+            noticing = max(0.0, (self._noticing_until - began) * 1000)
+            slower = 60_000 / self.local.share(rpm)
             # No turn sooner than one interval after this process's last (a local one is not
             # in Redis; one through Redis is, and this changes nothing).
             last = self._last_turns.get(model)
-            earliest = 0.0 if last is None else max(0.0, (last - began) * 1000 + 60_000 / rpm)
+            step = slower if noticing else interval
+            earliest = 0.0 if last is None else max(0.0, (last - began) * 1000 + step)
             got = await self._run(
-                "PACE", [self._key("rpm", model)], [60_000 / rpm, longest, earliest]
+                "PACE",
+                [self._key("rpm", model)],
+                [interval, longest, earliest, noticing, slower],
             )
             if got is not _DOWN:
                 break

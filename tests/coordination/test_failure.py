@@ -350,3 +350,27 @@ async def test_until_the_others_may_have_noticed_redis_answer_a_process_leaves_t
         assert await coordinator.lease("m", 4, 0) is None  # 4 of 4
     finally:
         await coordinator.close()
+
+
+async def test_until_the_others_may_have_noticed_redis_answer_turns_keep_to_the_share(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """``rpm: 60`` over 2 processes: a turn a second, 2 s apart for each one's share. Back on
+    Redis, while the other process may still send at its share's pace unseen, a turn taken
+    holds the next 2 s off, for every process; once they have all noticed, 1 s."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    coordinator = RedisCoordinator(settings, retry_seconds=0.1)
+    other = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        own_redis_server.stop()
+        assert await coordinator.cooling("m") == 0 and not shared(coordinator)
+        own_redis_server.start()
+        await until_shared(coordinator)
+        assert await coordinator.pace("m", 60.0, 0)
+        assert not await other.pace("m", 60.0, 1.5)  # the next turn is 2 s away, not 1 s
+        assert not await coordinator.pace("m", 60.0, 1.5)
+        assert await other.pace("m", 60.0, 2.5)  # the turn at 2 s, past the 1.1 s of noticing
+        assert await other.pace("m", 60.0, 1.5)  # the next, 1 s after it
+    finally:
+        await coordinator.close()
+        await other.close()
