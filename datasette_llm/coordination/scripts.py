@@ -24,6 +24,7 @@ from typing import Final
 
 __all__ = [
     "ADOPT",
+    "ADOPT_HOLDS",
     "CLAIM",
     "COOL_DOWN",
     "COOLING",
@@ -103,6 +104,26 @@ for index, key in ipairs(KEYS) do
   keep_at_least(key, ttl)
 end
 return #KEYS
+"""
+)
+
+ADOPT_HOLDS: Final = (
+    _NOW
+    + _KEEP_AT_LEAST
+    + """
+-- KEYS[2i - 1], KEYS[2i]: P:budget:PURPOSE:SINCE:holds and :expiries of a budget hold its
+-- process took while Redis failed; ARGV[1]: ms each hold lasts unless renewed; ARGV[2i],
+-- ARGV[2i + 1]: its id and its estimate. The prompt is in flight already: its hold is added
+-- whatever the budget's room, so every process counts it from now until it is settled.
+local ttl = tonumber(ARGV[1])
+for index = 1, #KEYS, 2 do
+  local id = ARGV[index + 1]
+  redis.call('HSET', KEYS[index], id, ARGV[index + 2])
+  redis.call('ZADD', KEYS[index + 1], now + ttl, id)
+  keep_at_least(KEYS[index], ttl)
+  keep_at_least(KEYS[index + 1], ttl)
+end
+return #KEYS / 2
 """
 )
 

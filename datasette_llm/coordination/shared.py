@@ -11,11 +11,12 @@ Redis failing never fails a prompt. The first error (unreachable, timed out, ref
 the coordinator local: it logs one warning, its status says why, and every call goes to a
 ``LocalCoordinator`` keeping ``1 / processes`` of each limit, while a background task pings
 Redis every ``retry_seconds``; once Redis answers, it logs that limits are shared again and
-calls go back to Redis. Places and holds taken locally meanwhile are given back locally. Each
+calls go back to Redis. Places and holds taken locally meanwhile are given back there too. Each
 side counts what the other still holds: the places held through Redis when it failed count
 against the local share, and turns taken through Redis go before the local ones. Once Redis
-answers again, the places still held locally are added to it as leases (``ADOPT``), so every
-process counts them until they are given back; a process's next turn through Redis comes one
+answers again, the places still held locally are added to it as leases (``ADOPT``), and the
+budget holds of prompts still in flight as holds (``ADOPT_HOLDS``), so every process counts
+them until they are given back or settled; a process's next turn through Redis comes one
 interval after its last local one; and the callers still waiting for a local place or turn
 stop waiting there and ask Redis (``_unless_back``): no local queue outlasts the outage. The
 other processes notice Redis answer within a ping of their own: until then (``retry_seconds``
@@ -196,6 +197,8 @@ class RedisCoordinator:
         # model -> the latest turn under its rpm this process took through Redis (monotonic)
         self._last_turns: dict[str, float] = {}
         self._holds: dict[str, tuple[str, str]] = {}  # hold id -> (its hash, its sorted set)
+        # Budget holds taken locally while Redis failed and not in it yet: hold id -> the hold.
+        self._local_holds: dict[str, Hold] = {}
         self._probes: dict[str, str] = {}  # token -> the probe key it claimed
         self._renewing: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
@@ -307,6 +310,7 @@ class RedisCoordinator:
             down_for,
         )
         await self._adopt_local_places()
+        await self._adopt_local_holds()
         back.set()  # the callers waiting locally ask Redis now
         await self._settle_unsettled()
 
@@ -623,7 +627,10 @@ class RedisCoordinator:
             spent = await reread()
             got = await attempt(spent, False)
         if got is _DOWN:
-            return await self.local.reserve(purpose, since, usd, estimate, spent)
+            held = await self.local.reserve(purpose, since, usd, estimate, spent)
+            if isinstance(held, Hold):
+                self._local_holds[held.id] = held
+            return held
         if not int(got[0]):
             return Refused(float(got[1]), float(got[2]))
         self._holds[hold_id] = (keys[1], keys[2])
@@ -636,9 +643,10 @@ class RedisCoordinator:
         """Add ``cost`` to the period's shared spend, and release ``hold``."""
         if hold is not None and not hold.shared:
             await self.local.settle(purpose, since, cost, hold)
-            hold = None
-            if not cost:
-                return
+            if self._local_holds.pop(hold.id, None) is not None or hold.id not in self._holds:
+                hold = None  # never added to Redis: nothing to release there
+                if not cost:
+                    return
         if hold is not None:
             self._holds.pop(hold.id, None)
         got = await self._run(
@@ -649,6 +657,27 @@ class RedisCoordinator:
         if got is _DOWN and cost:
             key = (purpose, since)
             self._unsettled[key] = self._unsettled.get(key, 0.0) + cost
+
+    async def _adopt_local_holds(self) -> None:
+        """Add the budget holds taken locally and not settled yet to Redis, renewed until they
+        are settled: from now every process counts them."""
+        holds = list(self._local_holds.values())
+        if not holds:
+            return
+        keys: list[str] = []
+        args: list[object] = [_ms(self.lease_seconds)]
+        for hold in holds:
+            keys.extend(self._budget_keys(hold.purpose, hold.since)[1:])
+            args.extend((hold.id, hold.usd))
+        if await self._run("ADOPT_HOLDS", keys, args) is _DOWN:
+            return  # still local: added the next time Redis answers
+        for hold in holds:
+            parts = self._budget_keys(hold.purpose, hold.since)
+            if self._local_holds.pop(hold.id, None) is None:  # settled meanwhile
+                self._later(self._run("SETTLE", parts, [hold.id, 0]))
+            else:
+                self._holds[hold.id] = (parts[1], parts[2])
+        self._renew_while_held()
 
     async def _settle_unsettled(self) -> None:
         """Add the costs charged while Redis was down to the shared spend (a period whose

@@ -374,3 +374,34 @@ async def test_until_the_others_may_have_noticed_redis_answer_turns_keep_to_the_
     finally:
         await coordinator.close()
         await other.close()
+
+
+async def test_budget_holds_taken_locally_are_counted_by_every_process_once_redis_answers_again(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """A budget of $1, estimates of $0.40. Two prompts of one process are admitted while Redis
+    is down, holding $0.80 locally. Once Redis answers, their holds are added to it: another
+    process admits one prompt more (overspend within one estimate), not three; a hold settled
+    releases its estimate there and adds its cost."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    first = RedisCoordinator(settings, retry_seconds=0.1)
+    other = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        own_redis_server.stop()
+        local = [await first.reserve("p", 0.0, 1.0, 0.4, spent=0.0) for _ in range(2)]
+        assert all(isinstance(hold, Hold) and not hold.shared for hold in local)
+        assert not shared(first)
+        own_redis_server.start()
+        await until_shared(first)
+        assert isinstance(await other.reserve("p", 0.0, 1.0, 0.4, spent=0.0), Hold)
+        refused = await other.reserve("p", 0.0, 1.0, 0.4, spent=0.0)
+        assert isinstance(refused, Refused)
+        assert refused.reserved == pytest.approx(1.2)  # 2 added from the first + 1
+        settled = local[0]
+        assert isinstance(settled, Hold)
+        await first.settle("p", 0.0, 0.1, settled)
+        room = await other.reserve("p", 0.0, 1.0, 0.4, spent=0.0)
+        assert isinstance(room, Hold)  # spent 0.10 + held 0.80
+    finally:
+        await first.close()
+        await other.close()
