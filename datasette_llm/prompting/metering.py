@@ -240,9 +240,10 @@ class Meter:
         """Record ``response`` of ``routed`` once it has completed (now, if it has)."""
 
         async def completed(done: AsyncResponse) -> None:
-            if started.received.recorded:
-                # It failed or was cancelled, and was recorded so; llm still calls this when
-                # the response is read to its end later (a group finishing its responses).
+            if started.received.recorded or not started.received.reached:
+                # It failed or was cancelled, and was recorded so (or cancelled before its
+                # request left: no row); llm still calls this when the response is read to
+                # its end later (a group finishing its responses).
                 return
             usage = await done.usage()
             self._make(
@@ -316,6 +317,7 @@ class Meter:
             fell_back_from=started.fell_back_from,
             cost=cost if charged is None else charged,
             error=error,
+            sent=started.received.reached,
         )
         self.result.usage.append(record)
         try:

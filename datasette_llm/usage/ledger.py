@@ -19,11 +19,11 @@ import sqlite3
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import fields
+from dataclasses import fields, replace
 from operator import attrgetter
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..config.values import CONFIG_ROOT, UsageSettings
 from ..errors import ConfigProblem, ConfigurationError, nearest, quoted
@@ -44,6 +44,7 @@ __all__ = [
     "Ledger",
     "flush_usage",
     "ledger_for",
+    "record_of",
     "rows",
     "table_exists",
     "unknown_database",
@@ -70,6 +71,7 @@ _TYPES: Final = {
     "input_tokens": "INTEGER",
     "output_tokens": "INTEGER",
     "cached_tokens": "INTEGER",
+    "sent": "INTEGER",
 }
 SCHEMA: Final = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} (\n"
@@ -413,7 +415,15 @@ async def read_records(
         where.append("purpose = ?")
         params.append(purpose)
     sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE {' AND '.join(where)} ORDER BY time, id"
-    return [UsageRecord(*row) for row in (await db.execute(sql, params)).rows]
+    return [record_of(row) for row in (await db.execute(sql, params)).rows]
+
+
+def record_of(row: Sequence[Any]) -> UsageRecord:
+    """The record of a row of the table, its columns in the order of ``COLUMNS``."""
+    record = UsageRecord(*row)
+    if record.sent is not None:
+        record = replace(record, sent=bool(record.sent))  # stored as 0 or 1
+    return record
 
 
 async def flush_usage(datasette: Datasette) -> None:

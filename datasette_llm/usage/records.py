@@ -57,6 +57,11 @@ class UsageRecord:
             than its prompt's estimate (``estimate_usd``, or ``max_tokens`` at the price).
         error: For a failed attempt, the provider's error in short (keys redacted, at most
             ``ERROR_LENGTH`` characters); ``None`` otherwise.
+        sent: Whether the provider received the attempt's request: ``False`` for a failure
+            before it left (a refused connection, a timeout while connecting, the deadline
+            passing first), which the provider never saw nor bills. For a model whose client
+            datasette-llm does not own, an attempt counts as sent once llm has started it.
+            ``None`` in a record an earlier version wrote.
     """
 
     id: str
@@ -75,6 +80,7 @@ class UsageRecord:
     fell_back_from: str | None
     cost: float | None
     error: str | None = None
+    sent: bool | None = None
 
 
 def cached_tokens(details: Mapping[str, object] | None) -> int | None:

@@ -26,7 +26,7 @@ from datasette.app import Datasette
 from datasette_llm import LLM, PromptResult, ProviderError, UsageRecord
 from datasette_llm.provider_errors import Attempt
 from datasette_llm.typing import hookimpl
-from datasette_llm.usage.ledger import COLUMNS, TABLE, ledger_for
+from datasette_llm.usage.ledger import COLUMNS, TABLE, ledger_for, record_of
 from tests.conftest import MakeDatasette, RegisterPlugin
 from tests.openai_server import Provider, Reply, serve, write_extra_models
 
@@ -113,7 +113,7 @@ async def table_rows(datasette: Datasette) -> list[UsageRecord]:
     ledger = ledger_for(datasette)
     db = ledger.database_object()
     rows = (await db.execute(f"SELECT {', '.join(COLUMNS)} FROM {TABLE}")).rows
-    return [UsageRecord(*row) for row in rows]
+    return [record_of(row) for row in rows]
 
 
 def check_prompt(ended: Ended) -> None:

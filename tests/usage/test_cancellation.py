@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -293,6 +294,58 @@ async def test_a_prompt_cancelled_right_after_it_started_is_a_row_only_if_its_re
             break
     assert provider.counts.requests >= 1
     assert {row.outcome for row in rows} == {"cancelled"}
+
+
+@pytest.mark.parametrize("way", ["text", "events", "responses"])
+async def test_a_grouped_chain_cancelled_right_after_it_started_is_a_row_only_if_its_request_left(
+    make_datasette: MakeDatasette, provider: Provider, way: str
+) -> None:
+    """The same in a ``group()``, which reads to its end every response its block left: one
+    cancelled before its request left has no row, not an answered one without tokens."""
+    ds = make_datasette(config())
+    provider.default = Reply(delay=30)
+    for turns in range(80):
+
+        async def grouped(prompt: str) -> None:
+            async with LLM(ds).group(purpose="summaries") as model:
+                await consume_chain(model, way, prompt)
+
+        task = asyncio.ensure_future(grouped(f"turns {turns}"))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.02)  # the provider, in its own thread, reads what was sent
+        rows = await records(ds)
+        assert len(rows) == provider.counts.requests, (turns, rows)
+        if provider.counts.requests >= 3:
+            break
+    assert provider.counts.requests >= 1
+    assert {(row.outcome, row.sent) for row in rows} == {("cancelled", True)}
+
+
+async def test_an_attempt_whose_request_never_left_is_a_row_that_says_so(
+    make_datasette: MakeDatasette, llm_user_dir: Path
+) -> None:
+    """A provider refusing the connection: each attempt is a row (the model's health), with
+    ``sent`` false and no cost, and the fallback's, which the provider received, true."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"  # nothing listens there
+    with serve() as backup:
+        write_extra_models(llm_user_dir, {"primary-gpt": closed, "backup-gpt": backup})
+        ds = make_datasette(config(fallbacks=["backup-gpt"], retries=1))
+        model = await LLM(ds).model(purpose="summaries")
+        assert await (await model.prompt("hi")).text() == "hello from the local provider"
+        rows = await records(ds)
+    assert [(row.model, row.outcome, row.sent, row.cost) for row in rows] == [
+        ("primary-gpt", "connection", False, None),
+        ("primary-gpt", "connection", False, None),
+        ("backup-gpt", "ok", True, rows[-1].cost),
+    ]
+    assert len(backup.requests) == 1
+    assert rows[-1].cost is not None
 
 
 @pytest.mark.parametrize("way", ["text", "events", "responses"])

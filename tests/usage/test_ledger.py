@@ -107,6 +107,7 @@ async def test_no_row_holds_prompt_or_response_text(
         "fell_back_from",
         "cost",
         "error",  # a failed attempt's error in short, as the provider wrote it (keys redacted)
+        "sent",  # whether the provider received the request
     ]
 
 
