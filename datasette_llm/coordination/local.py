@@ -90,6 +90,8 @@ class LocalCoordinator:
         self._limiters: dict[tuple[str, float], AsyncLimiter] = {}
         self._semaphores: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._in_use: dict[tuple[str, int], int] = {}  # places taken and not given back
+        # Of those, the ones taken beside places held elsewhere (``lease``'s ``also_held``).
+        self._beside: dict[tuple[str, int], int] = {}
         self._cooling: dict[str, _Cooling] = {}
         self._held: dict[tuple[str, float], dict[str, float]] = {}
         self._ids = itertools.count(1)
@@ -157,12 +159,25 @@ class LocalCoordinator:
             except asyncio.TimeoutError:
                 return None
         self._in_use[key] = self._in_use.get(key, 0) + 1
-        release = self._releaser(key, semaphore)
+        released = passed = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._in_use[key] -= 1
+                if passed:
+                    self._beside[key] -= 1
+                semaphore.release()
+
         if also_held is None:
             return release
+        # Of the places taken, those whose callers have gone on beside the ones held elsewhere:
+        # a caller goes on while they and the ones held elsewhere leave room for it (counting
+        # the callers waiting here too would keep them all waiting).
         nap = POLL_FIRST
         try:
-            while self._in_use[key] + also_held() > self.places(limit):
+            while self._beside.get(key, 0) + also_held() >= self.places(limit):
                 left = None if within is None else within - (time.monotonic() - began)
                 if left is not None and left <= 0:
                     release()
@@ -172,18 +187,8 @@ class LocalCoordinator:
         except BaseException:  # cancelled while the places held elsewhere are given back
             release()
             raise
-        return release
-
-    def _releaser(self, key: tuple[str, int], semaphore: asyncio.Semaphore) -> Release:
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._in_use[key] -= 1
-                semaphore.release()
-
+        passed = True
+        self._beside[key] = self._beside.get(key, 0) + 1
         return release
 
     def _of(self, model: str) -> _Cooling:

@@ -196,7 +196,7 @@ class RedisCoordinator:
         self._adopted: set[str] = set()
         # model -> the latest turn under its rpm this process took through Redis (monotonic)
         self._last_turns: dict[str, float] = {}
-        self._holds: dict[str, tuple[str, str]] = {}  # hold id -> (its hash, its sorted set)
+        self._holds: dict[str, Hold] = {}  # held through Redis, by id
         # Budget holds taken locally while Redis failed and not in it yet: hold id -> the hold.
         self._local_holds: dict[str, Hold] = {}
         self._probes: dict[str, str] = {}  # token -> the probe key it claimed
@@ -303,7 +303,8 @@ class RedisCoordinator:
         # Each process pings every retry_seconds, a ping waiting up to _CONNECT_SECONDS.
         self._noticing_until = time.monotonic() + self.retry_seconds + _CONNECT_SECONDS
         self._status = CoordinationStatus("redis", True, self._where, time.time())
-        logger.info(
+        # A warning, as its failure was: ``datasette serve`` shows no INFO line.
+        logger.warning(
             "datasette-llm: Redis at %s answers again after %.1f s: limits, cool-downs and "
             "budgets are shared by every process again. Nothing to do.",
             self._where,
@@ -390,8 +391,10 @@ class RedisCoordinator:
         return True
 
     async def _pace_locally(self, model: str, rpm: float, within: float | None) -> bool:
-        # The turns already taken through Redis go first: local turns start after them.
-        queued = self._last_turns.get(model, 0.0) - time.monotonic()
+        # The turns already taken through Redis go first: local turns start one interval after
+        # the last of them.
+        last = self._last_turns.get(model)
+        queued = 0.0 if last is None else last + 60 / rpm - time.monotonic()
         if queued > 0:
             if within is not None and queued > within:
                 return False
@@ -467,8 +470,10 @@ class RedisCoordinator:
 
     async def _adopt_local_places(self) -> None:
         """Add the places taken locally and still held to Redis, as leases renewed until they
-        are given back: from now every process counts them."""
-        places = list(self._local_places.items())
+        are given back: from now every process counts them. Those held through Redis are
+        added again too, for a Redis that lost its data (or let them expire) meanwhile."""
+        local = list(self._local_places.items())
+        places = [*self._leases.items(), *local]
         if not places:
             return
         got = await self._run(
@@ -478,12 +483,13 @@ class RedisCoordinator:
         )
         if got is _DOWN:
             return  # still local: added the next time Redis answers
-        for lease_id, key in places:
-            if self._local_places.pop(lease_id, None) is None:  # given back meanwhile
-                self._later(self._give_back(key, lease_id))
-            else:
+        for lease_id, key in local:
+            if self._local_places.pop(lease_id, None) is not None:
                 self._leases[lease_id] = key
                 self._adopted.add(lease_id)
+        for lease_id, key in places:
+            if lease_id not in self._leases and lease_id not in self._local_places:
+                self._later(self._give_back(key, lease_id))  # given back meanwhile
         self._renew_while_held()
 
     def _releaser(self, lease_id: str, key: str) -> Release:
@@ -526,7 +532,8 @@ class RedisCoordinator:
             for lease_id, key in list(self._leases.items()):
                 keys.append(key)
                 ids.append(lease_id)
-            for hold_id, (holds, expiries) in list(self._holds.items()):
+            for hold_id, hold in list(self._holds.items()):
+                _, holds, expiries = self._budget_keys(hold.purpose, hold.since)
                 keys.extend((expiries, holds))
                 ids.extend((hold_id, ""))
             if keys:
@@ -633,9 +640,9 @@ class RedisCoordinator:
             return held
         if not int(got[0]):
             return Refused(float(got[1]), float(got[2]))
-        self._holds[hold_id] = (keys[1], keys[2])
+        held = self._holds[hold_id] = Hold(purpose, since, estimate, hold_id, shared=True)
         self._renew_while_held()
-        return Hold(purpose, since, estimate, hold_id, shared=True)
+        return held
 
     async def settle(
         self, purpose: str, since: float, cost: float, hold: Hold | None = None
@@ -660,8 +667,10 @@ class RedisCoordinator:
 
     async def _adopt_local_holds(self) -> None:
         """Add the budget holds taken locally and not settled yet to Redis, renewed until they
-        are settled: from now every process counts them."""
-        holds = list(self._local_holds.values())
+        are settled: from now every process counts them. Those held through Redis are added
+        again too, for a Redis that lost its data (or let them expire) meanwhile."""
+        local = list(self._local_holds.values())
+        holds = [*self._holds.values(), *local]
         if not holds:
             return
         keys: list[str] = []
@@ -671,12 +680,17 @@ class RedisCoordinator:
             args.extend((hold.id, hold.usd))
         if await self._run("ADOPT_HOLDS", keys, args) is _DOWN:
             return  # still local: added the next time Redis answers
-        for hold in holds:
-            parts = self._budget_keys(hold.purpose, hold.since)
+        for hold in local:
             if self._local_holds.pop(hold.id, None) is None:  # settled meanwhile
+                parts = self._budget_keys(hold.purpose, hold.since)
                 self._later(self._run("SETTLE", parts, [hold.id, 0]))
             else:
-                self._holds[hold.id] = (parts[1], parts[2])
+                self._holds[hold.id] = hold
+        for hold in holds:
+            if hold.id not in self._holds and hold.id not in self._local_holds and hold.shared:
+                # Settled through Redis meanwhile (its SETTLE may have gone first): release.
+                parts = self._budget_keys(hold.purpose, hold.since)
+                self._later(self._run("SETTLE", parts, [hold.id, 0]))
         self._renew_while_held()
 
     async def _settle_unsettled(self) -> None:
