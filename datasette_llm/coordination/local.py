@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -260,7 +261,9 @@ class LocalCoordinator:
         reserved = math.fsum(held.values())
         if spent + reserved >= usd:
             return Refused(spent, reserved)
-        hold = Hold(purpose, since, estimate, f"hold-{next(self._ids)}", shared=False)
+        # Unique across processes: a hold taken locally while Redis failed is added to it once
+        # it answers again, beside the other processes' (``RedisCoordinator``).
+        hold = Hold(purpose, since, estimate, f"hold-{uuid.uuid4().hex}", shared=False)
         held[hold.id] = estimate
         return hold
 

@@ -192,6 +192,9 @@ class RedisCoordinator:
         self._leases: dict[str, str] = {}  # lease id -> its sorted set
         # Places taken locally while Redis failed and not in it yet: lease id -> its sorted set.
         self._local_places: dict[str, str] = {}
+        # Places given back and holds settled while Redis failed: removed once it answers.
+        self._given_back: dict[str, str] = {}  # lease id -> its sorted set
+        self._settled_meanwhile: dict[str, Hold] = {}
         # Of ``_leases``, the places taken locally and added to Redis once it answered again.
         self._adopted: set[str] = set()
         # model -> the latest turn under its rpm this process took through Redis (monotonic)
@@ -289,30 +292,30 @@ class RedisCoordinator:
             self._reconnecting = loop.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        while True:
+        while not self._status.shared:
             await asyncio.sleep(self.retry_seconds)
-            try:
-                await self._client_now().ping()
+            try:  # each ping bounded, whatever the client's own retries: see _noticing_until
+                await asyncio.wait_for(self._client_now().ping(), _CONNECT_SECONDS)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 continue
-            break
-        down_for = time.time() - self._status.since
-        back = self._back
-        # Each process pings every retry_seconds, a ping waiting up to _CONNECT_SECONDS.
-        self._noticing_until = time.monotonic() + self.retry_seconds + _CONNECT_SECONDS
-        self._status = CoordinationStatus("redis", True, self._where, time.time())
-        # A warning, as its failure was: ``datasette serve`` shows no INFO line.
-        logger.warning(
-            "datasette-llm: Redis at %s answers again after %.1f s: limits, cool-downs and "
-            "budgets are shared by every process again. Nothing to do.",
-            self._where,
-            down_for,
-        )
-        await self._adopt_local_places()
-        await self._adopt_local_holds()
-        back.set()  # the callers waiting locally ask Redis now
+            down_for = time.time() - self._status.since
+            back = self._back
+            # Each process pings every retry_seconds, a ping waiting up to _CONNECT_SECONDS.
+            self._noticing_until = time.monotonic() + self.retry_seconds + _CONNECT_SECONDS
+            self._status = CoordinationStatus("redis", True, self._where, time.time())
+            # A warning, as its failure was: ``datasette serve`` shows no INFO line.
+            logger.warning(
+                "datasette-llm: Redis at %s answers again after %.1f s: limits, cool-downs and "
+                "budgets are shared by every process again. Nothing to do.",
+                self._where,
+                down_for,
+            )
+            await self._adopt_local_places()
+            await self._adopt_local_holds()
+            await self._forget_given_back()
+            back.set()  # the callers waiting locally ask Redis now (or again, if it failed)
         await self._settle_unsettled()
 
     async def _unless_back(
@@ -384,7 +387,7 @@ class RedisCoordinator:
         taken, wait = int(got[0]), float(got[1]) / 1000
         if not taken:
             return False
-        turn = time.monotonic() + wait
+        turn = began + wait  # no later than Redis's turn: the next one's earliest stays true
         self._last_turns[model] = max(turn, self._last_turns.get(model, 0.0))
         if wait > 0:
             await asyncio.sleep(wait)
@@ -431,6 +434,9 @@ class RedisCoordinator:
                     continue  # Redis answers again: ask it, with the time left
                 if taken is None:
                     return None
+                if self._status.shared:  # Redis answered as the place came: ask it instead
+                    taken()
+                    continue
                 self._local_places[lease_id] = key
                 return self._local_releaser(lease_id, key, taken)
             if int(got) == 1:
@@ -496,10 +502,13 @@ class RedisCoordinator:
         def release() -> None:
             if self._leases.pop(lease_id, None) is None:
                 return
+            self._adopted.discard(lease_id)
             self._freed.set()
             self._freed = asyncio.Event()
             if self._status.shared:
                 self._later(self._give_back(key, lease_id))
+            else:  # removed once Redis answers again, not left to expire
+                self._given_back[lease_id] = key
 
         return release
 
@@ -509,7 +518,8 @@ class RedisCoordinator:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            self._lost(error)  # the lease expires by itself
+            self._given_back[lease_id] = key  # removed once Redis answers again
+            self._lost(error)
         self._freed.set()
         self._freed = asyncio.Event()
 
@@ -661,9 +671,12 @@ class RedisCoordinator:
             self._budget_keys(purpose, since),
             ["" if hold is None else hold.id, cost],
         )
-        if got is _DOWN and cost:
-            key = (purpose, since)
-            self._unsettled[key] = self._unsettled.get(key, 0.0) + cost
+        if got is _DOWN:
+            if cost:
+                key = (purpose, since)
+                self._unsettled[key] = self._unsettled.get(key, 0.0) + cost
+            if hold is not None:  # released there once Redis answers, not left to expire
+                self._settled_meanwhile[hold.id] = hold
 
     async def _adopt_local_holds(self) -> None:
         """Add the budget holds taken locally and not settled yet to Redis, renewed until they
@@ -681,17 +694,23 @@ class RedisCoordinator:
         if await self._run("ADOPT_HOLDS", keys, args) is _DOWN:
             return  # still local: added the next time Redis answers
         for hold in local:
-            if self._local_holds.pop(hold.id, None) is None:  # settled meanwhile
-                parts = self._budget_keys(hold.purpose, hold.since)
-                self._later(self._run("SETTLE", parts, [hold.id, 0]))
-            else:
+            if self._local_holds.pop(hold.id, None) is not None:
                 self._holds[hold.id] = hold
         for hold in holds:
-            if hold.id not in self._holds and hold.id not in self._local_holds and hold.shared:
-                # Settled through Redis meanwhile (its SETTLE may have gone first): release.
+            if hold.id not in self._holds:  # settled meanwhile: its SETTLE may have gone first
                 parts = self._budget_keys(hold.purpose, hold.since)
                 self._later(self._run("SETTLE", parts, [hold.id, 0]))
         self._renew_while_held()
+
+    async def _forget_given_back(self) -> None:
+        """Remove from Redis the places given back and the holds settled while it failed (a
+        Redis that kept its data still has them, until their leases expire)."""
+        places, self._given_back = self._given_back, {}
+        for lease_id, key in places.items():
+            await self._give_back(key, lease_id)
+        holds, self._settled_meanwhile = self._settled_meanwhile, {}
+        for hold in holds.values():
+            await self._run("SETTLE", self._budget_keys(hold.purpose, hold.since), [hold.id, 0])
 
     async def _settle_unsettled(self) -> None:
         """Add the costs charged while Redis was down to the shared spend (a period whose

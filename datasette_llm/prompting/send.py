@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import llm
 
+from ..log import logger
 from ..provider_errors import ProviderError, classify
 from .attempts import Settle, run_attempts, within
 from .clients import one_attempt
@@ -148,7 +149,7 @@ class Target:
         self,
         response: AsyncResponse,
         release: Callable[[], None],
-        ended: Callable[[BaseException | None], None],
+        ended: Callable[[BaseException | None], Awaitable[None]],
     ) -> None:
         """Read ``response``, which a chain of the group left part way, to its end now, in a
         task of its own that gives back its place (``release``) once it has ended, and then
@@ -189,19 +190,28 @@ class Target:
 async def _read_to_end(
     response: AsyncResponse,
     release: Callable[[], None],
-    ended: Callable[[BaseException | None], None],
+    ended: Callable[[BaseException | None], Awaitable[None]],
 ) -> Exception | None:
     try:
         await response.text()
     except BaseException as error:
         release()
-        ended(error)
+        await _tell_ended(ended, error)
         if isinstance(error, Exception):
             return error
         raise
     release()
-    ended(None)
+    await _tell_ended(ended, None)
     return None
+
+
+async def _tell_ended(
+    ended: Callable[[BaseException | None], Awaitable[None]], error: BaseException | None
+) -> None:
+    try:
+        await ended(error)
+    except Exception:  # recording it failed: the group goes on
+        logger.exception("datasette-llm: recording a response a group read to its end failed")
 
 
 async def prompt_model(

@@ -251,18 +251,20 @@ class WrappedChainResponse:
             and _under_way(step)
         )
 
-    def _ended_in_group(
+    async def _ended_in_group(
         self, routed: Routed, started: Started, error: BaseException | None
     ) -> None:
         """Record a step the group read to its end, its chain gone: once answered, the meter
-        has recorded it with its usage (``Meter.response``); else as it failed, or as what it
-        received when cancelled."""
+        has recorded it with its usage (``Meter.response``); else as it failed (for its
+        model's limits too: a rate limit cools it down), or as what it received when
+        cancelled."""
         if error is None or started.received.recorded:
             return
         if isinstance(error, Exception):
             resolution = routed.resolution
             failure = classify(error, resolution.model_id, resolution.key.described())
             self._meter.failure(routed, started, failure.kind, failure)
+            await self._gate(routed).record(failure)
         else:
             self._meter.cancelled(routed, started)
 

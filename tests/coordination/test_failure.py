@@ -466,3 +466,64 @@ async def test_places_and_holds_are_added_again_to_a_redis_that_lost_its_data(
     finally:
         await first.close()
         await other.close()
+
+
+async def test_holds_two_processes_took_locally_are_all_counted_once_redis_answers_again(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """Each process's local holds keep ids of their own once added to Redis: two processes'
+    two holds each are four there, not two overwritten by the other's."""
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    first = RedisCoordinator(settings, retry_seconds=0.1)
+    second = RedisCoordinator(settings, retry_seconds=0.1)
+    other = RedisCoordinator(settings, retry_seconds=0.1)
+    try:
+        own_redis_server.stop()
+        for coordinator in (first, second):
+            for _ in range(2):
+                assert isinstance(await coordinator.reserve("p", 0.0, 10.0, 1.0, 0.0), Hold)
+            assert not shared(coordinator)
+        own_redis_server.start()
+        await until_shared(first)
+        await until_shared(second)
+        refused = await other.reserve("p", 0.0, 4.0, 1.0, spent=0.0)
+        assert isinstance(refused, Refused) and refused.reserved == pytest.approx(4.0)
+    finally:
+        await first.close()
+        await second.close()
+        await other.close()
+
+
+async def test_places_given_back_and_holds_settled_while_redis_failed_are_removed_from_it(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """A Redis that kept its data while it refused commands: the places given back and the
+    holds settled meanwhile are removed once it answers, not left to hold others off until
+    their leases expire."""
+    import redis.asyncio
+
+    settings = CoordinationSettings(own_redis_server.url, processes=2, prefix=prefix)
+    first = RedisCoordinator(settings, retry_seconds=0.1)
+    other = RedisCoordinator(settings, retry_seconds=0.1)
+    admin = redis.asyncio.Redis.from_url(own_redis_server.url)  # see the test above
+    try:
+        places = [await first.lease("m", 2, 0) for _ in range(2)]
+        hold = await first.reserve("p", 0.0, 1.0, 1.0, spent=0.0)
+        assert isinstance(hold, Hold) and hold.shared
+        await admin.config_set("requirepass", "outage")
+        await admin.client_kill_filter(_type="normal", skipme=True)
+        for release in places:
+            assert release is not None
+            release()
+        await first.settle("p", 0.0, 0.0, hold)
+        assert not shared(first)
+        await admin.config_set("requirepass", "")
+        await until_shared(first)
+        await first.drain()
+        assert await other.lease("m", 2, 0) is not None
+        assert await other.lease("m", 2, 0) is not None
+        assert isinstance(await other.reserve("p", 0.0, 1.0, 0.5, spent=0.0), Hold)
+    finally:
+        await admin.aclose()
+        await first.close()
+        await other.close()
