@@ -11,6 +11,9 @@ Keys, each under the configured prefix (``P``):
   expires once that time has passed.
 - ``P:leases:MODEL``: the places held under the model's ``concurrency``, a sorted set of lease
   ids scored by when each expires unless renewed.
+- ``P:waiting:MODEL``, ``...:seen``: the callers of every process waiting for one of those
+  places, by when each began to wait (a place goes to the one waiting longest), and by when
+  each last asked (one that stopped asking is forgotten).
 - ``P:cool:MODEL:until``, ``...:streak``, ``...:probe``: when the model's cool-down ends
   (expiring then), its rate limits in a row, and the try probing it once cooled.
 - ``P:budget:PURPOSE:SINCE:spent``, ``...:holds``, ``...:expiries``: a budget's spend in the
@@ -28,6 +31,7 @@ __all__ = [
     "CLAIM",
     "COOL_DOWN",
     "COOLING",
+    "GIVE_UP",
     "HAND_ON",
     "LEASE",
     "PACE",
@@ -79,16 +83,50 @@ LEASE: Final = (
     _NOW
     + _KEEP_AT_LEAST
     + """
--- KEYS[1]: P:leases:MODEL. ARGV[1]: the limit; ARGV[2]: the new lease's id; ARGV[3]: its ms.
--- 1: the lease is held (until renewed or released); 0: every place is taken.
+-- KEYS[1]: P:leases:MODEL; KEYS[2]: P:waiting:MODEL, the callers waiting for a place, by when
+-- each began to wait; KEYS[3]: P:waiting:MODEL:seen, by when each last asked. ARGV[1]: the
+-- places the caller may count on; ARGV[2]: the new lease's id (the caller's, while it waits);
+-- ARGV[3]: its ms; ARGV[4]: ms after which a caller that has not asked again is forgotten;
+-- ARGV[5]: '1' for a caller that waits, '0' for one that takes a place now or none (it comes
+-- after every caller waiting, and takes no turn).
+-- Places go to the callers in the order they began to wait, whatever their process:
+-- 1: the lease is held (until renewed or released); 0: not yet (the caller keeps its turn).
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local forget = tonumber(ARGV[4])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - forget)) do
+  redis.call('ZREM', KEYS[2], id)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - forget)
+local waits = ARGV[5] == '1'
+local ahead = redis.call('ZCARD', KEYS[2])
+if waits then
+  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[2])
+  ahead = redis.call('ZRANK', KEYS[2], ARGV[2])
+end
+if redis.call('ZCARD', KEYS[1]) + ahead >= tonumber(ARGV[1]) then
+  if waits then
+    redis.call('ZADD', KEYS[3], now, ARGV[2])
+    keep_at_least(KEYS[2], forget)
+    keep_at_least(KEYS[3], forget)
+  end
+  return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
 local ttl = tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
 keep_at_least(KEYS[1], ttl)
 return 1
 """
 )
+
+GIVE_UP: Final = """
+-- KEYS: P:waiting:MODEL, P:waiting:MODEL:seen. ARGV[1]: the id of a caller that stopped
+-- waiting for a place (out of time, or cancelled): the callers after it move up.
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
 
 ADOPT: Final = (
     _NOW

@@ -72,6 +72,9 @@ _LEASE_SECONDS: Final = 15.0
 """How long a place under ``concurrency``, a budget hold or a probe of a cooled model lasts
 unless renewed: renewed every third of it while held, so what a process that died held comes
 back within this."""
+_WAITER_SECONDS: Final = 2.0
+"""How long a caller waiting for a place keeps its turn without asking again (it asks at least
+every ``POLL_LONGEST``): one whose process died, or that went local, is then forgotten."""
 _STREAK_SECONDS: Final = 3600.0
 """How long a model's rate limits in a row are remembered without a try."""
 _PERIOD_SECONDS: Final = 35 * 86_400.0
@@ -194,6 +197,7 @@ class RedisCoordinator:
         self._local_places: dict[str, str] = {}
         # Places given back and holds settled while Redis failed: removed once it answers.
         self._given_back: dict[str, str] = {}  # lease id -> its sorted set
+        self._turns_given_up: dict[str, list[str]] = {}  # lease id -> the waiting keys
         self._settled_meanwhile: dict[str, Hold] = {}
         # Of ``_leases``, the places taken locally and added to Redis once it answered again.
         self._adopted: set[str] = set()
@@ -409,9 +413,31 @@ class RedisCoordinator:
         return True
 
     async def lease(self, model: str, limit: int, within: float | None) -> Release | None:
-        """Take one of ``model``'s ``limit`` places shared by every process."""
+        """Take one of ``model``'s ``limit`` places shared by every process: the callers of
+        every process take them in the order they began to wait."""
         key = self._key("leases", model)
         lease_id = uuid.uuid4().hex
+        try:
+            release = await self._lease(model, key, lease_id, limit, within)
+        except BaseException:
+            self._later(self._give_up_turn(model, lease_id))
+            raise
+        if release is None or lease_id in self._local_places:  # its turn may still be held
+            await self._give_up_turn(model, lease_id)
+        return release
+
+    async def _give_up_turn(self, model: str, lease_id: str) -> None:
+        """End the turn of a caller that stopped waiting for a place of ``model``, so the
+        callers after it move up: now, or once Redis answers again."""
+        waiters = [self._key("waiting", model), self._key("waiting", model, "seen")]
+        if not self._status.shared or await self._run("GIVE_UP", waiters, [lease_id]) is _DOWN:
+            self._turns_given_up[lease_id] = waiters
+
+    async def _lease(
+        self, model: str, key: str, lease_id: str, limit: int, within: float | None
+    ) -> Release | None:
+        waiters = [self._key("waiting", model), self._key("waiting", model, "seen")]
+        queue = "0" if within is not None and within <= 0 else "1"  # "0": a place now, or none
         started = time.monotonic()
         poll = POLL_FIRST
         while True:
@@ -422,7 +448,11 @@ class RedisCoordinator:
             free = limit - sum(1 for held in self._local_places.values() if held == key)
             if time.monotonic() < self._noticing_until:
                 free -= (self.local.scale - 1) * self.local.places(limit)
-            got = await self._run("LEASE", [key], [free, lease_id, _ms(self.lease_seconds)])
+            got = await self._run(
+                "LEASE",
+                [key, *waiters],
+                [free, lease_id, _ms(self.lease_seconds), _ms(_WAITER_SECONDS), queue],
+            )
             left = None if within is None else within - (time.monotonic() - started)
             if got is _DOWN:
                 # Likewise the places it holds through Redis count against its local share.
@@ -708,6 +738,9 @@ class RedisCoordinator:
         places, self._given_back = self._given_back, {}
         for lease_id, key in places.items():
             await self._give_back(key, lease_id)
+        turns, self._turns_given_up = self._turns_given_up, {}
+        for lease_id, waiters in turns.items():
+            await self._run("GIVE_UP", waiters, [lease_id])
         holds, self._settled_meanwhile = self._settled_meanwhile, {}
         for hold in holds.values():
             await self._run("SETTLE", self._budget_keys(hold.purpose, hold.since), [hold.id, 0])

@@ -102,6 +102,48 @@ async def test_a_place_given_back_by_one_process_is_taken_by_another(
     assert await waiting is not None
 
 
+async def test_a_place_given_back_goes_to_the_caller_waiting_longest_whatever_its_process(
+    processes: Processes,
+) -> None:
+    """The process giving a place back hears of it first, and its own callers ask at once
+    while the others' poll: without a queue, its callers would take every place it gives back,
+    and the other process's callers wait as long as it has callers of its own."""
+    busy, other = await processes(2)
+    held = [await busy.lease("m", 2, 0) for _ in range(2)]
+    assert None not in held
+    waiting_long = asyncio.ensure_future(other.lease("m", 2, None))
+    await asyncio.sleep(0.3)  # the other process's caller waits first, polling
+    waiting_since = asyncio.ensure_future(busy.lease("m", 2, None))
+    await asyncio.sleep(0.05)
+    first = held[0]
+    assert first is not None
+    first()
+    done, _ = await asyncio.wait([waiting_long, waiting_since], timeout=2)
+    assert done == {waiting_long}
+    assert await busy.lease("m", 2, 0) is None  # within the limit: 1 + 1, and one waiting
+    second = held[1]
+    assert second is not None
+    second()
+    assert await asyncio.wait_for(waiting_since, 2) is not None
+
+
+async def test_a_caller_that_stops_waiting_gives_up_its_turn(processes: Processes) -> None:
+    first, second = await processes(2)
+    held = await first.lease("m", 1, 0)
+    assert held is not None
+    assert await second.lease("m", 1, 0.2) is None  # waited, then gave up its turn
+    cancelled = asyncio.ensure_future(second.lease("m", 1, None))
+    await asyncio.sleep(0.1)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await second.drain()
+    held()
+    await first.drain()  # given back through Redis
+    # No turn is left ahead of a new caller: it takes the place at once.
+    assert await first.lease("m", 1, 0) is not None
+
+
 async def test_the_places_of_a_process_that_died_come_back_when_its_leases_expire(
     processes: Processes,
 ) -> None:
