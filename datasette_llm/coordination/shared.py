@@ -417,12 +417,14 @@ class RedisCoordinator:
         every process take them in the order they began to wait."""
         key = self._key("leases", model)
         lease_id = uuid.uuid4().hex
+        waits = within is None or within > 0  # else a place now or none: it takes no turn
         try:
-            release = await self._lease(model, key, lease_id, limit, within)
+            release = await self._lease(model, key, lease_id, limit, within, waits)
         except BaseException:
-            self._later(self._give_up_turn(model, lease_id))
+            if waits:
+                self._later(self._give_up_turn(model, lease_id))
             raise
-        if release is None or lease_id in self._local_places:  # its turn may still be held
+        if waits and (release is None or lease_id in self._local_places):  # its turn is held
             await self._give_up_turn(model, lease_id)
         return release
 
@@ -434,10 +436,16 @@ class RedisCoordinator:
             self._turns_given_up[lease_id] = waiters
 
     async def _lease(
-        self, model: str, key: str, lease_id: str, limit: int, within: float | None
+        self,
+        model: str,
+        key: str,
+        lease_id: str,
+        limit: int,
+        within: float | None,
+        waits: bool,
     ) -> Release | None:
         waiters = [self._key("waiting", model), self._key("waiting", model, "seen")]
-        queue = "0" if within is not None and within <= 0 else "1"  # "0": a place now, or none
+        queue = "1" if waits else "0"
         started = time.monotonic()
         poll = POLL_FIRST
         while True:
